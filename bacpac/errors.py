@@ -1,0 +1,80 @@
+"""bacpac's errors: one class per cause, each with its exit code.
+
+Only `cli.main()` turns an error into an exit code. Every message is one line a user can act
+on, and names the host, the path and the cause.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class BacpacError(Exception):
+    """A failure of the work itself (connection, I/O, verification)."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(BacpacError):
+    """The command line, an option or the inventory is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class RefusedError(BacpacError):
+    """A safety check refused the job before anything was written."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConnectError(BacpacError):
+    """The host could not be reached or the SSH session could not be set up."""
+
+
+class AuthError(ConnectError):
+    """The server refused every credential we had."""
+
+
+class HostKeyError(ConnectError):
+    """The server's host key is unknown or has changed."""
+
+
+class TransferError(BacpacError):
+    """The transfer failed after it started: channel cut, I/O error on either side."""
+
+
+class ProtocolError(TransferError):
+    """The peer sent bytes that do not follow the wire format."""
+
+
+class VerifyError(BacpacError):
+    """What arrived does not match what was sent (sha256, sizes, saveset checksums)."""
+
+
+class Interrupted(BacpacError):
+    """The user interrupted the run (SIGINT)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+_REMOTE_KINDS = {
+    cls.__name__: cls
+    for cls in (BacpacError, UsageError, RefusedError, TransferError, ProtocolError, VerifyError)
+}
+
+
+def from_remote(kind: str, message: str, where: str) -> BacpacError:
+    """Rebuild an error the helper sent in an ERROR frame; `where` is "host" or "host:path"."""
+    cls = _REMOTE_KINDS.get(kind, TransferError)
+    if message.startswith(where):
+        return cls(message)
+    return cls(f"{where}: {message}")

@@ -1,0 +1,122 @@
+"""Progress events and the sink interface; nothing here knows how events are shown.
+
+Jobs call a Sink from any thread (the reader, the sender, the thread that reads the helper's
+PROGRESS frames); sinks in report.py render them as a rich display, log lines or JSON.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Protocol
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """A job is about to move bytes; bytes_total is the source's size."""
+
+    job: str
+    command: str
+    source: str
+    target: str
+    saveset: Optional[str]
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Counters so far (cumulative, not increments)."""
+
+    job: str
+    bytes_read: int
+    bytes_sent: int
+    bytes_written: int
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """A line worth telling the user mid-job: a warning, a phase change."""
+
+    job: str
+    level: str  # "info" | "warning"
+    text: str
+
+
+@dataclass
+class JobSummary:
+    """What a finished job reports; the fields of design.md §1, plus `extra` for the rest."""
+
+    command: str
+    source: str
+    target: str
+    saveset: Optional[str] = None
+    status: str = "error"
+    bytes_total: int = 0
+    bytes_read: int = 0
+    bytes_sent: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    sha256: Optional[str] = None
+    error: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        extra = data.pop("extra")
+        data["seconds"] = round(self.seconds, 3)
+        data.update(extra)
+        return data
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job: str
+    summary: JobSummary
+
+
+Event = Any  # one of the dataclasses above
+
+
+class Sink(Protocol):
+    """Receives events from any thread; close() flushes and tears down the display."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Counters:
+    """Thread-safe cumulative counters of one job, emitted as JobProgress on change."""
+
+    def __init__(self, job: str, sink: Sink) -> None:
+        self._job = job
+        self._sink = sink
+        self._lock = threading.Lock()
+        self.bytes_read = 0
+        self.bytes_sent = 0
+        self.bytes_written = 0
+
+    def add(self, read: int = 0, sent: int = 0) -> None:
+        with self._lock:
+            self.bytes_read += read
+            self.bytes_sent += sent
+            event = self._snapshot()
+        self._sink.emit(event)
+
+    def set_written(self, written: int) -> None:
+        with self._lock:
+            self.bytes_written = max(self.bytes_written, written)
+            event = self._snapshot()
+        self._sink.emit(event)
+
+    def _snapshot(self) -> JobProgress:
+        return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written)
+
+
+class NullSink:
+    """Drops everything (used by tests and by --no-progress without --json)."""
+
+    def emit(self, event: Event) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
