@@ -1,0 +1,1 @@
+"""Fixtures: loop devices and tmpfs mounts, when running as root."""
