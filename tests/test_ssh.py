@@ -1,0 +1,308 @@
+"""bacpac.ssh against a real OpenSSH server: config, host keys, auth, the channel, errors."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bacpac.errors import AuthError, ConnectError, HostKeyError, UsageError
+from bacpac.ssh import SshOptions, connect, parse_o_option
+from bacpac.sshconfig import parse_jump, resolve_host
+
+COUNT_STDIN = ("python3 -c 'import sys; r = sys.stdin.buffer.read1; "
+               "print(sum(len(b) for b in iter(lambda: r(1 << 20), b\"\")))'")
+
+
+@pytest.fixture(autouse=True)
+def no_agent_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see only the keys they name: no agent, no $SSHPASS from the caller."""
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv("SSHPASS", raising=False)
+
+
+def opts(server, *options: str, **kw) -> SshOptions:
+    return SshOptions(config_file=server.config_path,
+                      options=tuple(parse_o_option(o) for o in options), **kw)
+
+
+def read_all(chan) -> bytes:
+    out = b""
+    while chunk := chan.read(65536):
+        out += chunk
+    return out
+
+
+def write_config(tmp_path: Path, server, **settings: str) -> str:
+    """An ssh_config for `testhost` with the server's settings, overridden by `settings`."""
+    base = {"HostName": "127.0.0.1", "Port": str(server.port), "User": server.user,
+            "IdentityFile": server.key_path, "IdentitiesOnly": "yes",
+            "UserKnownHostsFile": server.known_hosts, "StrictHostKeyChecking": "yes"}
+    base.update(settings)
+    path = tmp_path / "ssh_config"
+    path.write_text("Host testhost\n" + "".join(f"    {k} {v}\n" for k, v in base.items()))
+    return str(path)
+
+
+def test_exec_returns_stdout_stderr_and_exit_status(sshd) -> None:
+    with connect(sshd.host, None, opts(sshd), interactive=False) as conn:
+        chan = conn.exec("echo hello; echo oops >&2; exit 3")
+        assert chan.name == "testhost"
+        assert read_all(chan) == b"hello\n"
+        assert chan.wait(10) == 3
+        assert chan.stderr_tail() == "oops"
+        chan.close()
+
+
+def test_negotiated_cipher_is_aes128_gcm(sshd) -> None:
+    with connect(sshd.host, None, opts(sshd), interactive=False) as conn:
+        assert conn.cipher == "aes128-gcm@openssh.com"
+
+
+def test_write_50_mib_arrives_whole(sshd) -> None:
+    data = os.urandom(1 << 20) * 50
+    with connect(sshd.host, None, opts(sshd), interactive=False) as conn:
+        chan = conn.exec(COUNT_STDIN)
+        chan.write(memoryview(data))
+        chan.close_write()
+        assert read_all(chan) == b"%d\n" % len(data)
+        assert chan.wait(30) == 0
+
+
+def test_wait_times_out_with_minus_one(sshd) -> None:
+    with connect(sshd.host, None, opts(sshd), interactive=False) as conn:
+        chan = conn.exec("sleep 5")
+        assert chan.wait(0.2) == -1
+        chan.close()
+
+
+def test_write_to_exited_command_is_transfer_error(sshd) -> None:
+    from bacpac.errors import TransferError
+    with connect(sshd.host, None, opts(sshd), interactive=False) as conn:
+        chan = conn.exec("exit 0")
+        assert chan.wait(10) == 0
+        with pytest.raises(TransferError, match="^testhost: "):
+            for _ in range(100):
+                chan.write(b"x" * 65536)
+
+
+def test_unknown_host_key_is_refused_and_known_hosts_unchanged(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    with pytest.raises(HostKeyError) as e:
+        connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False)
+    message = str(e.value)
+    assert "host key" in message and "testhost" in message and "\n" not in message
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {known}" in message
+    assert "StrictHostKeyChecking=accept-new" in message
+    assert known.read_text() == ""
+
+
+def test_accept_new_adds_the_key_then_connects(sshd, tmp_path) -> None:
+    known = tmp_path / "sub" / "known_hosts"
+    options = opts(sshd, f"UserKnownHostsFile={known}", "StrictHostKeyChecking=accept-new")
+    with connect(sshd.host, None, options, interactive=False) as conn:
+        assert read_all(conn.exec("echo ok")) == b"ok\n"
+    line = known.read_text()
+    assert line.startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+    assert line.split()[2] == sshd.host_key_pub.split()[1]
+    assert known.stat().st_mode & 0o777 == 0o600
+    strict = opts(sshd, f"UserKnownHostsFile={known}")
+    connect(sshd.host, None, strict, interactive=False).close()
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = tmp_path / "known_hosts"
+    impostor = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    known.write_text(f"[127.0.0.1]:{sshd.port} {impostor}\n")
+    before = known.read_text()
+    options = opts(sshd, f"UserKnownHostsFile={known}", "StrictHostKeyChecking=accept-new")
+    with pytest.raises(HostKeyError) as e:
+        connect(sshd.host, None, options, interactive=False)
+    message = str(e.value)
+    assert "host key" in message and "changed" in message and "SHA256:" in message
+    assert f"ssh-keygen -f {known} -R '[127.0.0.1]:{sshd.port}'" in message
+    assert known.read_text() == before
+
+
+def test_hashed_known_hosts_entry_is_recognised(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(Path(sshd.known_hosts).read_text())
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert known.read_text().startswith("|1|")
+    connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False).close()
+
+
+def test_strict_no_connects_without_known_key(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    options = opts(sshd, f"UserKnownHostsFile={known}", "StrictHostKeyChecking=no")
+    with connect(sshd.host, None, options, interactive=False) as conn:
+        assert read_all(conn.exec("echo ok")) == b"ok\n"
+    assert not known.exists()
+
+
+def test_wrong_key_is_auth_error(sshd, tmp_path) -> None:
+    wrong = tmp_path / "wrong"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    config = write_config(tmp_path, sshd, IdentityFile=str(wrong))
+    with pytest.raises(AuthError) as e:
+        connect("testhost", None, SshOptions(config_file=config), interactive=False)
+    assert str(e.value) == f"{sshd.user}@testhost: authentication failed (tried: publickey)"
+
+
+def test_locked_key_opens_with_sshpass(sshd, tmp_path, monkeypatch) -> None:
+    config = write_config(tmp_path, sshd, IdentityFile=sshd.locked_key_path)
+    monkeypatch.setenv("SSHPASS", sshd.passphrase)
+    with connect("testhost", None, SshOptions(config_file=config), interactive=False) as conn:
+        assert read_all(conn.exec("echo ok")) == b"ok\n"
+
+
+def test_locked_key_without_passphrase_is_auth_error(sshd, tmp_path, monkeypatch) -> None:
+    config = write_config(tmp_path, sshd, IdentityFile=sshd.locked_key_path)
+    monkeypatch.setenv("SSHPASS", "wrong passphrase")
+    with pytest.raises(AuthError) as e:
+        connect("testhost", None, SshOptions(config_file=config), interactive=False)
+    assert "authentication failed" in str(e.value)
+    assert "wrong passphrase" not in str(e.value)
+
+
+def test_identity_file_option_is_used(sshd, tmp_path) -> None:
+    config = write_config(tmp_path, sshd, IdentityFile=str(tmp_path / "missing"))
+    options = SshOptions(config_file=config, identity_files=(sshd.key_path,))
+    connect("testhost", None, options, interactive=False).close()
+
+
+def test_unresolvable_host_is_connect_error(sshd) -> None:
+    with pytest.raises(ConnectError) as e:
+        connect("no-such-host.invalid", None, opts(sshd), interactive=False)
+    assert str(e.value) == "no-such-host.invalid: cannot resolve host name"
+
+
+def test_closed_port_is_connect_error(sshd) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectError) as e:
+        connect(sshd.host, None, opts(sshd, port=port), interactive=False)
+    assert str(e.value) == (
+        f"testhost: cannot connect to 127.0.0.1 port {port}: Connection refused")
+
+
+def test_proxy_jump_through_the_same_server(sshd) -> None:
+    logins_before = Path(sshd.log_path).read_text().count("Accepted publickey")
+    with connect(sshd.host, None, opts(sshd, "ProxyJump=testhost"), interactive=False) as conn:
+        chan = conn.exec("echo jumped")
+        assert read_all(chan) == b"jumped\n"
+        assert chan.wait(10) == 0
+    # One login for the jump host, one for the target through its direct-tcpip channel.
+    assert Path(sshd.log_path).read_text().count("Accepted publickey") == logins_before + 2
+
+
+def test_proxy_jump_to_closed_port_is_connect_error(sshd) -> None:
+    with pytest.raises(ConnectError, match="through testhost"):
+        connect(sshd.host, None, opts(sshd, "ProxyJump=testhost", port=1), interactive=False)
+
+
+def test_server_alive_watchdog_keeps_a_live_connection(sshd) -> None:
+    options = opts(sshd, "ServerAliveInterval=1", "ServerAliveCountMax=2")
+    with connect(sshd.host, None, options, interactive=False) as conn:
+        chan = conn.exec("sleep 4; echo done")
+        assert read_all(chan) == b"done\n"
+        assert chan.wait(10) == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Port=2222", ("Port", "2222")),
+    ("StrictHostKeyChecking accept-new", ("StrictHostKeyChecking", "accept-new")),
+    ("  ConnectTimeout = 5 ", ("ConnectTimeout", "5")),
+    ("UserKnownHostsFile=/tmp/a b", ("UserKnownHostsFile", "/tmp/a b")),
+    ("ForwardAgent=no", ("ForwardAgent", "no")),
+])
+def test_o_option_parses(text, expected) -> None:
+    assert parse_o_option(text) == expected
+
+
+@pytest.mark.parametrize("text, says", [
+    ("Port", "expected Key=Value"),
+    ("=yes", "expected Key=Value"),
+    ("Port=", "expected Key=Value"),
+    ("NoSuchOption=1", "unknown ssh option NoSuchOption"),
+    ("Host=x", "unknown ssh option Host"),
+    ("Port=http", "port must be a number"),
+    ("StrictHostKeyChecking=maybe", "StrictHostKeyChecking must be"),
+    ("BatchMode=perhaps", "batchmode must be yes or no"),
+])
+def test_o_option_rejects_malformed(text, says) -> None:
+    with pytest.raises(UsageError) as e:
+        parse_o_option(text)
+    assert says in str(e.value) and text.strip() in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_command_line_beats_config_and_first_config_value_wins(tmp_path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host alias\n  HostName Example.ORG\n  Port 1000\n  User first\n"
+                      "Host *\n  Port 2000\n  User second\n  ConnectTimeout 7\n")
+    cfg = resolve_host("alias", None, SshOptions(config_file=str(config)))
+    assert (cfg.hostname, cfg.port, cfg.user, cfg.connect_timeout) == ("example.org", 1000,
+                                                                      "first", 7.0)
+    cli = SshOptions(config_file=str(config), port=2222, login_name="cli",
+                     options=(("Port", "3333"), ("User", "o-user")))
+    cfg = resolve_host("alias", None, cli)
+    assert (cfg.port, cfg.user) == (2222, "cli")
+    assert resolve_host("alias", "spec", cli).user == "spec"
+    assert resolve_host("alias", None, SshOptions(config_file=str(config), options=(
+        ("Port", "3333"),))).port == 3333
+
+
+def test_identity_files_accumulate_command_line_first(tmp_path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host h\n  IdentityFile ~/.ssh/%r_at_%h\n  User bob\n")
+    cfg = resolve_host("h", None, SshOptions(config_file=str(config), identity_files=("/k",)))
+    assert cfg.identity_files == ("/k", os.path.expanduser("~/.ssh/bob_at_h"))
+    assert cfg.known_hosts_name == "h" and cfg.strict == "yes"
+
+
+def test_bad_value_in_config_file_is_usage_error(tmp_path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host h\n  Port twenty-two\n")
+    with pytest.raises(UsageError, match="port must be a number"):
+        resolve_host("h", None, SshOptions(config_file=str(config)))
+
+
+def test_missing_config_file_is_usage_error(tmp_path) -> None:
+    with pytest.raises(UsageError, match="cannot read ssh config"):
+        resolve_host("h", None, SshOptions(config_file=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("jump", (None, "jump", None)),
+    ("me@jump:2200", ("me", "jump", 2200)),
+    ("ssh://me@[::1]:22", ("me", "::1", 22)),
+])
+def test_parse_jump(spec, expected) -> None:
+    assert parse_jump(spec) == expected
+
+
+def test_server_alive_watchdog_drops_a_silent_server(sshd) -> None:
+    from bacpac.errors import TransferError
+    options = opts(sshd, "ServerAliveInterval=1", "ServerAliveCountMax=2")
+    with connect(sshd.host, None, options, interactive=False) as conn:
+        chan = conn.exec("echo $PPID; exec sleep 60")
+        session = int(chan.read(100))  # the sshd process serving this connection
+        os.kill(session, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TransferError, match="^testhost: connection lost: no answer"):
+                chan.read(100)
+            assert time.monotonic() - started < 8
+        finally:
+            os.kill(session, signal.SIGKILL)
+            os.kill(session, signal.SIGCONT)
