@@ -42,7 +42,8 @@ _MAX_JUMPS = 8
 _TRANSFER_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
-def connect(host: str, user: Optional[str], opts: SshOptions, *, interactive: bool) -> SshConnection:
+def connect(host: str, user: Optional[str], opts: SshOptions, *,
+            interactive: bool) -> SshConnection:
     """An authenticated connection to `host`, configured as `ssh host` would be."""
     return _connect(resolve_host(host, user, opts), opts.config_file, interactive, 0)
 
@@ -82,7 +83,8 @@ def _connect_jump(cfg: HostConfig, config_file: Optional[str], interactive: bool
 
 
 def _reason(e: BaseException) -> str:
-    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    """One line of cause, without Paramiko's tuple reprs."""
+    text = getattr(e, "strerror", None) or getattr(e, "text", None) or str(e)
     return text.splitlines()[0] if text.strip() else type(e).__name__
 
 
@@ -101,10 +103,10 @@ def _open_socket(cfg: HostConfig, jump: Optional[SshConnection]) -> Any:
     except socket.gaierror:
         named = "" if cfg.hostname == cfg.alias.lower() else f" {cfg.hostname}"
         raise ConnectError(f"{cfg.alias}: cannot resolve host name{named}") from None
-    except socket.timeout:
-        raise ConnectError(f"{where}: timed out after {cfg.connect_timeout:g} s") from None
     except OSError as e:
-        raise ConnectError(f"{where}: {_reason(e)}") from None
+        timed_out = isinstance(e, socket.timeout) and cfg.connect_timeout
+        reason = f"timed out after {cfg.connect_timeout:g} s" if timed_out else _reason(e)
+        raise ConnectError(f"{where}: {reason}") from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -222,7 +224,7 @@ class _Secrets:
     """Passphrases and passwords: getpass on a terminal, else $SSHPASS (as sshpass -e)."""
 
     def __init__(self, interactive: bool) -> None:
-        self._prompt = interactive and sys.stdin.isatty()
+        self._prompt = interactive and sys.stdin is not None and sys.stdin.isatty()
 
     def ask(self, prompt: str) -> Optional[str]:
         if not self._prompt:
@@ -278,6 +280,7 @@ class _Auth:
 
     def __init__(self, cfg: HostConfig, transport: paramiko.Transport, tried: list[str]) -> None:
         self._user = cfg.user
+        self._where = f"{cfg.user}@{cfg.alias}"
         self._transport = transport
         self._tried = tried
         self._allowed: Optional[list[str]] = None  # unknown until the server refuses a method
@@ -314,6 +317,11 @@ class _Auth:
             return False
         except paramiko.AuthenticationException:
             return False
+        except _TRANSFER_ERRORS as e:
+            # sshd hangs up after MaxAuthTries ("Too many authentication failures").
+            methods = ", ".join(dict.fromkeys(self._tried))
+            raise AuthError(f"{self._where}: authentication failed (tried: {methods}); the "
+                            f"server closed the connection: {_reason(e)}") from None
         return self._transport.is_authenticated()
 
 
@@ -347,6 +355,9 @@ class SshConnection:
                 window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=60)
             chan.exec_command(command)
         except _TRANSFER_ERRORS as e:
+            if self.alive:
+                raise TransferError(f"{self.host}: the server refused to run the command: "
+                                    f"{_reason(e)}") from None
             raise self.lost(e) from None
         return SshChannel(self, chan)
 

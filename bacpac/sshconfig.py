@@ -141,14 +141,20 @@ def resolve_host(host: str, user: Optional[str], opts: SshOptions) -> HostConfig
 
 
 def _read_config(path: Optional[str]) -> tuple[Optional[str], str]:
-    if path is None:
-        default = os.path.expanduser("~/.ssh/config")
-        if not os.path.isfile(default):
-            return None, ""
-        path = default
+    """The -F file alone, or as ssh does without -F: ~/.ssh/config, then /etc/ssh/ssh_config."""
+    if path is not None:
+        return path, _read_text(path)
+    user_file = os.path.expanduser("~/.ssh/config")
+    found = [p for p in (user_file, "/etc/ssh/ssh_config") if os.path.isfile(p)]
+    # "Host *" so the system file's leading global lines do not join the user file's last block.
+    text = "\nHost *\n".join(_read_text(p) for p in found)
+    return (found[0] if found else None), text
+
+
+def _read_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
-            return path, f.read()
+            return f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: cannot read ssh config: {getattr(e, 'strerror', None) or e}")
 
@@ -189,6 +195,7 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
 
     jump = found.get("proxyjump")
     command = found.get("proxycommand")
+    timeout = int(found.get("connecttimeout", 0))
     return HostConfig(
         alias=alias, hostname=hostname, port=port, user=user,
         identity_files=_identity_files(found.get("identityfile", [])),
@@ -199,8 +206,7 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
         strict=_STRICT[found.get("stricthostkeychecking", "yes").lower()],
         host_key_alias=found.get("hostkeyalias"),
         hash_known_hosts=flag("hashknownhosts", False),
-        connect_timeout=float(found["connecttimeout"]) if found.get("connecttimeout", "0") != "0"
-        else None,
+        connect_timeout=float(timeout) if timeout else None,  # 0 means the system's
         alive_interval=int(found.get("serveraliveinterval", 0)),
         alive_count_max=int(found.get("serveralivecountmax", 3)),
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
@@ -221,7 +227,8 @@ def _identity_files(configured: list[str]) -> tuple[str, ...]:
     """The configured keys (paramiko expanded their tokens), else OpenSSH's defaults present."""
     if configured:
         return tuple(dict.fromkeys(os.path.expanduser(p) for p in configured))
-    defaults = (os.path.expanduser(f"~/.ssh/{name}") for name in ("id_ed25519", "id_ecdsa", "id_rsa"))
+    names = ("id_ed25519", "id_ecdsa", "id_rsa")
+    defaults = (os.path.expanduser(f"~/.ssh/{name}") for name in names)
     return tuple(p for p in defaults if os.path.isfile(p))
 
 

@@ -165,10 +165,14 @@ def helper_processes() -> list[str]:
 
 @pytest.fixture
 def no_helper_left() -> Iterator[None]:
-    """Fail the test if a helper process is still alive 10 s after it."""
+    """Fail the test if a helper it started is still alive 10 s after it.
+
+    Helpers alive before the test are not its doing (another test session on this machine).
+    """
+    before = set(helper_processes())
     yield
     deadline = time.monotonic() + 10
-    while helper_processes():
+    while left := [p for p in helper_processes() if p not in before]:
         if time.monotonic() > deadline:
-            pytest.fail("helper processes left behind: " + "; ".join(helper_processes()))
+            pytest.fail("helper processes left behind: " + "; ".join(left))
         time.sleep(0.1)

@@ -13,6 +13,7 @@ import pytest
 from bacpac.errors import AuthError, ConnectError, HostKeyError, UsageError
 from bacpac.ssh import SshOptions, connect, parse_o_option
 from bacpac.sshconfig import parse_jump, resolve_host
+from fixtures_sshd import helper_processes
 
 COUNT_STDIN = ("python3 -c 'import sys; r = sys.stdin.buffer.read1; "
                "print(sum(len(b) for b in iter(lambda: r(1 << 20), b\"\")))'")
@@ -306,3 +307,38 @@ def test_server_alive_watchdog_drops_a_silent_server(sshd) -> None:
         finally:
             os.kill(session, signal.SIGKILL)
             os.kill(session, signal.SIGCONT)
+
+
+def test_connect_timeout_is_connect_error(sshd) -> None:
+    # 192.0.2.0/24 is TEST-NET-1: never routed, so the connect either hangs or fails at once.
+    with pytest.raises(ConnectError, match=r"^testhost: cannot connect to 192\.0\.2\.1 port "):
+        connect(sshd.host, None, opts(sshd, "HostName=192.0.2.1", "ConnectTimeout=1"),
+                interactive=False)
+
+
+def test_accept_new_with_hash_known_hosts_writes_a_hashed_line(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    options = opts(sshd, f"UserKnownHostsFile={known}", "StrictHostKeyChecking=accept-new",
+                   "HashKnownHosts=yes")
+    connect(sshd.host, None, options, interactive=False).close()
+    line = known.read_text()
+    assert line.startswith("|1|") and f"{sshd.port}" not in line
+    connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False).close()
+
+
+def test_host_key_alias_names_the_known_hosts_entry(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"standby-disk {' '.join(sshd.host_key_pub.split()[:2])}\n")
+    options = opts(sshd, f"UserKnownHostsFile={known}", "HostKeyAlias=standby-disk")
+    connect(sshd.host, None, options, interactive=False).close()
+
+
+def test_helper_processes_sees_the_marker_until_the_helper_exits(sshd, no_helper_left) -> None:
+    with connect(sshd.host, None, opts(sshd), interactive=False) as conn:
+        chan = conn.exec("python3 -c 'import sys; sys.stdin.read()' bacpac_stage1")
+        deadline = time.monotonic() + 5
+        while not helper_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("bacpac_stage1" in p for p in helper_processes())
+        chan.close_write()
+        assert chan.wait(10) == 0
