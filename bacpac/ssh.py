@@ -11,9 +11,7 @@
 """
 from __future__ import annotations
 
-import base64
 import getpass
-import hashlib
 import logging
 import os
 import socket
@@ -175,12 +173,6 @@ def _known_key_types(cfg: HostConfig) -> tuple[str, ...]:
     return tuple(types)
 
 
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH's SHA256:... fingerprint of a public key."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
 def _check_host_key(cfg: HostConfig, transport: paramiko.Transport) -> None:
     """Refuse an unknown key (unless accept-new/no) and always a changed one."""
     if cfg.strict == "no":
@@ -194,7 +186,7 @@ def _check_host_key(cfg: HostConfig, transport: paramiko.Transport) -> None:
     if entries:
         raise HostKeyError(
             f"{cfg.alias}: the host key of {name} has changed (the server now offers "
-            f"{key.get_name()} {fingerprint(key)}); if that is expected, remove the old line "
+            f"{key.get_name()} {key.fingerprint}); if that is expected, remove the old line "
             f"with: ssh-keygen -f {known_hosts} -R '{name}'")
     if cfg.strict == "accept-new":
         _add_known_host(known_hosts, name, key, cfg.hash_known_hosts)
@@ -202,7 +194,7 @@ def _check_host_key(cfg: HostConfig, transport: paramiko.Transport) -> None:
     port = f"-p {cfg.port} " if cfg.port != 22 else ""
     raise HostKeyError(
         f"{cfg.alias}: the host key of {name} is not known ({key.get_name()} "
-        f"{fingerprint(key)}); after checking it, accept it with: ssh-keyscan {port}"
+        f"{key.fingerprint}); after checking it, accept it with: ssh-keyscan {port}"
         f"{cfg.hostname} >> {known_hosts}  (or use -o StrictHostKeyChecking=accept-new)")
 
 
