@@ -72,9 +72,12 @@ _REMOTE_KINDS = {
 }
 
 
-def from_remote(kind: str, message: str, where: str) -> BacpacError:
-    """Rebuild an error the helper sent in an ERROR frame; `where` is "host" or "host:path"."""
+def from_remote(kind: str, message: str, host: str, path: str) -> BacpacError:
+    """Rebuild an error the helper sent in an ERROR frame, naming the host and the path.
+
+    The helper's messages begin with the path they are about, when there is one.
+    """
     cls = _REMOTE_KINDS.get(kind, TransferError)
-    if message.startswith(where):
-        return cls(message)
-    return cls(f"{where}: {message}")
+    if not message.startswith(path):
+        message = f"{path}: {message}"
+    return cls(message if host == "localhost" else f"{host}:{message}")

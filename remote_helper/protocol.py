@@ -1,8 +1,9 @@
 """The frame codec shared by the client and the helper: bytes in, frames out; no I/O.
 
-# Strategy: every message is a frame, a fixed 24-byte header followed by a payload. The header
-# carries a magic, the frame type, flags, the payload length, an offset (a byte offset in the
-# image for data frames) and two CRC-32s: one of the payload and one of the header itself, so
+# Strategy: every message is a frame, a fixed 32-byte header followed by a payload. The header
+# carries a magic, the frame type, flags, the payload length, an offset and a size (for data
+# frames: where the block goes in the image and how many bytes it decompresses to; for a hole,
+# the length of the zero run, with no payload at all) and two CRC-32s: one of the payload and one of the header itself, so
 # a corrupt length is caught before we trust it. Control payloads are small JSON objects; data
 # payloads are compressed blocks. The Decoder is fed whatever bytes arrive, in any pieces, and
 # hands back whole frames; b"" marks end of input, after which a partial frame is an error.
@@ -18,7 +19,8 @@ from .errors import ProtocolError
 PROTOCOL_VERSION = 1
 
 MAGIC = b"BK"
-HEADER = struct.Struct(">2sBBIQII")  # magic, type, flags, length, offset, payload crc, header crc
+# magic, type, flags, payload length, offset, size, payload crc, header crc
+HEADER = struct.Struct(">2sBBIQQII")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 64 << 20  # a hard cap: no peer makes us allocate more than this for one frame
 MAX_CONTROL = 1 << 20  # JSON payloads are small; a huge one is hostile
@@ -28,7 +30,7 @@ HELLO = 1  # helper -> client, first: versions and capabilities
 OPEN = 2  # client -> helper: the job and its options
 READY = 3  # helper -> client: checks passed, send data
 DATA = 4  # client -> helper: one compressed block at `offset`
-HOLE = 5  # client -> helper: `length` zero bytes at `offset` (payload: 8-byte length)
+HOLE = 5  # client -> helper: `size` zero bytes at `offset`, no payload
 END = 6  # client -> helper: total bytes and sha256 of the stream
 RESULT = 7  # helper -> client: what was written and its sha256
 ERROR = 8  # either way: kind, errno, message
@@ -46,10 +48,9 @@ CODEC_ZSTD = 1
 CODEC_ZLIB = 2
 CODECS = {"raw": CODEC_RAW, "zstd": CODEC_ZSTD, "zlib": CODEC_ZLIB}
 
-_HOLE_LENGTH = struct.Struct(">Q")
 
 
-class Frame(namedtuple("Frame", "type flags offset payload")):
+class Frame(namedtuple("Frame", "type flags offset size payload")):
     """One decoded frame; `payload` is bytes (or a memoryview on the encode side)."""
 
     __slots__ = ()
@@ -65,33 +66,27 @@ class Frame(namedtuple("Frame", "type flags offset payload")):
             raise ProtocolError("bad %s payload: not an object" % type_name(self.type))
         return value
 
-    def hole_length(self):
-        # type: () -> int
-        if len(self.payload) != _HOLE_LENGTH.size:
-            raise ProtocolError("bad HOLE payload of %d bytes" % len(self.payload))
-        return _HOLE_LENGTH.unpack(bytes(self.payload))[0]
-
 
 def type_name(frame_type):
     # type: (int) -> str
     return TYPE_NAMES.get(frame_type, "type %d" % frame_type)
 
 
-def header(frame_type, payload, offset=0, flags=0):
-    # type: (int, bytes, int, int) -> bytes
-    """The 24-byte header for `payload`; send it, then the payload, with no concatenation."""
+def header(frame_type, payload, offset=0, flags=0, size=0):
+    # type: (int, bytes, int, int, int) -> bytes
+    """The 32-byte header for `payload`; send it, then the payload, with no concatenation."""
     length = len(payload)
     if length > MAX_PAYLOAD:
         raise ProtocolError("payload of %d bytes is over the %d-byte cap" % (length, MAX_PAYLOAD))
     crc = zlib.crc32(payload) & 0xFFFFFFFF
-    head = HEADER.pack(MAGIC, frame_type, flags, length, offset, crc, 0)[:-4]
+    head = HEADER.pack(MAGIC, frame_type, flags, length, offset, size, crc, 0)[:-4]
     return head + struct.pack(">I", zlib.crc32(head) & 0xFFFFFFFF)
 
 
-def encode(frame_type, payload=b"", offset=0, flags=0):
-    # type: (int, bytes, int, int) -> bytes
+def encode(frame_type, payload=b"", offset=0, flags=0, size=0):
+    # type: (int, bytes, int, int, int) -> bytes
     """A whole frame as one bytes object (for small frames)."""
-    return header(frame_type, payload, offset, flags) + bytes(payload)
+    return header(frame_type, payload, offset, flags, size) + bytes(payload)
 
 
 def encode_json(frame_type, obj):
@@ -101,13 +96,13 @@ def encode_json(frame_type, obj):
 
 def encode_hole(offset, length):
     # type: (int, int) -> bytes
-    return encode(HOLE, _HOLE_LENGTH.pack(length), offset)
+    return encode(HOLE, b"", offset, 0, length)
 
 
 def parse_header(head, max_payload=MAX_PAYLOAD):
     # type: (bytes, int) -> tuple
-    """Check a 24-byte header; returns (type, flags, length, offset, payload_crc)."""
-    magic, frame_type, flags, length, offset, crc, head_crc = HEADER.unpack(head)
+    """Check a 32-byte header; returns (type, flags, length, offset, size, payload_crc)."""
+    magic, frame_type, flags, length, offset, size, crc, head_crc = HEADER.unpack(head)
     if magic != MAGIC:
         raise ProtocolError("bad frame magic %r: not a bacpac stream" % magic)
     if zlib.crc32(head[:-4]) & 0xFFFFFFFF != head_crc:
@@ -118,7 +113,10 @@ def parse_header(head, max_payload=MAX_PAYLOAD):
     if length > cap:
         raise ProtocolError(
             "%s frame of %d bytes is over the %d-byte cap" % (type_name(frame_type), length, cap))
-    return frame_type, flags, length, offset, crc
+    if size > max_payload and frame_type == DATA:
+        raise ProtocolError("DATA frame of %d bytes decompressed is over the %d-byte cap"
+                            % (size, max_payload))
+    return frame_type, flags, length, offset, size, crc
 
 
 def check_payload(frame_type, payload, crc):
@@ -165,14 +163,14 @@ class Decoder(object):
             end = self._pos + HEADER_SIZE
             self._head = parse_header(bytes(self._buf[self._pos:end]), self._max_payload)
             self._pos = end
-        frame_type, flags, length, offset, crc = self._head
+        frame_type, flags, length, offset, size, crc = self._head
         if self.buffered < length:
             return self._need_data("%s payload" % type_name(frame_type))
         payload = bytes(self._buf[self._pos:self._pos + length])
         self._pos += length
         self._head = None
         check_payload(frame_type, payload, crc)
-        return Frame(frame_type, flags, offset, payload)
+        return Frame(frame_type, flags, offset, size, payload)
 
     def _need_data(self, what):
         # type: (str) -> None

@@ -1,0 +1,240 @@
+"""Ships the helper down a channel, starts it, and talks to it in frames.
+
+# Strategy (after mitogen): the remote command is a tiny first stage, `python3 -c STAGE1`, that
+# reads an exact number of bytes from stdin, inflates them and runs them. That payload holds
+# the source of every remote_helper module and a loader that imports them from memory, so
+# nothing is written on the target. The same stdin then carries the frames. The first stage's
+# code carries the marker "bacpac_stage1", by which the tests find helpers left behind.
+"""
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from remote_helper import protocol
+from remote_helper.protocol import ERROR, PROGRESS, RESULT, Frame
+
+from .channel import Channel, LocalChannel
+from .errors import BacpacError, ProtocolError, TransferError, from_remote
+from .spec import Endpoint
+from .ssh import SshConnection, SshOptions, connect
+
+MARKER = "bacpac_stage1"
+STAGE1 = (
+    "import os,sys,zlib #" + MARKER + "\n"
+    "n=%d;b=b''\n"
+    "while len(b)<n:\n"
+    " c=os.read(0,n-len(b))\n"
+    " if not c:sys.exit(1)\n"
+    " b+=c\n"
+    "exec(zlib.decompress(b))"
+)
+STAGE2 = '''
+import importlib.abc, importlib.util, sys
+SOURCES = %r
+class Loader(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        name = module.__name__
+        path = "<bacpac>/" + name.replace(".", "/") + ".py"
+        exec(compile(SOURCES[name], path, "exec"), module.__dict__)
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in SOURCES:
+            return importlib.util.spec_from_loader(name, Loader(), is_package=name == "remote_helper")
+sys.meta_path.insert(0, Finder())
+from remote_helper import helper
+sys.exit(helper.main())
+'''
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How to reach the helper: SSH settings, sudo, and which python to run it with."""
+
+    ssh: SshOptions = SshOptions()
+    sudo: bool = False
+    remote_python: Optional[str] = None  # default: python3 remotely, this interpreter locally
+    interactive: bool = False  # may we prompt on the terminal for passwords?
+
+
+@functools.lru_cache(maxsize=1)
+def helper_payload() -> bytes:
+    """The second stage: every remote_helper module's source and an in-memory loader."""
+    package = Path(protocol.__file__).parent
+    sources = {"remote_helper": (package / "__init__.py").read_text()}
+    for path in sorted(package.glob("*.py")):
+        if path.name != "__init__.py":
+            sources[f"remote_helper.{path.stem}"] = path.read_text()
+    return zlib.compress((STAGE2 % sources).encode("utf-8"), 9)
+
+
+def helper_argv(python: str, sudo: bool) -> list[str]:
+    argv = [python, "-c", STAGE1 % len(helper_payload()), MARKER]
+    return ["sudo", "-n", "--"] + argv if sudo else argv
+
+
+def open_session(endpoint: Endpoint, options: ConnectOptions) -> "HelperSession":
+    """Connect (or spawn locally), ship and start the helper, and read its HELLO."""
+    if endpoint.is_local:
+        python = options.remote_python or sys.executable
+        channel: Channel = LocalChannel(helper_argv(python, options.sudo))
+        return HelperSession.start(channel, "localhost", None)
+    conn = connect(endpoint.host or "", endpoint.user, options.ssh, interactive=options.interactive)
+    try:
+        argv = helper_argv(options.remote_python or "python3", options.sudo)
+        channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
+        return HelperSession.start(channel, endpoint.host or "", conn)
+    except BaseException:
+        conn.close()
+        raise
+
+
+class HelperSession:
+    """One running helper: send frames to it, receive frames from it."""
+
+    def __init__(self, channel: Channel, host: str, conn: Optional[SshConnection]) -> None:
+        self.channel = channel
+        self.host = host
+        self.conn = conn
+        self.hello: dict = {}
+        self._decoder = protocol.Decoder()
+
+    @classmethod
+    def start(cls, channel: Channel, host: str, conn: Optional[SshConnection]) -> "HelperSession":
+        session = cls(channel, host, conn)
+        try:
+            channel.write(helper_payload())
+            session.hello = session._read_hello()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    @property
+    def cipher(self) -> Optional[str]:
+        return self.conn.cipher if self.conn else None
+
+    def _read_hello(self) -> dict:
+        try:
+            frame = self.recv()
+        except ProtocolError as e:
+            raise TransferError(f"{self.host}: the helper's output is not a bacpac stream ({e}); "
+                                "does a login script print to stdout?")
+        if frame.type != protocol.HELLO:
+            raise TransferError(f"{self.host}: expected HELLO from the helper, "
+                                f"got {protocol.type_name(frame.type)}")
+        hello = frame.json()
+        if hello.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise TransferError(f"{self.host}: the helper speaks protocol version "
+                                f"{hello.get('protocol')}, this client {protocol.PROTOCOL_VERSION}")
+        return hello
+
+    def send(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def send_json(self, frame_type: int, obj: dict) -> None:
+        self.channel.write(protocol.encode_json(frame_type, obj))
+
+    def send_block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
+        """A DATA frame: the header, then the payload as is (no concatenation copy)."""
+        self.channel.write(protocol.header(protocol.DATA, payload, offset, flags, size))
+        self.channel.write(payload)
+
+    def recv(self) -> Frame:
+        """The next frame from the helper; a dead helper raises with what it said on stderr."""
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+            except protocol.ProtocolError as e:
+                raise ProtocolError(f"{self.host}: {e.message}")
+            if frame is not None:
+                return frame
+            data = self.channel.read(1 << 16)
+            self._decoder.feed(data)
+            if not data and self._decoder.at_eof:
+                raise self._died()
+
+    def request(self, frame_type: int, obj: dict, reply: int, where: str) -> dict:
+        """Send one control frame and wait for the reply; an ERROR reply raises."""
+        self.send_json(frame_type, obj)
+        frame = self.recv()
+        return self.expect(frame, reply, where)
+
+    def expect(self, frame: Frame, reply: int, where: str) -> dict:
+        if frame.type == ERROR:
+            raise self.rebuild(frame.json(), where)
+        if frame.type != reply:
+            raise ProtocolError(f"{self.host}: expected {protocol.type_name(reply)}, "
+                                f"got {protocol.type_name(frame.type)}")
+        return frame.json()
+
+    def rebuild(self, error: dict, where: str) -> BacpacError:
+        return from_remote(str(error.get("kind")), str(error.get("message")), self.host, where)
+
+    def _died(self) -> TransferError:
+        status = self.channel.wait(timeout=5)
+        tail = self.channel.stderr_tail().strip().splitlines()
+        said = f": {tail[-1]}" if tail else ""
+        if status == 127 or (status == 1 and "sudo" in said):
+            return TransferError(f"{self.host}: cannot start the helper (exit {status}){said}")
+        return TransferError(f"{self.host}: the helper exited unexpectedly (status {status}){said}")
+
+    def close(self) -> None:
+        """End the helper's input, let it exit, close the connection."""
+        try:
+            self.channel.close_write()
+            self.channel.wait(timeout=10)
+        except BacpacError:
+            pass  # closing a dead channel: nothing more to learn from it
+        self.channel.close()
+        if self.conn is not None:
+            self.conn.close()
+
+
+class Receiver:
+    """Reads the helper's frames during a transfer: progress, then RESULT or ERROR."""
+
+    def __init__(self, session: HelperSession, where: str,
+                 on_progress: Callable[[int], None]) -> None:
+        self._session = session
+        self._where = where
+        self._on_progress = on_progress
+        self.result: Optional[dict] = None
+        self.error: Optional[BaseException] = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                frame = self._session.recv()
+                if frame.type == PROGRESS:
+                    self._on_progress(int(frame.json().get("written", 0)))
+                    continue
+                self.result = self._session.expect(frame, RESULT, self._where)
+                return
+        except BaseException as e:  # handed to the sending thread, which raises it
+            self.error = e
+        finally:
+            self._done.set()
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def wait(self) -> dict:
+        """The helper's RESULT, once it came; its error if it failed."""
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result

@@ -1,0 +1,200 @@
+"""The helper's server loop: HELLO, then one job read from stdin, answered on stdout.
+
+# Strategy: the helper speaks first (HELLO: versions, codecs, who and where it runs), then
+# reads one OPEN frame holding the job and all its options, so nothing of a job ever shows in
+# the target's process list. Every failure becomes one ERROR frame (kind, errno, message) and
+# exit status 1; end of input before END means the client is gone, and the helper closes
+# everything and exits at once without a word. stdout carries frames only; stderr is for
+# diagnostics the client shows when the helper dies.
+"""
+import hashlib
+import io
+import os
+import platform
+import socket
+import sys
+import threading
+import traceback
+
+from . import codecs, devices, protocol
+from .errors import HelperError, IntegrityError, ProtocolError
+from .protocol import DATA, END, ERROR, HOLE, OPEN, PROGRESS, READY, RESULT
+from .target import open_target
+from .writer import ImageWriter
+
+READ_BUFFER = 1 << 20
+VERIFY_CHUNK = 4 << 20
+
+
+class ClientGone(Exception):
+    """stdin ended (or the client sent ERROR) before the job was complete."""
+
+
+class Output(object):
+    """Frames to stdout, whole and one at a time (the writer thread sends PROGRESS too)."""
+
+    def __init__(self, fd):
+        # type: (int) -> None
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, data):
+        # type: (bytes) -> None
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+
+    def send_json(self, frame_type, obj):
+        # type: (int, dict) -> None
+        self.send(protocol.encode_json(frame_type, obj))
+
+
+class Input(object):
+    """Frames from stdin: exact reads of a header, then of its payload (no extra copy)."""
+
+    def __init__(self, stream):
+        # type: (object) -> None
+        self._stream = stream
+
+    def next(self):
+        # type: () -> protocol.Frame
+        head = self._read_exact(protocol.HEADER_SIZE)
+        frame_type, flags, length, offset, size, crc = protocol.parse_header(head)
+        payload = self._read_exact(length) if length else b""
+        protocol.check_payload(frame_type, payload, crc)
+        return protocol.Frame(frame_type, flags, offset, size, payload)
+
+    def _read_exact(self, n):
+        # type: (int) -> bytes
+        data = self._stream.read(n)  # a buffered read: blocks until n bytes or end of input
+        if len(data) != n:
+            raise ClientGone()  # before END, so the client or the link died
+        return data
+
+
+def hello():
+    # type: () -> dict
+    return {
+        "protocol": protocol.PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "codecs": codecs.available(),
+        "uid": os.getuid(),
+        "hostname": socket.gethostname(),
+        "boot_id": devices.boot_id(),
+        "pid": os.getpid(),
+    }
+
+
+def run_dup(job, inp, out):
+    # type: (dict, Input, Output) -> None
+    """Check and open the target, write the stream into it, prove it with sha256."""
+    size = int(job["size"])
+    target = open_target(job["path"], size, bool(job.get("force")), job.get("source") or {})
+    try:
+        out.send_json(READY, {"kind": "block" if target.is_block else "file",
+                              "created": target.created, "path": os.path.abspath(target.path)})
+        writer = ImageWriter(target, lambda n: out.send_json(PROGRESS, {"written": n}))
+        end = receive_image(inp, writer, size)
+        written, sha256 = writer.finish()
+        if end.get("sha256") != sha256:
+            raise IntegrityError("%s: sha256 of what was written (%s) differs from the source's (%s)"
+                                 % (target.path, sha256, end.get("sha256")))
+        result = {"bytes_written": written, "sha256": sha256}
+        if job.get("verify"):
+            result["verify_sha256"] = reread_sha256(target)
+        out.send_json(RESULT, result)
+    finally:
+        target.close()
+
+
+def receive_image(inp, writer, size):
+    # type: (Input, ImageWriter, int) -> dict
+    """DATA and HOLE frames, contiguous and in order, up to END; returns END's payload."""
+    decompressor = codecs.Decompressor()
+    expected = 0
+    while True:
+        frame = inp.next()
+        if frame.type in (DATA, HOLE):
+            if frame.offset != expected or frame.offset + frame.size > size:
+                raise ProtocolError("block at offset %d of %d bytes: expected offset %d within %d"
+                                    % (frame.offset, frame.size, expected, size))
+            if frame.type == DATA:
+                writer.put_data(frame.offset,
+                                decompressor.decompress(frame.flags, frame.payload, frame.size))
+            else:
+                writer.put_hole(frame.offset, frame.size)
+            expected += frame.size
+        elif frame.type == END:
+            end = frame.json()
+            if expected != size or end.get("bytes") != size:
+                raise IntegrityError("stream ended at byte %d of %d" % (expected, size))
+            return end
+        elif frame.type == ERROR:
+            raise ClientGone()
+        else:
+            raise ProtocolError("unexpected %s frame" % protocol.type_name(frame.type))
+
+
+def reread_sha256(target):
+    # type: (object) -> str
+    """Read the target back from the disk, not the page cache, and hash it (--verify)."""
+    devices.drop_cache(target.fd)
+    digest = hashlib.sha256()
+    for offset in range(0, target.size, VERIFY_CHUNK):
+        digest.update(target.read_back(offset, min(VERIFY_CHUNK, target.size - offset)))
+    return digest.hexdigest()
+
+
+JOBS = {"dup": run_dup}
+
+
+def serve(inp, out):
+    # type: (Input, Output) -> None
+    out.send_json(protocol.HELLO, hello())
+    frame = inp.next()
+    if frame.type != OPEN:
+        raise ProtocolError("expected OPEN, got %s" % protocol.type_name(frame.type))
+    job = frame.json()
+    if job.get("protocol") != protocol.PROTOCOL_VERSION:
+        raise ProtocolError("client speaks protocol version %r, this helper speaks %d"
+                            % (job.get("protocol"), protocol.PROTOCOL_VERSION))
+    handler = JOBS.get(job.get("job"))
+    if handler is None:
+        raise ProtocolError("unknown job %r" % job.get("job"))
+    handler(job, inp, out)
+
+
+def error_frame(error):
+    # type: (BaseException) -> dict
+    if isinstance(error, HelperError):
+        return error.to_dict()
+    if isinstance(error, OSError):
+        where = error.filename if error.filename else "target"
+        return {"kind": "TransferError", "errno": error.errno or 0,
+                "message": "%s: %s" % (where, error.strerror)}
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    return {"kind": "TransferError", "errno": 0,
+            "message": "helper failed: %s: %s (%s:%d)"
+                       % (type(error).__name__, error, os.path.basename(where[0]), where[1])}
+
+
+def main():
+    # type: () -> int
+    out = Output(sys.stdout.fileno())
+    inp = Input(io.open(sys.stdin.fileno(), "rb", buffering=READ_BUFFER, closefd=False))
+    try:
+        serve(inp, out)
+        return 0
+    except ClientGone:
+        return 1
+    except Exception as e:
+        try:
+            out.send_json(ERROR, error_frame(e))
+        except OSError:
+            pass  # the client is gone: nobody to tell
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

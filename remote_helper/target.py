@@ -1,0 +1,165 @@
+"""Opening, checking and writing a dup target (an image file or a block device).
+
+# Strategy: every safety check runs in open_target(), before the first byte is written: the
+# path's kind, the --force rule for block devices, its size, its users (mounts, swap, holders),
+# and whether it is the source itself. Block devices are opened O_EXCL, which the kernel refuses
+# while the device is mounted or held by another exclusive opener: a second guard against a
+# mount that appeared after our check, and the lock that keeps two runs off one device. Image
+# files are locked with flock and truncated to the source's size, so holes cost nothing.
+"""
+import errno
+import fcntl
+import os
+import stat
+
+from . import devices
+from .errors import HelperError, Refused
+
+HEAD = 1 << 20  # the first MiB: invalidated first, written last (see Target.hold_head)
+
+
+class Target(object):
+    """An open target: positional writes, zeroing of holes, fsync, re-read for --verify."""
+
+    def __init__(self, path, fd, is_block, size, created):
+        # type: (str, int, bool, int, bool) -> None
+        self.path = path
+        self.fd = fd
+        self.is_block = is_block
+        self.size = size  # the image size being written, not the device's
+        self.created = created
+        self.sparse = not is_block  # truncated file: unwritten ranges already read as zeros
+
+    def pwrite(self, offset, data):
+        # type: (int, memoryview) -> None
+        """Write all of data at offset (pwrite may write less than asked)."""
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(self.fd, view, offset)
+            view = view[done:]
+            offset += done
+
+    def zero(self, offset, length):
+        # type: (int, int) -> None
+        """Make [offset, offset+length) read as zeros; free on a truncated image file."""
+        if not self.sparse and length:
+            devices.zero_range(self.fd, offset, length, self.is_block)
+
+    def sync(self):
+        # type: () -> None
+        os.fsync(self.fd)
+
+    def read_back(self, offset, length):
+        # type: (int, int) -> bytes
+        return os.pread(self.fd, length, offset)
+
+    def close(self):
+        # type: () -> None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_target(path, size, force, source):
+    # type: (str, int, bool, dict) -> Target
+    """Check everything about `path` as a target for a `size`-byte image, then open it.
+
+    `source` holds the client's boot_id and the source's identity, so that a target that is
+    the source itself (same machine, same device or inode) is refused.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+        return _create_file(path, size)
+    _refuse_source_itself(path, source)
+    if stat.S_ISBLK(st.st_mode):
+        return _open_block(path, size, force)
+    if stat.S_ISREG(st.st_mode):
+        return _open_file(path, size)
+    if stat.S_ISDIR(st.st_mode):
+        raise Refused("%s: is a directory; name the image file or device to write" % path)
+    raise Refused("%s: not a regular file or block device" % path)
+
+
+def _refuse_source_itself(path, source):
+    # type: (str, dict) -> None
+    if source.get("boot_id") and source.get("boot_id") == devices.boot_id():
+        if devices.same_object(source.get("identity") or {}, devices.identity(path)):
+            raise Refused("%s: the target is the source itself" % path)
+
+
+def _refuse_busy(path):
+    # type: (str) -> None
+    reasons = devices.busy_reasons(path)
+    if reasons:
+        raise Refused("%s: refusing to write: %s" % (path, "; ".join(reasons)))
+
+
+def _open_block(path, size, force):
+    # type: (str, int, bool) -> Target
+    _refuse_busy(path)
+    if not force:
+        raise Refused("%s: is an existing block device; add --force to overwrite it" % path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise Refused("%s: device is busy (mounted, or in use by another bacpac run)" % path)
+        raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+    device_size = devices.open_size(fd)
+    if device_size < size:
+        os.close(fd)
+        raise Refused("%s: target is %d bytes, smaller than the source's %d bytes"
+                      % (path, device_size, size))
+    return Target(path, fd, True, size, False)
+
+
+def _open_file(path, size):
+    # type: (str, int) -> Target
+    _refuse_busy(path)
+    fd = _open_locked(path, os.O_RDWR)
+    _truncate(fd, path, size)
+    return Target(path, fd, False, size, False)
+
+
+def _create_file(path, size):
+    # type: (str, int) -> Target
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise Refused("%s: No such file or directory (the directory %s does not exist)"
+                      % (path, parent), errno.ENOENT)
+    # 0600: a disk image holds everything the disk held, secrets included.
+    fd = _open_locked(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _truncate(fd, path, size)
+    except HelperError:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return Target(path, fd, False, size, True)
+
+
+def _open_locked(path, flags, mode=0o600):
+    # type: (str, int, int) -> int
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, mode)
+    except OSError as e:
+        raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise Refused("%s: target is in use by another bacpac run" % path, errno.EBUSY)
+    return fd
+
+
+def _truncate(fd, path, size):
+    # type: (int, str, int) -> None
+    """Empty the file, then set its exact size: every range not written stays a hole."""
+    try:
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+    except OSError as e:
+        raise HelperError("%s: %s" % (path, e.strerror), e.errno)
