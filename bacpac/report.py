@@ -117,7 +117,9 @@ class _SyncedProgress(Progress):
 class RichSink:
     """A live display on a terminal: one row per running job, a result line per finished one."""
 
-    def __init__(self, console: Console, clock: Clock = time.monotonic) -> None:
+    def __init__(self, console: Console, clock: Clock = time.monotonic,
+                 show_failures: bool = True) -> None:
+        self.show_failures = show_failures  # off when the caller prints the error line itself
         self._console = console
         self._lock = threading.Lock()  # guards _rows; innermost, see the strategy above
         self._start_lock = threading.Lock()
@@ -215,6 +217,8 @@ class RichSink:
             # rich redraws its last render below each print: drop the finished row first
             self._progress.refresh()
         summary = event.summary
+        if summary.status != "ok" and not self.show_failures:
+            return
         style = "green" if summary.status == "ok" else "red"
         # soft_wrap: the terminal folds a long line, so a copied path or hash stays whole
         self._console.print(Text.assemble((_mark(summary), f"bold {style}"), " ",
@@ -235,7 +239,8 @@ class LogSink:
     """Plain timestamped lines for a stderr that is not a terminal (cron, CI, journald)."""
 
     def __init__(self, stream: TextIO, clock: Clock = time.monotonic,
-                 interval: float = 5.0) -> None:
+                 interval: float = 5.0, show_failures: bool = True) -> None:
+        self.show_failures = show_failures  # off when the caller prints the error line itself
         self._stream = stream
         self._clock = clock
         self._interval = interval
@@ -256,6 +261,8 @@ class LogSink:
                 self._write(f"{self._label(event.job)}: {event.level}: {event.text}")
             elif isinstance(event, JobFinished):
                 self._jobs.pop(event.job, None)
+                if event.summary.status != "ok" and not self.show_failures:
+                    return
                 self._write(f"{_mark(event.summary)} {result_line(event.summary)}")
 
     def close(self) -> None:
@@ -334,7 +341,7 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def make_sink(*, progress: bool, json_output: bool, stderr: Optional[TextIO] = None,
-              stdout: Optional[TextIO] = None) -> Sink:
+              stdout: Optional[TextIO] = None, show_failures: bool = False) -> Sink:
     """The sinks the command line asks for: display or log lines on stderr, JSON on stdout.
 
     The streams default to sys.stderr and sys.stdout as they are at call time, not import
@@ -345,9 +352,9 @@ def make_sink(*, progress: bool, json_output: bool, stderr: Optional[TextIO] = N
     sinks: list[Sink] = []
     if progress:
         if _is_terminal(stderr):
-            sinks.append(RichSink(Console(file=stderr)))
+            sinks.append(RichSink(Console(file=stderr), show_failures=show_failures))
         else:
-            sinks.append(LogSink(stderr))
+            sinks.append(LogSink(stderr, show_failures=show_failures))
     if json_output:
         sinks.append(JsonSink(stdout))
     if not sinks:
