@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -13,8 +14,9 @@ from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BacpacError, UsageEr
 from .events import Sink
 from .pipeline import StreamSettings
 from .remote import ConnectOptions
-from .report import make_sink
-from .spec import parse_endpoint
+from .report import human_size, make_sink
+from .savesets import RestoreRequest, query_saveset, run_restore, run_verify
+from .spec import Endpoint, parse_endpoint
 from .ssh import SshOptions, parse_o_option
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -62,15 +64,57 @@ def build_parser() -> argparse.ArgumentParser:
         "not sent; the target's sha256 is checked against the source's.")
     dup.add_argument("source", metavar="SOURCE")
     dup.add_argument("target", metavar="[USER@]HOST:TARGET")
-    dup.add_argument("--force", action="store_true", help="overwrite an existing block device")
-    dup.add_argument("--verify", action="store_true",
-                     help="re-read the target from disk after writing and compare")
-    dup.add_argument("--level", type=int, default=1, choices=range(1, 20), metavar="1-19",
-                     help="zstd compression level (default 1)")
-    dup.add_argument("--block-size", type=parse_size, default=4 << 20, metavar="SIZE",
-                     help="bytes per compressed block (default 4M)")
+    dup.add_argument("--saveset", metavar="PATH",
+                     help="also write a saveset at PATH on the target host, in the same pass")
+    _add_write_options(dup)
+    _add_stream_options(dup)
     dup.set_defaults(run=_cmd_dup)
+
+    backup = commands.add_parser(
+        "backup", parents=[parent], help="write a saveset of a disk on another host",
+        description="Write a saveset of SOURCE at SAVESET on [USER@]HOST (no target disk). "
+        "Stock 'zstd -d SAVESET > disk.img' restores it; so does 'bacpac restore'.")
+    backup.add_argument("source", metavar="SOURCE")
+    backup.add_argument("target", metavar="[USER@]HOST:SAVESET")
+    _add_stream_options(backup)
+    backup.set_defaults(run=_cmd_backup, force=False, verify=False, saveset=None)
+
+    restore = commands.add_parser(
+        "restore", parents=[parent], help="write a saveset's image onto a target",
+        description="Restore the disk image in SAVESET onto TARGET, with the same checks as "
+        "dup. Either may be remote ([USER@]HOST:PATH).")
+    restore.add_argument("saveset", metavar="[HOST:]SAVESET")
+    restore.add_argument("target", metavar="[HOST:]TARGET")
+    _add_write_options(restore)
+    restore.set_defaults(run=_cmd_restore)
+
+    verify = commands.add_parser(
+        "verify", parents=[parent], help="check every frame and checksum of a saveset",
+        description="Check every frame's checksum, the seek table, the trailer's byte count "
+        "and sha256. Exit 1 naming the first bad frame and its byte offset.")
+    verify.add_argument("saveset", metavar="[HOST:]SAVESET")
+    verify.set_defaults(run=_cmd_verify)
+
+    info = commands.add_parser(
+        "info", parents=[parent], help="show a saveset's metadata and sizes",
+        description="Kind, image size, frames, compressed size and ratio, source, creation "
+        "time and bacpac version, read from the start and end of the saveset only.")
+    info.add_argument("saveset", metavar="[HOST:]SAVESET")
+    info.set_defaults(run=_cmd_info)
     return parser
+
+
+def _add_write_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="overwrite an existing block device")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-read the target from disk after writing and compare")
+
+
+def _add_stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--level", type=int, default=1, choices=range(1, 20), metavar="1-19",
+                        help="zstd compression level (default 1)")
+    parser.add_argument("--block-size", type=parse_size, default=4 << 20, metavar="SIZE",
+                        help="bytes per compressed block (default 4M, at most 32M)")
 
 
 def connect_options(args: argparse.Namespace) -> ConnectOptions:
@@ -81,15 +125,62 @@ def connect_options(args: argparse.Namespace) -> ConnectOptions:
                           interactive=sys.stdin.isatty())
 
 
-def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
+def _endpoint(text: str, args: argparse.Namespace) -> Endpoint:
+    endpoint = parse_endpoint(text)
+    if endpoint.host is not None and endpoint.user is None and args.login:
+        endpoint = Endpoint(endpoint.path, endpoint.host, args.login)
+    return endpoint
+
+
+def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     if args.block_size > 32 << 20:
         raise UsageError(f"--block-size {args.block_size}: at most 32M")
-    target = parse_endpoint(args.target)
-    if target.user is None and args.login:
-        target = type(target)(target.path, target.host, args.login)
-    request = DupRequest(source=args.source, target=target, force=args.force, verify=args.verify,
-                         stream=StreamSettings(block_size=args.block_size, level=args.level))
-    run_dup(request, connect_options(args), sink)
+    return DupRequest(source=args.source, target=_endpoint(args.target, args),
+                      saveset=args.saveset, backup=backup, force=args.force, verify=args.verify,
+                      stream=StreamSettings(block_size=args.block_size, level=args.level))
+
+
+def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
+    run_dup(_dup_request(args, backup=False), connect_options(args), sink)
+
+
+def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:
+    run_dup(_dup_request(args, backup=True), connect_options(args), sink)
+
+
+def _cmd_restore(args: argparse.Namespace, sink: Sink) -> None:
+    request = RestoreRequest(_endpoint(args.saveset, args), _endpoint(args.target, args),
+                             force=args.force, verify=args.verify)
+    run_restore(request, connect_options(args), sink)
+
+
+def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
+    summary = run_verify(_endpoint(args.saveset, args), connect_options(args), sink)
+    if not args.json:
+        print(f"{args.saveset}: ok, {summary.extra['frames']} frames, "
+              f"{summary.bytes_total} bytes, sha256 {summary.sha256}")
+
+
+def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
+    result = query_saveset("info", _endpoint(args.saveset, args), connect_options(args))
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    meta, trailer = result.get("metadata") or {}, result.get("trailer") or {}
+    rows = [
+        ("saveset", args.saveset), ("kind", meta.get("kind")),
+        ("size", f"{result['size']} bytes ({human_size(result['size'])})"),
+        ("frames", f"{result['frames']} of {human_size(meta.get('frame_size') or 0)}"),
+        ("compressed", f"{result['compressed']} bytes, ratio {result.get('ratio')}"),
+        ("source", f"{meta.get('source_host')}:{meta.get('source_path')}"),
+        ("created", meta.get("created")), ("bacpac", meta.get("bacpac_version")),
+        ("sha256", trailer.get("sha256")),
+    ]
+    for name, value in rows:
+        print(f"{name:<11} {value}")
+
+
+QUIET_COMMANDS = ("verify", "info")  # their result is what they print, not a progress display
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -99,7 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Namespace) -> int:
-    sink = make_sink(progress=not args.no_progress, json_output=args.json)
+    progress = not args.no_progress and args.command not in QUIET_COMMANDS
+    sink = make_sink(progress=progress, json_output=args.json and args.command != "info")
     try:
         command(args, sink)
         return EXIT_OK

@@ -1,8 +1,10 @@
-"""bacpac dup: duplicate a disk or image onto a target, locally or over SSH, proven by sha256."""
+"""bacpac dup and backup: a disk or image onto a target and/or a saveset, proven by sha256.
+
+A backup is a dup with no target disk: the helper writes only the saveset, from the same
+frames, and hashes the image all the same.
+"""
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -11,7 +13,8 @@ from remote_helper.protocol import END, OPEN, READY
 
 from .disk import Source, close_source, open_source
 from .errors import BacpacError, UsageError, VerifyError
-from .events import Counters, JobFinished, JobMessage, JobStarted, JobSummary, Sink
+from .events import Counters, JobMessage, JobStarted, JobSummary, Sink
+from .jobs import remote_path, run_tracked, saveset_metadata, where
 from .pipeline import StreamSettings, stream_image
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
 from .spec import Endpoint
@@ -22,38 +25,41 @@ PARTLY_WRITTEN = ("; the target was partly written and does not hold a usable co
 
 @dataclass(frozen=True)
 class DupRequest:
-    """One duplication job, validated."""
+    """One dup (target disk, optional saveset) or backup (saveset only), validated.
+
+    For a backup, `target` names the saveset and `saveset` is None.
+    """
 
     source: str
     target: Endpoint
+    saveset: Optional[str] = None
+    backup: bool = False
     force: bool = False
     verify: bool = False
     stream: StreamSettings = field(default_factory=StreamSettings)
 
+    @property
+    def command(self) -> str:
+        return "backup" if self.backup else "dup"
+
+    @property
+    def saveset_path(self) -> Optional[str]:
+        if self.backup:
+            return remote_path(self.target)
+        return self.saveset
+
 
 def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSummary:
-    """Run one dup; emits its events; returns its summary or raises its error (after JobFinished)."""
+    """Run one dup or backup; emits its events; returns its summary or raises its error."""
     job = f"{request.source} → {request.target}"
-    summary = JobSummary(command="dup", source=request.source, target=str(request.target))
-    started = time.monotonic()
-    try:
-        _dup(request, options, sink, job, summary)
-        summary.status = "ok"
-        return summary
-    except BacpacError as e:
-        summary.error = str(e)
-        raise
-    except KeyboardInterrupt:
-        summary.error = "interrupted"
-        raise
-    finally:
-        summary.seconds = time.monotonic() - started
-        sink.emit(JobFinished(job, summary))
+    summary = JobSummary(command=request.command, source=request.source,
+                         target=str(request.target), saveset=request.saveset_path)
+    return run_tracked(sink, job, summary,
+                       lambda s: _dup(request, options, sink, job, s))
 
 
 def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
          summary: JobSummary) -> None:
-    target_path = _target_path(request.target)
     source = open_source(request.source)
     try:
         summary.bytes_total = source.size
@@ -62,55 +68,63 @@ def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
                                  f"{source.rw_mountpoint}: the copy may be inconsistent"))
         session = open_session(request.target, options)
         try:
-            _transfer(request, source, session, target_path, sink, job, summary)
+            _transfer(request, source, session, sink, job, summary)
         finally:
             session.close()
     finally:
         close_source(source)
 
 
-def _target_path(target: Endpoint) -> str:
-    # A local target is resolved here, where the user typed it; a remote one is relative to the
-    # remote home directory, as with scp.
-    return os.path.abspath(target.path) if target.is_local else target.path
-
-
-def _transfer(request: DupRequest, source: Source, session: HelperSession, target_path: str,
-              sink: Sink, job: str, summary: JobSummary) -> None:
-    settings = _negotiate(request.stream, session)
-    summary.extra.update(codec=settings.codec, cipher=session.cipher,
-                         helper_python=session.hello.get("python"))
-    session.request(OPEN, _open_frame(request, source, target_path), READY, target_path)
-    sink.emit(JobStarted(job, "dup", request.source, str(request.target), None, source.size))
+def _transfer(request: DupRequest, source: Source, session: HelperSession, sink: Sink, job: str,
+              summary: JobSummary) -> None:
+    settings = _negotiate(request, session)
+    summary.extra.update(codec=settings.codec, zstd=session.hello.get("zstd"),
+                         cipher=session.cipher, helper_python=session.hello.get("python"))
+    path = remote_path(request.target)
+    session.request(OPEN, _open_frame(request, source, settings), READY, path)
+    sink.emit(JobStarted(job, request.command, request.source, str(request.target),
+                         request.saveset_path, source.size))
     counters = Counters(job, sink)
-    receiver = Receiver(session, target_path, counters.set_written)
+    receiver = Receiver(session, path, counters.set_written)
     try:
         result = _stream(source, settings, session, receiver, counters)
     except BacpacError as e:
+        if request.backup:
+            raise
         raise type(e)(f"{e}{PARTLY_WRITTEN}") from None
-    _check_result(request, session, target_path, result, summary)
+    summary.sha256 = check_result(request.verify, where(request.target, path), result)
     summary.bytes_read = counters.bytes_read
     summary.bytes_sent = counters.bytes_sent
     summary.bytes_written = int(result.get("bytes_written", 0))
 
 
-def _negotiate(stream: StreamSettings, session: HelperSession) -> StreamSettings:
+def _negotiate(request: DupRequest, session: HelperSession) -> StreamSettings:
     codecs = session.hello.get("codecs") or []
+    stream = request.stream
     if stream.codec in codecs:
         return stream
+    if request.saveset_path is not None:
+        raise UsageError(f"{session.host}: a saveset needs zstd on the target: install "
+                         "python3-zstandard or the zstd tool there")
     if "zlib" in codecs:
         return StreamSettings(stream.block_size, min(stream.level, 9), stream.threads, "zlib")
     raise UsageError(f"{session.host}: the helper offers no codec this client speaks ({codecs})")
 
 
-def _open_frame(request: DupRequest, source: Source, target_path: str) -> dict:
+def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -> dict:
+    saveset = None
+    if request.saveset_path is not None:
+        saveset = {"path": request.saveset_path, "frame_size": settings.block_size,
+                   "metadata": saveset_metadata("disk", request.source, source.size,
+                                                settings.block_size)}
     return {
         "protocol": protocol.PROTOCOL_VERSION,
         "job": "dup",
-        "path": target_path,
+        "path": None if request.backup else remote_path(request.target),
         "size": source.size,
         "force": request.force,
         "verify": request.verify,
+        "saveset": saveset,
         "source": {"boot_id": devices.boot_id(), "identity": source.identity},
     }
 
@@ -140,17 +154,13 @@ def _stream(source: Source, settings: StreamSettings, session: HelperSession,
     return result
 
 
-def _check_result(request: DupRequest, session: HelperSession, target_path: str, result: dict,
-                  summary: JobSummary) -> None:
-    where = target_path if session.host == "localhost" else f"{session.host}:{target_path}"
-    sha256 = result["source_sha256"]
+def check_result(verify: bool, where: str, result: dict) -> str:
+    """The sha256 both ends agree on; VerifyError if they, or a --verify re-read, do not."""
+    sha256 = str(result["source_sha256"])
     if result.get("sha256") != sha256:
         raise VerifyError(f"{where}: the target's sha256 {result.get('sha256')} differs from the "
                           f"source's {sha256}")
-    if request.verify and result.get("verify_sha256") != sha256:
+    if verify and "verify_sha256" in result and result["verify_sha256"] != sha256:
         raise VerifyError(f"{where}: re-read of the target gave sha256 "
                           f"{result.get('verify_sha256')}, the source's is {sha256}")
-    summary.sha256 = sha256
-    summary.extra["verified"] = bool(request.verify)
-
-
+    return sha256

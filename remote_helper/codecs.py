@@ -1,23 +1,31 @@
-"""Decompression on the target: zstandard when the host has it, zlib from the standard library.
+"""Decompression on the target: zstandard when the host has it, else the zstd tool through a
+pipe, else zlib from the standard library.
 
 The client reads HELLO's "codecs" and compresses with the best one both ends have.
 """
 import zlib
 
+from . import zstdframe
 from .errors import ProtocolError
 from .protocol import CODEC_RAW, CODEC_ZLIB, CODEC_ZSTD
 
 try:
     import zstandard
-except ImportError:  # a bare standby host: the client falls back to zlib frames
+except ImportError:  # a bare standby host: the zstd tool, or zlib frames
     zstandard = None
 
 
 def available():
     # type: () -> list
     """Codec names this host can decompress, best first."""
-    names = ["zstd"] if zstandard is not None else []
+    names = ["zstd"] if zstdframe.backend() else []
     return names + ["zlib", "raw"]
+
+
+def zstd_backend():
+    # type: () -> str
+    """"zstandard", "cli" or "": reported in HELLO, shown in the summary."""
+    return zstdframe.backend()
 
 
 class Decompressor(object):
@@ -45,7 +53,7 @@ class Decompressor(object):
         # type: (int, bytes, int) -> bytes
         if flags == CODEC_ZSTD:
             if self._zstd is None:
-                raise ProtocolError("zstd block received, but zstandard is not installed here")
+                return zstdframe.decompress_frame(payload, expected)  # one zstd process a block
             return self._zstd.decompress(payload, max_output_size=expected)
         if flags == CODEC_ZLIB:
             z = zlib.decompressobj()

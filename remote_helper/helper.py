@@ -19,7 +19,9 @@ import traceback
 from . import codecs, devices, protocol
 from .errors import HelperError, IntegrityError, ProtocolError
 from .protocol import DATA, END, ERROR, HOLE, OPEN, PROGRESS, READY, RESULT
-from .target import open_target
+from .saveset_jobs import run_info, run_read_saveset, run_verify
+from .saveset_output import open_output
+from .target import NullTarget, open_target
 from .writer import ImageWriter
 
 READ_BUFFER = 1 << 20
@@ -79,6 +81,7 @@ def hello():
         "protocol": protocol.PROTOCOL_VERSION,
         "python": platform.python_version(),
         "codecs": codecs.available(),
+        "zstd": codecs.zstd_backend(),
         "uid": os.getuid(),
         "hostname": socket.gethostname(),
         "boot_id": devices.boot_id(),
@@ -88,24 +91,46 @@ def hello():
 
 def run_dup(job, inp, out):
     # type: (dict, Input, Output) -> None
-    """Check and open the target, write the stream into it, prove it with sha256."""
+    """Check and open the target and the saveset, write the stream into them, prove it by sha256.
+
+    A backup is a dup with no target path: only the saveset is written.
+    """
     size = int(job["size"])
-    target = open_target(job["path"], size, bool(job.get("force")), job.get("source") or {})
+    if job.get("path") is None:
+        target = NullTarget(size)
+    else:
+        target = open_target(os.path.expanduser(job["path"]), size, bool(job.get("force")),
+                             job.get("source") or {})
+    saveset = None
     try:
+        saveset = open_output(job.get("saveset"))
         out.send_json(READY, {"kind": "block" if target.is_block else "file",
-                              "created": target.created, "path": os.path.abspath(target.path)})
-        writer = ImageWriter(target, lambda n: out.send_json(PROGRESS, {"written": n}))
-        end = receive_image(inp, writer, size)
-        written, sha256 = writer.finish()
-        if end.get("sha256") != sha256:
-            raise IntegrityError("%s: sha256 of what was written (%s) differs from the source's (%s)"
-                                 % (target.path, sha256, end.get("sha256")))
-        result = {"bytes_written": written, "sha256": sha256}
-        if job.get("verify"):
-            result["verify_sha256"] = reread_sha256(target)
+                              "created": target.created,
+                              "saveset": saveset.path if saveset else None})
+        result = write_image(job, inp, out, target, saveset)
         out.send_json(RESULT, result)
     finally:
         target.close()
+        if saveset is not None:
+            saveset.discard()  # harmless after commit: only a temporary file is ever removed
+
+
+def write_image(job, inp, out, target, saveset):
+    # type: (dict, Input, Output, object, object) -> dict
+    writer = ImageWriter(target, lambda n: out.send_json(PROGRESS, {"written": n}), saveset)
+    end = receive_image(inp, writer, target.size)
+    written, sha256 = writer.finish()
+    where = target.path or (saveset.path if saveset else "stream")
+    if end.get("sha256") != sha256:
+        raise IntegrityError("%s: sha256 of what was written (%s) differs from the source's (%s)"
+                             % (where, sha256, end.get("sha256")))
+    result = {"bytes_written": written, "sha256": sha256}
+    if job.get("verify") and target.path is not None:
+        result["verify_sha256"] = reread_sha256(target)
+    if saveset is not None:
+        saveset.commit(sha256, written)
+        result["saveset"] = saveset.path
+    return result
 
 
 def receive_image(inp, writer, size):
@@ -120,8 +145,8 @@ def receive_image(inp, writer, size):
                 raise ProtocolError("block at offset %d of %d bytes: expected offset %d within %d"
                                     % (frame.offset, frame.size, expected, size))
             if frame.type == DATA:
-                writer.put_data(frame.offset,
-                                decompressor.decompress(frame.flags, frame.payload, frame.size))
+                data = decompressor.decompress(frame.flags, frame.payload, frame.size)
+                writer.put_data(frame.offset, data, frame.payload)
             else:
                 writer.put_hole(frame.offset, frame.size)
             expected += frame.size
@@ -146,7 +171,8 @@ def reread_sha256(target):
     return digest.hexdigest()
 
 
-JOBS = {"dup": run_dup}
+JOBS = {"dup": run_dup, "read_saveset": run_read_saveset, "verify": run_verify,
+        "info": run_info}
 
 
 def serve(inp, out):

@@ -34,10 +34,13 @@ class Target(object):
         # type: (int, memoryview) -> None
         """Write all of data at offset (pwrite may write less than asked)."""
         view = memoryview(data)
-        while view:
-            done = os.pwrite(self.fd, view, offset)
-            view = view[done:]
-            offset += done
+        try:
+            while view:
+                done = os.pwrite(self.fd, view, offset)
+                view = view[done:]
+                offset += done
+        except OSError as e:
+            raise HelperError("%s: %s" % (self.path, e.strerror), e.errno)
 
     def zero(self, offset, length):
         # type: (int, int) -> None
@@ -47,7 +50,10 @@ class Target(object):
 
     def sync(self):
         # type: () -> None
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise HelperError("%s: %s" % (self.path, e.strerror), e.errno)
 
     def read_back(self, offset, length):
         # type: (int, int) -> bytes
@@ -58,6 +64,35 @@ class Target(object):
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class NullTarget(object):
+    """No disk at all: a backup writes only its saveset, but hashes the image all the same."""
+
+    is_block = False
+    sparse = True
+    created = False
+    path = None
+
+    def __init__(self, size):
+        # type: (int) -> None
+        self.size = size
+
+    def pwrite(self, offset, data):
+        # type: (int, memoryview) -> None
+        pass
+
+    def zero(self, offset, length):
+        # type: (int, int) -> None
+        pass
+
+    def sync(self):
+        # type: () -> None
+        pass
+
+    def close(self):
+        # type: () -> None
+        pass
 
 
 def open_target(path, size, force, source):

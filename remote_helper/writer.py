@@ -23,11 +23,15 @@ PROGRESS_EVERY = 0.5  # seconds between PROGRESS frames
 
 
 class ImageWriter(object):
-    """Takes decompressed blocks and holes in stream order; finish() returns (bytes, sha256)."""
+    """Takes decompressed blocks and holes in stream order; finish() returns (bytes, sha256).
 
-    def __init__(self, target, on_progress, depth=4):
-        # type: (object, object, int) -> None
+    With a saveset, each block's wire frame is appended to it as it is written to the target.
+    """
+
+    def __init__(self, target, on_progress, saveset=None, depth=4):
+        # type: (object, object, object, int) -> None
         self._target = target
+        self._saveset = saveset
         self._on_progress = on_progress
         self._queue = queue.Queue(depth)
         self._hash = hashlib.sha256()
@@ -40,13 +44,13 @@ class ImageWriter(object):
         self._thread.daemon = True
         self._thread.start()
 
-    def put_data(self, offset, data):
-        # type: (int, bytes) -> None
-        self._put((offset, data, len(data)))
+    def put_data(self, offset, data, frame):
+        # type: (int, bytes, bytes) -> None
+        self._put((offset, data, len(data), frame))
 
     def put_hole(self, offset, length):
         # type: (int, int) -> None
-        self._put((offset, None, length))
+        self._put((offset, None, length, None))
 
     def finish(self):
         # type: () -> tuple
@@ -86,8 +90,13 @@ class ImageWriter(object):
         except BaseException as e:  # handed to the main thread, which reports it
             self._error = e
 
-    def _write(self, offset, data, length):
-        # type: (int, object, int) -> None
+    def _write(self, offset, data, length, frame):
+        # type: (int, object, int, object) -> None
+        if self._saveset is not None:
+            if frame is None:
+                self._saveset.add_zeros(offset, length)
+            else:
+                self._saveset.add(frame, length)
         if data is None:
             self._hash_zeros(length)
             self._target.zero(offset, length)

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import paramiko
 
@@ -37,11 +37,11 @@ class SshServer:
     """A running sshd and the files a client needs to reach it as `testhost`."""
 
     host: str               # the alias in config_path
-    hostname: str           # 127.0.0.1
+    hostname: str           # the listen address, 127.0.0.1 by default
     port: int
     user: str
     config_path: str        # ssh_config with `Host testhost`
-    known_hosts: str        # holds "[127.0.0.1]:PORT ssh-ed25519 ..."
+    known_hosts: str        # holds "[HOSTNAME]:PORT ssh-ed25519 ..."
     key_path: str           # authorized user key, no passphrase
     locked_key_path: str    # authorized user key (RSA, PEM) locked with `passphrase`
     passphrase: str
@@ -71,10 +71,10 @@ def _locked_key(path: Path, passphrase: str) -> str:
     return f"{key.get_name()} {key.get_base64()} bacpac-locked"
 
 
-def _sshd_config(tmp: Path, port: int) -> str:
+def _sshd_config(tmp: Path, port: int, listen: str) -> str:
     return f"""\
 Port {port}
-ListenAddress 127.0.0.1
+ListenAddress {listen}
 HostKey {tmp}/ssh_host_ed25519_key
 PidFile {tmp}/sshd.pid
 AuthorizedKeysFile {tmp}/authorized_keys
@@ -90,10 +90,10 @@ LogLevel VERBOSE
 """
 
 
-def _client_config(tmp: Path, port: int, user: str) -> str:
+def _client_config(tmp: Path, port: int, user: str, listen: str) -> str:
     return f"""\
 Host testhost
-    HostName 127.0.0.1
+    HostName {listen}
     Port {port}
     User {user}
     IdentityFile {tmp}/id_ed25519
@@ -103,18 +103,18 @@ Host testhost
 """
 
 
-def _wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
+def _wait_listening(proc: subprocess.Popen, listen: str, port: int, log: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SshdError(f"sshd exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((listen, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise SshdError(f"sshd did not listen on 127.0.0.1:{port} within 10 s")
+    raise SshdError(f"sshd did not listen on {listen}:{port} within 10 s")
 
 
 def sshd_available() -> str:
@@ -125,13 +125,18 @@ def sshd_available() -> str:
 
 
 @contextlib.contextmanager
-def start_sshd(directory: str) -> Iterator[SshServer]:
-    """Run sshd on a free port of 127.0.0.1 until the block ends; files go in `directory`."""
+def start_sshd(directory: str, listen: str = "127.0.0.1",
+               prefix: Sequence[str] = ()) -> Iterator[SshServer]:
+    """Run sshd on a free port of `listen` until the block ends; files go in `directory`.
+
+    `prefix` goes before sshd's command line, e.g. ["ip", "netns", "exec", NS] for a server in
+    a network namespace, which the benchmark reaches over a rate-limited veth pair.
+    """
     why_not = sshd_available()
     if why_not:
         raise SshdError(why_not)
     tmp = Path(directory)
-    proc = _launch(tmp)
+    proc = _launch(tmp, listen, list(prefix))
     try:
         yield _server(tmp)
     finally:
@@ -143,30 +148,31 @@ def start_sshd(directory: str) -> Iterator[SshServer]:
             proc.wait()
 
 
-def _launch(tmp: Path) -> subprocess.Popen:
+def _launch(tmp: Path, listen: str, prefix: list[str]) -> subprocess.Popen:
     port = _free_port()
     user = "root" if os.getuid() == 0 else os.environ.get("USER", "root")
     host_key = _keygen(tmp / "ssh_host_ed25519_key")
     user_key = _keygen(tmp / "id_ed25519")
     locked_key = _locked_key(tmp / "id_rsa_locked", PASSPHRASE)
     (tmp / "authorized_keys").write_text(f"{user_key}\n{locked_key}\n")
-    known_line = f"[127.0.0.1]:{port} {' '.join(host_key.split()[:2])}"
+    known_line = f"[{listen}]:{port} {' '.join(host_key.split()[:2])}"
     (tmp / "known_hosts").write_text(known_line + "\n")
-    (tmp / "sshd_config").write_text(_sshd_config(tmp, port))
-    (tmp / "ssh_config").write_text(_client_config(tmp, port, user))
+    (tmp / "sshd_config").write_text(_sshd_config(tmp, port, listen))
+    (tmp / "ssh_config").write_text(_client_config(tmp, port, user, listen))
+    (tmp / "listen").write_text(f"{listen}\n")
     (tmp / "port").write_text(f"{port}\n")
     (tmp / "user").write_text(f"{user}\n")
     os.makedirs("/run/sshd", exist_ok=True)
     log = tmp / "sshd.log"
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config"), "-E", str(log)],
+    proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(tmp / "sshd_config"), "-E", str(log)],
                             stdin=subprocess.DEVNULL)
-    _wait_listening(proc, port, log)
+    _wait_listening(proc, listen, port, log)
     return proc
 
 
 def _server(tmp: Path) -> SshServer:
     return SshServer(
-        host="testhost", hostname="127.0.0.1", port=int((tmp / "port").read_text()),
+        host="testhost", hostname=(tmp / "listen").read_text().strip(), port=int((tmp / "port").read_text()),
         user=(tmp / "user").read_text().strip(), config_path=str(tmp / "ssh_config"),
         known_hosts=str(tmp / "known_hosts"), key_path=str(tmp / "id_ed25519"),
         locked_key_path=str(tmp / "id_rsa_locked"), passphrase=PASSPHRASE,

@@ -1,0 +1,131 @@
+"""bacpac restore, verify and info: the commands on an existing saveset, local or remote.
+
+# Strategy: every saveset operation runs in a helper where the saveset lives, local or remote,
+# so a saveset is never copied to be looked at. A restore runs two helpers: one reads the
+# saveset and sends its zstd frames as they are; the other, where the target lives, is the
+# very helper a dup talks to, with the same checks, sparse writes and sha256. The client only
+# relays frames between them, so a restore is proven against the trailer's sha256 exactly as a
+# dup is against the source's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from remote_helper import protocol
+from remote_helper.protocol import DATA, END, ERROR, OPEN, READY, RESULT
+
+from .dup import PARTLY_WRITTEN, check_result
+from .errors import BacpacError, ProtocolError, UsageError
+from .events import Counters, JobStarted, JobSummary, Sink
+from .jobs import remote_path, run_tracked, where
+from .remote import ConnectOptions, HelperSession, Receiver, open_session
+from .spec import Endpoint
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    saveset: Endpoint
+    target: Endpoint
+    force: bool = False
+    verify: bool = False
+
+
+def run_restore(request: RestoreRequest, options: ConnectOptions, sink: Sink) -> JobSummary:
+    """Write a saveset's image onto a target, wherever each of them is."""
+    job = f"{request.saveset} → {request.target}"
+    summary = JobSummary(command="restore", source=str(request.saveset),
+                         target=str(request.target), saveset=str(request.saveset))
+    return run_tracked(sink, job, summary, lambda s: _restore(request, options, sink, job, s))
+
+
+def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: str,
+             summary: JobSummary) -> None:
+    reader = open_session(request.saveset, options)
+    try:
+        meta = _open_reader(reader, request.saveset)
+        summary.bytes_total = int(meta["size"])
+        writer = open_session(request.target, options)
+        try:
+            path = remote_path(request.target)
+            writer.request(OPEN, _writer_open(request, path, meta), READY, path)
+            sink.emit(JobStarted(job, "restore", str(request.saveset), str(request.target),
+                                 str(request.saveset), summary.bytes_total))
+            counters = Counters(job, sink)
+            receiver = Receiver(writer, path, counters.set_written)
+            try:
+                result = _relay(reader, writer, receiver, counters)
+            except BacpacError as e:
+                raise type(e)(f"{e}{PARTLY_WRITTEN}") from None
+            summary.sha256 = check_result(request.verify, where(request.target, path), result)
+            summary.bytes_read = counters.bytes_read
+            summary.bytes_sent = counters.bytes_sent
+            summary.bytes_written = int(result.get("bytes_written", 0))
+        finally:
+            writer.close()
+    finally:
+        reader.close()
+
+
+def _open_reader(reader: HelperSession, saveset: Endpoint) -> dict:
+    path = remote_path(saveset)
+    meta = reader.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION, "job": "read_saveset",
+                                 "path": path}, READY, path)
+    kind = (meta.get("metadata") or {}).get("kind")
+    if kind != "disk":
+        raise UsageError(f"{where(saveset, path)}: a saveset of kind {kind!r}, not a disk image")
+    return meta
+
+
+def _writer_open(request: RestoreRequest, path: str, meta: dict) -> dict:
+    return {"protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": path,
+            "size": int(meta["size"]), "force": request.force, "verify": request.verify,
+            "saveset": None,
+            # the saveset itself is the source: a target that is the saveset file is refused
+            "source": {"boot_id": meta.get("boot_id"), "identity": meta.get("identity")}}
+
+
+def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
+           counters: Counters) -> dict:
+    """Frames from the reading helper to the writing one, until END; the writer's RESULT."""
+    while True:
+        frame = reader.recv()
+        if receiver.failed:
+            receiver.wait()
+        if frame.type == DATA:
+            writer.send_block(frame.offset, frame.size, frame.flags, frame.payload)
+            counters.add(read=frame.size, sent=len(frame.payload))
+        elif frame.type == END:
+            end = frame.json()
+            writer.send_json(END, end)
+            break
+        elif frame.type == ERROR:
+            raise reader.rebuild(frame.json(), "")
+        else:
+            raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
+                                "while reading the saveset")
+    result = receiver.wait()
+    result["source_sha256"] = end.get("sha256")
+    return result
+
+
+def query_saveset(job_name: str, saveset: Endpoint, options: ConnectOptions) -> dict:
+    """Run `verify` or `info` in a helper where the saveset lives; its RESULT."""
+    session = open_session(saveset, options)
+    try:
+        path = remote_path(saveset)
+        return session.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION, "job": job_name,
+                                      "path": path}, RESULT, path)
+    finally:
+        session.close()
+
+
+def run_verify(saveset: Endpoint, options: ConnectOptions, sink: Sink) -> JobSummary:
+    summary = JobSummary(command="verify", source=str(saveset), target="", saveset=str(saveset))
+
+    def body(summary: JobSummary) -> None:
+        result = query_saveset("verify", saveset, options)
+        summary.sha256 = result.get("sha256")
+        summary.bytes_total = summary.bytes_read = int(result.get("bytes", 0))
+        summary.extra.update(frames=result.get("frames"), compressed=result.get("compressed"))
+
+    return run_tracked(sink, str(saveset), summary, body)
