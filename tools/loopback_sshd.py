@@ -135,7 +135,7 @@ def start_sshd(directory: str, listen: str = "127.0.0.1",
     why_not = sshd_available()
     if why_not:
         raise SshdError(why_not)
-    tmp = Path(directory)
+    tmp = Path(directory).resolve()  # sshd re-executes from / for every connection
     proc = _launch(tmp, listen, list(prefix))
     try:
         yield _server(tmp)

@@ -1,0 +1,211 @@
+"""The benchmark's rows: one function each, bacpac's and the stock tools' it is measured against.
+
+# Strategy: a row function does its untimed preparation (a fresh target, or the old copy a
+# delta starts from) and returns a Job: the command to time, how to read its wire bytes, and
+# the files that must then hold the expected content. A row for a bacpac flag that does not
+# exist yet raises Skipped, so the table says so instead of failing. Adding a row (a tree copy
+# against `rsync -aH`, say) is one more function under @row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sample import Sample, sha256_file
+
+CIPHER = "aes128-gcm@openssh.com"
+
+
+class Skipped(Exception):
+    """The row cannot run yet; the message says why."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a row needs: the host to copy to, the sample, where targets go, bacpac's flags."""
+
+    config_path: str          # ssh_config where `Host testhost` is the target host
+    sample: Sample
+    target_dir: str
+    bacpac_flags: frozenset[str]
+    wire_cache: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.target_dir, name)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One timed command, and how to judge it."""
+
+    argv: list[str]
+    wire_bytes: Callable[[str], int]       # from the command's stdout
+    outputs: dict[str, Callable[[], str]]  # name → sha256 of what the run produced
+    expect_sha: str
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str        # "full" or "delta": a tool row is compared with bacpac's row of its kind
+    ours: bool
+    prepare: Callable[[Context], Job]
+
+
+ROWS: list[Row] = []
+
+
+def row(name: str, kind: str, ours: bool = False) -> Callable[[Callable[[Context], Job]],
+                                                             Callable[[Context], Job]]:
+    """Register a row function, in table order."""
+    def register(fn: Callable[[Context], Job]) -> Callable[[Context], Job]:
+        ROWS.append(Row(name, kind, ours, fn))
+        return fn
+    return register
+
+
+def bacpac_flags() -> frozenset[str]:
+    """The long options `bacpac dup --help` lists."""
+    out = subprocess.run([*_bacpac(), "dup", "--help"], capture_output=True, text=True).stdout
+    return frozenset(re.findall(r"--[a-z][a-z-]*", out))
+
+
+def _bacpac() -> list[str]:
+    exe = shutil.which("bacpac")
+    return [exe] if exe else [sys.executable, "-m", "bacpac"]
+
+
+def _require(ctx: Context, flag: str) -> None:
+    if flag not in ctx.bacpac_flags:
+        raise Skipped(f"`bacpac dup --help` lists no {flag} yet")
+
+
+def _fresh(path: str) -> str:
+    if os.path.exists(path):
+        os.unlink(path)
+    return path
+
+
+def _old_copy(ctx: Context, path: str) -> str:
+    """The original image at `path`: what a delta run starts from."""
+    subprocess.run(["cp", "--sparse=always", ctx.sample.original, _fresh(path)], check=True)
+    return path
+
+
+def _sha_of(path: str) -> Callable[[], str]:
+    return lambda: sha256_file(path)
+
+
+def _bytes_sent(stdout: str) -> int:
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    if summary.get("status") != "ok":
+        raise ValueError(f"bacpac reports {summary.get('status')}: {summary.get('error')}")
+    return int(summary["bytes_sent"])
+
+
+def _dup(ctx: Context, source: str, target: str, *flags: str) -> list[str]:
+    return [*_bacpac(), "dup", source, f"testhost:{target}", *flags, "--json",
+            "--no-progress", "-F", ctx.config_path]
+
+
+def _ssh(ctx: Context) -> str:
+    return f"ssh -F {shlex.quote(ctx.config_path)} -c {CIPHER}"
+
+
+def _pipeline(ctx: Context, producer: str, remote: str) -> list[str]:
+    remote_cmd = shlex.quote(remote)
+    return ["bash", "-o", "pipefail", "-c", f"{producer} | {_ssh(ctx)} testhost {remote_cmd}"]
+
+
+def _zstd_size(ctx: Context, level: int) -> int:
+    """Bytes `zstd -LEVEL -T0` makes of the image, measured once and untimed."""
+    key = f"zstd-{level}:{ctx.sample.original}"
+    if key not in ctx.wire_cache:
+        with subprocess.Popen(["zstd", f"-{level}", "-T0", "-q", "-c", ctx.sample.original],
+                              stdout=subprocess.PIPE) as proc:
+            assert proc.stdout is not None
+            ctx.wire_cache[key] = sum(len(c) for c in iter(lambda: proc.stdout.read(1 << 20), b""))
+    return ctx.wire_cache[key]
+
+
+@row("bacpac dup", "full", ours=True)
+def bacpac_dup(ctx: Context) -> Job:
+    target = _fresh(ctx.path("dup.img"))
+    return Job(_dup(ctx, ctx.sample.original, target), _bytes_sent,
+               {"target": _sha_of(target)}, ctx.sample.sha_original)
+
+
+@row("bacpac dup --saveset", "full", ours=True)
+def bacpac_dup_saveset(ctx: Context) -> Job:
+    _require(ctx, "--saveset")
+    target, saveset = _fresh(ctx.path("dup.img")), _fresh(ctx.path("dup.saveset"))
+    return Job(_dup(ctx, ctx.sample.original, target, "--saveset", saveset), _bytes_sent,
+               {"target": _sha_of(target), "saveset": lambda: _zstd_d_sha(saveset)},
+               ctx.sample.sha_original)
+
+
+def _zstd_d_sha(saveset: str) -> str:
+    """sha256 of what stock `zstd -d` restores from a saveset: the saveset's own promise."""
+    restored = saveset + ".restored"
+    try:
+        subprocess.run(["zstd", "-d", "-q", "-f", "--sparse", saveset, "-o", restored], check=True)
+        return sha256_file(restored)
+    finally:
+        _fresh(restored)
+
+
+@row("cat | ssh 'cat > t.img'", "full")
+def cat_ssh(ctx: Context) -> Job:
+    target = _fresh(ctx.path("cat.img"))
+    argv = _pipeline(ctx, f"cat {shlex.quote(ctx.sample.original)}", f"cat > {target}")
+    return Job(argv, lambda _: ctx.sample.size, {"target": _sha_of(target)},
+               ctx.sample.sha_original)
+
+
+def _zstd_ssh(ctx: Context, level: int) -> Job:
+    target = _fresh(ctx.path(f"zstd{level}.img"))
+    producer = f"zstd -{level} -T0 -q -c {shlex.quote(ctx.sample.original)}"
+    argv = _pipeline(ctx, producer, f"zstd -d -q --sparse -f -o {target}")
+    return Job(argv, lambda _: _zstd_size(ctx, level), {"target": _sha_of(target)},
+               ctx.sample.sha_original)
+
+
+@row("zstd -1 -T0 | ssh | zstd -d", "full")
+def zstd1_ssh(ctx: Context) -> Job:
+    return _zstd_ssh(ctx, 1)
+
+
+@row("zstd -6 -T0 | ssh | zstd -d", "full")
+def zstd6_ssh(ctx: Context) -> Job:
+    return _zstd_ssh(ctx, 6)
+
+
+@row("bacpac dup --delta (1% changed)", "delta", ours=True)
+def bacpac_delta(ctx: Context) -> Job:
+    _require(ctx, "--delta")
+    target = _old_copy(ctx, ctx.path("delta.img"))
+    return Job(_dup(ctx, ctx.sample.changed, target, "--delta"), _bytes_sent,
+               {"target": _sha_of(target)}, ctx.sample.sha_changed)
+
+
+@row("rsync --inplace --no-whole-file (1% changed)", "delta")
+def rsync_delta(ctx: Context) -> Job:
+    target = _old_copy(ctx, ctx.path("rsync.img"))
+    # -I: compare content even if size and mtime happen to match the old copy's
+    argv = ["rsync", "--inplace", "--no-whole-file", "-I", "--stats", "-e", _ssh(ctx),
+            ctx.sample.changed, f"testhost:{target}"]
+    return Job(argv, _rsync_sent, {"target": _sha_of(target)}, ctx.sample.sha_changed)
+
+
+def _rsync_sent(stdout: str) -> int:
+    found = re.search(r"Total bytes sent: ([\d,]+)", stdout)
+    if not found:
+        raise ValueError("rsync --stats printed no 'Total bytes sent'")
+    return int(found.group(1).replace(",", ""))

@@ -1,0 +1,268 @@
+"""bacpac against stock tools, on this machine: `python3 bench/run.py --help`.
+
+# Strategy: build the sample images (cached), start the target hosts (a loopback sshd, and as
+# root an sshd in a network namespace behind 100 Mbit/s), then run every row once per round,
+# rounds interleaved so that noise on the machine hits all rows alike. Before each run: `sync`
+# and drop the page cache, so every run reads its source from disk. Every run's output is
+# checked by sha256; a wrong copy marks its row INVALID rather than lending it a time. The
+# medians, the ratios bacpac ÷ tool and the machine facts go to stdout and to a Markdown file.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tools"))
+
+from loopback_sshd import SshdError, SshServer, start_sshd  # noqa: E402
+from measure import run_timed  # noqa: E402
+from netns import NetnsError, rate_limited_netns  # noqa: E402
+from rows import ROWS, Context, Job, Row, Skipped, bacpac_flags  # noqa: E402
+from sample import Sample, make_sample  # noqa: E402
+from table import Outcome, Results, facts_list, link_table  # noqa: E402
+
+TOOLS = ["ssh", "zstd", "rsync", "mke2fs", "dumpe2fs", "bash"]
+
+
+class BenchError(Exception):
+    """The benchmark cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A target host and the sample copied to it."""
+
+    name: str
+    title: str
+    server: SshServer
+    sshd_pid: int
+    sample: Sample
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        if text[-1:].upper() in units:
+            return int(float(text[:-1]) * units[text[-1].upper()])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2G, 512M)") from None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description="bacpac against stock tools.")
+    p.add_argument("--size", type=parse_size, default=2 << 30,
+                   help="sample image size on the loopback host (default 2G)")
+    p.add_argument("--slow-size", type=parse_size, default=512 << 20,
+                   help="sample image size on the 100 Mbit/s host (default 512M: a 2G cat | ssh "
+                        "takes three minutes a round there)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--link", choices=["loopback", "100mbit", "both"], default="both")
+    p.add_argument("--out", default=str(HERE / "results.md"), help="Markdown report")
+    p.add_argument("--work", default=str(HERE / "out"), help="images and targets (gitignored)")
+    return p.parse_args(argv)
+
+
+def drop_caches() -> bool:
+    """Write dirty pages out and drop the page cache; False where we may not."""
+    subprocess.run(["sync"], check=False)
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _sshd_pid(server: SshServer) -> int:
+    return int(Path(server.tmpdir, "sshd.pid").read_text())
+
+
+@contextlib.contextmanager
+def open_links(args: argparse.Namespace, tmp: Path) -> Iterator[list[Link]]:
+    """Start the target hosts the run asks for; stop them, and remove the namespace, at the end."""
+    with contextlib.ExitStack() as stack:
+        links = []
+        if args.link in ("loopback", "both"):
+            sample = make_sample(Path(args.work), args.size)
+            server = stack.enter_context(start_sshd(_mkdir(tmp / "sshd-loopback")))
+            links.append(Link("loopback", "loopback (127.0.0.1)", server, _sshd_pid(server), sample))
+        if args.link in ("100mbit", "both"):
+            sample = make_sample(Path(args.work), args.slow_size)
+            ns = stack.enter_context(rate_limited_netns("100mbit"))
+            server = stack.enter_context(start_sshd(_mkdir(tmp / "sshd-netns"), ns.address,
+                                                    ns.prefix))
+            links.append(Link("100mbit", f"100 Mbit/s (veth + tbf, to {ns.address} in a "
+                              "namespace)", server, _sshd_pid(server), sample))
+        yield links
+
+
+def _mkdir(path: Path) -> str:
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def run_once(link: Link, row: Row, ctx: Context, results: Results, tmp: Path) -> str:
+    """Run one row once on one link and file the outcome; returns a line for the log."""
+    key = (link.name, row.name)
+    if key in results.invalid or key in results.skipped:
+        return ""
+    try:
+        job = row.prepare(ctx)
+    except Skipped as e:
+        results.skipped[key] = str(e)
+        return f"{row.name}: skipped ({e})"
+    drop_caches()
+    timed = run_timed(job.argv, link.sshd_pid, str(tmp))
+    wrong = _wrong(job, timed.returncode, timed.stderr)
+    if wrong:
+        results.invalid[key] = wrong
+        print(f"bench: {link.name}: {row.name}: INVALID: {wrong}", file=sys.stderr)
+        return ""
+    outcome = Outcome(timed.seconds, job.wire_bytes(timed.stdout), timed.client_rss,
+                      timed.helper_rss)
+    results.runs.setdefault(key, []).append(outcome)
+    return f"{row.name}: {timed.seconds:.2f} s"
+
+
+def _wrong(job: Job, returncode: int, stderr: str) -> str:
+    """Why this run does not count, or "" when every output holds the expected bytes."""
+    if returncode != 0:
+        last = stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+        return f"exit {returncode}: {last[0][:200]}"
+    for name, sha in job.outputs.items():
+        got = sha()
+        if got != job.expect_sha:
+            return f"{name} sha256 {got[:12]}… is not the source's {job.expect_sha[:12]}…"
+    return ""
+
+
+def _clear(directory: str) -> None:
+    for entry in os.scandir(directory):
+        os.unlink(entry.path)
+
+
+def run_rounds(links: list[Link], rounds: int, tmp: Path) -> Results:
+    """Every row on every link, once per round, in the same order each round."""
+    results = Results({}, {}, {})
+    flags = bacpac_flags()
+    for n in range(1, rounds + 1):
+        for link in links:
+            target_dir = _mkdir(tmp / f"targets-{link.name}-{n}")
+            ctx = Context(link.server.config_path, link.sample, target_dir, flags, WIRE_CACHE)
+            for row in ROWS:
+                line = run_once(link, row, ctx, results, tmp)
+                if line:
+                    print(f"bench: round {n}/{rounds} {link.name}: {line}", file=sys.stderr)
+                _clear(target_dir)
+    return results
+
+
+WIRE_CACHE: dict[str, int] = {}
+
+
+def _version(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    return (done.stdout + done.stderr).strip().splitlines()[0].strip("* ")
+
+
+def machine_facts(links: list[Link], rounds: int, dropped: bool) -> dict[str, str]:
+    import paramiko
+
+    facts = {
+        "cores": str(os.cpu_count()), "kernel": platform.release(),
+        "OpenSSH": _version(["ssh", "-V"]), "Paramiko": paramiko.__version__,
+        "Python": platform.python_version(), "zstd": _version(["zstd", "-V"]),
+        "rsync": _version(["rsync", "--version"]),
+        "rounds": f"{rounds}, interleaved; medians shown",
+        "page cache": "synced and dropped before every run" if dropped
+        else "NOT dropped (no permission): sources may be read from memory",
+    }
+    for link in links:
+        s = link.sample
+        facts[f"image on {link.name}"] = (
+            f"{s.size / (1 << 20):.0f} MiB ext4, {s.used_bytes / s.size:.0%} used "
+            f"({s.files} files, {s.file_bytes / 1e6:.0f} MB of documentation and Python trees); "
+            f"changed copy: {s.changed_runs} runs of 50 KiB of random bytes "
+            f"({s.changed_runs * 50 * 1024 / s.size:.1%})")
+    return facts
+
+
+NOTES = [
+    "Wire bytes: bacpac's `bytes_sent` (payload on the channel), rsync's `Total bytes sent`; "
+    "for the pipelines, the bytes the producer writes into ssh (the image size for `cat`, "
+    "the output of the same `zstd` command measured once, untimed). SSH's own framing is in none "
+    "of them.",
+    "Client peak RSS: ru_maxrss from os.wait4 — for bacpac, its process; for a pipeline or "
+    "rsync, the largest of its processes (ssh, zstd, cat, rsync).",
+    "Target peak RSS: the largest VmHWM, polled every 50 ms, of the processes the target's sshd "
+    "spawned, sshd's own session processes excluded: bacpac's helper, `zstd -d`, `cat`, rsync's "
+    "receiver.",
+    "bacpac fsyncs the target before it reports success; the pipelines and rsync do not (their "
+    "dirty pages are written out by the untimed `sync` before the next run).",
+    "Ratios are bacpac's median ÷ the tool's, on the same link: the full-copy rows against "
+    "`bacpac dup`, the rsync row against `bacpac dup --delta`. Below 1, bacpac is faster or "
+    "sends less.",
+]
+
+
+def render(links: list[Link], results: Results, facts: dict[str, str]) -> str:
+    lines = ["# bacpac benchmark", "", f"Run on {time.strftime('%Y-%m-%d %H:%M %Z')} with "
+             f"`python3 bench/run.py {' '.join(sys.argv[1:])}`.", "", *facts_list(facts)]
+    for link in links:
+        lines += link_table(results, link.name, link.title, link.sample.size)
+    lines += ["", "Notes:", "", *[f"- {n}" for n in NOTES]]
+    return "\n".join(lines) + "\n"
+
+
+def bench(args: argparse.Namespace) -> int:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        raise BenchError(f"missing {', '.join(missing)}; install them first")
+    if args.link != "loopback" and os.geteuid() != 0:
+        raise BenchError("needs root for the 100 Mbit/s host; run with --link loopback")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="run-", dir=args.work) as tmp_name:
+        tmp = Path(tmp_name)
+        with open_links(args, tmp) as links:
+            results = run_rounds(links, args.rounds, tmp)
+    report = render(links, results, machine_facts(links, args.rounds, drop_caches()))
+    print(report)
+    Path(args.out).write_text(report)
+    return 1 if results.invalid else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that every finally runs: sshd stopped, namespace removed
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    args = parse_args(argv)
+    try:
+        return bench(args)
+    except (BenchError, NetnsError, SshdError) as e:
+        print(f"bench: {e}", file=sys.stderr)
+    except subprocess.CalledProcessError as e:
+        print(f"bench: {' '.join(map(str, e.cmd))} failed with exit {e.returncode}",
+              file=sys.stderr)
+    except KeyboardInterrupt:
+        print("bench: interrupted; its hosts and namespace are gone", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
