@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -97,11 +98,13 @@ def run_timed(argv: list[str], sshd_pid: int, out_dir: str) -> Timed:
     out_path, err_path = os.path.join(out_dir, "stdout"), os.path.join(out_dir, "stderr")
     with open(out_path, "wb") as out, open(err_path, "wb") as err, HelperWatch(sshd_pid) as w:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        # a group of its own, so that an interrupted pipeline goes down whole, ssh and all
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen

@@ -35,7 +35,7 @@ class Context:
     sample: Sample
     target_dir: str
     bacpac_flags: frozenset[str]
-    wire_cache: dict[str, int] = field(default_factory=dict, compare=False)
+    wire_cache: dict[str, int] = field(compare=False)
 
     def path(self, name: str) -> str:
         return os.path.join(self.target_dir, name)
@@ -129,9 +129,11 @@ def _zstd_size(ctx: Context, level: int) -> int:
     key = f"zstd-{level}:{ctx.sample.original}"
     if key not in ctx.wire_cache:
         with subprocess.Popen(["zstd", f"-{level}", "-T0", "-q", "-c", ctx.sample.original],
-                              stdout=subprocess.PIPE) as proc:
-            assert proc.stdout is not None
-            ctx.wire_cache[key] = sum(len(c) for c in iter(lambda: proc.stdout.read(1 << 20), b""))
+                              stdout=subprocess.PIPE) as zstd:
+            count = subprocess.run(["wc", "-c"], stdin=zstd.stdout, capture_output=True, text=True)
+        if zstd.returncode != 0:
+            raise subprocess.CalledProcessError(zstd.returncode, zstd.args)
+        ctx.wire_cache[key] = int(count.stdout)
     return ctx.wire_cache[key]
 
 

@@ -158,10 +158,11 @@ def run_rounds(links: list[Link], rounds: int, tmp: Path) -> Results:
     """Every row on every link, once per round, in the same order each round."""
     results = Results({}, {}, {})
     flags = bacpac_flags()
+    wire_cache: dict[str, int] = {}  # compressed sizes, measured once per image and level
     for n in range(1, rounds + 1):
         for link in links:
             target_dir = _mkdir(tmp / f"targets-{link.name}-{n}")
-            ctx = Context(link.server.config_path, link.sample, target_dir, flags, WIRE_CACHE)
+            ctx = Context(link.server.config_path, link.sample, target_dir, flags, wire_cache)
             for row in ROWS:
                 line = run_once(link, row, ctx, results, tmp)
                 if line:
@@ -170,18 +171,24 @@ def run_rounds(links: list[Link], rounds: int, tmp: Path) -> Results:
     return results
 
 
-WIRE_CACHE: dict[str, int] = {}
-
-
 def _version(argv: list[str]) -> str:
     done = subprocess.run(argv, capture_output=True, text=True)
     return (done.stdout + done.stderr).strip().splitlines()[0].strip("* ")
 
 
-def machine_facts(links: list[Link], rounds: int, dropped: bool) -> dict[str, str]:
+def bacpac_revision() -> str:
+    """The commit bacpac runs from (installed editable), and whether the tree differs from it."""
+    done = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown (not a git checkout)"
+
+
+def machine_facts(links: list[Link], rounds: int, dropped: bool,
+                  revision: str) -> dict[str, str]:
     import paramiko
 
     facts = {
+        "bacpac": f"{revision} at the start of the run",
         "cores": str(os.cpu_count()), "kernel": platform.release(),
         "OpenSSH": _version(["ssh", "-V"]), "Paramiko": paramiko.__version__,
         "Python": platform.python_version(), "zstd": _version(["zstd", "-V"]),
@@ -234,11 +241,12 @@ def bench(args: argparse.Namespace) -> int:
     if args.link != "loopback" and os.geteuid() != 0:
         raise BenchError("needs root for the 100 Mbit/s host; run with --link loopback")
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    revision = bacpac_revision()
     with tempfile.TemporaryDirectory(prefix="run-", dir=args.work) as tmp_name:
         tmp = Path(tmp_name)
         with open_links(args, tmp) as links:
             results = run_rounds(links, args.rounds, tmp)
-    report = render(links, results, machine_facts(links, args.rounds, drop_caches()))
+    report = render(links, results, machine_facts(links, args.rounds, drop_caches(), revision))
     print(report)
     Path(args.out).write_text(report)
     return 1 if results.invalid else 0

@@ -29,7 +29,7 @@ class Results:
 
 
 def _median(outcomes: list[Outcome], attr: str) -> float:
-    return statistics.median(getattr(o, attr) for o in outcomes)
+    return float(statistics.median(getattr(o, attr) for o in outcomes))
 
 
 def _ours_for(row: Row) -> Row:
