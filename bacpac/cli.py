@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     dup.add_argument("target", metavar="[USER@]HOST:TARGET")
     dup.add_argument("--saveset", metavar="PATH",
                      help="also write a saveset at PATH on the target host, in the same pass")
+    dup.add_argument("--delta", action="store_true",
+                     help="compare with what the target holds and send only the blocks that "
+                     "differ (also finishes an interrupted dup)")
     _add_write_options(dup)
     _add_stream_options(dup)
     dup.set_defaults(run=_cmd_dup)
@@ -113,8 +116,9 @@ def _add_write_options(parser: argparse.ArgumentParser) -> None:
 def _add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=int, default=1, choices=range(1, 20), metavar="1-19",
                         help="zstd compression level (default 1)")
-    parser.add_argument("--block-size", type=parse_size, default=4 << 20, metavar="SIZE",
-                        help="bytes per compressed block (default 4M, at most 32M)")
+    parser.add_argument("--block-size", type=parse_size, default=None, metavar="SIZE",
+                        help="bytes per block compared by --delta (default 64K); without "
+                        "--delta, bytes per compressed block (default 4M, at most 32M)")
 
 
 def connect_options(args: argparse.Namespace) -> ConnectOptions:
@@ -132,12 +136,24 @@ def _endpoint(text: str, args: argparse.Namespace) -> Endpoint:
     return endpoint
 
 
+def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
+    size = args.block_size
+    if size is None:
+        return StreamSettings(level=args.level)
+    if delta:
+        if size < 4096 or size > 4 << 20 or (4 << 20) % size:
+            raise UsageError(f"--block-size {size}: with --delta, a power of two from 4K to 4M")
+        return StreamSettings(level=args.level, delta_block=size)
+    if size > 32 << 20:
+        raise UsageError(f"--block-size {size}: at most 32M")
+    return StreamSettings(block_size=size, level=args.level)
+
+
 def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
-    if args.block_size > 32 << 20:
-        raise UsageError(f"--block-size {args.block_size}: at most 32M")
+    delta = bool(getattr(args, "delta", False))
     return DupRequest(source=args.source, target=_endpoint(args.target, args),
                       saveset=args.saveset, backup=backup, force=args.force, verify=args.verify,
-                      stream=StreamSettings(block_size=args.block_size, level=args.level))
+                      delta=delta, stream=_stream_settings(args, delta))
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:

@@ -5,22 +5,24 @@ frames, and hashes the image all the same.
 """
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass, field
 from typing import Optional
 
 from remote_helper import devices, protocol
-from remote_helper.protocol import END, OPEN, READY
+from remote_helper.protocol import END, MATCH, OPEN, READY
 
 from .disk import Source, close_source, open_source
 from .errors import BacpacError, UsageError, VerifyError
 from .events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, where
+from .delta import SegmentReader
 from .pipeline import StreamSettings, stream_image
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
 from .spec import Endpoint
 
 PARTLY_WRITTEN = ("; the target was partly written and does not hold a usable copy: "
-                  "run the same command again to write it whole")
+                  "run the same command again with --delta to finish it")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class DupRequest:
     backup: bool = False
     force: bool = False
     verify: bool = False
+    delta: bool = False
     stream: StreamSettings = field(default_factory=StreamSettings)
 
     @property
@@ -85,9 +88,8 @@ def _transfer(request: DupRequest, source: Source, session: HelperSession, sink:
     sink.emit(JobStarted(job, request.command, request.source, str(request.target),
                          request.saveset_path, source.size))
     counters = Counters(job, sink)
-    receiver = Receiver(session, path, counters.set_written)
     try:
-        result = _stream(source, settings, session, receiver, counters)
+        result = _stream(request, source, settings, session, counters, path, summary)
     except BacpacError as e:
         if request.backup:
             raise
@@ -107,7 +109,8 @@ def _negotiate(request: DupRequest, session: HelperSession) -> StreamSettings:
         raise UsageError(f"{session.host}: a saveset needs zstd on the target: install "
                          "python3-zstandard or the zstd tool there")
     if "zlib" in codecs:
-        return StreamSettings(stream.block_size, min(stream.level, 9), stream.threads, "zlib")
+        return StreamSettings(stream.block_size, min(stream.level, 9), stream.threads, "zlib",
+                              stream.delta_block)
     raise UsageError(f"{session.host}: the helper offers no codec this client speaks ({codecs})")
 
 
@@ -125,32 +128,66 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "force": request.force,
         "verify": request.verify,
         "saveset": saveset,
+        "delta": ({"block": settings.delta_block, "segment": settings.block_size}
+                  if request.delta else None),
         "source": {"boot_id": devices.boot_id(), "identity": source.identity},
     }
 
 
-def _stream(source: Source, settings: StreamSettings, session: HelperSession,
-            receiver: Receiver, counters: Counters) -> dict:
-    def send_block(offset: int, size: int, flags: int, payload: bytes) -> None:
-        session.send_block(offset, size, flags, payload)
-        counters.add(read=size, sent=len(payload))
+class SessionSender:
+    """Puts the pipeline's frames on the helper's channel and counts them."""
 
-    def send_hole(offset: int, size: int) -> None:
-        session.send(protocol.encode_hole(offset, size))
-        counters.add(read=size)
+    def __init__(self, session: HelperSession, receiver: Receiver, counters: Counters,
+                 delta_block: int) -> None:
+        self._session = session
+        self._receiver = receiver
+        self._counters = counters
+        self._delta_block = delta_block
+        self.blocks_sent = 0
+        self.blocks_matched = 0
 
-    def check() -> None:
-        if receiver.failed:
-            receiver.wait()  # raises the helper's error
+    def block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
+        self._session.send_block(offset, size, flags, payload)
+        self.blocks_sent += self._blocks(size)
+        self._counters.add(read=size, sent=len(payload))
 
+    def hole(self, offset: int, size: int) -> None:
+        self._session.send(protocol.encode_hole(offset, size))
+        self.blocks_sent += self._blocks(size)
+        self._counters.add(read=size)
+
+    def match(self, offset: int, size: int) -> None:
+        self._session.send(protocol.encode(MATCH, b"", offset, 0, size))
+        self.blocks_matched += self._blocks(size)
+        self._counters.add(read=size)
+
+    def check(self) -> None:
+        if self._receiver.failed:
+            self._receiver.wait()  # raises the helper's error
+
+    def _blocks(self, size: int) -> int:
+        return -(-size // self._delta_block)
+
+
+def _stream(request: DupRequest, source: Source, settings: StreamSettings,
+            session: HelperSession, counters: Counters, path: str,
+            summary: JobSummary) -> dict:
+    digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
+    receiver = Receiver(session, path, counters.set_written,
+                        lambda frame: digests.put((frame.offset, frame.payload)))
+    sender = SessionSender(session, receiver, counters, settings.delta_block)
+    reader: dict = {"reader_class": SegmentReader, "digests": digests} if request.delta else {}
     try:
-        streamed = stream_image(source.fd, source.size, settings, send_block, send_hole, check)
+        streamed = stream_image(source.fd, source.size, settings, sender, **reader)
         session.send_json(END, {"bytes": streamed.bytes_read, "sha256": streamed.sha256})
     except BacpacError:
-        check()  # the helper's own account of why the channel broke is the better message
+        sender.check()  # the helper's own account of why the channel broke is the better message
         raise
     result = receiver.wait()
     result["source_sha256"] = streamed.sha256
+    if request.delta:
+        summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
+                             block_size=settings.delta_block)
     return result
 
 

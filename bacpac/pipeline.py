@@ -18,7 +18,7 @@ import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Protocol, Union
 
 import zstandard
 
@@ -32,12 +32,25 @@ ZERO_RUN_HASH_CHUNK = memoryview(bytes(4 << 20))
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """How the image is cut and compressed."""
+    """How the image is cut and compressed; delta_block is the unit a delta run compares."""
 
     block_size: int = 4 << 20
     level: int = 1
     threads: int = 2
     codec: str = "zstd"  # "zstd" | "zlib"
+    delta_block: int = 64 << 10
+
+
+class FrameSender(Protocol):
+    """Where the stream's frames go, in order; check() raises once the helper has failed."""
+
+    def block(self, offset: int, size: int, flags: int, payload: bytes) -> None: ...
+
+    def hole(self, offset: int, size: int) -> None: ...
+
+    def match(self, offset: int, size: int) -> None: ...
+
+    def check(self) -> None: ...
 
 
 @dataclass
@@ -60,7 +73,16 @@ class _Block:
     compressed: "Future[bytes]"
 
 
-_Item = Union[_Hole, _Block, StreamResult, BaseException]
+@dataclass(frozen=True)
+class Planned:
+    """A buffer whose frames were worked out on the pool: ("data", offset, size, payload),
+    ("hole", offset, size) or ("match", offset, size) tuples, in order."""
+
+    buffer: bytearray
+    frames: "Future[list[tuple]]"
+
+
+_Item = Union[_Hole, _Block, Planned, StreamResult, BaseException]
 
 
 class Compressor:
@@ -85,14 +107,17 @@ class Compressor:
 
 
 class BlockReader:
-    """The reader thread: extents → blocks and zero runs, queued in stream order."""
+    """The reader thread: extents → blocks and zero runs, queued in stream order.
 
-    def __init__(self, fd: int, size: int, settings: StreamSettings,
-                 compress: Callable[[memoryview], bytes], pool: ThreadPoolExecutor) -> None:
+    Subclasses (delta.SegmentReader) override _run() and reuse the buffers and the queue.
+    """
+
+    def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: "Compressor",
+                 pool: ThreadPoolExecutor) -> None:
         self._fd = fd
         self._size = size
         self._block = settings.block_size
-        self._compress = compress
+        self._compress = compressor.compress
         self._pool = pool
         depth = 2 * settings.threads + 2
         self.items: queue.Queue[_Item] = queue.Queue(depth)
@@ -143,6 +168,10 @@ class BlockReader:
                 self._put(_Block(offset, size, buffer, self._pool.submit(self._compress, view)))
             offset += size
 
+    def _hash_zeros(self, length: int) -> None:
+        for pos in range(0, length, len(ZERO_RUN_HASH_CHUNK)):
+            self._hash.update(ZERO_RUN_HASH_CHUNK[: min(len(ZERO_RUN_HASH_CHUNK), length - pos)])
+
     def _pread(self, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):
@@ -154,8 +183,7 @@ class BlockReader:
 
     def _zero_run(self, offset: int, length: int, hashed: bool = False) -> None:
         if not hashed:
-            for pos in range(0, length, len(ZERO_RUN_HASH_CHUNK)):
-                self._hash.update(ZERO_RUN_HASH_CHUNK[: min(len(ZERO_RUN_HASH_CHUNK), length - pos)])
+            self._hash_zeros(length)
         if self._hole is not None and self._hole.offset + self._hole.size == offset:
             self._hole = _Hole(self._hole.offset, self._hole.size + length)
         else:
@@ -167,13 +195,19 @@ class BlockReader:
             self._put(self._hole)
             self._hole = None
 
-    def _take_buffer(self) -> bytearray:
+    def _wait(self, source: "queue.Queue[object]") -> object:
+        """The next item of `source`, unless the sender gives up first."""
         while not self._stop.is_set():
             try:
-                return self._buffers.get(timeout=0.2)
+                return source.get(timeout=0.2)
             except queue.Empty:
                 continue
         raise _Stopped()
+
+    def _take_buffer(self) -> bytearray:
+        buffer = self._wait(self._buffers)
+        assert isinstance(buffer, bytearray)
+        return buffer
 
     def _put(self, item: _Item) -> None:
         while not self._stop.is_set():
@@ -189,31 +223,50 @@ class _Stopped(Exception):
     """The sender gave up; the reader unwinds quietly."""
 
 
-def stream_image(fd: int, size: int, settings: StreamSettings,
-                 send_block: Callable[[int, int, int, bytes], None],
-                 send_hole: Callable[[int, int], None],
-                 check: Callable[[], None]) -> StreamResult:
-    """Send the whole image as DATA and HOLE frames, in order; returns its sha256.
-
-    `check` is called between frames so that an error the helper reported stops the sending.
-    """
+def stream_image(fd: int, size: int, settings: StreamSettings, sender: FrameSender,
+                 reader_class: type = BlockReader, **reader_args: object) -> StreamResult:
+    """Send the whole image as frames, in order, through `sender`; returns its sha256."""
     compressor = Compressor(settings.codec, settings.level)
     with ThreadPoolExecutor(settings.threads, thread_name_prefix="compress") as pool:
-        reader = BlockReader(fd, size, settings, compressor.compress, pool)
+        reader = reader_class(fd, size, settings, compressor, pool, **reader_args)
         reader.start()
         try:
             while True:
-                item = reader.items.get()
+                item = _next_item(reader, sender)
                 if isinstance(item, StreamResult):
                     return item
-                if isinstance(item, BaseException):
-                    raise item
-                check()
-                if isinstance(item, _Hole):
-                    send_hole(item.offset, item.size)
-                    continue
-                payload = item.compressed.result()
-                reader.release(item.buffer)
-                send_block(item.offset, item.size, compressor.flags, payload)
+                _send(item, reader, compressor, sender)
         finally:
             reader.stop()
+
+
+def _next_item(reader: BlockReader, sender: FrameSender) -> _Item:
+    while True:
+        sender.check()  # a helper that failed says why, instead of leaving us waiting
+        try:
+            item = reader.items.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def _send(item: _Item, reader: BlockReader, compressor: "Compressor",
+          sender: FrameSender) -> None:
+    if isinstance(item, _Hole):
+        sender.hole(item.offset, item.size)
+    elif isinstance(item, _Block):
+        payload = item.compressed.result()
+        reader.release(item.buffer)
+        sender.block(item.offset, item.size, compressor.flags, payload)
+    elif isinstance(item, Planned):
+        frames = item.frames.result()
+        reader.release(item.buffer)
+        for frame in frames:
+            if frame[0] == "data":
+                sender.block(frame[1], frame[2], compressor.flags, frame[3])
+            elif frame[0] == "hole":
+                sender.hole(frame[1], frame[2])
+            else:
+                sender.match(frame[1], frame[2])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from remote_helper import protocol
-from remote_helper.protocol import ERROR, PROGRESS, RESULT, Frame
+from remote_helper.protocol import DIGESTS, ERROR, PROGRESS, RESULT, Frame
 
 from .channel import Channel, LocalChannel
 from .errors import BacpacError, ProtocolError, TransferError, from_remote
@@ -202,11 +202,12 @@ class HelperSession:
 class Receiver:
     """Reads the helper's frames during a transfer: progress, then RESULT or ERROR."""
 
-    def __init__(self, session: HelperSession, where: str,
-                 on_progress: Callable[[int], None]) -> None:
+    def __init__(self, session: HelperSession, where: str, on_progress: Callable[[int], None],
+                 on_digests: Optional[Callable[[Frame], None]] = None) -> None:
         self._session = session
         self._where = where
         self._on_progress = on_progress
+        self._on_digests = on_digests
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
         self._done = threading.Event()
@@ -219,6 +220,9 @@ class Receiver:
                 frame = self._session.recv()
                 if frame.type == PROGRESS:
                     self._on_progress(int(frame.json().get("written", 0)))
+                    continue
+                if frame.type == DIGESTS and self._on_digests is not None:
+                    self._on_digests(frame)
                     continue
                 self.result = self._session.expect(frame, RESULT, self._where)
                 return

@@ -18,7 +18,8 @@ import traceback
 
 from . import codecs, devices, protocol
 from .errors import HelperError, IntegrityError, ProtocolError
-from .protocol import DATA, END, ERROR, HOLE, OPEN, PROGRESS, READY, RESULT
+from .delta import TargetSegments
+from .protocol import DATA, END, ERROR, HOLE, MATCH, OPEN, PROGRESS, READY, RESULT
 from .saveset_jobs import run_info, run_read_saveset, run_verify
 from .saveset_output import open_output
 from .target import NullTarget, open_target
@@ -93,31 +94,38 @@ def run_dup(job, inp, out):
     # type: (dict, Input, Output) -> None
     """Check and open the target and the saveset, write the stream into them, prove it by sha256.
 
-    A backup is a dup with no target path: only the saveset is written.
+    A backup is a dup with no target path: only the saveset is written. A delta run keeps the
+    target's content and first sends the digests of its blocks (see delta.py).
     """
     size = int(job["size"])
+    delta = job.get("delta")
     if job.get("path") is None:
         target = NullTarget(size)
     else:
         target = open_target(os.path.expanduser(job["path"]), size, bool(job.get("force")),
-                             job.get("source") or {})
-    saveset = None
+                             job.get("source") or {}, keep=bool(delta))
+    saveset = segments = None
     try:
         saveset = open_output(job.get("saveset"))
         out.send_json(READY, {"kind": "block" if target.is_block else "file",
                               "created": target.created,
                               "saveset": saveset.path if saveset else None})
-        result = write_image(job, inp, out, target, saveset)
+        if delta:
+            segments = TargetSegments(target, int(delta["block"]), int(delta["segment"]), out.send)
+        result = write_image(job, inp, out, target, saveset, segments)
         out.send_json(RESULT, result)
     finally:
+        if segments is not None:
+            segments.stop()
         target.close()
         if saveset is not None:
             saveset.discard()  # harmless after commit: only a temporary file is ever removed
 
 
-def write_image(job, inp, out, target, saveset):
-    # type: (dict, Input, Output, object, object) -> dict
-    writer = ImageWriter(target, lambda n: out.send_json(PROGRESS, {"written": n}), saveset)
+def write_image(job, inp, out, target, saveset, segments):
+    # type: (dict, Input, Output, object, object, object) -> dict
+    writer = ImageWriter(target, lambda n: out.send_json(PROGRESS, {"written": n}), saveset,
+                         segments)
     end = receive_image(inp, writer, target.size)
     written, sha256 = writer.finish()
     where = target.path or (saveset.path if saveset else "stream")
@@ -135,20 +143,24 @@ def write_image(job, inp, out, target, saveset):
 
 def receive_image(inp, writer, size):
     # type: (Input, ImageWriter, int) -> dict
-    """DATA and HOLE frames, contiguous and in order, up to END; returns END's payload."""
+    """DATA, HOLE and MATCH frames, contiguous and in order, up to END; returns END's payload."""
     decompressor = codecs.Decompressor()
     expected = 0
     while True:
         frame = inp.next()
-        if frame.type in (DATA, HOLE):
+        if frame.type in (DATA, HOLE, MATCH):
             if frame.offset != expected or frame.offset + frame.size > size:
                 raise ProtocolError("block at offset %d of %d bytes: expected offset %d within %d"
                                     % (frame.offset, frame.size, expected, size))
             if frame.type == DATA:
                 data = decompressor.decompress(frame.flags, frame.payload, frame.size)
                 writer.put_data(frame.offset, data, frame.payload)
-            else:
+            elif frame.type == HOLE:
                 writer.put_hole(frame.offset, frame.size)
+            elif writer.delta:
+                writer.put_match(frame.offset, frame.size)
+            else:
+                raise ProtocolError("MATCH frame outside a delta run")
             expected += frame.size
         elif frame.type == END:
             end = frame.json()

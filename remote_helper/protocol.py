@@ -35,12 +35,15 @@ END = 6  # client -> helper: total bytes and sha256 of the stream
 RESULT = 7  # helper -> client: what was written and its sha256
 ERROR = 8  # either way: kind, errno, message
 PROGRESS = 9  # helper -> client: bytes durably written so far
+DIGESTS = 10  # helper -> client (delta): sha256 of each block of the target segment at `offset`
+MATCH = 11  # client -> helper (delta): the target already holds `size` bytes at `offset`
 
 TYPE_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", READY: "READY", DATA: "DATA", HOLE: "HOLE", END: "END",
-    RESULT: "RESULT", ERROR: "ERROR", PROGRESS: "PROGRESS",
+    RESULT: "RESULT", ERROR: "ERROR", PROGRESS: "PROGRESS", DIGESTS: "DIGESTS", MATCH: "MATCH",
 }
-CONTROL_TYPES = frozenset((HELLO, OPEN, READY, END, RESULT, ERROR, PROGRESS))
+# Frames capped at MAX_CONTROL: everything but DATA (HOLE and MATCH have no payload at all).
+CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}
 
 # DATA flags: the codec of the payload.
 CODEC_RAW = 0

@@ -59,6 +59,16 @@ class Target(object):
         # type: (int, int) -> bytes
         return os.pread(self.fd, length, offset)
 
+    def read_into(self, view, offset):
+        # type: (memoryview, int) -> None
+        """Fill view from offset; a short read (a file shorter than the image) leaves zeros."""
+        done = 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n == 0:
+                return
+            done += n
+
     def close(self):
         # type: () -> None
         if self.fd >= 0:
@@ -95,12 +105,13 @@ class NullTarget(object):
         pass
 
 
-def open_target(path, size, force, source):
-    # type: (str, int, bool, dict) -> Target
+def open_target(path, size, force, source, keep=False):
+    # type: (str, int, bool, dict, bool) -> Target
     """Check everything about `path` as a target for a `size`-byte image, then open it.
 
     `source` holds the client's boot_id and the source's identity, so that a target that is
-    the source itself (same machine, same device or inode) is refused.
+    the source itself (same machine, same device or inode) is refused. With `keep` (a delta
+    run), an image file keeps its content and only its size is set to the image's.
     """
     try:
         st = os.stat(path)
@@ -112,7 +123,7 @@ def open_target(path, size, force, source):
     if stat.S_ISBLK(st.st_mode):
         return _open_block(path, size, force)
     if stat.S_ISREG(st.st_mode):
-        return _open_file(path, size)
+        return _open_file(path, size, keep)
     if stat.S_ISDIR(st.st_mode):
         raise Refused("%s: is a directory; name the image file or device to write" % path)
     raise Refused("%s: not a regular file or block device" % path)
@@ -151,12 +162,21 @@ def _open_block(path, size, force):
     return Target(path, fd, True, size, False)
 
 
-def _open_file(path, size):
-    # type: (str, int) -> Target
+def _open_file(path, size, keep):
+    # type: (str, int, bool) -> Target
     _refuse_busy(path)
     fd = _open_locked(path, os.O_RDWR)
-    _truncate(fd, path, size)
-    return Target(path, fd, False, size, False)
+    if not keep:
+        _truncate(fd, path, size)
+        return Target(path, fd, False, size, False)
+    try:
+        os.ftruncate(fd, size)
+    except OSError as e:
+        os.close(fd)
+        raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+    target = Target(path, fd, False, size, False)
+    target.sparse = False  # old data may stand anywhere: zeros must really be written
+    return target
 
 
 def _create_file(path, size):

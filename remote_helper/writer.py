@@ -6,7 +6,9 @@
 # written is computed in one pass, holes hashed as zeros. On a truncated image file, zero runs
 # inside blocks are not written either. The first MiB is held back: it is zeroed before
 # anything else is written and written last, so a target cut off half way holds no partition
-# table or file-system signature that would mount as if it were good.
+# table or file-system signature that would mount as if it were good. In a delta run, MATCH
+# ranges are hashed from the target's own bytes, read once by delta.TargetSegments; a run that
+# changes nothing writes nothing at all.
 """
 import hashlib
 import threading
@@ -14,7 +16,9 @@ import time
 
 import queue
 
+from .protocol import DATA, HOLE, MATCH
 from .devices import is_zero
+from .saveset import compress_frame
 from .target import HEAD
 
 SPARSE_CHUNK = 128 << 10  # zero runs shorter than this inside a block are written anyway
@@ -28,10 +32,11 @@ class ImageWriter(object):
     With a saveset, each block's wire frame is appended to it as it is written to the target.
     """
 
-    def __init__(self, target, on_progress, saveset=None, depth=4):
-        # type: (object, object, object, int) -> None
+    def __init__(self, target, on_progress, saveset=None, segments=None, depth=4):
+        # type: (object, object, object, object, int) -> None
         self._target = target
         self._saveset = saveset
+        self._segments = segments  # delta.TargetSegments in a delta run
         self._on_progress = on_progress
         self._queue = queue.Queue(depth)
         self._hash = hashlib.sha256()
@@ -39,18 +44,28 @@ class ImageWriter(object):
         self._written = 0
         self._error = None
         self._last_progress = time.monotonic()
-        target.zero(0, len(self._head))
+        self._head_zeroed = False
+        self._head_changed = False  # new bytes (not MATCHed ones) went into the held-back head
         self._thread = threading.Thread(target=self._run, name="writer")
         self._thread.daemon = True
         self._thread.start()
 
+    @property
+    def delta(self):
+        # type: () -> bool
+        return self._segments is not None
+
     def put_data(self, offset, data, frame):
         # type: (int, bytes, bytes) -> None
-        self._put((offset, data, len(data), frame))
+        self._put((DATA, offset, data, len(data), frame))
 
     def put_hole(self, offset, length):
         # type: (int, int) -> None
-        self._put((offset, None, length, None))
+        self._put((HOLE, offset, None, length, None))
+
+    def put_match(self, offset, length):
+        # type: (int, int) -> None
+        self._put((MATCH, offset, None, length, None))
 
     def finish(self):
         # type: () -> tuple
@@ -59,7 +74,8 @@ class ImageWriter(object):
         self._thread.join()
         self._raise_error()
         head = self._head
-        if not (self._target.sparse and is_zero(head)):
+        changed = self._head_zeroed or self._head_changed
+        if changed and not (self._target.sparse and is_zero(head)):
             self._target.pwrite(0, memoryview(head))
         self._target.sync()
         return self._written, self._hash.hexdigest()
@@ -90,26 +106,66 @@ class ImageWriter(object):
         except BaseException as e:  # handed to the main thread, which reports it
             self._error = e
 
-    def _write(self, offset, data, length, frame):
-        # type: (int, object, int, object) -> None
-        if self._saveset is not None:
-            if frame is None:
-                self._saveset.add_zeros(offset, length)
-            else:
-                self._saveset.add(frame, length)
-        if data is None:
-            self._hash_zeros(length)
-            self._target.zero(offset, length)
+    def _write(self, kind, offset, data, length, frame):
+        # type: (int, int, object, int, object) -> None
+        if kind == MATCH:
+            self._keep(offset, self._segments.take(offset, length))
         else:
-            self._hash.update(data)
-            view = self._hold_head(offset, memoryview(data))
-            start = offset + len(data) - len(view)
-            if self._target.sparse:
-                self._write_sparse(start, view)
-            elif view:
-                self._target.pwrite(start, view)
+            if self._segments is not None:
+                self._segments.skip(offset, length)
+            if kind == HOLE:
+                self._zero(offset, length)
+            else:
+                self._replace(offset, memoryview(data), frame)
         self._written += length
         self._report()
+
+    def _keep(self, offset, old):
+        # type: (int, memoryview) -> None
+        """A MATCH: the target already holds these bytes; hash them, and save them if asked."""
+        self._hash.update(old)
+        self._hold_head(offset, old)
+        if self._saveset is not None:
+            if is_zero(old):
+                self._saveset.add_zeros(offset, len(old))
+            else:
+                self._saveset.add(compress_frame(old, 1), len(old))
+
+    def _zero(self, offset, length):
+        # type: (int, int) -> None
+        if self._saveset is not None:
+            self._saveset.add_zeros(offset, length)
+        self._hash_zeros(length)
+        start = min(offset + length, max(offset, len(self._head)))
+        if start > offset:
+            self._head[offset:start] = bytes(start - offset)
+            self._head_changed = True
+        if offset + length > start:
+            self._zero_head_once()
+            self._target.zero(start, offset + length - start)
+
+    def _replace(self, offset, view, frame):
+        # type: (int, memoryview, bytes) -> None
+        if self._saveset is not None:
+            self._saveset.add(frame, len(view))
+        self._hash.update(view)
+        rest = self._hold_head(offset, view)
+        self._head_changed |= len(rest) < len(view)
+        if not rest:
+            return
+        self._zero_head_once()
+        start = offset + len(view) - len(rest)
+        if self._target.sparse:
+            self._write_sparse(start, rest)
+        else:
+            self._target.pwrite(start, rest)
+
+    def _zero_head_once(self):
+        # type: () -> None
+        """Before the first byte beyond the head is written, invalidate the head."""
+        if not self._head_zeroed:
+            self._head_zeroed = True
+            self._target.zero(0, len(self._head))
 
     def _hold_head(self, offset, view):
         # type: (int, memoryview) -> memoryview
