@@ -93,7 +93,8 @@ def _transfer(request: DupRequest, source: Source, session: HelperSession, sink:
     except BacpacError as e:
         if request.backup:
             raise
-        raise type(e)(f"{e}{PARTLY_WRITTEN}") from None
+        raise type(e)(naming(str(e), session.host, where(request.target, path))
+                      + PARTLY_WRITTEN) from None
     summary.sha256 = check_result(request.verify, where(request.target, path), result)
     summary.bytes_read = counters.bytes_read
     summary.bytes_sent = counters.bytes_sent
@@ -189,6 +190,13 @@ def _stream(request: DupRequest, source: Source, settings: StreamSettings,
         summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
                              block_size=settings.delta_block)
     return result
+
+
+def naming(message: str, host: str, where: str) -> str:
+    """ "host: cause" (what the SSH layer says) as "host:path: cause", naming the target."""
+    if message.startswith(f"{host}: "):
+        return f"{where}: {message[len(host) + 2:]}"
+    return message
 
 
 def check_result(verify: bool, where: str, result: dict) -> str:

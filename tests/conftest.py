@@ -9,3 +9,4 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from fixtures_sshd import *  # noqa: E402,F401,F403
 from fixtures_disk import *  # noqa: E402,F401,F403
+from fixtures_proxy import *  # noqa: E402,F401,F403
