@@ -39,21 +39,18 @@ class SegmentReader(BlockReader):
         self._delta_block = settings.delta_block
         self._compressor = compressor
 
-    def _run(self) -> None:
-        try:
-            for offset in range(0, self._size, self._block):
-                length = min(self._block, self._size - offset)
-                buffer = self._take_buffer()
-                view = memoryview(buffer)[:length]
-                holes = self._read_segment(view, offset)
-                self._hash.update(view)
-                theirs = self._target_digests(offset)
-                plan = functools.partial(plan_segment, offset, view, holes, theirs,
-                                         self._delta_block, self._compressor.compress)
-                self._put(Planned(buffer, self._pool.submit(plan)))
-            self._put(StreamResult(self._hash.hexdigest(), self._size))
-        except BaseException as e:  # handed to the sending thread, which raises it
-            self._put(e)
+    def _produce(self) -> None:
+        for offset in range(0, self._size, self._block):
+            length = min(self._block, self._size - offset)
+            buffer = self._take_buffer()
+            view = memoryview(buffer)[:length]
+            holes = self._read_segment(view, offset)
+            self._hash.update(view)
+            theirs = self._target_digests(offset)
+            plan = functools.partial(plan_segment, offset, view, holes, theirs,
+                                     self._delta_block, self._compressor.compress)
+            self._put(Planned(buffer, self._pool.submit(plan)))
+        self._put(StreamResult(self._hash.hexdigest(), self._size))
 
     def _read_segment(self, view: memoryview, offset: int) -> list[tuple[int, int]]:
         """Fill view from the source; holes are zero-filled, not read. Returns the holes."""

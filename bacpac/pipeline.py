@@ -140,15 +140,23 @@ class BlockReader:
 
     def _run(self) -> None:
         try:
-            for offset, length, is_data in data_extents(self._fd, 0, self._size):
-                if is_data:
-                    self._read_extent(offset, length)
-                else:
-                    self._zero_run(offset, length)
-            self._flush_hole()
-            self._put(StreamResult(self._hash.hexdigest(), self._size))
+            self._produce()
+        except _Stopped:
+            return  # the sender gave up first and knows why
         except BaseException as e:  # handed to the sending thread, which raises it
-            self._put(e)
+            try:
+                self._put(e)
+            except _Stopped:
+                return
+
+    def _produce(self) -> None:
+        for offset, length, is_data in data_extents(self._fd, 0, self._size):
+            if is_data:
+                self._read_extent(offset, length)
+            else:
+                self._zero_run(offset, length)
+        self._flush_hole()
+        self._put(StreamResult(self._hash.hexdigest(), self._size))
 
     def _read_extent(self, offset: int, length: int) -> None:
         end = offset + length

@@ -1,0 +1,67 @@
+"""The command line itself: help, version, and usage errors (exit 2, one line, no traceback)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def bacpac(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "bacpac", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, cwd=REPO, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_help_lists_dup() -> None:
+    proc = bacpac("--help")
+    assert proc.returncode == 0
+    assert "dup" in proc.stdout
+
+
+def test_dup_help_shows_its_options() -> None:
+    proc = bacpac("dup", "--help")
+    assert proc.returncode == 0
+    for option in ("--force", "--verify", "--json", "--no-progress", "-F", "-o", "--sudo"):
+        assert option in proc.stdout, option
+
+
+def test_version() -> None:
+    proc = bacpac("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("bacpac ")
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["nosuchcommand"],
+    ["dup"],
+    ["dup", "only-one-operand"],
+    ["dup", "a", "b", "c"],
+    ["dup", "--nosuchflag", "a", "b"],
+    ["dup", "--level", "0", "a", "b"],
+    ["dup", "--block-size", "lots", "a", "b"],
+    ["dup", "-p", "port", "a", "host:b"],
+])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    proc = bacpac(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "usage:" in proc.stderr or proc.stderr.startswith("bacpac: ")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["dup", "--block-size", "64M", "a", "b"], "--block-size"),
+    (["dup", "disk.img", ":/dev/sdb"], "empty host"),
+    (["dup", "disk.img", "host:"], "no path"),
+    (["dup", "-o", "Bogus=1", "disk.img", "host:/x"], "unknown ssh option"),
+])
+def test_validation_errors_are_one_line_exit_2(args: list[str], words: str) -> None:
+    proc = bacpac(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("bacpac: ")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert words in proc.stderr
