@@ -12,6 +12,7 @@ from . import __version__
 from .dup import DupRequest, run_dup
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BacpacError, UsageError
 from .events import Sink
+from .pacing import parse_rate
 from .pipeline import StreamSettings
 from .remote import ConnectOptions
 from .report import human_size, make_sink
@@ -114,8 +115,11 @@ def _add_write_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_stream_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--level", type=int, default=1, choices=range(1, 20), metavar="1-19",
-                        help="zstd compression level (default 1)")
+    parser.add_argument("--level", type=int, default=None,
+                        choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)", help="fix the zstd compression level (default: "
+                        "adapt it to whichever of CPU or link is the bottleneck, from 1)")
+    parser.add_argument("--bwlimit", type=_rate, default=None, metavar="RATE",
+                        help="cap the wire at RATE, as rsync's: KiB/s, or with K, M or G")
     parser.add_argument("--block-size", type=parse_size, default=None, metavar="SIZE",
                         help="bytes per block compared by --delta (default 64K); without "
                         "--delta, bytes per compressed block (default 4M, at most 32M)")
@@ -136,17 +140,26 @@ def _endpoint(text: str, args: argparse.Namespace) -> Endpoint:
     return endpoint
 
 
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (e.g. 5000, 10M)") from None
+
+
 def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
+    pace = {"level": 1 if args.level is None else args.level, "adaptive": args.level is None,
+            "bwlimit": args.bwlimit}
     size = args.block_size
     if size is None:
-        return StreamSettings(level=args.level)
+        return StreamSettings(**pace)
     if delta:
         if size < 4096 or size > 4 << 20 or (4 << 20) % size:
             raise UsageError(f"--block-size {size}: with --delta, a power of two from 4K to 4M")
-        return StreamSettings(level=args.level, delta_block=size)
+        return StreamSettings(delta_block=size, **pace)
     if size > 32 << 20:
         raise UsageError(f"--block-size {size}: at most 32M")
-    return StreamSettings(block_size=size, level=args.level)
+    return StreamSettings(block_size=size, **pace)
 
 
 def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:

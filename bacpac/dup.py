@@ -5,6 +5,7 @@ frames, and hashes the image all the same.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 from dataclasses import dataclass, field
 from typing import Optional
@@ -110,8 +111,7 @@ def _negotiate(request: DupRequest, session: HelperSession) -> StreamSettings:
         raise UsageError(f"{session.host}: a saveset needs zstd on the target: install "
                          "python3-zstandard or the zstd tool there")
     if "zlib" in codecs:
-        return StreamSettings(stream.block_size, min(stream.level, 9), stream.threads, "zlib",
-                              stream.delta_block)
+        return dataclasses.replace(stream, codec="zlib", level=min(max(stream.level, 1), 9))
     raise UsageError(f"{session.host}: the helper offers no codec this client speaks ({codecs})")
 
 
@@ -186,6 +186,7 @@ def _stream(request: DupRequest, source: Source, settings: StreamSettings,
         raise
     result = receiver.wait()
     result["source_sha256"] = streamed.sha256
+    summary.extra["levels"] = streamed.levels
     if request.delta:
         summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
                              block_size=settings.delta_block)

@@ -17,7 +17,7 @@ import queue
 import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Union
 
 import zstandard
@@ -26,6 +26,7 @@ from remote_helper import protocol
 from remote_helper.devices import data_extents, is_zero
 
 from .errors import TransferError
+from .pacing import Pacer
 
 ZERO_RUN_HASH_CHUNK = memoryview(bytes(4 << 20))
 
@@ -39,6 +40,8 @@ class StreamSettings:
     threads: int = 2
     codec: str = "zstd"  # "zstd" | "zlib"
     delta_block: int = 64 << 10
+    adaptive: bool = True  # False when --level fixed it
+    bwlimit: Optional[float] = None  # bytes/s on the wire, as rsync's --bwlimit
 
 
 class FrameSender(Protocol):
@@ -57,6 +60,7 @@ class FrameSender(Protocol):
 class StreamResult:
     sha256: str
     bytes_read: int
+    levels: dict[int, int] = field(default_factory=dict)  # blocks compressed at each level
 
 
 @dataclass(frozen=True)
@@ -86,23 +90,27 @@ _Item = Union[_Hole, _Block, Planned, StreamResult, BaseException]
 
 
 class Compressor:
-    """Compresses blocks from any thread: one zstd context per thread (they are not shareable)."""
+    """Compresses blocks from any thread: zstd contexts are per thread (they are not shareable)
+    and per level, which the Pacer may change between blocks."""
 
     def __init__(self, codec: str, level: int) -> None:
         self.codec = codec
         self.flags = protocol.CODECS[codec]
-        self._level = level
+        self.level = level
         self._local = threading.local()
 
     def compress(self, data: memoryview) -> bytes:
+        level = self.level
         if self.codec == "zlib":
-            return zlib.compress(data, max(1, min(self._level, 9)))
-        cctx = getattr(self._local, "cctx", None)
+            return zlib.compress(data, max(1, min(level, 9)))
+        contexts = getattr(self._local, "contexts", None)
+        if contexts is None:
+            contexts = self._local.contexts = {}
+        cctx = contexts.get(level)
         if cctx is None:
             # Content size and checksum make every frame a valid saveset frame as it stands.
-            cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True,
-                                            write_content_size=True)
-            self._local.cctx = cctx
+            cctx = contexts[level] = zstandard.ZstdCompressor(
+                level=level, write_checksum=True, write_content_size=True)
         return cctx.compress(data)
 
 
@@ -235,6 +243,7 @@ def stream_image(fd: int, size: int, settings: StreamSettings, sender: FrameSend
                  reader_class: type = BlockReader, **reader_args: object) -> StreamResult:
     """Send the whole image as frames, in order, through `sender`; returns its sha256."""
     compressor = Compressor(settings.codec, settings.level)
+    pacer = Pacer(compressor, settings.adaptive, settings.bwlimit)
     with ThreadPoolExecutor(settings.threads, thread_name_prefix="compress") as pool:
         reader = reader_class(fd, size, settings, compressor, pool, **reader_args)
         reader.start()
@@ -242,8 +251,9 @@ def stream_image(fd: int, size: int, settings: StreamSettings, sender: FrameSend
             while True:
                 item = _next_item(reader, sender)
                 if isinstance(item, StreamResult):
+                    item.levels = pacer.blocks_at
                     return item
-                _send(item, reader, compressor, sender)
+                _send(item, reader, compressor, sender, pacer)
         finally:
             reader.stop()
 
@@ -260,20 +270,23 @@ def _next_item(reader: BlockReader, sender: FrameSender) -> _Item:
         return item
 
 
-def _send(item: _Item, reader: BlockReader, compressor: "Compressor",
-          sender: FrameSender) -> None:
+def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: FrameSender,
+          pacer: Pacer) -> None:
     if isinstance(item, _Hole):
         sender.hole(item.offset, item.size)
     elif isinstance(item, _Block):
-        payload = item.compressed.result()
+        payload = pacer.compressed(item.compressed.result)
         reader.release(item.buffer)
-        sender.block(item.offset, item.size, compressor.flags, payload)
+        pacer.send(lambda: sender.block(item.offset, item.size, compressor.flags, payload),
+                   len(payload), item.size)
     elif isinstance(item, Planned):
-        frames = item.frames.result()
+        frames = pacer.compressed(item.frames.result)
         reader.release(item.buffer)
         for frame in frames:
             if frame[0] == "data":
-                sender.block(frame[1], frame[2], compressor.flags, frame[3])
+                data = frame
+                pacer.send(lambda: sender.block(data[1], data[2], compressor.flags, data[3]),
+                           len(data[3]), data[2])
             elif frame[0] == "hole":
                 sender.hole(frame[1], frame[2])
             else:
