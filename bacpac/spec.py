@@ -1,6 +1,7 @@
 """Parsing of "[user@]host:path" operands into Endpoints, as scp and rsync read them."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,11 +34,11 @@ def parse_endpoint(text: str) -> Endpoint:
     """
     if not text:
         raise UsageError("empty path")
-    if text.startswith("["):
-        end = text.find("]:")
-        if end < 0:
-            raise UsageError(f"{text}: expected [host]:path")
-        return _remote(text[1:end], text[end + 2 :], text)
+    bracketed = re.fullmatch(r"((?:[^@/:\[]*@)?)\[([^\]]*)\]:(.*)", text, re.DOTALL)
+    if bracketed:
+        return _remote(bracketed.group(1) + bracketed.group(2), bracketed.group(3), text)
+    if text.startswith("[") or "@[" in text.split("/", 1)[0]:
+        raise UsageError(f"{text}: expected [host]:path")
     colon = text.find(":")
     slash = text.find("/")
     if colon < 0 or (0 <= slash < colon):

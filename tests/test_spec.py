@@ -33,8 +33,6 @@ def test_remote_endpoints(text: str, path: str, host: str, user) -> None:
     assert not endpoint.is_local
 
 
-@pytest.mark.xfail(reason="spec.py reads user@[v6]:path as host '[' and path ':1]:/x'",
-                   strict=True)
 def test_user_at_bracketed_v6_host() -> None:
     assert parse_endpoint("root@[::1]:/dev/sdb") == Endpoint("/dev/sdb", "::1", "root")
 
