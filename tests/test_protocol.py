@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from remote_helper import protocol
 from remote_helper.errors import ProtocolError
 from remote_helper.protocol import (
-    CODEC_ZSTD, DATA, END, ERROR, HEADER, HEADER_SIZE, HELLO, HOLE, MAX_CONTROL, MAX_PAYLOAD,
-    OPEN, PROGRESS, READY, RESULT, Decoder, Frame)
+    CODEC_ZSTD, DATA, DIGESTS, END, ERROR, HEADER, HEADER_SIZE, HELLO, HOLE, MATCH, MAX_CONTROL,
+    MAX_PAYLOAD, OPEN, PROGRESS, READY, RESULT, Decoder, Frame)
 
 CONTROL = {
     HELLO: {"protocol": 1, "python": "3.6.15", "codecs": ["zstd", "zlib"], "uid": 0},
@@ -38,6 +38,11 @@ def sample_frames() -> list[tuple[bytes, Frame]]:
                    Frame(DATA, CODEC_ZSTD, 8 << 30, 1 << 20, payload)))
     frames.append((protocol.encode(DATA, b"", offset=0, size=0), Frame(DATA, 0, 0, 0, b"")))
     frames.append((protocol.encode_hole(3 << 40, 7 << 30), Frame(HOLE, 0, 3 << 40, 7 << 30, b"")))
+    frames.append((protocol.encode(MATCH, b"", 64 << 10, 0, 1 << 20),
+                   Frame(MATCH, 0, 64 << 10, 1 << 20, b"")))
+    digests = os.urandom(32 * 16)
+    frames.append((protocol.encode(DIGESTS, digests, 8 << 20),
+                   Frame(DIGESTS, 0, 8 << 20, 0, digests)))
     return frames
 
 
@@ -138,7 +143,8 @@ def raw_header(frame_type: int, length: int, size: int = 0, magic: bytes = b"BK"
 
 
 @pytest.mark.parametrize("frame_type,length", [
-    (DATA, MAX_PAYLOAD + 1), (DATA, 0xFFFFFFFF), (OPEN, MAX_CONTROL + 1), (HELLO, 0xFFFFFFFF)])
+    (DATA, MAX_PAYLOAD + 1), (DATA, 0xFFFFFFFF), (OPEN, MAX_CONTROL + 1), (HELLO, 0xFFFFFFFF),
+    (DIGESTS, MAX_CONTROL + 1)])
 def test_oversize_length_rejected_on_header_alone(frame_type: int, length: int) -> None:
     decoder = Decoder()
     decoder.feed(raw_header(frame_type, length))  # no payload follows: nothing is waited for
@@ -176,7 +182,7 @@ def test_bad_magic_is_protocol_error() -> None:
         decoder.next_frame()
 
 
-@pytest.mark.parametrize("frame_type", [0, 10, 255])
+@pytest.mark.parametrize("frame_type", [0, max(protocol.TYPE_NAMES) + 1, 255])
 def test_unknown_frame_type_is_protocol_error(frame_type: int) -> None:
     decoder = Decoder()
     decoder.feed(raw_header(frame_type, 0))
