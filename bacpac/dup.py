@@ -96,7 +96,9 @@ def _transfer(request: DupRequest, source: Source, session: HelperSession, sink:
             raise
         raise type(e)(naming(str(e), session.host, where(request.target, path))
                       + PARTLY_WRITTEN) from None
-    summary.sha256 = check_result(request.verify, where(request.target, path), result)
+    verify = request.verify and not request.backup
+    summary.sha256 = check_result(verify, where(request.target, path), result)
+    summary.extra["verified"] = verify
     summary.bytes_read = counters.bytes_read
     summary.bytes_sent = counters.bytes_sent
     summary.bytes_written = int(result.get("bytes_written", 0))
@@ -206,7 +208,9 @@ def check_result(verify: bool, where: str, result: dict) -> str:
     if result.get("sha256") != sha256:
         raise VerifyError(f"{where}: the target's sha256 {result.get('sha256')} differs from the "
                           f"source's {sha256}")
-    if verify and "verify_sha256" in result and result["verify_sha256"] != sha256:
+    if verify and "verify_sha256" not in result:
+        raise VerifyError(f"{where}: --verify was asked, but the helper did not re-read the target")
+    if verify and result["verify_sha256"] != sha256:
         raise VerifyError(f"{where}: re-read of the target gave sha256 "
                           f"{result.get('verify_sha256')}, the source's is {sha256}")
     return sha256

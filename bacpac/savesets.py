@@ -58,6 +58,7 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
                 raise type(e)(naming(str(e), writer.host, where(request.target, path))
                               + PARTLY_WRITTEN) from None
             summary.sha256 = check_result(request.verify, where(request.target, path), result)
+            summary.extra["verified"] = request.verify
             summary.bytes_read = counters.bytes_read
             summary.bytes_sent = counters.bytes_sent
             summary.bytes_written = int(result.get("bytes_written", 0))

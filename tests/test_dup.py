@@ -295,8 +295,6 @@ def test_check_result_fails_when_verify_reread_differs() -> None:
     assert check_result(False, "testhost:/x.img", result) == "a" * 64
 
 
-@pytest.mark.xfail(strict=True, reason="dup.check_result passes --verify when the helper's "
-                   "RESULT has no verify_sha256: a re-read that never happened counts as proof")
 def test_check_result_fails_when_verify_reread_is_missing() -> None:
     with pytest.raises(VerifyError):
         check_result(True, "testhost:/x.img", {"source_sha256": "a" * 64, "sha256": "a" * 64})
