@@ -192,6 +192,25 @@ def one(made: dict[str, Made], transport: Side) -> Made:
     return run
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, str]:
+    """A saveset of a few KiB (a 2 MiB image, mostly zeros) and its image's sha256.
+
+    Small enough that a helper reading it out never blocks on a full pipe: the refusal tests
+    use it, so that they time the refusal and not the slow abandoned reader (see
+    test_restore_refusal_does_not_wait_for_the_saveset_reader).
+    """
+    directory = tmp_path_factory.mktemp("small")
+    image = directory / "small.img"
+    with open(image, "wb") as f:
+        f.write(b"a small disk\n" * 1000)
+        f.truncate(2 * MiB + 4321)
+    saveset = directory / "small.bacpac"
+    result = bacpac("backup", "--no-progress", image, saveset)
+    assert result.returncode == 0, result.stderr
+    return saveset, sha256_file(image)
+
+
 def corrupt_copy(saveset: Path, directory: Path) -> tuple[Path, int, int]:
     """A copy with one byte flipped in the middle; (copy, data frame index, its offset)."""
     data = bytearray(saveset.read_bytes())
@@ -279,15 +298,14 @@ def test_dup_saveset_on_full_disk_says_no_space_and_leaves_nothing(
 def test_dup_saveset_client_killed_leaves_no_saveset_and_no_helper(
         transport: Side, tmp_path, no_helper_left):
     source = tmp_path / "slow.img"
-    rng = _rng(3)
-    with open(source, "wb") as f:  # compressible but not trivially: slow at level 19
-        for _ in range(24):
-            f.write(bytes(b % 16 + 65 for b in rng(MiB)))
+    sixteen_letters = bytes(65 + b % 16 for b in range(256))
+    with open(source, "wb") as f:  # compressible, but not trivially: slow at level 19
+        f.write(_rng(3)(16 * MiB).translate(sixteen_letters))
     saveset_dir = tmp_path / "savesets"
     saveset_dir.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bacpac", "dup", *transport.args(), "--no-progress",
-         "--level", "19", "--saveset", str(saveset_dir / "disk.bacpac"), str(source),
+         "--level", "19", "--block-size", "1M", "--saveset", str(saveset_dir / "disk.bacpac"), str(source),
          transport.spec(tmp_path / "t.img")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=bacpac_env(), cwd=REPO)
     try:
@@ -419,12 +437,13 @@ def test_restore_of_mostly_empty_image_writes_a_sparse_file(request, tmp_path, n
     assert os.stat(target).st_blocks * 512 < 32 * MiB
 
 
-def test_restore_onto_block_device_needs_force(one: Made, transport: Side, loop_device,
+def test_restore_onto_block_device_needs_force(small, transport: Side, loop_device,
                                                no_helper_left):
-    device = loop_device(20 * MiB)
+    saveset, image_sha256 = small
+    device = loop_device(4 * MiB)
     with open(device, "rb") as f:
         before = hashlib.sha256(f.read()).hexdigest()
-    refused = bacpac("restore", *transport.args(), "--no-progress", transport.spec(one.saveset),
+    refused = bacpac("restore", *transport.args(), "--no-progress", transport.spec(saveset),
                      device)
     assert refused.returncode == 2
     assert "--force" in refused.error_line
@@ -432,22 +451,34 @@ def test_restore_onto_block_device_needs_force(one: Made, transport: Side, loop_
     with open(device, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == before
     forced = bacpac("restore", *transport.args(), "--no-progress", "--force",
-                    transport.spec(one.saveset), device)
+                    transport.spec(saveset), device)
     assert forced.returncode == 0, forced.stderr
-    assert sha256_file(device, IMAGE_SIZE) == one.image_sha256
+    assert sha256_file(device, 2 * MiB + 4321) == image_sha256
 
 
 @pytest.mark.parametrize("target_side", TRANSPORTS)
-def test_restore_refuses_the_saveset_as_its_own_target(target_side: str, made, tmp_path,
+def test_restore_refuses_the_saveset_as_its_own_target(target_side: str, small, tmp_path,
                                                        request, no_helper_left):
     saveset = tmp_path / "self.bacpac"
-    saveset.write_bytes(made["local"].saveset.read_bytes())
+    saveset.write_bytes(small[0].read_bytes())
     where = side(target_side, request)
     result = bacpac("restore", *where.args(), "--no-progress", "--force", saveset,
                     where.spec(saveset))
     assert result.returncode == 2, result.stderr
     assert "source itself" in result.error_line
-    assert saveset.read_bytes() == made["local"].saveset.read_bytes()
+    assert saveset.read_bytes() == small[0].read_bytes()
+
+
+@pytest.mark.xfail(strict=True, reason="a refused restore waits 10 s in HelperSession.close() "
+                   "for the saveset's reading helper, which is blocked writing DATA frames "
+                   "that nobody reads any more")
+def test_restore_refusal_does_not_wait_for_the_saveset_reader(made, tmp_path, no_helper_left):
+    target = tmp_path / "self.bacpac"
+    target.write_bytes(made["local"].saveset.read_bytes())
+    started = time.monotonic()
+    result = bacpac("restore", "--no-progress", "--force", target, target)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 5
 
 
 def test_restore_from_corrupted_saveset_fails_and_says_partly_written(
