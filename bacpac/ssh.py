@@ -82,6 +82,8 @@ def _connect_jump(cfg: HostConfig, config_file: Optional[str], interactive: bool
 
 def _reason(e: BaseException) -> str:
     """One line of cause, without Paramiko's tuple reprs."""
+    if isinstance(e, EOFError):  # Paramiko's word for a peer that hung up
+        return "the server closed the connection"
     text = getattr(e, "strerror", None) or getattr(e, "text", None) or str(e)
     return text.splitlines()[0] if text.strip() else type(e).__name__
 
@@ -143,12 +145,20 @@ def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transpor
     packetizer = transport.packetizer
     packetizer.REKEY_BYTES = packetizer.REKEY_PACKETS = _NO_REKEY
     packetizer.REKEY_BYTES_OVERFLOW_MAX = packetizer.REKEY_PACKETS_OVERFLOW_MAX = _NO_REKEY
+    timeout = cfg.connect_timeout or 60
+    transport.banner_timeout = timeout
+    where = f"{cfg.alias}: SSH handshake with {cfg.hostname} port {cfg.port}"
     try:
-        transport.start_client(timeout=cfg.connect_timeout or 60)
+        transport.start_client(timeout=timeout)
     except (paramiko.SSHException, EOFError, OSError) as e:
         transport.close()
-        raise ConnectError(f"{cfg.alias}: SSH handshake with {cfg.hostname} port {cfg.port} "
-                           f"failed: {_reason(e)}") from None
+        raise ConnectError(f"{where} failed: {_reason(e)}") from None
+    if not transport.completion_event.is_set():
+        # start_client() returns quietly when its timeout passes: a server that accepted the
+        # connection and never spoke would surface later as "No existing session".
+        transport.close()
+        raise ConnectError(f"{where} timed out after {timeout:g} s (the server accepted the "
+                           "connection but did not answer)")
     return transport
 
 
@@ -216,10 +226,10 @@ class _Secrets:
     """Passphrases and passwords: getpass on a terminal, else $SSHPASS (as sshpass -e)."""
 
     def __init__(self, interactive: bool) -> None:
-        self._prompt = interactive and sys.stdin is not None and sys.stdin.isatty()
+        self.prompts = interactive and sys.stdin is not None and sys.stdin.isatty()
 
     def ask(self, prompt: str) -> Optional[str]:
-        if not self._prompt:
+        if not self.prompts:
             return os.environ.get("SSHPASS")
         try:
             return getpass.getpass(prompt)
@@ -238,17 +248,25 @@ def _authenticate(cfg: HostConfig, transport: paramiko.Transport, secrets: _Secr
         key = _load_key(path, None, locked)
         if key is not None and auth.key(key):
             return
+    undecrypted: list[str] = []
     for path in locked:
         passphrase = secrets.ask(f"Enter passphrase for key '{path}': ")
         key = _load_key(path, passphrase, []) if passphrase is not None else None
-        if key is not None and auth.key(key):
+        if key is None:
+            undecrypted.append(path)
+        elif auth.key(key):
             return
     if cfg.password_auth and auth.allows("password"):
         password = secrets.ask(f"{cfg.user}@{cfg.hostname}'s password: ")
         if password is not None and auth.password(password):
             return
     methods = ", ".join(dict.fromkeys(tried)) or "nothing the server accepts"
-    raise AuthError(f"{cfg.user}@{cfg.alias}: authentication failed (tried: {methods})")
+    # Never the passphrase itself: only which key it failed to open, and where it came from.
+    source = "from the terminal" if secrets.prompts else "in SSHPASS"
+    locked_note = "".join(f"; key {path} is locked and no passphrase {source} opens it"
+                          for path in undecrypted)
+    raise AuthError(f"{cfg.user}@{cfg.alias}: authentication failed (tried: {methods})"
+                    f"{locked_note}")
 
 
 def _load_key(path: str, passphrase: Optional[str], locked: list[str]) -> Optional[paramiko.PKey]:
