@@ -278,7 +278,7 @@ def test_dup_saveset_into_missing_directory_leaves_existing_target_untouched(
 
 @pytest.mark.xfail(strict=True, reason="AtomicFile.discard() flushes on close: ENOSPC again, so the "
                    "temporary file stays and 'target: No space left on device' replaces the "
-                   "saveset's error; and the client's reader thread prints a _Stopped traceback")
+                   "saveset's error naming its path")
 def test_dup_saveset_on_full_disk_says_no_space_and_leaves_nothing(
         transport: Side, tmpfs, tmp_path, no_helper_left):
     if os.geteuid() != 0:
