@@ -48,6 +48,7 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
         try:
             path = remote_path(request.target)
             writer.request(OPEN, _writer_open(request, path, meta), READY, path)
+            reader.send_json(READY, {})  # the target is open: the reader may start sending
             sink.emit(JobStarted(job, "restore", str(request.saveset), str(request.target),
                                  str(request.saveset), summary.bytes_total))
             counters = Counters(job, sink)

@@ -146,7 +146,8 @@ def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transpor
     packetizer.REKEY_BYTES = packetizer.REKEY_PACKETS = _NO_REKEY
     packetizer.REKEY_BYTES_OVERFLOW_MAX = packetizer.REKEY_PACKETS_OVERFLOW_MAX = _NO_REKEY
     timeout = cfg.connect_timeout or 60
-    transport.banner_timeout = timeout
+    # Only to end the transport's thread: start_client's own timeout below speaks first.
+    transport.banner_timeout = timeout + 5
     where = f"{cfg.alias}: SSH handshake with {cfg.hostname} port {cfg.port}"
     try:
         transport.start_client(timeout=timeout)

@@ -99,14 +99,16 @@ def run_dup(job, inp, out):
     """
     size = int(job["size"])
     delta = job.get("delta")
-    if job.get("path") is None:
-        target = NullTarget(size)
-    else:
-        target = open_target(os.path.expanduser(job["path"]), size, bool(job.get("force")),
-                             job.get("source") or {}, keep=bool(delta))
-    saveset = segments = None
+    # The saveset first: a saveset that cannot be written refuses the job before the target
+    # is opened, let alone truncated.
+    saveset = open_output(job.get("saveset"))
+    target = segments = None
     try:
-        saveset = open_output(job.get("saveset"))
+        if job.get("path") is None:
+            target = NullTarget(size)
+        else:
+            target = open_target(os.path.expanduser(job["path"]), size, bool(job.get("force")),
+                                 job.get("source") or {}, keep=bool(delta))
         out.send_json(READY, {"kind": "block" if target.is_block else "file",
                               "created": target.created,
                               "saveset": saveset.path if saveset else None})
@@ -117,7 +119,8 @@ def run_dup(job, inp, out):
     finally:
         if segments is not None:
             segments.stop()
-        target.close()
+        if target is not None:
+            target.close()
         if saveset is not None:
             saveset.discard()  # harmless after commit: only a temporary file is ever removed
 

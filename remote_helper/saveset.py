@@ -100,8 +100,15 @@ class AtomicFile(object):
 
     def discard(self):
         # type: () -> None
-        """Close and remove the temporary file; harmless after commit() or a second time."""
-        self.fileobj.close()
+        """Close and remove the temporary file; harmless after commit() or a second time.
+
+        Never raises for the close: on a full disk, closing flushes the buffer and fails again,
+        and that must neither keep the file nor hide the error that brought us here.
+        """
+        try:
+            self.fileobj.close()
+        except OSError:
+            pass
         if not self._committed:
             try:
                 os.unlink(self.temp_path)

@@ -2,7 +2,7 @@
 import os
 
 from . import devices, protocol
-from .errors import HelperError
+from .errors import HelperError, ProtocolError
 from .protocol import DATA, END, READY, RESULT
 from .saveset import NotASaveset, SavesetReader, info, verify
 from .zstdframe import frame_content_size
@@ -40,6 +40,12 @@ def run_read_saveset(job, inp, out):
         out.send_json(READY, {"metadata": reader.metadata, "size": size,
                               "frames": trailer["frames"], "boot_id": devices.boot_id(),
                               "identity": devices.identity(os.path.expanduser(path))})
+        # Wait for the go-ahead: the client first opens the target, which may be refused, and
+        # frames sent before then would only fill a pipe nobody reads.
+        go = inp.next()
+        if go.type != READY:
+            raise ProtocolError("expected READY to start sending, got %s"
+                                % protocol.type_name(go.type))
         offset = 0
         for _, _, frame in reader.frames():
             content = frame_content_size(frame) or 0

@@ -252,8 +252,6 @@ def test_dup_saveset_into_missing_directory_refused(transport: Side, image, tmp_
     assert not missing.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="helper.run_dup opens (creates) the target before the "
-                   "saveset: a missing saveset directory leaves a new, full-size target file")
 def test_dup_saveset_into_missing_directory_creates_no_target(transport: Side, image, tmp_path,
                                                               no_helper_left):
     result = bacpac("dup", *transport.args(), "--no-progress", "--saveset",
@@ -263,9 +261,6 @@ def test_dup_saveset_into_missing_directory_creates_no_target(transport: Side, i
     assert left_in(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="helper.run_dup opens the target before the saveset, "
-                   "and opening an existing file target truncates it: a missing saveset "
-                   "directory destroys the target's contents")
 def test_dup_saveset_into_missing_directory_leaves_existing_target_untouched(
         transport: Side, image, tmp_path, no_helper_left):
     target = tmp_path / "t.img"
@@ -276,9 +271,6 @@ def test_dup_saveset_into_missing_directory_leaves_existing_target_untouched(
     assert target.read_bytes() == b"precious" * 4096
 
 
-@pytest.mark.xfail(strict=True, reason="AtomicFile.discard() flushes on close: ENOSPC again, so the "
-                   "temporary file stays and 'target: No space left on device' replaces the "
-                   "saveset's error naming its path")
 def test_dup_saveset_on_full_disk_says_no_space_and_leaves_nothing(
         transport: Side, tmpfs, tmp_path, no_helper_left):
     if os.geteuid() != 0:
@@ -469,9 +461,6 @@ def test_restore_refuses_the_saveset_as_its_own_target(target_side: str, small, 
     assert saveset.read_bytes() == small[0].read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="a refused restore waits 10 s in HelperSession.close() "
-                   "for the saveset's reading helper, which is blocked writing DATA frames "
-                   "that nobody reads any more")
 def test_restore_refusal_does_not_wait_for_the_saveset_reader(made, tmp_path, no_helper_left):
     target = tmp_path / "self.bacpac"
     target.write_bytes(made["local"].saveset.read_bytes())
