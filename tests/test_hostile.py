@@ -1,0 +1,388 @@
+"""Hostile and bad input: a fuzzed codec, a helper fed lying frames, shell-hostile paths, secrets
+that must never show, two runs fighting over one target, and bad command lines.
+
+Every check is made where a user or an attacker would look: the helper's own frames and exit
+status, the bytes on disk, the process list, stdout and stderr.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bacpac.remote import helper_argv, helper_payload
+from remote_helper import protocol
+from remote_helper.errors import ProtocolError
+from remote_helper.protocol import DATA, END, ERROR, HEADER, OPEN, READY
+from test_faults import (MiB, SLOW, assert_failed_in_one_line, bacpac, bacpac_env, finish,
+                         no_helper_left, random_image, start, wait_until)
+
+__all__ = ["no_helper_left"]  # the session-scoped leak check of test_faults, used here too
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory) -> Path:
+    """8 MiB: 3 MiB of random data, a hole, and text."""
+    path = random_image(tmp_path_factory.mktemp("hostile") / "small.img", 3 * MiB, seed=7)
+    with open(path, "r+b") as f:
+        f.truncate(8 * MiB)
+        f.seek(6 * MiB)
+        f.write(b"bacpac hostile input\n" * 10000)
+    return path
+
+
+# ---- the codec, fuzzed ---------------------------------------------------------------------------
+
+def _signed_header(frame_type: int, flags: int, length: int, offset: int, size: int,
+                   crc: int) -> bytes:
+    """A header with a correct header checksum: it gets past the first line of defence."""
+    head = HEADER.pack(protocol.MAGIC, frame_type, flags, length, offset, size, crc, 0)[:-4]
+    return head + (zlib.crc32(head) & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+headers = st.builds(_signed_header, st.integers(0, 255), st.integers(0, 255),
+                    st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
+                    st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=400, deadline=None)
+@given(head=headers)
+def test_parse_header_accepts_only_lengths_under_the_cap(head: bytes) -> None:
+    try:
+        frame_type, _, length, _, size, _ = protocol.parse_header(head)
+    except ProtocolError:
+        return
+    cap = protocol.MAX_PAYLOAD if frame_type == DATA else protocol.MAX_CONTROL
+    assert length <= cap
+    if frame_type == DATA:
+        assert size <= protocol.MAX_PAYLOAD
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(st.one_of(headers, st.binary(max_size=64),
+                                 st.sampled_from([protocol.encode_json(OPEN, {"a": 1}),
+                                                  protocol.encode_hole(0, 4096),
+                                                  protocol.encode(DATA, b"x" * 100, 0, 0, 100)])),
+                       max_size=12),
+       eof=st.booleans())
+def test_decoder_fed_signed_headers_and_garbage_raises_only_protocol_error(
+        pieces: list, eof: bool) -> None:
+    """Valid frames, garbage and well-signed lying headers in any mix: frames or ProtocolError,
+    and the decoder never holds more than it was fed (no allocation from a header's word)."""
+    decoder = protocol.Decoder()
+    fed = 0
+    try:
+        for piece in pieces:
+            decoder.feed(piece)
+            fed += len(piece)
+            while decoder.next_frame() is not None:
+                pass
+            assert decoder.buffered <= fed
+        if eof:
+            decoder.feed(b"")
+            decoder.next_frame()
+    except ProtocolError:
+        pass
+
+
+def test_header_announcing_4_gib_is_rejected_before_any_payload_arrives() -> None:
+    decoder = protocol.Decoder()
+    decoder.feed(_signed_header(DATA, 0, 2**32 - 1, 0, 4 * MiB, 0))
+    with pytest.raises(ProtocolError, match="cap"):
+        decoder.next_frame()
+
+
+# ---- a real helper fed lying frames --------------------------------------------------------------
+
+class LocalHelper:
+    """The helper started as bacpac starts it, over pipes, driven frame by frame."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(helper_argv(sys.executable, False), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._decoder = protocol.Decoder()
+        self.send(helper_payload())
+        assert self.recv().type == protocol.HELLO
+
+    def send(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def recv(self, timeout: float = 10) -> protocol.Frame:
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0, left))
+            if not ready:
+                pytest.fail(f"no frame from the helper within {timeout} s")
+            self._decoder.feed(os.read(self.proc.stdout.fileno(), 65536))
+
+    def open_dup(self, path: Path, size: int) -> None:
+        self.send(protocol.encode_json(OPEN, {
+            "protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": str(path),
+            "size": size, "force": False, "verify": False, "saveset": None, "delta": None,
+            "source": {}}))
+        assert self.recv().type == READY
+
+    def error_then_exit(self) -> tuple:
+        """The ERROR frame (with stdin still open: the helper must not wait for more input)
+        and the exit status."""
+        frame = self.recv()
+        status = self.proc.wait(timeout=10)
+        return frame, status
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            pipe.close()
+
+
+@pytest.fixture
+def helper():
+    made = LocalHelper()
+    yield made
+    made.close()
+
+
+def raw(offset: int, data: bytes) -> bytes:
+    return protocol.encode(DATA, data, offset, protocol.CODEC_RAW, len(data))
+
+
+SIZE = 64 << 10
+LYING_FRAMES = {
+    "data_crossing_the_end": [raw(0, b"a" * (SIZE - 4096)), raw(SIZE - 4096, b"b" * 8192)],
+    "data_far_beyond_the_end": [raw(1 << 40, b"c" * 4096)],
+    "data_with_a_gap": [raw(0, b"d" * 4096), raw(8192, b"e" * 4096)],
+    "data_going_back": [raw(0, b"f" * 8192), raw(4096, b"g" * 4096)],
+    "hole_past_the_end": [protocol.encode_hole(0, SIZE + 4096)],
+    "hole_wrapping_around": [protocol.encode_hole(2**64 - 4096, 8192)],
+    "header_announcing_4_gib": [_signed_header(DATA, 0, 2**32 - 1, 0, 4096, 0)],
+}
+
+
+@pytest.mark.parametrize("frames", LYING_FRAMES.values(), ids=list(LYING_FRAMES))
+def test_helper_rejects_frames_outside_the_image_with_protocol_error(
+        helper: LocalHelper, frames: list, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    helper.open_dup(target, SIZE)
+    helper.send(b"".join(frames))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR
+    assert frame.json()["kind"] == "ProtocolError", frame.json()
+    assert status == 1
+    assert os.path.getsize(target) == SIZE  # never extended past the image
+    assert target.read_bytes() == bytes(SIZE)  # the head is held back: nothing of it written
+
+
+def test_helper_rejects_end_that_claims_more_than_was_sent(helper: LocalHelper, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    helper.open_dup(target, SIZE)
+    helper.send(raw(0, b"h" * 4096) + protocol.encode_json(END, {"bytes": SIZE, "sha256": "0"}))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert "4096" in frame.json()["message"]
+    assert target.read_bytes() == bytes(SIZE)
+
+
+# ---- shell-hostile remote paths -----------------------------------------------------------------
+
+HOSTILE_NAME = "a b'c\"d $(touch {m}-1) ;touch {m}-2; `touch {m}-3`\nx|y&z*.img"
+
+
+def _markers(token: str, *places: Path) -> list:
+    """Files a shell would have made from `touch {token}-N`, wherever it ran."""
+    found = []
+    for place in places:
+        found += list(place.glob(f"{token}*"))
+    return found
+
+
+def test_hostile_remote_paths_are_written_exactly_and_execute_nothing(
+        no_helper_left, sshd, small_image, tmp_path) -> None:
+    token = f"bacpac-pwned-{os.getpid()}-{time.monotonic_ns()}"  # touched relative to any cwd
+    directory = tmp_path / f"dir $(touch {token}-0)"
+    directory.mkdir()
+    target = directory / HOSTILE_NAME.format(m=token)
+    saveset = directory / ("set " + HOSTILE_NAME.format(m=token))
+    run = bacpac("dup", *sshd.cli_args(), "--no-progress", "--json", "--saveset", saveset,
+                 small_image, f"testhost:{target}")
+    assert run.returncode == 0, run.stderr
+    assert sha256_of(target) == sha256_of(small_image)
+    assert saveset.is_file()
+    assert json.loads(run.stdout)["target"] == f"testhost:{target}"
+    assert sorted(os.listdir(directory)) == sorted([target.name, saveset.name])
+    assert _markers(token, tmp_path, directory, Path.home(), Path("/"), Path("/tmp"),
+                    Path.cwd()) == [], "a path was run by a shell"
+
+
+# ---- secrets ----------------------------------------------------------------------------------
+
+def client_config(sshd, tmp_path: Path, identity: str) -> str:
+    """An ssh_config for `testhost` that offers only `identity` (not the session's own key)."""
+    path = tmp_path / "ssh_config"
+    path.write_text(f"Host testhost\n    HostName {sshd.hostname}\n    Port {sshd.port}\n"
+                    f"    User {sshd.user}\n    IdentityFile {identity}\n"
+                    f"    IdentitiesOnly yes\n    UserKnownHostsFile {sshd.known_hosts}\n"
+                    "    StrictHostKeyChecking yes\n")
+    return str(path)
+
+
+class CmdlineWatch:
+    """Samples every process's command line during a run, looking for a secret."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret.encode()
+        self.samples = 0
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        with open(f"/proc/{entry}/cmdline", "rb") as f:
+                            cmdline = f.read()
+                    except OSError:
+                        continue
+                    if self._secret in cmdline:
+                        self.seen.append(cmdline.decode("utf-8", "replace"))
+            self.samples += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _run_with_secret(sshd, tmp_path, secret: str, source: Path, target: Path):
+    config = client_config(sshd, tmp_path, sshd.locked_key_path)
+    watch = CmdlineWatch(secret)
+    try:
+        run = bacpac("dup", "-F", config, "-i", sshd.locked_key_path, "-o", "IdentitiesOnly=yes",
+                     "--json", source, f"testhost:{target}", env=bacpac_env(SSHPASS=secret))
+    finally:
+        watch.stop()
+    assert watch.samples >= 3, "the process list was not sampled during the run"
+    assert watch.seen == []
+    for text in (run.stdout, run.stderr):
+        assert secret not in text
+    return run
+
+
+def test_passphrase_from_sshpass_shows_nowhere(no_helper_left, sshd, small_image,
+                                               tmp_path) -> None:
+    target = tmp_path / "t.img"
+    run = _run_with_secret(sshd, tmp_path, sshd.passphrase, small_image, target)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["status"] == "ok"
+    assert run.stderr.strip(), "expected log lines on stderr (not a terminal)"
+    assert sha256_of(target) == sha256_of(small_image)
+
+
+def test_wrong_sshpass_fails_authentication_without_showing_it(no_helper_left, sshd,
+                                                               small_image, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    run = _run_with_secret(sshd, tmp_path, "Wr0ng-passphrase-7Qz", small_image, target)
+    assert_failed_in_one_line(run, "testhost", "authentication failed", sshd.locked_key_path,
+                              "no passphrase in SSHPASS opens it")
+    assert json.loads(run.stdout.strip().splitlines()[-1])["status"] == "error"
+    assert not target.exists()
+
+
+# ---- two runs onto one target -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slow_image(tmp_path_factory) -> Path:
+    """16 MiB of random data: several seconds at --level 19."""
+    return random_image(tmp_path_factory.mktemp("slow") / "slow.img", 16 * MiB, seed=3)
+
+
+def _second_run_is_refused(sshd, source: Path, target: str, *extra: str) -> None:
+    began = time.monotonic()
+    first = start("dup", *sshd.cli_args(), "--no-progress", *SLOW, *extra, source,
+                  f"testhost:{target}")
+    try:
+        wait_until(lambda: _has_data(target), 30, "data written by the first run", first)
+        first.send_signal(signal.SIGSTOP)  # mid-transfer, holding the target, for as long as needed
+        second = bacpac("dup", *sshd.cli_args(), "--no-progress", *extra, source,
+                        f"testhost:{target}")
+    finally:
+        first.send_signal(signal.SIGCONT)
+        done = finish(first, began, timeout=60)
+    assert_failed_in_one_line(second, target, "in use", code=2)
+    assert done.returncode == 0, done.stderr  # and the refused run wrote nothing into it
+    with open(target, "rb") as f:
+        assert hashlib.sha256(f.read(os.path.getsize(source))).hexdigest() == sha256_of(source)
+
+
+def _has_data(target: str) -> bool:
+    """The first run holds the target: data past the first MiB (never written before the end)."""
+    if target.startswith("/dev/"):
+        with open(target, "rb") as f:
+            f.seek(MiB)
+            return f.read(MiB) != bytes(MiB)
+    return os.path.exists(target) and os.stat(target).st_blocks * 512 > MiB
+
+
+def test_second_run_onto_the_same_image_file_is_refused(no_helper_left, sshd, slow_image,
+                                                       tmp_path) -> None:
+    _second_run_is_refused(sshd, slow_image, str(tmp_path / "t.img"))
+
+
+def test_second_run_onto_the_same_block_device_is_refused(no_helper_left, sshd, slow_image,
+                                                         loop_device) -> None:
+    device = loop_device(32 * MiB)
+    _second_run_is_refused(sshd, slow_image, device, "--force")
+
+
+# ---- bad command lines and configurations -----------------------------------------------------
+
+def test_unresolvable_host_is_named_and_nothing_written(no_helper_left, sshd, small_image) -> None:
+    run = bacpac("dup", *sshd.cli_args(), "--no-progress", small_image, "nohost.invalid:/tmp/x")
+    assert_failed_in_one_line(run, "nohost.invalid", "resolve")
+    assert not os.path.exists("/tmp/x")
+
+
+def test_key_that_is_not_authorized_fails_authentication(no_helper_left, sshd, small_image,
+                                                         tmp_path) -> None:
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   timeout=30)
+    target = tmp_path / "t.img"
+    run = bacpac("dup", "-F", client_config(sshd, tmp_path, str(key)), "--no-progress",
+                 small_image, f"testhost:{target}")
+    assert_failed_in_one_line(run, f"{sshd.user}@testhost", "authentication failed")
+    assert not target.exists()
+
+
+def test_remote_target_equal_to_source_is_refused_and_untouched(no_helper_left, sshd,
+                                                                small_image, tmp_path) -> None:
+    source = tmp_path / "same.img"
+    source.write_bytes(small_image.read_bytes())
+    before = sha256_of(source)
+    run = bacpac("dup", *sshd.cli_args(), "--no-progress", source, f"testhost:{source}")
+    assert_failed_in_one_line(run, str(source), "source itself", code=2)
+    assert sha256_of(source) == before
