@@ -14,7 +14,7 @@ from remote_helper import devices, protocol
 from remote_helper.protocol import END, MATCH, OPEN, READY
 
 from .disk import Source, close_source, open_source
-from .errors import BacpacError, UsageError, VerifyError
+from .errors import BacpacError, Interrupted, UsageError, VerifyError
 from .events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, where
 from .delta import SegmentReader
@@ -96,6 +96,9 @@ def _transfer(request: DupRequest, source: Source, session: HelperSession, sink:
             raise
         raise type(e)(naming(str(e), session.host, where(request.target, path))
                       + PARTLY_WRITTEN) from None
+    except KeyboardInterrupt:
+        hint = "" if request.backup else PARTLY_WRITTEN
+        raise Interrupted(f"{where(request.target, path)}: interrupted{hint}") from None
     verify = request.verify and not request.backup
     summary.sha256 = check_result(verify, where(request.target, path), result)
     summary.extra["verified"] = verify

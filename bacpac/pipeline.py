@@ -17,8 +17,9 @@ import queue
 import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Union
+from typing import Callable, Optional, Protocol, TypeVar, Union
 
 import zstandard
 
@@ -29,6 +30,7 @@ from .errors import TransferError
 from .pacing import Pacer
 
 ZERO_RUN_HASH_CHUNK = memoryview(bytes(4 << 20))
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -244,18 +246,20 @@ def stream_image(fd: int, size: int, settings: StreamSettings, sender: FrameSend
     """Send the whole image as frames, in order, through `sender`; returns its sha256."""
     compressor = Compressor(settings.codec, settings.level)
     pacer = Pacer(compressor, settings.adaptive, settings.bwlimit)
-    with ThreadPoolExecutor(settings.threads, thread_name_prefix="compress") as pool:
-        reader = reader_class(fd, size, settings, compressor, pool, **reader_args)
-        reader.start()
-        try:
-            while True:
-                item = _next_item(reader, sender)
-                if isinstance(item, StreamResult):
-                    item.levels = pacer.blocks_at
-                    return item
-                _send(item, reader, compressor, sender, pacer)
-        finally:
-            reader.stop()
+    pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
+    reader = reader_class(fd, size, settings, compressor, pool, **reader_args)
+    reader.start()
+    try:
+        while True:
+            item = _next_item(reader, sender)
+            if isinstance(item, StreamResult):
+                item.levels = pacer.blocks_at
+                return item
+            _send(item, reader, compressor, sender, pacer)
+    finally:
+        reader.stop()
+        # On failure, blocks queued for compression are dropped, not waited for.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _next_item(reader: BlockReader, sender: FrameSender) -> _Item:
@@ -270,17 +274,26 @@ def _next_item(reader: BlockReader, sender: FrameSender) -> _Item:
         return item
 
 
+def _result(future: "Future[T]", sender: FrameSender) -> T:
+    """The future's result; meanwhile a helper that failed stops the wait at once."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except FutureTimeout:
+            sender.check()
+
+
 def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: FrameSender,
           pacer: Pacer) -> None:
     if isinstance(item, _Hole):
         sender.hole(item.offset, item.size)
     elif isinstance(item, _Block):
-        payload = pacer.compressed(item.compressed.result)
+        payload = pacer.compressed(lambda: _result(item.compressed, sender))
         reader.release(item.buffer)
         pacer.send(lambda: sender.block(item.offset, item.size, compressor.flags, payload),
                    len(payload), item.size)
     elif isinstance(item, Planned):
-        frames = pacer.compressed(item.frames.result)
+        frames = pacer.compressed(lambda: _result(item.frames, sender))
         reader.release(item.buffer)
         for frame in frames:
             if frame[0] == "data":

@@ -447,6 +447,12 @@ class SshChannel:
             pos += sent
 
     def _closed_error(self, cause: Optional[BaseException]) -> TransferError:
+        # A cut connection closes the channel a moment before the transport says it is dead:
+        # give it a second to tell, unless the helper's exit status shows it really ended.
+        deadline = time.monotonic() + 1.0
+        while (self._conn.alive and self._chan.exit_status == -1
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
         if self._conn.alive:
             return TransferError(f"{self.name}: the helper closed its input")
         return self._conn.lost(cause)

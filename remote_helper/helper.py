@@ -129,7 +129,11 @@ def write_image(job, inp, out, target, saveset, segments):
     # type: (dict, Input, Output, object, object, object) -> dict
     writer = ImageWriter(target, lambda n: out.send_json(PROGRESS, {"written": n}), saveset,
                          segments)
-    end = receive_image(inp, writer, target.size)
+    try:
+        end = receive_image(inp, writer, target.size)
+    except ClientGone:
+        writer.abandon()
+        raise
     written, sha256 = writer.finish()
     where = target.path or (saveset.path if saveset else "stream")
     if end.get("sha256") != sha256:

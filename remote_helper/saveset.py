@@ -16,10 +16,8 @@
 # the file from its headers alone (it never trusts the table to find a frame), decompresses
 # every frame, then holds the walk against the seek table and the trailer; its first finding is
 # raised with the frame's index (0 = first data frame) and byte offset. A saveset is written
-# through AtomicFile, so an interrupted run never leaves a file under the final name.
+# through atomic.AtomicFile, so an interrupted run never leaves a file under the final name.
 """
-import binascii
-import errno
 import hashlib
 import json
 import os
@@ -56,70 +54,6 @@ class NotASaveset(HelperError):
 
 class SavesetCorrupt(IntegrityError):
     """A saveset whose frames, seek table or trailer do not hold together; names where."""
-
-
-class MissingDirectory(FileNotFoundError):
-    """The directory that should hold the file does not exist."""
-
-
-class AtomicFile(object):
-    """A file written under a temporary name beside `path`, renamed into place by commit()."""
-
-    def __init__(self, path):
-        # type: (str) -> None
-        self.path = os.path.abspath(path)
-        directory, name = os.path.split(self.path)
-        if not os.path.isdir(directory):
-            raise MissingDirectory(errno.ENOENT, "directory does not exist", directory)
-        self._committed = False
-        for _ in range(100):
-            suffix = binascii.hexlify(os.urandom(4)).decode("ascii")
-            self.temp_path = os.path.join(directory, ".%s.bacpac-tmp-%s" % (name, suffix))
-            try:
-                fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise FileExistsError(errno.EEXIST, "no free temporary name", self.temp_path)
-        self.fileobj = os.fdopen(fd, "wb")
-
-    def commit(self):
-        # type: () -> None
-        """Make the content durable, then give it its final name, then make the name durable."""
-        self.fileobj.flush()
-        os.fsync(self.fileobj.fileno())
-        self.fileobj.close()
-        os.rename(self.temp_path, self.path)
-        self._committed = True
-        dir_fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def discard(self):
-        # type: () -> None
-        """Close and remove the temporary file; harmless after commit() or a second time.
-
-        Never raises for the close: on a full disk, closing flushes the buffer and fails again,
-        and that must neither keep the file nor hide the error that brought us here.
-        """
-        try:
-            self.fileobj.close()
-        except OSError:
-            pass
-        if not self._committed:
-            try:
-                os.unlink(self.temp_path)
-            except FileNotFoundError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.discard()
 
 
 def _json_frame(magic, obj):

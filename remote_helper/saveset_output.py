@@ -9,7 +9,8 @@ that is not complete.
 import os
 
 from .errors import HelperError
-from .saveset import AtomicFile, MissingDirectory, SavesetWriter, compress_frame, require_zstd
+from .atomic import AtomicFile, MissingDirectory
+from .saveset import SavesetWriter, compress_frame, require_zstd
 
 
 class SavesetOutput(object):

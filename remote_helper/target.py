@@ -170,7 +170,8 @@ def _open_file(path, size, keep):
         _truncate(fd, path, size)
         return Target(path, fd, False, size, False)
     try:
-        os.ftruncate(fd, size)
+        if os.fstat(fd).st_size != size:  # even a same-size ftruncate would touch the mtime
+            os.ftruncate(fd, size)
     except OSError as e:
         os.close(fd)
         raise HelperError("%s: %s" % (path, e.strerror), e.errno)

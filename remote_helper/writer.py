@@ -80,6 +80,16 @@ class ImageWriter(object):
         self._target.sync()
         return self._written, self._hash.hexdigest()
 
+    def abandon(self, timeout=30.0):
+        # type: (float) -> None
+        """The client is gone: write out the blocks already received, for a later --delta to
+        keep, but not the held-back head, so the target still will not mount."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
     def _put(self, item):
         # type: (object) -> None
         while True:

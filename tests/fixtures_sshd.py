@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -16,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 
 from loopback_sshd import SshdError, SshServer, sshd_available, start_sshd  # noqa: E402
 
-__all__ = ["SshServer", "sshd", "helper_processes", "no_helper_left", "HELPER_MARKER"]
+__all__ = ["SshServer", "sshd", "helper_pids", "no_helper_left", "HELPER_MARKER"]
 
 HELPER_MARKER = "bacpac_stage1"
 
@@ -34,32 +35,60 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         pytest.fail(str(e))
 
 
-def helper_processes() -> list[str]:
-    """Command lines of live processes that carry the helper's marker."""
-    found = []
+def _parents() -> dict[int, int]:
+    parents = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except OSError:
-            continue  # gone while we looked
-        if HELPER_MARKER in cmdline:
-            found.append(f"{entry}: {cmdline}")
-    return found
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone while we looked
+    return parents
+
+
+def _descends(pid: int, roots: set[int], parents: dict[int, int]) -> bool:
+    while pid > 1:
+        if pid in roots:
+            return True
+        pid = parents.get(pid, 0)
+    return False
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def sshd_pid(sshd) -> int:
+    return int(Path(sshd.tmpdir, "sshd.pid").read_text())
+
+
+def helper_pids(sshd=None) -> list[int]:
+    """Live helpers started by this test session: under its sshd, or under this process.
+
+    Other test sessions on this machine run helpers of their own; they are not counted.
+    """
+    roots = {os.getpid()} | ({sshd_pid(sshd)} if sshd is not None else set())
+    parents = _parents()
+    return [pid for pid in parents if pid != os.getpid() and _descends(pid, roots, parents)
+            and HELPER_MARKER.encode() in _cmdline(pid)]
 
 
 @pytest.fixture
-def no_helper_left() -> Iterator[None]:
+def no_helper_left(request) -> Iterator[None]:
     """Fail the test if a helper it started is still alive 10 s after it.
 
-    Helpers alive before the test are not its doing (another test session on this machine).
+    Only this session's helpers count (under its sshd or this process): other test sessions
+    on this machine run helpers of their own.
     """
-    before = set(helper_processes())
+    server = request.getfixturevalue("sshd") if "sshd" in request.fixturenames else None
     yield
     deadline = time.monotonic() + 10
-    while left := [p for p in helper_processes() if p not in before]:
+    while left := helper_pids(server):
         if time.monotonic() > deadline:
-            pytest.fail("helper processes left behind: " + "; ".join(left))
+            pytest.fail(f"helper processes left behind: {left}")
         time.sleep(0.1)

@@ -219,8 +219,6 @@ def test_delta_with_nothing_changed_sends_nothing(transport, dense_pair) -> None
     assert_delta_counts(summary, 4 * MiB, sent=0)
 
 
-@pytest.mark.xfail(strict=True, reason="open_target(keep=True) calls ftruncate(fd, size) even "
-                   "when the file already has that size, and Linux's ftruncate always sets mtime")
 def test_delta_with_nothing_changed_leaves_the_target_untouched(transport, dense_pair) -> None:
     source, target = dense_pair
     os.utime(target, ns=(10**18, 10**18))

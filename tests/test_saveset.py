@@ -12,9 +12,10 @@ import zstandard
 
 from remote_helper import zstdframe
 from remote_helper.errors import HelperError
+from remote_helper.atomic import AtomicFile, MissingDirectory
 from remote_helper.saveset import (
-    AtomicFile, MissingDirectory, NotASaveset, SavesetCorrupt, SavesetReader, SavesetWriter,
-    compress_frame, decompress_frame, frame_content_size, frame_has_checksum, info, verify)
+    NotASaveset, SavesetCorrupt, SavesetReader, SavesetWriter, compress_frame, decompress_frame,
+    frame_content_size, frame_has_checksum, info, verify)
 
 MiB = 1 << 20
 FRAME = MiB
@@ -354,20 +355,51 @@ def test_writer_takes_memoryviews_and_refuses_a_wrong_total():
 
 # --- AtomicFile ------------------------------------------------------------------------------
 
-def test_atomic_file_is_private_and_invisible_until_commit(tmp_path):
+def test_atomic_file_is_private_and_nameless_until_commit(tmp_path):
     final = tmp_path / "disk.bps"
     out = AtomicFile(str(final))
     out.fileobj.write(b"payload")
-    temp = os.path.basename(out.temp_path)
-    assert temp.startswith(".disk.bps.bacpac-tmp-")
-    assert stat.S_IMODE(os.stat(out.temp_path).st_mode) == 0o600
-    assert not final.exists()
+    assert out.temp_path is None  # O_TMPFILE: a writer killed now leaves nothing at all
+    assert os.listdir(str(tmp_path)) == []
+    assert stat.S_IMODE(os.fstat(out.fileobj.fileno()).st_mode) == 0o600
     out.commit()
     assert final.read_bytes() == b"payload"
     assert stat.S_IMODE(final.stat().st_mode) == 0o600
     assert os.listdir(str(tmp_path)) == ["disk.bps"]
     out.discard()  # after commit: harmless, and the committed file stays
     assert final.exists()
+
+
+def test_atomic_file_commit_replaces_an_older_saveset(tmp_path):
+    final = tmp_path / "disk.bps"
+    final.write_bytes(b"last night's")
+    out = AtomicFile(str(final))
+    out.fileobj.write(b"tonight's")
+    assert final.read_bytes() == b"last night's"
+    out.commit()
+    assert final.read_bytes() == b"tonight's"
+    assert os.listdir(str(tmp_path)) == ["disk.bps"]
+
+
+def test_atomic_file_uses_a_hidden_temporary_name_without_o_tmpfile(tmp_path, monkeypatch):
+    monkeypatch.setattr(AtomicFile, "_open_unnamed", lambda self: None)
+    final = tmp_path / "disk.bps"
+    out = AtomicFile(str(final))
+    out.fileobj.write(b"payload")
+    assert os.path.basename(out.temp_path).startswith(".disk.bps.bacpac-tmp-")
+    assert stat.S_IMODE(os.stat(out.temp_path).st_mode) == 0o600
+    assert not final.exists()
+    out.commit()
+    assert final.read_bytes() == b"payload"
+    assert os.listdir(str(tmp_path)) == ["disk.bps"]
+
+
+def test_atomic_file_without_o_tmpfile_discard_removes_the_temporary(tmp_path, monkeypatch):
+    monkeypatch.setattr(AtomicFile, "_open_unnamed", lambda self: None)
+    out = AtomicFile(str(tmp_path / "disk.bps"))
+    out.fileobj.write(b"half")
+    out.discard()
+    assert os.listdir(str(tmp_path)) == []
 
 
 def test_atomic_file_discard_leaves_nothing(tmp_path):
