@@ -27,9 +27,8 @@ from remote_helper import protocol
 from remote_helper.errors import ProtocolError
 from remote_helper.protocol import DATA, END, ERROR, HEADER, OPEN, READY
 from test_faults import (MiB, SLOW, assert_failed_in_one_line, bacpac, bacpac_env, finish,
-                         no_helper_left, random_image, start, wait_until)
+                         random_image, start, wait_until)
 
-__all__ = ["no_helper_left"]  # the session-scoped leak check of test_faults, used here too
 
 
 def sha256_of(path: Path) -> str:

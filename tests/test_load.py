@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_faults import MiB, bacpac_env, finish, no_helper_left, start
+from test_faults import MiB, bacpac_env, finish, start
 
 __all__ = ["no_helper_left"]  # the session-scoped leak check of test_faults, used here too
 

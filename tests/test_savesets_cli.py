@@ -300,14 +300,16 @@ def test_dup_saveset_client_killed_leaves_no_saveset_and_no_helper(
          "--level", "19", "--block-size", "1M", "--saveset", str(saveset_dir / "disk.bacpac"), str(source),
          transport.spec(tmp_path / "t.img")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=bacpac_env(), cwd=REPO)
+    target = tmp_path / "t.img"
     try:
         deadline = time.monotonic() + 30
-        temp = str(saveset_dir / ".disk.bacpac.bacpac-tmp-*")
-        while not any(os.path.getsize(p) > 4096 for p in glob.glob(temp)):
+        # The saveset grows unseen (O_TMPFILE); the target, written alongside, shows progress.
+        while not (target.exists() and target.stat().st_blocks * 512 > 2 * MiB):
             assert proc.poll() is None, "dup ended before it could be killed: " + \
                 proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no saveset data after 30 s"
+            assert time.monotonic() < deadline, "no data written after 30 s"
             time.sleep(0.05)
+        assert left_in(saveset_dir) == [], "a saveset is visible before it is complete"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
