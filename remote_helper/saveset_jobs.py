@@ -55,27 +55,25 @@ def run_read_saveset(job, inp, out):
         out.send_json(END, {"bytes": offset, "sha256": trailer["sha256"]})
 
 
-def run_verify(job, inp, out):
+def _query(job, out, read):
     # type: (dict, object, object) -> None
+    """RESULT: read(file) of the saveset at job["path"], its errors naming that path."""
     path = job["path"]
     with open_saveset(path) as f:
         try:
-            summary = verify(f)
+            summary = read(f)
         except NotASaveset as e:
             raise _not_a_saveset(path, e)
         except HelperError as e:
             raise type(e)("%s: %s" % (path, e.message), e.errno)
     out.send_json(RESULT, summary)
+
+
+def run_verify(job, inp, out):
+    # type: (dict, object, object) -> None
+    _query(job, out, verify)
 
 
 def run_info(job, inp, out):
     # type: (dict, object, object) -> None
-    path = job["path"]
-    with open_saveset(path) as f:
-        try:
-            summary = info(f)
-        except NotASaveset as e:
-            raise _not_a_saveset(path, e)
-        except HelperError as e:
-            raise type(e)("%s: %s" % (path, e.message), e.errno)
-    out.send_json(RESULT, summary)
+    _query(job, out, info)
