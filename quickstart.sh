@@ -7,7 +7,7 @@ here=$(pwd)
 
 bash tools/setup.sh
 mkdir -p sample
-python3 tools/sample_disk.py sample/disk.img "${SAMPLE_SIZE:-512M}"
+python3 bench/sample.py sample/disk.img "${SAMPLE_SIZE:-512M}"
 rm -rf sample/sshd sample/copy.img sample/copy.bps
 
 sshd_pid=""

@@ -30,7 +30,7 @@ from loopback_sshd import SshdError, SshServer, start_sshd  # noqa: E402
 from measure import run_timed  # noqa: E402
 from netns import NetnsError, rate_limited_netns  # noqa: E402
 from rows import ROWS, Context, Job, Row, Skipped, bacpac_flags  # noqa: E402
-from sample import Sample, make_sample  # noqa: E402
+from sample import Sample, make_sample, parse_size  # noqa: E402
 from table import Outcome, Results, facts_list, link_table  # noqa: E402
 
 TOOLS = ["ssh", "zstd", "rsync", "mke2fs", "dumpe2fs", "bash"]
@@ -49,16 +49,6 @@ class Link:
     server: SshServer
     sshd_pid: int
     sample: Sample
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    try:
-        if text[-1:].upper() in units:
-            return int(float(text[:-1]) * units[text[-1].upper()])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2G, 512M)") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -63,16 +64,22 @@ def make_sample(work: Path, size: int) -> Sample:
     return sample
 
 
+def make_image(path: Path, size: int) -> tuple[int, int]:
+    """An ext4 image of `size` bytes at path, about half full of real files; (files, bytes)."""
+    stage = path.parent / f".stage-{path.name}"
+    shutil.rmtree(stage, ignore_errors=True)
+    files, file_bytes = _stage(stage, int(size * CONTENT_SHARE))
+    path.unlink(missing_ok=True)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(stage), str(path),
+                    f"{size // 1024}k"], check=True, stdout=subprocess.DEVNULL)
+    shutil.rmtree(stage)
+    return files, file_bytes
+
+
 def _build(work: Path, size: int) -> Sample:
     original = work / f"sample-{size}.img"
     changed = work / f"sample-{size}.changed.img"
-    stage = work / f"stage-{size}"
-    shutil.rmtree(stage, ignore_errors=True)
-    files, file_bytes = _stage(stage, int(size * CONTENT_SHARE))
-    original.unlink(missing_ok=True)
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(stage), str(original),
-                    f"{size // 1024}k"], check=True, stdout=subprocess.DEVNULL)
-    shutil.rmtree(stage)
+    files, file_bytes = make_image(original, size)
     subprocess.run(["cp", "--sparse=always", str(original), str(changed)], check=True)
     runs = _scatter_changes(str(changed), size, random.Random(size))
     return Sample(str(original), str(changed), size, _used_bytes(original), file_bytes, files,
@@ -154,3 +161,30 @@ def _used_bytes(image: Path) -> int:
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     blocks, free = int(fields["Block count"]), int(fields["Free blocks"])
     return (blocks - free) * int(fields["Block size"])
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        if text[-1:].upper() in units:
+            return int(float(text[:-1]) * units[text[-1].upper()])
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 2G, 512M)") from None
+
+
+
+def main(argv: list[str]) -> int:
+    """python3 bench/sample.py PATH [SIZE]: one sample image (the quick start's disk)."""
+    if len(argv) not in (2, 3):
+        print("usage: python3 bench/sample.py PATH [SIZE, e.g. 512M]", file=sys.stderr)
+        return 2
+    size = parse_size(argv[2] if len(argv) == 3 else "512M")
+    path = Path(argv[1]).resolve()
+    files, file_bytes = make_image(path, size)
+    print(f"{argv[1]}: {size >> 20} MiB ext4 image holding {files} files, {file_bytes >> 20} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
