@@ -11,6 +11,7 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v rsync >/dev/null || need+=(rsync)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
+command -v sudo >/dev/null || need+=(sudo)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "setup: installing ${need[*]}"

@@ -1,0 +1,95 @@
+"""Starting the helper: the interpreter, sudo, and what the helper says first (HELLO).
+
+A stand-in "python" that speaks a scripted HELLO shows the client's checks of that first frame
+without a real helper: a helper of another protocol version, and a login script that prints to
+stdout, are each refused with a message that says so.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from remote_helper import protocol
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def bacpac(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bacpac", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def fake_python(tmp_path: Path, stdout: bytes) -> Path:
+    """An executable that reads nothing, writes `stdout` and exits: a helper that lies."""
+    data = tmp_path / "says.bin"
+    data.write_bytes(stdout)
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/sh\ncat {data}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def one_error_line(run: subprocess.CompletedProcess, code: int) -> str:
+    assert run.returncode == code, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("bacpac: "), run.stderr
+    return lines[-1]
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.img"
+    path.write_bytes(os.urandom(1 << 20))
+    return path
+
+
+def test_helper_of_another_protocol_version_is_refused_naming_both(tmp_path, image) -> None:
+    hello = protocol.encode_json(protocol.HELLO, {"protocol": 99, "codecs": ["zstd"]})
+    python = fake_python(tmp_path, hello)
+    run = bacpac("dup", "--no-progress", "--remote-python", python, image, tmp_path / "t.img")
+    line = one_error_line(run, 1)
+    assert "protocol version 99" in line and f"this client {protocol.PROTOCOL_VERSION}" in line
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_login_script_noise_on_stdout_is_named_as_the_likely_cause(tmp_path, image) -> None:
+    python = fake_python(tmp_path, b"Welcome to standby-1!\n" + b"x" * 64)
+    run = bacpac("dup", "--no-progress", "--remote-python", python, image, tmp_path / "t.img")
+    line = one_error_line(run, 1)
+    assert "not a bacpac stream" in line and "login script" in line
+
+
+def test_missing_remote_python_says_the_helper_cannot_start(sshd, tmp_path, image) -> None:
+    run = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--remote-python",
+                 "/opt/no/python3", image, f"testhost:{tmp_path / 't.img'}")
+    line = one_error_line(run, 1)
+    assert "testhost" in line and "cannot start the helper" in line
+    assert "/opt/no/python3" in line
+    assert not (tmp_path / "t.img").exists()
+
+
+@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo is not installed (tools/setup.sh "
+                    "installs it)")
+def test_sudo_runs_the_helper_through_sudo(sshd, tmp_path, image, no_helper_left) -> None:
+    target = tmp_path / "t.img"
+    run = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--sudo", image,
+                 f"testhost:{target}")
+    assert run.returncode == 0, run.stderr
+    assert target.read_bytes() == image.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo is not installed (tools/setup.sh "
+                    "installs it)")
+def test_sudo_is_really_in_the_command(sshd, tmp_path, image) -> None:
+    """Only sudo itself words a missing program this way: proof that --sudo put it there."""
+    run = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--sudo", "--remote-python",
+                 "/opt/no/python3", image, f"testhost:{tmp_path / 't.img'}")
+    line = one_error_line(run, 1)
+    assert "cannot start the helper" in line and "sudo: " in line
