@@ -18,7 +18,7 @@ import pytest
 
 __all__ = [
     "requires_root", "loop_devices_unavailable", "loop_device", "tmpfs", "make_ext4_image",
-    "partition_disk", "run",
+    "partition_disk", "mkfs_and_mount", "run",
 ]
 
 BLKRRPART = 0x125F  # _IO(0x12, 95): re-read the partition table
@@ -180,6 +180,17 @@ def partition_disk(device, partitions):
             break
         time.sleep(0.1)
     return nodes
+
+
+def mkfs_and_mount(device, mountpoint):
+    """Make ext4 on `device` and mount it on `mountpoint` (made if need be); return the mountpoint.
+
+    Inode tables are written now: the kernel's lazy init would otherwise write to the device
+    in the background while a test compares its bytes."""
+    run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device)
+    os.makedirs(str(mountpoint), exist_ok=True)
+    run("mount", "-o", "noinit_itable", device, mountpoint)
+    return str(mountpoint)
 
 
 def _sample_tree(directory):

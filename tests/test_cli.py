@@ -1,20 +1,9 @@
 """The command line itself: help, version, and usage errors (exit 2, one line, no traceback)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = str(Path(__file__).resolve().parents[1])
-
-
-def bacpac(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "bacpac", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, cwd=REPO, timeout=60)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+from clirun import bacpac
 
 
 def test_help_lists_dup() -> None:

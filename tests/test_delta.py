@@ -9,134 +9,26 @@ for real: a TCP proxy that drops the SSH stream part way, or SIGKILL of the clie
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
+from clirun import (KiB, MiB, Transport, bacpac, random_bytes, sha256_of, start,
+                    write_file)
+from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, requires_root
 
-KiB = 1 << 10
-MiB = 1 << 20
 BLOCK = 64 * KiB  # --delta's default block
-REPO = str(Path(__file__).resolve().parents[1])  # run this checkout's bacpac
-TRANSPORTS = ["local", "ssh"]
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def summary(self) -> dict:
-        lines = self.stdout.strip().splitlines()
-        assert len(lines) == 1, self.stdout
-        return json.loads(lines[0])
-
-    def one_error_line(self, code: int, *words: str) -> str:
-        """The single "bacpac: ..." line of a failed run, holding each of `words`."""
-        assert self.returncode == code, self
-        lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1, self.stderr
-        assert lines[0].startswith("bacpac: "), self.stderr
-        for word in words:
-            assert word in lines[0], (word, lines[0])
-        return lines[0]
-
-
-def cli_env() -> dict:
-    env = dict(os.environ)
-    env.pop("SSH_AUTH_SOCK", None)
-    env.pop("BACPAC_DEBUG", None)
-    return env
-
-
-def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bacpac", *args]
-
-
-def bacpac(*args: str) -> Result:
-    """Run the CLI as a user would; never a traceback, whatever happened."""
-    proc = subprocess.run(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, env=cli_env(), timeout=120, cwd=REPO)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-@dataclass
-class Transport:
-    """How a test names a target: a local path, or testhost:PATH with the sshd's config."""
-
-    name: str
-    args: tuple[str, ...] = ()
-
-    def target(self, path) -> str:
-        return str(path) if self.name == "local" else f"testhost:{path}"
-
-    def dup_args(self, source, target_path, *extra: str) -> list[str]:
-        return ["dup", *self.args, "--no-progress", "--json", *extra, str(source),
-                self.target(target_path)]
-
-    def dup(self, source, target_path, *extra: str) -> Result:
-        return bacpac(*self.dup_args(source, target_path, *extra))
-
-    def delta(self, source, target_path, *extra: str) -> Result:
-        """A --delta dup that must succeed; returns its run."""
-        result = self.dup(source, target_path, "--delta", *extra)
-        assert result.returncode == 0, result.stderr
-        assert result.summary["status"] == "ok", result.summary
-        return result
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request, no_helper_left) -> Transport:
-    if request.param == "ssh":
-        return Transport("ssh", ("-F", request.getfixturevalue("sshd").config_path))
-    return Transport("local")
 
 
 @pytest.fixture
 def ssh(sshd, no_helper_left) -> Transport:
-    return Transport("ssh", ("-F", sshd.config_path))
-
-
-def sha256_of(path, size: Optional[int] = None) -> str:
-    """sha256 of a file or device, or of its first `size` bytes."""
-    digest = hashlib.sha256()
-    remaining = size if size is not None else -1
-    with open(path, "rb") as f:
-        while remaining:
-            chunk = f.read(4 * MiB if remaining < 0 else min(4 * MiB, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            remaining -= len(chunk) if remaining > 0 else 0
-    return digest.hexdigest()
-
-
-def random_bytes(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def write_file(path, size: int, data: dict[int, bytes], keep: bool = False) -> Path:
-    """A file of `size` bytes holding `data` ({offset: bytes}); holes elsewhere unless `keep`,
-    which changes an existing file in place and keeps the rest of its content."""
-    with open(path, "r+b" if keep else "wb") as f:
-        f.truncate(size)
-        for offset, chunk in data.items():
-            f.seek(offset)
-            f.write(chunk)
-    return Path(path)
+    return Transport("ssh", sshd)
 
 
 def copy_file(source: Path, target: Path) -> Path:
@@ -346,7 +238,7 @@ def test_delta_with_saveset_saves_the_whole_new_image(transport, dense_pair, tmp
     restored = subprocess.run(["zstd", "-d", "-c", str(saveset)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, check=True).stdout
     assert hashlib.sha256(restored).hexdigest() == sha256_of(source)
-    verified = bacpac("verify", *transport.args, "--no-progress", transport.target(saveset))
+    verified = bacpac("verify", *transport.args(), "--no-progress", transport.target(saveset))
     assert verified.returncode == 0, verified.stderr
     assert summary["sha256"] in verified.stdout
 
@@ -382,8 +274,8 @@ def test_dup_cut_off_by_a_lost_connection_is_finished_by_delta(ssh, sshd, tcp_pr
 
 def test_dup_whose_client_was_killed_is_finished_by_delta(ssh, random_image, tmp_path) -> None:
     target = tmp_path / "target.img"
-    proc = subprocess.Popen(cli_command(*ssh.dup_args(random_image, target)), cwd=REPO,
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(*ssh.dup_args(random_image, target), stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
     try:
         while not target.exists() or target.stat().st_blocks * 512 < 0.3 * 64 * MiB:
             assert proc.poll() is None, "the dup ended before it could be killed"

@@ -7,30 +7,18 @@ import pytest
 
 from bacpac.disk import close_source, open_source
 from bacpac.errors import EXIT_USAGE, UsageError
-from fixtures_disk import partition_disk, requires_root, run
+from clirun import MiB, write_file
+from fixtures_disk import mkfs_and_mount, partition_disk, requires_root, run
 from remote_helper import devices
 
-MiB = 1 << 20
 # Holes and data are placed on 64 KiB boundaries: any SEEK_HOLE granularity up to that (4 KiB
 # on ext4 and tmpfs here) then gives exact extents.
 STEP = 64 << 10
 
 
-def write_at(path, offset, data):
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-
-
-def sparse_file(path, size, chunks):
-    """A file of `size` bytes with `chunks` [(offset, bytes)] written and holes elsewhere."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-    for offset, data in chunks:
-        write_at(path, offset, data)
-    return str(path)
+def sparse_file(path, size, chunks) -> str:
+    """write_file with `chunks` [(offset, bytes)], as the str path remote_helper takes."""
+    return str(write_file(path, size, dict(chunks)))
 
 
 def extents_of(path, start=0, end=None):
@@ -40,13 +28,6 @@ def extents_of(path, start=0, end=None):
         return list(devices.data_extents(fd, start, end))
     finally:
         os.close(fd)
-
-
-def mkfs_and_mount(device, mountpoint, *options):
-    run("mkfs.ext4", "-q", "-F", device)
-    os.makedirs(str(mountpoint), exist_ok=True)
-    run("mount", *(options + (device, mountpoint)))
-    return str(mountpoint)
 
 
 # --- sizes and identities ------------------------------------------------------------------

@@ -9,111 +9,16 @@ directly).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
 from bacpac.dup import check_result
 from bacpac.errors import VerifyError
-from fixtures_disk import make_ext4_image, partition_disk, requires_root, run
-
-MiB = 1 << 20
-REPO = str(Path(__file__).resolve().parents[1])  # run this checkout's bacpac
-TRANSPORTS = ["local", "ssh"]
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def summary(self) -> dict:
-        lines = self.stdout.strip().splitlines()
-        assert len(lines) == 1, self.stdout
-        return json.loads(lines[0])
-
-    @property
-    def error_line(self) -> str:
-        lines = self.stderr.strip().splitlines()
-        assert lines, "no error line on stderr"
-        return lines[-1]
-
-
-@dataclass
-class Transport:
-    """How a test names a target: a local path, or testhost:PATH with the sshd's config."""
-
-    name: str
-    sshd: Optional[object]
-
-    def target(self, path) -> str:
-        return str(path) if self.name == "local" else f"testhost:{path}"
-
-    def where(self, path) -> str:
-        """How error messages name the target."""
-        return str(path) if self.name == "local" else f"testhost:{path}"
-
-    def args(self) -> list[str]:
-        return [] if self.name == "local" else ["-F", self.sshd.config_path]
-
-    def dup(self, source, target_path, *extra: str) -> Result:
-        return bacpac("dup", *self.args(), "--no-progress", "--json", *extra, str(source),
-                      self.target(target_path))
-
-
-def bacpac(*args: str) -> Result:
-    """Run the CLI as a user would; never a traceback, whatever happened."""
-    env = dict(os.environ)
-    env.pop("SSH_AUTH_SOCK", None)
-    env.pop("BACPAC_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "bacpac", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=120,
-                          cwd=REPO)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request, no_helper_left) -> Transport:
-    if request.param == "ssh":
-        return Transport("ssh", request.getfixturevalue("sshd"))
-    return Transport("local", None)
-
-
-def sha256_of(path, size: Optional[int] = None) -> str:
-    """sha256 of a file or device, or of its first `size` bytes."""
-    digest = hashlib.sha256()
-    remaining = size if size is not None else -1
-    with open(path, "rb") as f:
-        while remaining:
-            chunk = f.read(4 * MiB if remaining < 0 else min(4 * MiB, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            remaining -= len(chunk) if remaining > 0 else 0
-    return digest.hexdigest()
-
-
-def allocated(path) -> int:
-    return os.stat(path).st_blocks * 512
-
-
-def sparse_file(path, size: int, data: dict[int, bytes]) -> Path:
-    """A sparse file of `size` bytes holding `data` ({offset: bytes}) and holes elsewhere."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, chunk in data.items():
-            f.seek(offset)
-            f.write(chunk)
-    return Path(path)
+from clirun import MiB, allocated, bacpac, sha256_of, write_file
+from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
+from fixtures_disk import make_ext4_image, mkfs_and_mount, partition_disk, requires_root, run
 
 
 def fill_device(device: str, data: bytes, offset: int = 0) -> None:
@@ -123,24 +28,6 @@ def fill_device(device: str, data: bytes, offset: int = 0) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def mkfs_and_mount(device: str, mountpoint: Path) -> None:
-    """ext4 with its inode tables written now: the kernel's lazy init would otherwise write
-    to the device in the background while a test compares its bytes."""
-    run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device)
-    mountpoint.mkdir()
-    run("mount", "-o", "noinit_itable", device, str(mountpoint))
-
-
-def assert_one_error_line(result: Result, code: int, *words: str) -> str:
-    assert result.returncode == code, result
-    line = result.error_line
-    assert line.startswith("bacpac: "), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for word in words:
-        assert word in line, (word, line)
-    return line
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +68,7 @@ def test_dup_copies_ext4_image_byte_for_byte_with_json_summary(transport, ext4_i
 def test_dup_leaves_target_sparse_with_exact_size(transport, tmp_path) -> None:
     size = 64 * MiB
     data = {10 * MiB: os.urandom(MiB), 40 * MiB + 4096: os.urandom(5000)}
-    source = sparse_file(tmp_path / "source.img", size, data)
+    source = write_file(tmp_path / "source.img", size, data)
     target = tmp_path / "copy.img"
     result = transport.dup(source, target)
     assert result.returncode == 0, result.stderr
@@ -236,7 +123,7 @@ def test_dup_copies_fully_random_source(transport, tmp_path) -> None:
 def test_dup_copies_source_of_unaligned_size(transport, tmp_path) -> None:
     size = 10 * MiB + 1234
     data = {0: os.urandom(3000), 4 * MiB - 100: os.urandom(200), size - 777: os.urandom(777)}
-    source = sparse_file(tmp_path / "odd.img", size, data)
+    source = write_file(tmp_path / "odd.img", size, data)
     target = tmp_path / "copy.img"
     result = transport.dup(source, target)
     assert result.returncode == 0, result.stderr
@@ -258,7 +145,7 @@ def test_dup_truncates_larger_existing_target_to_source_size(transport, ext4_ima
 
 def test_dup_overwrites_old_data_where_the_source_has_holes(transport, tmp_path) -> None:
     size = 8 * MiB
-    source = sparse_file(tmp_path / "source.img", size, {3 * MiB: os.urandom(4096)})
+    source = write_file(tmp_path / "source.img", size, {3 * MiB: os.urandom(4096)})
     target = tmp_path / "old.img"
     target.write_bytes(os.urandom(size))
     result = transport.dup(source, target)
@@ -275,7 +162,7 @@ def test_dup_verify_rereads_target_and_passes(transport, ext4_image, tmp_path) -
 
 
 def test_dup_without_json_prints_nothing_on_stdout(tmp_path, no_helper_left) -> None:
-    source = sparse_file(tmp_path / "source.img", MiB, {0: b"x" * 100})
+    source = write_file(tmp_path / "source.img", MiB, {0: b"x" * 100})
     result = bacpac("dup", "--no-progress", str(source), str(tmp_path / "copy.img"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
@@ -308,7 +195,7 @@ def test_dup_refuses_block_device_without_force(transport, ext4_image, loop_devi
     fill_device(device, os.urandom(2 * MiB))
     before = sha256_of(device)
     result = transport.dup(ext4_image, device)
-    assert_one_error_line(result, 2, "--force", transport.where(device))
+    result.one_error_line(2, "--force", transport.target(device))
     assert sha256_of(device) == before
     assert result.summary["status"] == "error"
     assert "--force" in result.summary["error"]
@@ -342,7 +229,7 @@ def test_dup_refuses_mounted_target_even_with_force(transport, ext4_image, loop_
     os.sync()
     before = sha256_of(device)
     result = transport.dup(ext4_image, device, "--force")
-    assert_one_error_line(result, 2, "mount", transport.where(device))
+    result.one_error_line(2, "mount", transport.target(device))
     assert sha256_of(device) == before
     assert (mountpoint / "keep.txt").read_text() == "precious"
 
@@ -357,7 +244,7 @@ def test_dup_refuses_disk_whose_partition_is_mounted(transport, ext4_image, loop
     os.sync()
     before = sha256_of(device)
     result = transport.dup(ext4_image, device, "--force")
-    assert_one_error_line(result, 2, "mount", "partition", transport.where(device))
+    result.one_error_line(2, "mount", "partition", transport.target(device))
     assert sha256_of(device) == before
 
 
@@ -369,7 +256,7 @@ def test_dup_refuses_active_swap_device(transport, ext4_image, loop_device) -> N
     try:
         before = sha256_of(device)
         result = transport.dup(ext4_image, device, "--force")
-        assert_one_error_line(result, 2, "swap", transport.where(device))
+        result.one_error_line(2, "swap", transport.target(device))
         assert sha256_of(device) == before
     finally:
         run("swapoff", device)
@@ -386,7 +273,7 @@ def test_dup_refuses_image_file_backing_a_mounted_loop_device(transport, ext4_im
     os.sync()
     before = sha256_of(backing)
     result = transport.dup(ext4_image, backing)
-    assert_one_error_line(result, 2, "mount", transport.where(backing))
+    result.one_error_line(2, "mount", transport.target(backing))
     assert backing.stat().st_size == 80 * MiB
     assert sha256_of(backing) == before
 
@@ -394,13 +281,13 @@ def test_dup_refuses_image_file_backing_a_mounted_loop_device(transport, ext4_im
 @requires_root
 def test_dup_refuses_target_smaller_than_source(transport, loop_device, tmp_path) -> None:
     size = 512 * MiB
-    source = sparse_file(tmp_path / "big.img", size, {0: os.urandom(MiB), size - 4096:
+    source = write_file(tmp_path / "big.img", size, {0: os.urandom(MiB), size - 4096:
                                                       os.urandom(4096)})
     device = loop_device(MiB)
     fill_device(device, os.urandom(MiB))
     before = sha256_of(device)
     result = transport.dup(source, device, "--force")
-    line = assert_one_error_line(result, 2, "smaller", "bytes", transport.where(device))
+    line = result.one_error_line(2, "smaller", "bytes", transport.target(device))
     assert str(size) in line and str(MiB) in line
     assert sha256_of(device) == before
 
@@ -422,39 +309,39 @@ def test_dup_copies_from_block_device_source(transport, ext4_image, loop_device,
 # ---- refusals of files and paths ----------------------------------------------------------
 
 def test_dup_refuses_target_that_is_the_source_itself(transport, tmp_path) -> None:
-    source = sparse_file(tmp_path / "disk.img", 4 * MiB, {MiB: os.urandom(MiB)})
+    source = write_file(tmp_path / "disk.img", 4 * MiB, {MiB: os.urandom(MiB)})
     before = sha256_of(source)
     result = transport.dup(source, source)
-    assert_one_error_line(result, 2, "source itself", transport.where(source))
+    result.one_error_line(2, "source itself", transport.target(source))
     assert source.stat().st_size == 4 * MiB
     assert sha256_of(source) == before
 
 
 def test_dup_refuses_symlink_to_the_source_itself(transport, tmp_path) -> None:
-    source = sparse_file(tmp_path / "disk.img", 4 * MiB, {MiB: os.urandom(MiB)})
+    source = write_file(tmp_path / "disk.img", 4 * MiB, {MiB: os.urandom(MiB)})
     link = tmp_path / "link.img"
     link.symlink_to(source)
     before = sha256_of(source)
     result = transport.dup(source, link)
-    assert_one_error_line(result, 2, "source itself")
+    result.one_error_line(2, "source itself")
     assert link.is_symlink()
     assert sha256_of(source) == before
 
 
 def test_dup_refuses_directory_target(transport, tmp_path) -> None:
-    source = sparse_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
     target_dir = tmp_path / "dir"
     target_dir.mkdir()
     result = transport.dup(source, target_dir)
-    assert_one_error_line(result, 2, "directory", transport.where(target_dir))
+    result.one_error_line(2, "directory", transport.target(target_dir))
     assert os.listdir(target_dir) == []
 
 
 def test_dup_refuses_target_in_missing_directory(transport, tmp_path) -> None:
-    source = sparse_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
     target = tmp_path / "no" / "such" / "copy.img"
     result = transport.dup(source, target)
-    assert_one_error_line(result, 2, transport.where(target), "does not exist")
+    result.one_error_line(2, transport.target(target), "does not exist")
     assert not (tmp_path / "no").exists()
 
 
@@ -462,29 +349,29 @@ def test_dup_refuses_missing_source(transport, tmp_path) -> None:
     missing = tmp_path / "missing.img"
     target = tmp_path / "copy.img"
     result = transport.dup(missing, target)
-    assert_one_error_line(result, 2, str(missing), "No such file")
+    result.one_error_line(2, str(missing), "No such file")
     assert not target.exists()
 
 
 def test_dup_refuses_directory_source(tmp_path, no_helper_left) -> None:
     target = tmp_path / "copy.img"
     result = bacpac("dup", "--no-progress", str(tmp_path), str(target))
-    assert_one_error_line(result, 2, str(tmp_path), "directory")
+    result.one_error_line(2, str(tmp_path), "directory")
     assert not target.exists()
 
 
 def test_dup_rejects_bad_ssh_option(sshd, tmp_path, no_helper_left) -> None:
-    source = sparse_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
     target = tmp_path / "copy.img"
     for option in ("NoSuchOption=1", "Port=notanumber", "novalue"):
         result = bacpac("dup", "-F", sshd.config_path, "-o", option, "--no-progress",
                         str(source), f"testhost:{target}")
-        assert_one_error_line(result, 2, "-o")
+        result.one_error_line(2, "-o")
     assert not target.exists()
 
 
 def test_dup_refuses_wrong_host_key_before_target_exists(sshd, tmp_path, no_helper_left) -> None:
-    source = sparse_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
     target = tmp_path / "copy.img"
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other"))
     other_key = (tmp_path / "other.pub").read_text().split()[:2]
@@ -493,19 +380,19 @@ def test_dup_refuses_wrong_host_key_before_target_exists(sshd, tmp_path, no_help
     result = bacpac("dup", "-F", sshd.config_path, "-o", f"UserKnownHostsFile={known_hosts}",
                     "--no-progress", "--json", str(source), f"testhost:{target}")
     # A connection that cannot be trusted is a failure of the work (exit 1, design §1).
-    assert_one_error_line(result, 1, "host key", "testhost", "changed")
+    result.one_error_line(1, "host key", "testhost", "changed")
     assert result.summary["status"] == "error"
     assert not target.exists()
 
 
 def test_dup_refuses_unknown_host_key(sshd, tmp_path, no_helper_left) -> None:
-    source = sparse_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
     target = tmp_path / "copy.img"
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     result = bacpac("dup", "-F", sshd.config_path, "-o", f"UserKnownHostsFile={empty}",
                     "-o", "StrictHostKeyChecking=yes", "--no-progress", str(source),
                     f"testhost:{target}")
-    assert_one_error_line(result, 1, "host key", "not known")
+    result.one_error_line(1, "host key", "not known")
     assert not target.exists()
     assert empty.read_text() == ""

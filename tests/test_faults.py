@@ -8,128 +8,34 @@ non-zero exit and one "bacpac: ..." line naming the cause, leave no helper proce
 and no temporary saveset, and say "--delta" when the target was partly written. An interrupted
 dup must not leave a target that looks complete: its first MiB reads as zeros.
 
-The helpers at the top are shared with test_hostile.py and test_load.py.
+Every run is given FAIL_WITHIN seconds before it is killed.
 """
 from __future__ import annotations
 
 import glob
 import os
-import random
 import signal
 import socket
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Sequence
 
 import pytest
 
+from clirun import (FAIL_WITHIN, SLOW, MiB, allocated, assert_failed_in_one_line, bacpac,
+                    finish, random_image, start, wait_until)
 from fixtures_disk import make_ext4_image
 from fixtures_sshd import helper_pids
 
-MiB = 1 << 20
-REPO = str(Path(__file__).resolve().parents[1])
-FAIL_WITHIN = 30.0  # seconds: every fault must end the run within this
-SLOW = ("--level", "19", "--block-size", "1M")  # about 3 MB/s of random data on 2 cores
 EXT4_MAGIC_OFFSET = 1080  # the superblock at 1024, its s_magic at +56
 
 
-# ---- shared helpers -----------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    """A finished bacpac run: what a user saw, and how long it took."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def error_line(self) -> str:
-        lines = self.stderr.strip().splitlines()
-        assert lines, "no error line on stderr"
-        return lines[-1]
-
-
-def bacpac_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    for name in ("SSH_AUTH_SOCK", "BACPAC_DEBUG", "SSHPASS"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-def start(*args: object, env: Optional[dict] = None) -> subprocess.Popen:
-    """Start `bacpac ARGS` as a user would, output captured."""
-    return subprocess.Popen([sys.executable, "-m", "bacpac", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True, env=env or bacpac_env(), cwd=REPO)
-
-
-def finish(proc: subprocess.Popen, began: float, timeout: float = FAIL_WITHIN) -> Run:
-    """Wait for a started run (killing it if it outlives `timeout`); never a traceback."""
-    try:
-        out, err = proc.communicate(timeout=max(0.1, began + timeout - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"bacpac still running after {timeout:.0f} s: {err[-2000:]}")
-    assert "Traceback" not in err, err
-    return Run(proc.returncode, out, err, time.monotonic() - began)
-
-
-def bacpac(*args: object, env: Optional[dict] = None, timeout: float = FAIL_WITHIN) -> Run:
-    began = time.monotonic()
-    return finish(start(*args, env=env), began, timeout)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               proc: Optional[subprocess.Popen] = None) -> None:
-    """Poll `condition` every 20 ms; fail naming `what` after `timeout` or if `proc` ended."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"bacpac ended (status {proc.returncode}) before {what}: "
-                        f"{proc.stderr.read()[-2000:] if proc.stderr else ''}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout:.0f} s")
-        time.sleep(0.02)
-
-
-def assert_failed_in_one_line(run: Run, *words: str, code: int = 1) -> str:
-    """Exit `code` within FAIL_WITHIN, the last stderr line 'bacpac: ...' holding `words`."""
-    assert run.returncode == code, run
-    assert run.seconds < FAIL_WITHIN, run
-    line = run.error_line
-    assert line.startswith("bacpac: "), run.stderr
-    assert "\n" not in line
-    for word in words:
-        assert word in line, (word, line)
-    return line
-
+# ---- helpers ---------------------------------------------------------------------------------
 
 def saveset_leftovers(saveset: Path) -> list[str]:
     """The saveset under its final name, or its temporary file beside it."""
     return sorted(glob.glob(str(saveset)) + glob.glob(str(saveset.parent / f".{saveset.name}.*")))
-
-
-def allocated(path: Path) -> int:
-    try:
-        return os.stat(path).st_blocks * 512
-    except FileNotFoundError:
-        return 0
-
-
-def random_image(path: Path, size: int, seed: int = 0) -> Path:
-    """An incompressible image: the wire carries every byte."""
-    rng = random.Random(seed)
-    with open(path, "wb") as f:
-        for _ in range(size // MiB):
-            f.write(rng.randbytes(MiB))
-    return path
 
 
 def head_is_invalidated(target: Path) -> bool:
@@ -178,7 +84,7 @@ def test_cut_during_handshake_fails_naming_the_host_and_writes_nothing(
         no_helper_left, sshd, tcp_proxy, big_image, outdir) -> None:
     proxy = tcp_proxy(cut_after=600)  # past the version line, inside the key exchange
     target = outdir / "t.img"
-    run = bacpac(*dup_args(proxy.ssh_args(sshd), big_image, target))
+    run = bacpac(*dup_args(proxy.ssh_args(sshd), big_image, target), timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, "testhost", "handshake", "the server closed the connection")
     assert proxy.cut.is_set()
     assert not target.exists()
@@ -188,7 +94,8 @@ def test_cut_mid_transfer_leaves_no_helper_and_no_saveset(
         no_helper_left, sshd, tcp_proxy, big_image, outdir) -> None:
     proxy = tcp_proxy(cut_after=16 * MiB)
     target, saveset = outdir / "t.img", outdir / "disk.bacpac"
-    run = bacpac(*dup_args(proxy.ssh_args(sshd), big_image, target, "--saveset", saveset))
+    run = bacpac(*dup_args(proxy.ssh_args(sshd), big_image, target, "--saveset", saveset),
+                 timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, f"testhost:{target}", "--delta")
     assert proxy.cut.is_set()
     wait_until(lambda: not saveset_leftovers(saveset), 10, "saveset removed")
@@ -199,7 +106,7 @@ def test_cut_mid_transfer_leaves_ext4_target_without_a_file_system(
         no_helper_left, sshd, tcp_proxy, ext4_image, outdir) -> None:
     proxy = tcp_proxy(cut_after=12 * MiB)  # of about 17 MiB on the wire
     target = outdir / "t.img"
-    run = bacpac(*dup_args(proxy.ssh_args(sshd), ext4_image, target))
+    run = bacpac(*dup_args(proxy.ssh_args(sshd), ext4_image, target), timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, f"testhost:{target}", "--delta")
     assert proxy.cut.is_set()
     wait_until(lambda: not helper_pids(sshd), 10, "helper gone")
@@ -243,7 +150,7 @@ def test_client_interrupted_mid_transfer_says_so_in_one_line(
     proc, _ = _start_slow_dup(sshd, big_image, target, saveset)
     interrupted = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    run = finish(proc, interrupted)
+    run = finish(proc, interrupted, timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, "interrupted", code=130)
     wait_until(lambda: not saveset_leftovers(saveset), 10, "saveset removed")
     assert head_is_invalidated(target)
@@ -255,7 +162,7 @@ def test_client_interrupted_mid_transfer_names_target_and_hints_delta(
     proc, _ = _start_slow_dup(sshd, big_image, target, saveset)
     interrupted = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    run = finish(proc, interrupted)
+    run = finish(proc, interrupted, timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, "interrupted", str(target), "--delta", code=130)
 
 
@@ -268,7 +175,7 @@ def test_helper_killed_mid_transfer_fails_in_one_line_and_leaves_no_saveset(
     killed = time.monotonic()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    run = finish(proc, killed)
+    run = finish(proc, killed, timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, "testhost", str(target), "--delta")
     assert head_is_invalidated(target)
     assert saveset_leftovers(saveset) == []
@@ -285,7 +192,7 @@ def test_helper_killed_mid_transfer_fails_in_one_line_naming_target_and_delta(
     killed = time.monotonic()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    run = finish(proc, killed)
+    run = finish(proc, killed, timeout=FAIL_WITHIN)
     line = assert_failed_in_one_line(run, f"testhost:{target}", "--delta")
     assert "helper" in line
     assert head_is_invalidated(target)
@@ -302,7 +209,7 @@ def test_frozen_peer_is_dropped_by_server_alive_within_bounds(
     proc = start(*dup_args(args, big_image, target, "--saveset", saveset))
     wait_until(proxy.frozen.is_set, 20, "freeze", proc)
     frozen = time.monotonic()
-    run = finish(proc, began)
+    run = finish(proc, began, timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, f"testhost:{target}", "no answer", "--delta")
     # Interval 1 s, CountMax 2: ssh gives up after about 3 s of silence.
     assert time.monotonic() - frozen < 8, f"took {time.monotonic() - frozen:.1f} s after freeze"
@@ -326,7 +233,7 @@ def test_connect_timeout_against_a_listener_that_never_speaks(
         no_helper_left, sshd, silent_listener, big_image, outdir) -> None:
     target = outdir / "t.img"
     args = ["-F", sshd.config_path, "-o", f"Port={silent_listener}", "-o", "ConnectTimeout=2"]
-    run = bacpac(*dup_args(args, big_image, target))
+    run = bacpac(*dup_args(args, big_image, target), timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, "testhost", "handshake", "timed out after 2 s")
     assert run.seconds < 8, f"took {run.seconds:.1f} s with ConnectTimeout=2"
     assert not target.exists()
@@ -338,6 +245,7 @@ def test_full_target_file_system_says_no_space_and_leaves_no_saveset(
         no_helper_left, sshd, tmpfs, big_image, outdir) -> None:
     full = Path(tmpfs("8m"))
     target, saveset = full / "t.img", outdir / "disk.bacpac"
-    run = bacpac(*dup_args(sshd.cli_args(), big_image, target, "--saveset", saveset))
+    run = bacpac(*dup_args(sshd.cli_args(), big_image, target, "--saveset", saveset),
+                 timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, f"testhost:{target}", "No space left on device")
     wait_until(lambda: not saveset_leftovers(saveset), 10, "saveset removed")

@@ -26,13 +26,8 @@ from bacpac.remote import helper_argv, helper_payload
 from remote_helper import protocol
 from remote_helper.errors import ProtocolError
 from remote_helper.protocol import DATA, END, ERROR, HEADER, OPEN, READY
-from test_faults import (MiB, SLOW, assert_failed_in_one_line, bacpac, bacpac_env, finish,
-                         random_image, start, wait_until)
-
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+from clirun import (FAIL_WITHIN, SLOW, MiB, assert_failed_in_one_line, bacpac, bacpac_env,
+                    finish, random_image, sha256_of, start, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +220,7 @@ def test_hostile_remote_paths_are_written_exactly_and_execute_nothing(
     target = directory / HOSTILE_NAME.format(m=token)
     saveset = directory / ("set " + HOSTILE_NAME.format(m=token))
     run = bacpac("dup", *sshd.cli_args(), "--no-progress", "--json", "--saveset", saveset,
-                 small_image, f"testhost:{target}")
+                 small_image, f"testhost:{target}", timeout=FAIL_WITHIN)
     assert run.returncode == 0, run.stderr
     assert sha256_of(target) == sha256_of(small_image)
     assert saveset.is_file()
@@ -281,7 +276,8 @@ def _run_with_secret(sshd, tmp_path, secret: str, source: Path, target: Path):
     watch = CmdlineWatch(secret)
     try:
         run = bacpac("dup", "-F", config, "-i", sshd.locked_key_path, "-o", "IdentitiesOnly=yes",
-                     "--json", source, f"testhost:{target}", env=bacpac_env(SSHPASS=secret))
+                     "--json", source, f"testhost:{target}", env=bacpac_env(SSHPASS=secret),
+                     timeout=FAIL_WITHIN)
     finally:
         watch.stop()
     assert watch.samples >= 3, "the process list was not sampled during the run"
@@ -327,7 +323,7 @@ def _second_run_is_refused(sshd, source: Path, target: str, *extra: str) -> None
         wait_until(lambda: _has_data(target), 30, "data written by the first run", first)
         first.send_signal(signal.SIGSTOP)  # mid-transfer, holding the target, for as long as needed
         second = bacpac("dup", *sshd.cli_args(), "--no-progress", *extra, source,
-                        f"testhost:{target}")
+                        f"testhost:{target}", timeout=FAIL_WITHIN)
     finally:
         first.send_signal(signal.SIGCONT)
         done = finish(first, began, timeout=60)
@@ -360,7 +356,8 @@ def test_second_run_onto_the_same_block_device_is_refused(no_helper_left, sshd, 
 # ---- bad command lines and configurations -----------------------------------------------------
 
 def test_unresolvable_host_is_named_and_nothing_written(no_helper_left, sshd, small_image) -> None:
-    run = bacpac("dup", *sshd.cli_args(), "--no-progress", small_image, "nohost.invalid:/tmp/x")
+    run = bacpac("dup", *sshd.cli_args(), "--no-progress", small_image, "nohost.invalid:/tmp/x",
+                 timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, "nohost.invalid", "resolve")
     assert not os.path.exists("/tmp/x")
 
@@ -372,7 +369,7 @@ def test_key_that_is_not_authorized_fails_authentication(no_helper_left, sshd, s
                    timeout=30)
     target = tmp_path / "t.img"
     run = bacpac("dup", "-F", client_config(sshd, tmp_path, str(key)), "--no-progress",
-                 small_image, f"testhost:{target}")
+                 small_image, f"testhost:{target}", timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, f"{sshd.user}@testhost", "authentication failed")
     assert not target.exists()
 
@@ -382,6 +379,7 @@ def test_remote_target_equal_to_source_is_refused_and_untouched(no_helper_left, 
     source = tmp_path / "same.img"
     source.write_bytes(small_image.read_bytes())
     before = sha256_of(source)
-    run = bacpac("dup", *sshd.cli_args(), "--no-progress", source, f"testhost:{source}")
+    run = bacpac("dup", *sshd.cli_args(), "--no-progress", source, f"testhost:{source}",
+                 timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, str(source), "source itself", code=2)
     assert sha256_of(source) == before

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_faults import MiB, bacpac_env, finish, start
-
-__all__ = ["no_helper_left"]  # the session-scoped leak check of test_faults, used here too
+from clirun import MiB, bacpac_env, finish, start
 
 RUNS = 20
 LOAD_WITHIN = 90.0  # seconds for all of them, on 2 cores

@@ -9,20 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from clirun import bacpac
 from remote_helper import protocol
-
-REPO = str(Path(__file__).resolve().parents[1])
-
-
-def bacpac(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bacpac", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
 
 
 def fake_python(tmp_path: Path, stdout: bytes) -> Path:
@@ -33,14 +25,6 @@ def fake_python(tmp_path: Path, stdout: bytes) -> Path:
     script.write_text(f"#!/bin/sh\ncat {data}\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
-
-
-def one_error_line(run: subprocess.CompletedProcess, code: int) -> str:
-    assert run.returncode == code, run.stderr
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("bacpac: "), run.stderr
-    return lines[-1]
 
 
 @pytest.fixture
@@ -54,7 +38,7 @@ def test_helper_of_another_protocol_version_is_refused_naming_both(tmp_path, ima
     hello = protocol.encode_json(protocol.HELLO, {"protocol": 99, "codecs": ["zstd"]})
     python = fake_python(tmp_path, hello)
     run = bacpac("dup", "--no-progress", "--remote-python", python, image, tmp_path / "t.img")
-    line = one_error_line(run, 1)
+    line = run.one_error_line(1, alone=False)
     assert "protocol version 99" in line and f"this client {protocol.PROTOCOL_VERSION}" in line
     assert not (tmp_path / "t.img").exists()
 
@@ -62,14 +46,14 @@ def test_helper_of_another_protocol_version_is_refused_naming_both(tmp_path, ima
 def test_login_script_noise_on_stdout_is_named_as_the_likely_cause(tmp_path, image) -> None:
     python = fake_python(tmp_path, b"Welcome to standby-1!\n" + b"x" * 64)
     run = bacpac("dup", "--no-progress", "--remote-python", python, image, tmp_path / "t.img")
-    line = one_error_line(run, 1)
+    line = run.one_error_line(1, alone=False)
     assert "not a bacpac stream" in line and "login script" in line
 
 
 def test_missing_remote_python_says_the_helper_cannot_start(sshd, tmp_path, image) -> None:
     run = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--remote-python",
                  "/opt/no/python3", image, f"testhost:{tmp_path / 't.img'}")
-    line = one_error_line(run, 1)
+    line = run.one_error_line(1, alone=False)
     assert "testhost" in line and "cannot start the helper" in line
     assert "/opt/no/python3" in line
     assert not (tmp_path / "t.img").exists()
@@ -91,5 +75,5 @@ def test_sudo_is_really_in_the_command(sshd, tmp_path, image) -> None:
     """Only sudo itself words a missing program this way: proof that --sudo put it there."""
     run = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--sudo", "--remote-python",
                  "/opt/no/python3", image, f"testhost:{tmp_path / 't.img'}")
-    line = one_error_line(run, 1)
+    line = run.one_error_line(1, alone=False)
     assert "cannot start the helper" in line and "sudo: " in line

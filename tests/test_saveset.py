@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import zstandard
 
+from clirun import MiB
 from remote_helper import zstdframe
 from remote_helper.errors import HelperError
 from remote_helper.atomic import AtomicFile, MissingDirectory
@@ -17,7 +18,6 @@ from remote_helper.saveset import (
     NotASaveset, SavesetCorrupt, SavesetReader, SavesetWriter, compress_frame, decompress_frame,
     frame_content_size, frame_has_checksum, info, verify)
 
-MiB = 1 << 20
 FRAME = MiB
 XXH64_EMPTY_LOW = 0x51D8E999
 

@@ -9,99 +9,31 @@ the session's OpenSSH server on this machine, so a test reads remote files back 
 """
 from __future__ import annotations
 
-import glob
 import hashlib
-import json
 import os
 import signal
 import stat
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
+from clirun import (SLOW, MiB, TRANSPORTS, Result, Transport, bacpac, sha256_of, start,
+                    transport_for)
 from fixtures_disk import make_ext4_image
 
-MiB = 1 << 20
-REPO = str(Path(__file__).resolve().parents[1])  # run this checkout's bacpac
-TRANSPORTS = ["local", "ssh"]
 IMAGE_SIZE = 17 * MiB + 12345  # not a multiple of the 4 MiB frame size
 SEEKABLE_MAGIC = 0x8F92EAB1
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def summary(self) -> dict:
-        lines = self.stdout.strip().splitlines()
-        assert len(lines) == 1, self.stdout
-        return json.loads(lines[0])
-
-    @property
-    def error_line(self) -> str:
-        lines = self.stderr.strip().splitlines()
-        assert lines, "no error line on stderr"
-        return lines[-1]
-
-
-def bacpac_env() -> dict:
-    env = dict(os.environ)
-    env.pop("SSH_AUTH_SOCK", None)
-    env.pop("BACPAC_DEBUG", None)
-    return env
-
-
-def bacpac(*args: str) -> Result:
-    """Run the CLI as a user would; never a traceback, whatever happened."""
-    proc = subprocess.run([sys.executable, "-m", "bacpac", *map(str, args)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, env=bacpac_env(), timeout=120, cwd=REPO)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-@dataclass
-class Side:
-    """Where a path lives: "local" (no HOST: part) or "ssh" (testhost:PATH via the sshd)."""
-
-    name: str
-    sshd: Optional[object]
-
-    def spec(self, path) -> str:
-        return str(path) if self.name == "local" else f"testhost:{path}"
-
-    def args(self) -> list[str]:
-        return [] if self.sshd is None else ["-F", self.sshd.config_path]
-
-
-def side(name: str, request: pytest.FixtureRequest) -> Side:
-    return Side(name, request.getfixturevalue("sshd") if name == "ssh" else None)
-
-
 @pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> Side:
-    return side(request.param, request)
-
-
-def sha256_file(path, size: Optional[int] = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        remaining = os.fstat(f.fileno()).st_size if size is None else size
-        while remaining:
-            chunk = f.read(min(remaining, 4 * MiB))
-            assert chunk, f"{path} ended early"
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.hexdigest()
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each test locally and over ssh; the leak check is left to each test (no_helper_left),
+    as the module-scoped `made` runs are not any one test's."""
+    return transport_for(request.param, request)
 
 
 def zstd_restored_sha256(saveset) -> str:
@@ -124,7 +56,7 @@ def write_synthetic_image(path, size: int = IMAGE_SIZE) -> str:
         f.write(b"bacpac saveset test line\n" * (2 * MiB // 25))
         f.write(rng(MiB + 777))
         f.truncate(size)                     # a hole to the (odd) end
-    return sha256_file(path)
+    return sha256_of(path)
 
 
 def _rng(seed: int):
@@ -175,18 +107,18 @@ def made(request: pytest.FixtureRequest, image, tmp_path_factory) -> dict[str, M
     """dup --saveset of the synthetic image, once per transport; each in its own directory."""
     runs = {}
     for name in TRANSPORTS:
-        where = side(name, request)
+        where = transport_for(name, request)
         target_dir = tmp_path_factory.mktemp(f"target-{name}")
         saveset_dir = tmp_path_factory.mktemp(f"saveset-{name}")
         target, saveset = target_dir / "disk.img", saveset_dir / "disk.bacpac"
         result = bacpac("dup", *where.args(), "--no-progress", "--json", "--saveset", saveset,
-                        image[0], where.spec(target))
+                        image[0], where.target(target))
         runs[name] = Made(saveset_dir, image[0], image[1], target, saveset, result)
     return runs
 
 
 @pytest.fixture
-def one(made: dict[str, Made], transport: Side) -> Made:
+def one(made: dict[str, Made], transport: Transport) -> Made:
     run = made[transport.name]
     assert run.result.returncode == 0, run.result.stderr
     return run
@@ -208,7 +140,7 @@ def small(tmp_path_factory) -> tuple[Path, str]:
     saveset = directory / "small.bacpac"
     result = bacpac("backup", "--no-progress", image, saveset)
     assert result.returncode == 0, result.stderr
-    return saveset, sha256_file(image)
+    return saveset, sha256_of(image)
 
 
 def corrupt_copy(saveset: Path, directory: Path) -> tuple[Path, int, int]:
@@ -233,7 +165,7 @@ def test_dup_saveset_gives_identical_target_and_saveset_zstd_restores(one: Made)
     assert summary["status"] == "ok"
     assert summary["sha256"] == one.image_sha256
     assert summary["saveset"] == str(one.saveset)
-    assert sha256_file(one.target) == one.image_sha256
+    assert sha256_of(one.target) == one.image_sha256
     assert zstd_restored_sha256(one.saveset) == one.image_sha256
 
 
@@ -242,37 +174,37 @@ def test_dup_saveset_is_mode_0600_and_alone_in_its_directory(one: Made):
     assert left_in(one.dir) == [one.saveset.name]
 
 
-def test_dup_saveset_into_missing_directory_refused(transport: Side, image, tmp_path,
+def test_dup_saveset_into_missing_directory_refused(transport: Transport, image, tmp_path,
                                                     no_helper_left):
     missing = tmp_path / "nowhere"
     result = bacpac("dup", *transport.args(), "--no-progress", "--saveset",
-                    missing / "disk.bacpac", image[0], transport.spec(tmp_path / "t.img"))
+                    missing / "disk.bacpac", image[0], transport.target(tmp_path / "t.img"))
     assert result.returncode != 0
     assert str(missing) in result.error_line
     assert not missing.exists()
 
 
-def test_dup_saveset_into_missing_directory_creates_no_target(transport: Side, image, tmp_path,
+def test_dup_saveset_into_missing_directory_creates_no_target(transport: Transport, image, tmp_path,
                                                               no_helper_left):
     result = bacpac("dup", *transport.args(), "--no-progress", "--saveset",
                     tmp_path / "nowhere" / "disk.bacpac", image[0],
-                    transport.spec(tmp_path / "t.img"))
+                    transport.target(tmp_path / "t.img"))
     assert result.returncode != 0
     assert left_in(tmp_path) == []
 
 
 def test_dup_saveset_into_missing_directory_leaves_existing_target_untouched(
-        transport: Side, image, tmp_path, no_helper_left):
+        transport: Transport, image, tmp_path, no_helper_left):
     target = tmp_path / "t.img"
     target.write_bytes(b"precious" * 4096)
     result = bacpac("dup", *transport.args(), "--no-progress", "--saveset",
-                    tmp_path / "nowhere" / "disk.bacpac", image[0], transport.spec(target))
+                    tmp_path / "nowhere" / "disk.bacpac", image[0], transport.target(target))
     assert result.returncode != 0
     assert target.read_bytes() == b"precious" * 4096
 
 
 def test_dup_saveset_on_full_disk_says_no_space_and_leaves_nothing(
-        transport: Side, tmpfs, tmp_path, no_helper_left):
+        transport: Transport, tmpfs, tmp_path, no_helper_left):
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs")
     full = Path(tmpfs("8m"))
@@ -280,7 +212,7 @@ def test_dup_saveset_on_full_disk_says_no_space_and_leaves_nothing(
     source.write_bytes(_rng(2)(64 * MiB))  # incompressible: the saveset cannot fit in 8 MiB
     saveset = full / "disk.bacpac"
     result = bacpac("dup", *transport.args(), "--no-progress", "--saveset", saveset, source,
-                    transport.spec(tmp_path / "t.img"))
+                    transport.target(tmp_path / "t.img"))
     assert result.returncode == 1, result.stderr
     assert "No space left on device" in result.error_line
     assert str(saveset) in result.error_line
@@ -288,25 +220,23 @@ def test_dup_saveset_on_full_disk_says_no_space_and_leaves_nothing(
 
 
 def test_dup_saveset_client_killed_leaves_no_saveset_and_no_helper(
-        transport: Side, tmp_path, no_helper_left):
+        transport: Transport, tmp_path, no_helper_left):
     source = tmp_path / "slow.img"
     sixteen_letters = bytes(65 + b % 16 for b in range(256))
     with open(source, "wb") as f:  # compressible, but not trivially: slow at level 19
         f.write(_rng(3)(16 * MiB).translate(sixteen_letters))
     saveset_dir = tmp_path / "savesets"
     saveset_dir.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bacpac", "dup", *transport.args(), "--no-progress",
-         "--level", "19", "--block-size", "1M", "--saveset", str(saveset_dir / "disk.bacpac"), str(source),
-         transport.spec(tmp_path / "t.img")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=bacpac_env(), cwd=REPO)
+    proc = start("dup", *transport.args(), "--no-progress", *SLOW, "--saveset",
+                 saveset_dir / "disk.bacpac", source, transport.target(tmp_path / "t.img"),
+                 stdout=subprocess.DEVNULL)
     target = tmp_path / "t.img"
     try:
         deadline = time.monotonic() + 30
         # The saveset grows unseen (O_TMPFILE); the target, written alongside, shows progress.
         while not (target.exists() and target.stat().st_blocks * 512 > 2 * MiB):
             assert proc.poll() is None, "dup ended before it could be killed: " + \
-                proc.stderr.read().decode()
+                proc.stderr.read()
             assert time.monotonic() < deadline, "no data written after 30 s"
             time.sleep(0.05)
         assert left_in(saveset_dir) == [], "a saveset is visible before it is complete"
@@ -322,52 +252,52 @@ def test_dup_saveset_client_killed_leaves_no_saveset_and_no_helper(
 
 # --- verify -------------------------------------------------------------------------------------
 
-def test_verify_passes_the_saveset(one: Made, transport: Side, no_helper_left):
-    result = bacpac("verify", *transport.args(), transport.spec(one.saveset))
+def test_verify_passes_the_saveset(one: Made, transport: Transport, no_helper_left):
+    result = bacpac("verify", *transport.args(), transport.target(one.saveset))
     assert result.returncode == 0, result.stderr
     assert ": ok," in result.stdout
     assert one.image_sha256 in result.stdout
     assert str(IMAGE_SIZE) in result.stdout
 
 
-def test_verify_json_reports_ok_and_image_sha256(one: Made, transport: Side, no_helper_left):
-    result = bacpac("verify", *transport.args(), "--json", transport.spec(one.saveset))
+def test_verify_json_reports_ok_and_image_sha256(one: Made, transport: Transport, no_helper_left):
+    result = bacpac("verify", *transport.args(), "--json", transport.target(one.saveset))
     assert result.returncode == 0, result.stderr
     assert result.summary["status"] == "ok"
     assert result.summary["sha256"] == one.image_sha256
     assert result.summary["bytes_total"] == IMAGE_SIZE
 
 
-def test_verify_names_frame_and_offset_of_a_flipped_byte(one: Made, transport: Side, tmp_path,
+def test_verify_names_frame_and_offset_of_a_flipped_byte(one: Made, transport: Transport, tmp_path,
                                                          no_helper_left):
     copy, index, offset = corrupt_copy(one.saveset, tmp_path)
-    result = bacpac("verify", *transport.args(), transport.spec(copy))
+    result = bacpac("verify", *transport.args(), transport.target(copy))
     assert result.returncode == 1, result.stdout
     assert f"frame {index} at byte {offset}" in result.error_line
     assert str(copy) in result.error_line
 
 
-def test_verify_fails_a_saveset_with_its_last_4k_cut_off(one: Made, transport: Side, tmp_path,
+def test_verify_fails_a_saveset_with_its_last_4k_cut_off(one: Made, transport: Transport, tmp_path,
                                                          no_helper_left):
     copy = tmp_path / "cut.bacpac"
     copy.write_bytes(one.saveset.read_bytes()[:-4096])
-    result = bacpac("verify", *transport.args(), transport.spec(copy))
+    result = bacpac("verify", *transport.args(), transport.target(copy))
     assert result.returncode == 1, result.stdout
     assert "truncated" in result.error_line or "seek table" in result.error_line
     assert str(copy) in result.error_line
 
 
-def test_verify_says_a_file_is_not_a_bacpac_saveset(transport: Side, image, no_helper_left):
-    result = bacpac("verify", *transport.args(), transport.spec(image[0]))
+def test_verify_says_a_file_is_not_a_bacpac_saveset(transport: Transport, image, no_helper_left):
+    result = bacpac("verify", *transport.args(), transport.target(image[0]))
     assert result.returncode == 1
     assert "not a bacpac saveset" in result.error_line
     assert str(image[0]) in result.error_line
 
 
 @pytest.mark.parametrize("command", ["verify", "info"])
-def test_missing_saveset_is_named(command: str, transport: Side, tmp_path, no_helper_left):
+def test_missing_saveset_is_named(command: str, transport: Transport, tmp_path, no_helper_left):
     missing = tmp_path / "no.bacpac"
-    result = bacpac(command, *transport.args(), transport.spec(missing))
+    result = bacpac(command, *transport.args(), transport.target(missing))
     assert result.returncode == 1
     assert str(missing) in result.error_line
     assert "No such file or directory" in result.error_line
@@ -375,8 +305,8 @@ def test_missing_saveset_is_named(command: str, transport: Side, tmp_path, no_he
 
 # --- info ---------------------------------------------------------------------------------------
 
-def test_info_shows_image_size_in_bytes(one: Made, transport: Side, no_helper_left):
-    result = bacpac("info", *transport.args(), transport.spec(one.saveset))
+def test_info_shows_image_size_in_bytes(one: Made, transport: Transport, no_helper_left):
+    result = bacpac("info", *transport.args(), transport.target(one.saveset))
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
     assert lines["kind"] == "disk"
@@ -386,9 +316,9 @@ def test_info_shows_image_size_in_bytes(one: Made, transport: Side, no_helper_le
     assert "ratio" in lines["compressed"]
 
 
-def test_info_json_gives_sizes_frames_ratio_and_source(one: Made, transport: Side,
+def test_info_json_gives_sizes_frames_ratio_and_source(one: Made, transport: Transport,
                                                        no_helper_left):
-    result = bacpac("info", *transport.args(), "--json", transport.spec(one.saveset))
+    result = bacpac("info", *transport.args(), "--json", transport.target(one.saveset))
     assert result.returncode == 0, result.stderr
     info = result.summary
     assert info["size"] == IMAGE_SIZE
@@ -409,35 +339,36 @@ def test_info_json_gives_sizes_frames_ratio_and_source(one: Made, transport: Sid
 def test_restore_gives_the_image(saveset_side: str, target_side: str, made, tmp_path,
                                  request, no_helper_left):
     run = made[saveset_side]
-    where_saveset, where_target = side(saveset_side, request), side(target_side, request)
+    where_saveset = transport_for(saveset_side, request)
+    where_target = transport_for(target_side, request)
     target = tmp_path / "restored.img"
     result = bacpac("restore", *(where_saveset.args() or where_target.args()), "--no-progress",
-                    "--json", where_saveset.spec(run.saveset), where_target.spec(target))
+                    "--json", where_saveset.target(run.saveset), where_target.target(target))
     assert result.returncode == 0, result.stderr
     assert result.summary["sha256"] == run.image_sha256
-    assert sha256_file(target) == run.image_sha256
+    assert sha256_of(target) == run.image_sha256
 
 
 def test_restore_of_mostly_empty_image_writes_a_sparse_file(request, tmp_path, no_helper_left):
-    ssh = side("ssh", request)
+    ssh = transport_for("ssh", request)
     image = Path(make_ext4_image(str(tmp_path / "ext4.img"), 64 * MiB))
     saveset = tmp_path / "ext4.bacpac"
-    backup = bacpac("backup", *ssh.args(), "--no-progress", image, ssh.spec(saveset))
+    backup = bacpac("backup", *ssh.args(), "--no-progress", image, ssh.target(saveset))
     assert backup.returncode == 0, backup.stderr
     target = tmp_path / "restored.img"
-    result = bacpac("restore", *ssh.args(), "--no-progress", ssh.spec(saveset), target)
+    result = bacpac("restore", *ssh.args(), "--no-progress", ssh.target(saveset), target)
     assert result.returncode == 0, result.stderr
-    assert sha256_file(target) == sha256_file(image)
+    assert sha256_of(target) == sha256_of(image)
     assert os.stat(target).st_blocks * 512 < 32 * MiB
 
 
-def test_restore_onto_block_device_needs_force(small, transport: Side, loop_device,
+def test_restore_onto_block_device_needs_force(small, transport: Transport, loop_device,
                                                no_helper_left):
     saveset, image_sha256 = small
     device = loop_device(4 * MiB)
     with open(device, "rb") as f:
         before = hashlib.sha256(f.read()).hexdigest()
-    refused = bacpac("restore", *transport.args(), "--no-progress", transport.spec(saveset),
+    refused = bacpac("restore", *transport.args(), "--no-progress", transport.target(saveset),
                      device)
     assert refused.returncode == 2
     assert "--force" in refused.error_line
@@ -445,9 +376,9 @@ def test_restore_onto_block_device_needs_force(small, transport: Side, loop_devi
     with open(device, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == before
     forced = bacpac("restore", *transport.args(), "--no-progress", "--force",
-                    transport.spec(saveset), device)
+                    transport.target(saveset), device)
     assert forced.returncode == 0, forced.stderr
-    assert sha256_file(device, 2 * MiB + 4321) == image_sha256
+    assert sha256_of(device, 2 * MiB + 4321) == image_sha256
 
 
 @pytest.mark.parametrize("target_side", TRANSPORTS)
@@ -455,9 +386,9 @@ def test_restore_refuses_the_saveset_as_its_own_target(target_side: str, small, 
                                                        request, no_helper_left):
     saveset = tmp_path / "self.bacpac"
     saveset.write_bytes(small[0].read_bytes())
-    where = side(target_side, request)
+    where = transport_for(target_side, request)
     result = bacpac("restore", *where.args(), "--no-progress", "--force", saveset,
-                    where.spec(saveset))
+                    where.target(saveset))
     assert result.returncode == 2, result.stderr
     assert "source itself" in result.error_line
     assert saveset.read_bytes() == small[0].read_bytes()
@@ -473,10 +404,10 @@ def test_restore_refusal_does_not_wait_for_the_saveset_reader(made, tmp_path, no
 
 
 def test_restore_from_corrupted_saveset_fails_and_says_partly_written(
-        one: Made, transport: Side, tmp_path, no_helper_left):
+        one: Made, transport: Transport, tmp_path, no_helper_left):
     copy, _, _ = corrupt_copy(one.saveset, tmp_path)
     target = tmp_path / "restored.img"
-    result = bacpac("restore", *transport.args(), "--no-progress", transport.spec(copy), target)
+    result = bacpac("restore", *transport.args(), "--no-progress", transport.target(copy), target)
     assert result.returncode == 1
     assert "partly written" in result.error_line
 
@@ -484,15 +415,15 @@ def test_restore_from_corrupted_saveset_fails_and_says_partly_written(
 # --- backup -------------------------------------------------------------------------------------
 
 def test_backup_gives_saveset_that_zstd_restores_and_verify_passes(
-        transport: Side, image, tmp_path, no_helper_left):
+        transport: Transport, image, tmp_path, no_helper_left):
     saveset = tmp_path / "backup.bacpac"
     result = bacpac("backup", *transport.args(), "--no-progress", "--json", image[0],
-                    transport.spec(saveset))
+                    transport.target(saveset))
     assert result.returncode == 0, result.stderr
     assert result.summary["sha256"] == image[1]
     assert stat.S_IMODE(os.stat(saveset).st_mode) == 0o600
     assert left_in(tmp_path) == ["backup.bacpac"]
     assert zstd_restored_sha256(saveset) == image[1]
-    verify = bacpac("verify", *transport.args(), "--json", transport.spec(saveset))
+    verify = bacpac("verify", *transport.args(), "--json", transport.target(saveset))
     assert verify.returncode == 0, verify.stderr
     assert verify.summary["sha256"] == image[1]
