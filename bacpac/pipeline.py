@@ -119,7 +119,7 @@ class Compressor:
 class BlockReader:
     """The reader thread: extents → blocks and zero runs, queued in stream order.
 
-    Subclasses (delta.SegmentReader) override _run() and reuse the buffers and the queue.
+    Subclasses (delta.SegmentReader) override _produce() and reuse the buffers and the queue.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: "Compressor",
