@@ -171,6 +171,9 @@ class SessionSender:
         if self._receiver.failed:
             self._receiver.wait()  # raises the helper's error
 
+    def helper_idle(self) -> Optional[float]:
+        return self._receiver.helper_idle
+
     def _blocks(self, size: int) -> int:
         return -(-size // self._delta_block)
 

@@ -1,14 +1,16 @@
 """Pacing the sender: an adaptive compression level, and --bwlimit.
 
-# Strategy: the level is tuned by hill climbing on what matters, source bytes moved per second,
-# measured over windows of a few blocks: keep moving the level the same way while the rate
-# improves, turn back when it drops. The first step's direction comes from where the sending
-# thread waits: wall time of the sends minus their CPU time (thread_time: encryption and packet
-# work done in this thread) is time blocked on the link (the SSH window, a slow receiver);
-# time spent waiting for the compressor pool is the CPU being short. Blocked on the link: try a
-# higher level, trading spare CPU for fewer wire bytes; short of CPU: try a lower one, down
-# into zstd's fast (negative) levels. Level 0 is skipped: to zstd it means "the default" (3).
-# So one command finds its level on loopback and on a slow link alike.
+# Strategy: every 0.3 seconds the sender looks at where the time went. Waiting for the
+# compressor pool means the CPU is short: a lower level, down into zstd's fast (negative)
+# levels. Sends that were blocked (their wall time beyond their CPU time, which thread_time
+# gives: the encryption and packet work done in this thread) while the helper, by its own
+# account in its PROGRESS frames, sat idle waiting for input, on a wire moving under 32 MB/s,
+# mean the link is the limit: a higher level, three steps at a time, trading spare CPU for fewer
+# bytes on the wire. (Faster than that, the "link" is the SSH layer's own CPU on a busy
+# machine, and a higher level would only take CPU from it: loopback shows exactly that.) A
+# blocked sender and a busy helper mean the receiver is the limit, and a higher level would
+# not help it, so the level holds; so it does when nothing waits. Level 0 is skipped: to zstd
+# it means "the default" (3). So one command finds its level on loopback and on a slow link.
 """
 from __future__ import annotations
 
@@ -17,33 +19,37 @@ from typing import Callable, Optional, TypeVar
 
 T = TypeVar("T")
 
-WINDOW = 4  # blocks between decisions (16 MiB of source at the default block size)
-LOWEST, HIGHEST = -5, 9
+DECIDE_EVERY = 0.3  # seconds between decisions
+LOWEST, HIGHEST = -3, 12
+CPU_SHORT = 0.25  # share of the window spent waiting for the compressor
+LINK_BOUND = 0.5  # share of the window blocked in sends, and idle in the helper
+SLOW_WIRE = 32e6  # bytes/s: below this, fewer bytes pay for more compression CPU
 
 
 class Pacer:
     """Wraps the sender's two waits; adapts the compressor's level unless fixed; caps the rate."""
 
     def __init__(self, compressor: "object", adaptive: bool, bwlimit: Optional[float] = None,
+                 helper_idle: Callable[[], Optional[float]] = lambda: None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._compressor = compressor
         self._adaptive = adaptive
         self._bwlimit = bwlimit
+        self._helper_idle = helper_idle
         self._clock = clock
         self._sleep = sleep
         self._started = clock()
         self._total = 0
-        self._direction = 0  # +1 or -1 once the first window has spoken
-        self._last_rate = 0.0
         self.blocks_at: dict[int, int] = {}  # blocks compressed at each level, for the summary
         self._reset()
 
     def _reset(self) -> None:
-        self._blocks = 0
         self._compress_wait = self._send_wall = self._send_cpu = 0.0
-        self._source = 0
+        self._window_bytes = 0
         self._window_start = self._clock()
+        # Until its first PROGRESS the helper has said nothing; its idle time starts at 0.
+        self._idle_at_start = self._helper_idle() or 0.0
 
     def compressed(self, get: Callable[[], T]) -> T:
         """get() the next compressed result, counting the time spent waiting for it."""
@@ -52,19 +58,18 @@ class Pacer:
         self._compress_wait += self._clock() - start
         return value
 
-    def send(self, put: Callable[[], None], nbytes: int, source: int) -> None:
-        """put() nbytes (of `source` image bytes) on the channel, timing it; pace and adapt."""
+    def send(self, put: Callable[[], None], nbytes: int) -> None:
+        """put() nbytes on the channel, timing it; then keep to --bwlimit, and adapt."""
         wall, cpu = self._clock(), time.thread_time()
         put()
         self._send_wall += self._clock() - wall
         self._send_cpu += time.thread_time() - cpu
-        self._source += source
         self._total += nbytes
+        self._window_bytes += nbytes
         level = getattr(self._compressor, "level")
         self.blocks_at[level] = self.blocks_at.get(level, 0) + 1
         self._limit()
-        self._blocks += 1
-        if self._adaptive and self._blocks >= WINDOW:
+        if self._adaptive and self._clock() - self._window_start >= DECIDE_EVERY:
             self._adapt()
 
     def _limit(self) -> None:
@@ -74,30 +79,33 @@ class Pacer:
                 self._sleep(ahead)
 
     def _adapt(self) -> None:
-        rate = self._source / max(self._clock() - self._window_start, 1e-6)
-        if not self._direction:
-            blocked = max(0.0, self._send_wall - self._send_cpu)
-            self._direction = 1 if blocked > 2 * self._compress_wait else -1
-        elif rate < self._last_rate:
-            self._direction = -self._direction
-        self._last_rate = rate
-        setattr(self._compressor, "level", _step(getattr(self._compressor, "level"),
-                                                  self._direction))
+        elapsed = max(self._clock() - self._window_start, 1e-6)
+        waiting = self._compress_wait / elapsed
+        blocked = max(0.0, self._send_wall - self._send_cpu) / elapsed
+        idle_now = self._helper_idle()
+        idle = None if idle_now is None else (idle_now - self._idle_at_start) / elapsed
+        level = getattr(self._compressor, "level")
+        if waiting > CPU_SHORT:
+            level = _step(level, -1)
+        elif (blocked > LINK_BOUND and idle is not None and idle > LINK_BOUND
+              and self._window_bytes / elapsed < SLOW_WIRE):
+            level = _step(level, +3)
+        setattr(self._compressor, "level", level)
         self._reset()
 
 
-def _step(level: int, direction: int) -> int:
-    """The next level that way, skipping 0 (zstd's "default"), within [LOWEST, HIGHEST]."""
-    level += direction
-    if level == 0:
-        level += direction
-    return max(LOWEST, min(HIGHEST, level))
+def _step(level: int, by: int) -> int:
+    """`by` levels on, skipping 0 (zstd's "default"), within [LOWEST, HIGHEST]."""
+    moved = level + by
+    if moved == 0 or (level > 0) != (moved > 0):
+        moved += 1 if by > 0 else -1
+    return max(LOWEST, min(HIGHEST, moved))
 
 
 def parse_rate(text: str) -> float:
     """rsync's --bwlimit: a number of KiB/s, or with a suffix K, M or G (bytes per second)."""
     units = {"": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("/S")
+    text = text.strip().upper().removesuffix("/S").removesuffix("B")
     suffix = text[-1:] if text[-1:] in "KMG" else ""
     number = float(text[: len(text) - len(suffix)])
     if number <= 0:

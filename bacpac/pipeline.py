@@ -57,6 +57,9 @@ class FrameSender(Protocol):
 
     def check(self) -> None: ...
 
+    def helper_idle(self) -> Optional[float]:
+        """Seconds the receiving helper has waited for input so far, once it has said."""
+
 
 @dataclass
 class StreamResult:
@@ -245,7 +248,7 @@ def stream_image(fd: int, size: int, settings: StreamSettings, sender: FrameSend
                  reader_class: type = BlockReader, **reader_args: object) -> StreamResult:
     """Send the whole image as frames, in order, through `sender`; returns its sha256."""
     compressor = Compressor(settings.codec, settings.level)
-    pacer = Pacer(compressor, settings.adaptive, settings.bwlimit)
+    pacer = Pacer(compressor, settings.adaptive, settings.bwlimit, sender.helper_idle)
     pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
     reader = reader_class(fd, size, settings, compressor, pool, **reader_args)
     reader.start()
@@ -291,7 +294,7 @@ def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: Fr
         payload = pacer.compressed(lambda: _result(item.compressed, sender))
         reader.release(item.buffer)
         pacer.send(lambda: sender.block(item.offset, item.size, compressor.flags, payload),
-                   len(payload), item.size)
+                   len(payload))
     elif isinstance(item, Planned):
         frames = pacer.compressed(lambda: _result(item.frames, sender))
         reader.release(item.buffer)
@@ -299,7 +302,7 @@ def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: Fr
             if frame[0] == "data":
                 data = frame
                 pacer.send(lambda: sender.block(data[1], data[2], compressor.flags, data[3]),
-                           len(data[3]), data[2])
+                           len(data[3]))
             elif frame[0] == "hole":
                 sender.hole(frame[1], frame[2])
             else:

@@ -210,6 +210,7 @@ class Receiver:
         self._on_digests = on_digests
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
+        self.helper_idle: Optional[float] = None  # seconds the helper waited for input, so far
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
         self._thread.start()
@@ -219,7 +220,9 @@ class Receiver:
             while True:
                 frame = self._session.recv()
                 if frame.type == PROGRESS:
-                    self._on_progress(int(frame.json().get("written", 0)))
+                    progress = frame.json()
+                    self.helper_idle = float(progress.get("idle", 0.0))
+                    self._on_progress(int(progress.get("written", 0)))
                     continue
                 if frame.type == DIGESTS and self._on_digests is not None:
                     self._on_digests(frame)

@@ -78,8 +78,9 @@ def bacpac_flags() -> frozenset[str]:
 
 
 def _bacpac() -> list[str]:
-    exe = shutil.which("bacpac")
-    return [exe] if exe else [sys.executable, "-m", "bacpac"]
+    # The interpreter itself, not the `bacpac` found on PATH: a version manager's shim there
+    # (pyenv's is a bash script) would add its own start-up time to every bacpac row.
+    return [sys.executable, "-m", "bacpac"]
 
 
 def _require(ctx: Context, flag: str) -> None:
@@ -111,8 +112,10 @@ def _bytes_sent(stdout: str) -> int:
 
 
 def _dup(ctx: Context, source: str, target: str, *flags: str) -> list[str]:
+    # The target is this machine (or a namespace of it): its python3 on PATH may be a version
+    # manager's shim, so name the interpreter itself, as a user would with --remote-python.
     return [*_bacpac(), "dup", source, f"testhost:{target}", *flags, "--json",
-            "--no-progress", "-F", ctx.config_path]
+            "--no-progress", "-F", ctx.config_path, "--remote-python", sys.executable]
 
 
 def _ssh(ctx: Context) -> str:

@@ -15,10 +15,7 @@ import stat
 import struct
 from typing import Iterator, Optional, Tuple, Union  # for the type comments
 
-try:
-    import ctypes
-except ImportError:  # some minimal Pythons are built without _ctypes
-    ctypes = None  # type: ignore
+from .libc import fallocate as _fallocate
 
 BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127), argument: uint64 start, uint64 length
@@ -315,26 +312,6 @@ def is_zero(buf):
     return _zeros.startswith(buf)
 
 
-def _libc_fallocate():
-    """libc's 64-bit fallocate through ctypes, or None where that cannot be done safely."""
-    if ctypes is None:
-        return None
-    try:
-        # dlopen(NULL): the interpreter's own libc, with no ldconfig run as find_library does.
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    # fallocate64 takes 64-bit offsets everywhere; plain fallocate only where off_t is 64-bit.
-    func = getattr(libc, "fallocate64", None)
-    if func is None and ctypes.sizeof(ctypes.c_long) == 8:
-        func = getattr(libc, "fallocate", None)
-    if func is not None:
-        func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        func.restype = ctypes.c_int
-    return func
-
-
-_fallocate = _libc_fallocate()
 
 
 def _write_zeros(fd, offset, length):

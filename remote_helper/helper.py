@@ -14,6 +14,7 @@ import platform
 import socket
 import sys
 import threading
+import time
 import traceback
 
 from . import codecs, devices, protocol
@@ -59,6 +60,7 @@ class Input(object):
     def __init__(self, stream):
         # type: (object) -> None
         self._stream = stream
+        self.idle = 0.0  # seconds spent waiting for input: the client paces itself by it
 
     def next(self):
         # type: () -> protocol.Frame
@@ -70,7 +72,9 @@ class Input(object):
 
     def _read_exact(self, n):
         # type: (int) -> bytes
+        start = time.monotonic()
         data = self._stream.read(n)  # a buffered read: blocks until n bytes or end of input
+        self.idle += time.monotonic() - start
         if len(data) != n:
             raise ClientGone()  # before END, so the client or the link died
         return data
@@ -127,8 +131,11 @@ def run_dup(job, inp, out):
 
 def write_image(job, inp, out, target, saveset, segments):
     # type: (dict, Input, Output, object, object, object) -> dict
-    writer = ImageWriter(target, lambda n: out.send_json(PROGRESS, {"written": n}), saveset,
-                         segments)
+    def progress(written):
+        # type: (int) -> None
+        out.send_json(PROGRESS, {"written": written, "idle": round(inp.idle, 3)})
+
+    writer = ImageWriter(target, progress, saveset, segments)
     try:
         end = receive_image(inp, writer, target.size)
     except ClientGone:

@@ -12,7 +12,7 @@ import fcntl
 import os
 import stat
 
-from . import devices
+from . import devices, libc
 from .errors import HelperError, Refused
 
 HEAD = 1 << 20  # the first MiB: invalidated first, written last (see Target.hold_head)
@@ -47,6 +47,10 @@ class Target(object):
         """Make [offset, offset+length) read as zeros; free on a truncated image file."""
         if not self.sparse and length:
             devices.zero_range(self.fd, offset, length, self.is_block)
+
+    def start_writeback(self, offset, length):
+        # type: (int, int) -> None
+        libc.start_writeback(self.fd, offset, length)
 
     def sync(self):
         # type: () -> None
@@ -93,6 +97,10 @@ class NullTarget(object):
         pass
 
     def zero(self, offset, length):
+        # type: (int, int) -> None
+        pass
+
+    def start_writeback(self, offset, length):
         # type: (int, int) -> None
         pass
 

@@ -1,0 +1,106 @@
+"""The sender's pacing: which way the compression level moves, and --bwlimit.
+
+A fake clock stands in for time, and fake sends and compressor waits last as long as each case
+needs; thread_time is not faked, and the fake sends spend no CPU, so their whole wall time
+counts as blocked on the link.
+"""
+from __future__ import annotations
+
+import pytest
+
+from bacpac.pacing import HIGHEST, LOWEST, Pacer, _step, parse_rate
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += seconds
+
+
+class Level:
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+
+def run(window: dict, *, start: int = 1, adaptive: bool = True, bwlimit=None,
+        idle_share: float | None = 0.0, seconds: float = 3.0) -> tuple[Level, FakeClock]:
+    """Send 1 MiB blocks for `seconds`; each block waits `wait` on the compressor and `send`
+    on the channel; the helper is idle for `idle_share` of the time (None: it never said)."""
+    clock, compressor = FakeClock(), Level(start)
+    pacer = Pacer(compressor, adaptive, bwlimit,
+                  helper_idle=lambda: None if idle_share is None else clock.now * idle_share,
+                  clock=clock, sleep=clock.sleep)
+
+    def advance(by: float):
+        def step() -> None:
+            clock.now += by
+        return step
+
+    while clock.now < seconds:
+        pacer.compressed(advance(window["wait"]))
+        pacer.send(advance(window["send"]), window.get("bytes", 1 << 20))
+    return compressor, clock
+
+
+def test_waiting_on_the_compressor_lowers_the_level_into_the_fast_levels() -> None:
+    compressor, _ = run({"wait": 0.05, "send": 0.01}, start=1)
+    assert compressor.level < 0
+
+
+def test_a_slow_link_with_an_idle_helper_raises_the_level() -> None:
+    # 1 MiB per 0.08 s blocked send: about 12 MB/s, a 100 Mbit/s link.
+    compressor, _ = run({"wait": 0.0, "send": 0.08}, start=1, idle_share=0.9)
+    assert compressor.level == HIGHEST
+
+
+def test_a_busy_helper_holds_the_level(  # the receiver is the limit: more CPU will not help it
+) -> None:
+    compressor, _ = run({"wait": 0.0, "send": 0.08}, start=1, idle_share=0.05)
+    assert compressor.level == 1
+
+
+def test_a_fast_wire_holds_the_level_even_when_blocked() -> None:
+    # 1 MiB per 0.01 s: 100 MB/s is no slow link; blocking there is the SSH layer's own CPU.
+    compressor, _ = run({"wait": 0.0, "send": 0.01}, start=1, idle_share=0.9)
+    assert compressor.level == 1
+
+
+def test_a_fixed_level_never_moves() -> None:
+    compressor, _ = run({"wait": 0.05, "send": 0.01}, start=5, adaptive=False)
+    assert compressor.level == 5
+
+
+def test_bwlimit_keeps_the_average_rate_under_the_cap() -> None:
+    _, clock = run({"wait": 0.0, "send": 0.0}, bwlimit=10 << 20, adaptive=False, seconds=2.0)
+    sent = 2.0 * (10 << 20)  # what the cap allows in the 2 s the loop ran
+    assert clock.slept > 1.9  # the sends took no time: all of it was pacing
+    assert clock.now >= sent / (10 << 20) - 0.2
+
+
+@pytest.mark.parametrize("level, by, expected", [
+    (1, -1, -1), (-1, 1, 1), (-1, 3, 3), (-2, 3, 2), (2, -2, -1), (LOWEST, -1, LOWEST),
+    (HIGHEST - 1, 3, HIGHEST),
+])
+def test_step_skips_zstds_default_level_zero(level: int, by: int, expected: int) -> None:
+    assert _step(level, by) == expected
+
+
+@pytest.mark.parametrize("text, rate", [
+    ("5000", 5000 * 1024), ("10M", 10 << 20), ("1.5m", 1.5 * (1 << 20)), ("2G", 2 << 30),
+    ("512K", 512 << 10), ("10MB/s", 10 << 20),
+])
+def test_parse_rate_reads_rsyncs_bwlimit(text: str, rate: float) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["0", "-1M", "fast", ""])
+def test_parse_rate_refuses_what_is_no_rate(text: str) -> None:
+    with pytest.raises((ValueError, IndexError)):
+        parse_rate(text)
