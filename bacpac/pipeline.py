@@ -95,8 +95,8 @@ _Item = Union[_Hole, _Block, Planned, StreamResult, BaseException]
 
 
 class Compressor:
-    """Compresses blocks from any thread: zstd contexts are per thread (they are not shareable)
-    and per level, which the Pacer may change between blocks."""
+    """Compresses blocks from any thread: a zstd context per thread (they are not shareable),
+    remade when the Pacer changes the level between blocks."""
 
     def __init__(self, codec: str, level: int) -> None:
         self.codec = codec
@@ -108,14 +108,14 @@ class Compressor:
         level = self.level
         if self.codec == "zlib":
             return zlib.compress(data, max(1, min(level, 9)))
-        contexts = getattr(self._local, "contexts", None)
-        if contexts is None:
-            contexts = self._local.contexts = {}
-        cctx = contexts.get(level)
-        if cctx is None:
+        # One context per thread, for the current level only: a level-9 context holds 15 MiB,
+        # and keeping one for every level visited would grow with the climb.
+        cctx = getattr(self._local, "cctx", None)
+        if cctx is None or self._local.level != level:
             # Content size and checksum make every frame a valid saveset frame as it stands.
-            cctx = contexts[level] = zstandard.ZstdCompressor(
+            cctx = self._local.cctx = zstandard.ZstdCompressor(
                 level=level, write_checksum=True, write_content_size=True)
+            self._local.level = level
         return cctx.compress(data)
 
 
