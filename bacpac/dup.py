@@ -144,28 +144,38 @@ class SessionSender:
     """Puts the pipeline's frames on the helper's channel and counts them."""
 
     def __init__(self, session: HelperSession, receiver: Receiver, counters: Counters,
-                 delta_block: int) -> None:
+                 delta_block: int, delta: bool) -> None:
         self._session = session
         self._receiver = receiver
         self._counters = counters
         self._delta_block = delta_block
+        self._delta = delta  # blocks are counted, and shown, only when they were compared
         self.blocks_sent = 0
         self.blocks_matched = 0
 
     def block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
         self._session.send_block(offset, size, flags, payload)
-        self.blocks_sent += self._blocks(size)
-        self._counters.add(read=size, sent=len(payload))
+        self._count(size, len(payload), sent=True)
 
     def hole(self, offset: int, size: int) -> None:
         self._session.send(protocol.encode_hole(offset, size))
-        self.blocks_sent += self._blocks(size)
-        self._counters.add(read=size)
+        self._count(size, 0, sent=True)
 
     def match(self, offset: int, size: int) -> None:
         self._session.send(protocol.encode(MATCH, b"", offset, 0, size))
-        self.blocks_matched += self._blocks(size)
-        self._counters.add(read=size)
+        self._count(size, 0, sent=False)
+
+    def _count(self, size: int, payload: int, sent: bool) -> None:
+        if not self._delta:
+            self._counters.add(read=size, sent=payload)
+            return
+        blocks = -(-size // self._delta_block)
+        if sent:
+            self.blocks_sent += blocks
+        else:
+            self.blocks_matched += blocks
+        self._counters.add(read=size, sent=payload, compared=blocks,
+                           blocks_sent=blocks if sent else 0)
 
     def check(self) -> None:
         if self._receiver.failed:
@@ -174,9 +184,6 @@ class SessionSender:
     def helper_idle(self) -> Optional[float]:
         return self._receiver.helper_idle
 
-    def _blocks(self, size: int) -> int:
-        return -(-size // self._delta_block)
-
 
 def _stream(request: DupRequest, source: Source, settings: StreamSettings,
             session: HelperSession, counters: Counters, path: str,
@@ -184,7 +191,7 @@ def _stream(request: DupRequest, source: Source, settings: StreamSettings,
     digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
     receiver = Receiver(session, path, counters.set_written,
                         lambda frame: digests.put((frame.offset, frame.payload)))
-    sender = SessionSender(session, receiver, counters, settings.delta_block)
+    sender = SessionSender(session, receiver, counters, settings.delta_block, request.delta)
     reader: dict = {"reader_class": SegmentReader, "digests": digests} if request.delta else {}
     try:
         streamed = stream_image(source.fd, source.size, settings, sender, **reader)

@@ -24,12 +24,14 @@ class JobStarted:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """Counters so far (cumulative, not increments)."""
+    """Counters so far (cumulative, not increments); blocks only in a delta run."""
 
     job: str
     bytes_read: int
     bytes_sent: int
     bytes_written: int
+    blocks_compared: int = 0
+    blocks_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,15 @@ class Counters:
         self.bytes_read = 0
         self.bytes_sent = 0
         self.bytes_written = 0
+        self.blocks_compared = 0
+        self.blocks_sent = 0
 
-    def add(self, read: int = 0, sent: int = 0) -> None:
+    def add(self, read: int = 0, sent: int = 0, compared: int = 0, blocks_sent: int = 0) -> None:
         with self._lock:
             self.bytes_read += read
             self.bytes_sent += sent
+            self.blocks_compared += compared
+            self.blocks_sent += blocks_sent
             event = self._snapshot()
         self._sink.emit(event)
 
@@ -109,7 +115,8 @@ class Counters:
         self._sink.emit(event)
 
     def _snapshot(self) -> JobProgress:
-        return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written)
+        return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
+                           self.blocks_compared, self.blocks_sent)
 
 
 class NullSink:

@@ -90,6 +90,8 @@ class _Row:
     read: int = 0
     sent: int = 0
     written: int = 0
+    compared: int = 0  # delta runs only
+    blocks_sent: int = 0
     dirty: bool = False
 
 
@@ -99,7 +101,13 @@ class _WireColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         sent = int(task.fields.get("sent", 0))
         ratio = f" ({task.completed / sent:.1f}×)" if sent else ""
-        return Text(f"sent {human_size(sent)}{ratio}", style="progress.filesize")
+        return Text(f"sent {human_size(sent)}{ratio}{task.fields.get('blocks', '')}",
+                    style="progress.filesize")
+
+
+def blocks_text(compared: int, sent: int) -> str:
+    """", 12 of 4096 blocks sent" in a delta run, "" otherwise."""
+    return f", {sent} of {compared} blocks sent" if compared else ""
 
 
 class _SyncedProgress(Progress):
@@ -178,18 +186,21 @@ class RichSink:
             row.read = max(row.read, event.bytes_read)
             row.sent = max(row.sent, event.bytes_sent)
             row.written = max(row.written, event.bytes_written)
+            row.compared = max(row.compared, event.blocks_compared)
+            row.blocks_sent = max(row.blocks_sent, event.blocks_sent)
             row.dirty = True
 
     def _sync(self) -> None:
         """Copy changed counters into rich's tasks; called by rich before it renders."""
         with self._lock:
-            changed = [(row.task_id, row.read, row.sent) for row in self._rows.values()
-                       if row.dirty]
+            changed = [(row.task_id, row.read, row.sent,
+                        blocks_text(row.compared, row.blocks_sent))
+                       for row in self._rows.values() if row.dirty]
             for row in self._rows.values():
                 row.dirty = False
-        for task_id, read, sent in changed:
+        for task_id, read, sent, blocks in changed:
             try:
-                self._progress.update(task_id, completed=read, sent=sent)
+                self._progress.update(task_id, completed=read, sent=sent, blocks=blocks)
             except KeyError:  # the job finished between the copy and the update
                 pass
 
@@ -200,7 +211,7 @@ class RichSink:
                 self._started = True
         total = event.bytes_total or None  # unknown size: a pulsing bar, no ETA
         task_id = self._progress.add_task(
-            describe(event.source, event.target), total=total, sent=0)
+            describe(event.source, event.target), total=total, sent=0, blocks="")
         with self._lock:
             self._rows[event.job] = _Row(task_id)
 
@@ -283,8 +294,9 @@ class LogSink:
         job.last_time, job.last_read = now, read
         percent = f"{100 * read / job.total:.0f}% " if job.total else ""
         total = f" of {human_size(job.total)}" if job.total else ""
+        blocks = blocks_text(event.blocks_compared, event.blocks_sent)
         self._write(f"{job.label}: {percent}{human_size(read)}{total}, "
-                    f"sent {human_size(event.bytes_sent)}, {human_rate(rate)}")
+                    f"sent {human_size(event.bytes_sent)}{blocks}, {human_rate(rate)}")
 
     def _label(self, job_id: str) -> str:
         job = self._jobs.get(job_id)

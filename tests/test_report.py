@@ -239,3 +239,31 @@ def test_make_sink_json_alone_and_with_display() -> None:
     both = make_sink(progress=True, json_output=True, stderr=TtyIO(), stdout=stdout)
     assert isinstance(both, TeeSink)
     assert [type(sink) for sink in both.sinks] == [RichSink, JsonSink]
+
+
+def test_delta_progress_shows_blocks_compared_and_sent_in_log_lines() -> None:
+    stream, clock = StringIO(), FakeClock()
+    sink = LogSink(stream, clock=clock, interval=1.0)
+    sink.emit(started())
+    clock.advance(2.0)
+    sink.emit(JobProgress("j1", 64 * MIB, 1 * MIB, 0, blocks_compared=1024, blocks_sent=12))
+    assert "sent 1.0 MiB, 12 of 1024 blocks sent" in stream.getvalue()
+
+
+def test_delta_progress_shows_blocks_compared_and_sent_on_the_display() -> None:
+    console = Console(file=TtyIO(), force_terminal=True, width=160, record=True)
+    sink = RichSink(console)
+    sink.emit(started())
+    sink.emit(JobProgress("j1", 64 * MIB, 1 * MIB, 0, blocks_compared=1024, blocks_sent=12))
+    console.print(sink._progress)  # one render of the live rows, as the terminal would show
+    assert "12 of 1024 blocks sent" in console.export_text()
+    sink.close()
+
+
+def test_full_copy_progress_shows_no_block_counts() -> None:
+    stream, clock = StringIO(), FakeClock()
+    sink = LogSink(stream, clock=clock, interval=1.0)
+    sink.emit(started())
+    clock.advance(2.0)
+    sink.emit(JobProgress("j1", 64 * MIB, 16 * MIB, 0))
+    assert "blocks" not in stream.getvalue()
