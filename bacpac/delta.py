@@ -16,12 +16,10 @@ import hashlib
 import queue
 from concurrent.futures import ThreadPoolExecutor
 
-from remote_helper.devices import data_extents, is_zero
+from remote_helper.devices import data_extents, is_zero, zero_chunks
 
 from .errors import ProtocolError
 from .pipeline import BlockReader, Compressor, Planned, StreamResult, StreamSettings
-
-ZERO_FILL = memoryview(bytes(4 << 20))
 
 
 @functools.lru_cache(maxsize=8)
@@ -61,9 +59,10 @@ class SegmentReader(BlockReader):
                 self._pread(view[rel:rel + run], start)
             else:
                 holes.append((rel, run))
-                for pos in range(rel, rel + run, len(ZERO_FILL)):
-                    n = min(len(ZERO_FILL), rel + run - pos)
-                    view[pos:pos + n] = ZERO_FILL[:n]
+                pos = rel
+                for chunk in zero_chunks(run):  # the buffer is reused: clear what it held
+                    view[pos:pos + len(chunk)] = chunk
+                    pos += len(chunk)
         return holes
 
     def _target_digests(self, offset: int) -> bytes:

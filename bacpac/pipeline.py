@@ -24,12 +24,11 @@ from typing import Callable, Optional, Protocol, TypeVar, Union
 import zstandard
 
 from remote_helper import protocol
-from remote_helper.devices import data_extents, is_zero
+from remote_helper.devices import data_extents, is_zero, zero_chunks
 
 from .errors import TransferError
 from .pacing import Pacer
 
-ZERO_RUN_HASH_CHUNK = memoryview(bytes(4 << 20))
 T = TypeVar("T")
 
 
@@ -190,8 +189,8 @@ class BlockReader:
             offset += size
 
     def _hash_zeros(self, length: int) -> None:
-        for pos in range(0, length, len(ZERO_RUN_HASH_CHUNK)):
-            self._hash.update(ZERO_RUN_HASH_CHUNK[: min(len(ZERO_RUN_HASH_CHUNK), length - pos)])
+        for chunk in zero_chunks(length):
+            self._hash.update(chunk)
 
     def _pread(self, view: memoryview, offset: int) -> None:
         done = 0

@@ -314,6 +314,17 @@ def is_zero(buf):
 
 
 
+def zero_chunks(length):
+    # type: (int) -> Iterator[memoryview]
+    """Views of one cached zero buffer covering `length` bytes: for hashing or filling zero
+    runs without allocating a buffer of zeros each time."""
+    view = memoryview(_zeros)
+    while length > 0:
+        n = min(length, len(view))
+        yield view[:n]
+        length -= n
+
+
 def _write_zeros(fd, offset, length):
     # type: (int, int, int) -> None
     """Write real zero bytes over a range, in large chunks."""

@@ -17,12 +17,11 @@ import time
 import queue
 
 from .protocol import DATA, HOLE, MATCH
-from .devices import is_zero
+from .devices import is_zero, zero_chunks
 from .saveset import compress_frame
 from .target import HEAD
 
 SPARSE_CHUNK = 128 << 10  # zero runs shorter than this inside a block are written anyway
-ZEROS = memoryview(bytes(4 << 20))
 PROGRESS_EVERY = 0.25  # seconds between PROGRESS frames (the client's pacing reads them)
 WRITEBACK_EVERY = 32 << 20  # bytes: then the kernel is asked to start writing them to disk
 
@@ -212,10 +211,8 @@ class ImageWriter(object):
 
     def _hash_zeros(self, length):
         # type: (int) -> None
-        while length:
-            n = min(length, len(ZEROS))
-            self._hash.update(ZEROS[:n])
-            length -= n
+        for chunk in zero_chunks(length):
+            self._hash.update(chunk)
 
     def _report(self):
         # type: () -> None
