@@ -54,7 +54,7 @@ def _ssh_parent() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bacpac", description="Duplicate disks between Linux hosts over SSH, "
-        "proven byte for byte by sha256.")
+        "proven byte for byte end to end.")
     parser.add_argument("--version", action="version", version=f"bacpac {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parent = _ssh_parent()
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dup", parents=[parent], help="duplicate a disk or image onto a target",
         description="Duplicate SOURCE (a block device or image file) onto TARGET, a block "
         "device or image file on [USER@]HOST:PATH, or a local path. Holes and zero blocks are "
-        "not sent; the target's sha256 is checked against the source's.")
+        "not sent; every block is proven by its checksum on arrival, and --verify re-reads the "
+        "target and compares its sha256 with the source's.")
     dup.add_argument("source", metavar="SOURCE")
     dup.add_argument("target", metavar="[USER@]HOST:TARGET")
     dup.add_argument("--saveset", metavar="PATH",

@@ -1,7 +1,11 @@
-"""bacpac dup and backup: a disk or image onto a target and/or a saveset, proven by sha256.
+"""bacpac dup and backup: a disk or image onto a target and/or a saveset, proven end to end.
 
-A backup is a dup with no target disk: the helper writes only the saveset, from the same
-frames, and hashes the image all the same.
+The client hashes the whole source (the sha256 it reports and a saveset's trailer holds). The
+helper proves what it received frame by frame: every zstd frame carries its content checksum,
+which decompression verifies, and frames must be contiguous, in order and complete, so holes
+cost the helper nothing; zlib frames, which have no strong checksum, are hashed whole instead.
+--verify re-reads the target from its disk and compares sha256s. A backup is a dup with no
+target disk: the helper writes only the saveset, from the same frames.
 """
 from __future__ import annotations
 
@@ -100,8 +104,9 @@ def _transfer(request: DupRequest, source: Source, session: HelperSession, sink:
         hint = "" if request.backup else PARTLY_WRITTEN
         raise Interrupted(f"{where(request.target, path)}: interrupted{hint}") from None
     verify = request.verify and not request.backup
-    summary.sha256 = check_result(verify, where(request.target, path), result)
-    summary.extra["verified"] = verify
+    summary.sha256 = check_result(verify, where(request.target, path), result,
+                                  _check(settings))
+    summary.extra.update(verified=verify, check=_check(settings))
     summary.bytes_read = counters.bytes_read
     summary.bytes_sent = counters.bytes_sent
     summary.bytes_written = int(result.get("bytes_written", 0))
@@ -120,6 +125,11 @@ def _negotiate(request: DupRequest, session: HelperSession) -> StreamSettings:
     raise UsageError(f"{session.host}: the helper offers no codec this client speaks ({codecs})")
 
 
+def _check(settings: StreamSettings) -> str:
+    """How the helper proves the stream: by zstd's frame checksums, else by hashing it."""
+    return "frames" if settings.codec == "zstd" else "sha256"
+
+
 def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -> dict:
     saveset = None
     if request.saveset_path is not None:
@@ -133,6 +143,7 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "size": source.size,
         "force": request.force,
         "verify": request.verify,
+        "check": _check(settings),
         "saveset": saveset,
         "delta": ({"block": settings.delta_block, "segment": settings.block_size}
                   if request.delta else None),
@@ -215,10 +226,14 @@ def naming(message: str, host: str, where: str) -> str:
     return message
 
 
-def check_result(verify: bool, where: str, result: dict) -> str:
-    """The sha256 both ends agree on; VerifyError if they, or a --verify re-read, do not."""
+def check_result(verify: bool, where: str, result: dict, check: str = "sha256") -> str:
+    """The source's sha256, once the helper proved the copy the way it was asked to (its own
+    sha256 equal to the source's, or every frame's checksum) and a --verify re-read agrees."""
     sha256 = str(result["source_sha256"])
-    if result.get("sha256") != sha256:
+    if result.get("check", "sha256") != check:
+        raise VerifyError(f"{where}: the helper checked the copy by {result.get('check')}, "
+                          f"not by {check} as asked")
+    if check == "sha256" and result.get("sha256") != sha256:
         raise VerifyError(f"{where}: the target's sha256 {result.get('sha256')} differs from the "
                           f"source's {sha256}")
     if verify and "verify_sha256" not in result:

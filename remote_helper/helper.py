@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 
-from . import codecs, devices, protocol
+from . import codecs, devices, protocol, zstdframe
 from .errors import HelperError, IntegrityError, ProtocolError
 from .delta import TargetSegments
 from .protocol import DATA, END, ERROR, HOLE, MATCH, OPEN, PROGRESS, READY, RESULT
@@ -28,6 +28,11 @@ from .writer import ImageWriter
 
 READ_BUFFER = 1 << 20
 VERIFY_CHUNK = 4 << 20
+# How the helper proves what it received (the job's "check"): "sha256" hashes the whole stream
+# and compares it with END's; "frames" requires every DATA frame to be one zstd frame carrying
+# its content checksum, which decompression verifies, so the bytes are proven frame by frame
+# and holes need no hashing. A restore must prove its saveset's trailer, so it asks for sha256.
+CHECKS = ("sha256", "frames")
 
 
 class ClientGone(Exception):
@@ -103,6 +108,8 @@ def run_dup(job, inp, out):
     """
     size = int(job["size"])
     delta = job.get("delta")
+    if job.get("check", "sha256") not in CHECKS:
+        raise ProtocolError("unknown check %r" % (job.get("check"),))
     # The saveset first: a saveset that cannot be written refuses the job before the target
     # is opened, let alone truncated.
     saveset = open_output(job.get("saveset"))
@@ -135,18 +142,25 @@ def write_image(job, inp, out, target, saveset, segments):
         # type: (int) -> None
         out.send_json(PROGRESS, {"written": written, "idle": round(inp.idle, 3)})
 
-    writer = ImageWriter(target, progress, saveset, segments)
+    check = job.get("check", "sha256")
+    writer = ImageWriter(target, progress, saveset, segments, hash_stream=check == "sha256")
     try:
-        end = receive_image(inp, writer, target.size)
+        end = receive_image(inp, writer, target.size, check == "frames")
     except ClientGone:
         writer.abandon()
         raise
     written, sha256 = writer.finish()
     where = target.path or (saveset.path if saveset else "stream")
-    if end.get("sha256") != sha256:
+    result = {"bytes_written": written, "check": check}
+    if check == "frames":
+        sha256 = end.get("sha256")  # the source's, for the saveset's trailer and --verify
+        if not _is_sha256(sha256):
+            raise ProtocolError("END carries no sha256 of the source: %r" % (sha256,))
+    elif end.get("sha256") != sha256:
         raise IntegrityError("%s: sha256 of what was written (%s) differs from the source's (%s)"
                              % (where, sha256, end.get("sha256")))
-    result = {"bytes_written": written, "sha256": sha256}
+    else:
+        result["sha256"] = sha256
     if job.get("verify") and target.path is not None:
         result["verify_sha256"] = reread_sha256(target)
     if saveset is not None:
@@ -155,9 +169,18 @@ def write_image(job, inp, out, target, saveset, segments):
     return result
 
 
-def receive_image(inp, writer, size):
-    # type: (Input, ImageWriter, int) -> dict
-    """DATA, HOLE and MATCH frames, contiguous and in order, up to END; returns END's payload."""
+def _is_sha256(value):
+    # type: (object) -> bool
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def receive_image(inp, writer, size, checked_frames=False):
+    # type: (Input, ImageWriter, int, bool) -> dict
+    """DATA, HOLE and MATCH frames, contiguous and in order, up to END; returns END's payload.
+
+    With checked_frames, a DATA frame must be exactly one zstd frame with a content checksum.
+    """
     decompressor = codecs.Decompressor()
     expected = 0
     while True:
@@ -167,6 +190,8 @@ def receive_image(inp, writer, size):
                 raise ProtocolError("block at offset %d of %d bytes: expected offset %d within %d"
                                     % (frame.offset, frame.size, expected, size))
             if frame.type == DATA:
+                if checked_frames:
+                    _require_checksum(frame)
                 data = decompressor.decompress(frame.flags, frame.payload, frame.size)
                 writer.put_data(frame.offset, data, frame.payload)
             elif frame.type == HOLE:
@@ -185,6 +210,17 @@ def receive_image(inp, writer, size):
             raise ClientGone()
         else:
             raise ProtocolError("unexpected %s frame" % protocol.type_name(frame.type))
+
+
+def _require_checksum(frame):
+    # type: (protocol.Frame) -> None
+    if frame.flags != protocol.CODEC_ZSTD:
+        raise ProtocolError("block at offset %d: codec %d where a checked zstd frame was expected"
+                            % (frame.offset, frame.flags))
+    zstdframe.check_single_frame(frame.payload)
+    if not zstdframe.frame_has_checksum(frame.payload):
+        raise ProtocolError("block at offset %d: zstd frame without its content checksum"
+                            % frame.offset)
 
 
 def reread_sha256(target):

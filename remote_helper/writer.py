@@ -2,8 +2,11 @@
 
 # Strategy: the helper's main thread receives and decompresses; this thread writes. pwrite,
 # sha256 and zstd all release the GIL, so receiving, decompressing and writing overlap instead
-# of adding up. Blocks arrive strictly in order (the helper checks), so the sha256 of what is
-# written is computed in one pass, holes hashed as zeros. On a truncated image file, zero runs
+# of adding up. Blocks arrive strictly in order (the helper checks). When the job asks for the
+# stream's sha256 (a restore, whose saveset trailer must be proven, or zlib frames, which carry
+# no strong checksum), it is computed here in one pass, holes hashed as zeros; otherwise every
+# zstd frame was proven by its own content checksum and nothing is hashed twice. On a
+# truncated image file, zero runs
 # inside blocks are not written either. The first MiB is held back: it is zeroed before
 # anything else is written and written last, so a target cut off half way holds no partition
 # table or file-system signature that would mount as if it were good. In a delta run, MATCH
@@ -27,19 +30,21 @@ WRITEBACK_EVERY = 32 << 20  # bytes: then the kernel is asked to start writing t
 
 
 class ImageWriter(object):
-    """Takes decompressed blocks and holes in stream order; finish() returns (bytes, sha256).
+    """Takes decompressed blocks and holes in stream order; finish() returns (bytes, sha256),
+    the sha256 None unless hash_stream.
 
     With a saveset, each block's wire frame is appended to it as it is written to the target.
     """
 
-    def __init__(self, target, on_progress, saveset=None, segments=None, depth=4):
-        # type: (object, object, object, object, int) -> None
+    def __init__(self, target, on_progress, saveset=None, segments=None, depth=4,
+                 hash_stream=True):
+        # type: (object, object, object, object, int, bool) -> None
         self._target = target
         self._saveset = saveset
         self._segments = segments  # delta.TargetSegments in a delta run
         self._on_progress = on_progress
         self._queue = queue.Queue(depth)
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hash_stream else None
         self._head = bytearray(min(HEAD, target.size))
         self._written = 0
         self._error = None
@@ -79,7 +84,7 @@ class ImageWriter(object):
         if changed and not (self._target.sparse and is_zero(head)):
             self._target.pwrite(0, memoryview(head))
         self._target.sync()
-        return self._written, self._hash.hexdigest()
+        return self._written, self._hash.hexdigest() if self._hash is not None else None
 
     def abandon(self, timeout=30.0):
         # type: (float) -> None
@@ -142,7 +147,7 @@ class ImageWriter(object):
     def _keep(self, offset, old):
         # type: (int, memoryview) -> None
         """A MATCH: the target already holds these bytes; hash them, and save them if asked."""
-        self._hash.update(old)
+        self._digest(old)
         self._hold_head(offset, old)
         if self._saveset is not None:
             if is_zero(old):
@@ -167,7 +172,7 @@ class ImageWriter(object):
         # type: (int, memoryview, bytes) -> None
         if self._saveset is not None:
             self._saveset.add(frame, len(view))
-        self._hash.update(view)
+        self._digest(view)
         rest = self._hold_head(offset, view)
         self._head_changed |= len(rest) < len(view)
         if not rest:
@@ -209,10 +214,16 @@ class ImageWriter(object):
         if run_start is not None:
             self._target.pwrite(offset + run_start, view[run_start:])
 
+    def _digest(self, view):
+        # type: (memoryview) -> None
+        if self._hash is not None:
+            self._hash.update(view)
+
     def _hash_zeros(self, length):
         # type: (int) -> None
-        for chunk in zero_chunks(length):
-            self._hash.update(chunk)
+        if self._hash is not None:
+            for chunk in zero_chunks(length):
+                self._hash.update(chunk)
 
     def _report(self):
         # type: () -> None

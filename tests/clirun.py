@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -79,10 +80,17 @@ def bacpac_env(**extra: str) -> dict:
 
 def start(*args: object, env: Optional[dict] = None, stdout: int = subprocess.PIPE,
           stderr: int = subprocess.PIPE) -> subprocess.Popen:
-    """Start `bacpac ARGS` as a user would; output captured as text unless sent elsewhere."""
+    """Start `bacpac ARGS` as a user would; output captured as text unless sent elsewhere.
+
+    SIGINT is reset to its default, as in a shell's foreground job: a suite started in the
+    background (`pytest &`) inherits it ignored, and the Ctrl-C tests would then see none."""
     return subprocess.Popen([sys.executable, "-m", "bacpac", *map(str, args)], stdout=stdout,
                             stderr=stderr, universal_newlines=True, env=env or bacpac_env(),
-                            cwd=REPO)
+                            cwd=REPO, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(proc: subprocess.Popen, began: float, timeout: float = RUN_WITHIN) -> Result:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,10 +170,46 @@ def test_dup_without_json_prints_nothing_on_stdout(tmp_path, no_helper_left) -> 
     assert (tmp_path / "copy.img").read_bytes() == source.read_bytes()
 
 
+def _bare_python(tmp_path: Path, path: str) -> str:
+    """A remote python without site-packages (so no zstandard), PATH set to `path`."""
+    script = tmp_path / "bare-python"
+    script.write_text(f"#!/bin/sh\nPATH={path} exec {sys.executable} -S \"$@\"\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("path,codec,zstd,check", [
+    (os.environ["PATH"], "zstd", "cli", "frames"),
+    ("/nonexistent", "zlib", "", "sha256"),
+], ids=["zstd_tool", "zlib"])
+def test_helper_without_zstandard_falls_back_and_still_proves_the_copy(
+        tmp_path, path: str, codec: str, zstd: str, check: str) -> None:
+    data = os.urandom(MiB) + bytes(2 * MiB) + b"tail" * (MiB // 4)
+    source = write_file(tmp_path / "source.img", len(data), {0: data})
+    target = tmp_path / "copy.img"
+    result = bacpac("dup", "--json", "--remote-python", _bare_python(tmp_path, path),
+                    str(source), str(target))
+    assert result.returncode == 0, result.stderr
+    summary = result.summary
+    assert (summary["codec"], summary["zstd"], summary["check"]) == (codec, zstd, check)
+    assert summary["sha256"] == hashlib.sha256(data).hexdigest()
+    assert target.read_bytes() == data
+
+
 def test_check_result_fails_when_helper_sha256_differs() -> None:
     with pytest.raises(VerifyError, match="testhost:/x.img: the target's sha256") as info:
         check_result(False, "testhost:/x.img", {"source_sha256": "a" * 64, "sha256": "b" * 64})
     assert info.value.exit_code == 1
+
+
+def test_check_result_fails_when_the_helper_checked_another_way_than_asked() -> None:
+    hashed = {"source_sha256": "a" * 64, "sha256": "a" * 64, "check": "sha256"}
+    with pytest.raises(VerifyError, match="checked the copy by sha256, not by frames"):
+        check_result(False, "testhost:/x.img", hashed, "frames")
+    framed = {"source_sha256": "a" * 64, "check": "frames"}
+    with pytest.raises(VerifyError, match="checked the copy by frames, not by sha256"):
+        check_result(False, "testhost:/x.img", framed, "sha256")
+    assert check_result(False, "testhost:/x.img", framed, "frames") == "a" * 64
 
 
 def test_check_result_fails_when_verify_reread_differs() -> None:

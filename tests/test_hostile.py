@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -130,11 +131,11 @@ class LocalHelper:
                 pytest.fail(f"no frame from the helper within {timeout} s")
             self._decoder.feed(os.read(self.proc.stdout.fileno(), 65536))
 
-    def open_dup(self, path: Path, size: int) -> None:
+    def open_dup(self, path: Path, size: int, check: str = "sha256") -> None:
         self.send(protocol.encode_json(OPEN, {
             "protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": str(path),
             "size": size, "force": False, "verify": False, "saveset": None, "delta": None,
-            "source": {}}))
+            "check": check, "source": {}}))
         assert self.recv().type == READY
 
     def error_then_exit(self) -> tuple:
@@ -197,6 +198,87 @@ def test_helper_rejects_end_that_claims_more_than_was_sent(helper: LocalHelper, 
     assert frame.type == ERROR and status == 1
     assert "4096" in frame.json()["message"]
     assert target.read_bytes() == bytes(SIZE)
+
+
+# ---- frames the helper must prove by their own checksums ---------------------------------------
+
+def zstd_block(offset: int, data: bytes, checksum: bool = True) -> bytes:
+    frame = zstandard.ZstdCompressor(write_checksum=checksum, write_content_size=True).compress(data)
+    return protocol.encode(DATA, frame, offset, protocol.CODEC_ZSTD, len(data))
+
+
+def _flip_last_byte(block: bytes) -> bytes:
+    """The frame's content checksum damaged, the wire's own CRC made to match again."""
+    frame = protocol.Decoder()
+    frame.feed(block)
+    data = frame.next_frame()
+    payload = data.payload[:-1] + bytes([data.payload[-1] ^ 1])
+    return protocol.encode(DATA, payload, data.offset, data.flags, data.size)
+
+
+BLOCK = os.urandom(4096) * 4
+UNPROVEN_FRAMES = {
+    "checksum_wrong": (_flip_last_byte(zstd_block(0, BLOCK)), "checksum"),
+    "no_checksum": (zstd_block(0, BLOCK, checksum=False), "without its content checksum"),
+    "two_frames_in_one_block": (
+        protocol.encode(DATA, zstandard.ZstdCompressor(write_checksum=True).compress(BLOCK[:8192])
+                        + zstandard.ZstdCompressor().compress(BLOCK[8192:]),
+                        0, protocol.CODEC_ZSTD, len(BLOCK)), "zstd frame is"),
+    "raw_block": (raw(0, BLOCK), "codec 0"),
+    "zlib_block": (protocol.encode(DATA, zlib.compress(BLOCK), 0, protocol.CODEC_ZLIB, len(BLOCK)),
+                   "codec 2"),
+}
+
+
+@pytest.mark.parametrize("block,cause", UNPROVEN_FRAMES.values(), ids=list(UNPROVEN_FRAMES))
+def test_helper_checking_frames_refuses_a_block_its_checksum_does_not_prove(
+        helper: LocalHelper, block: bytes, cause: str, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    helper.open_dup(target, SIZE, check="frames")
+    helper.send(block)
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert frame.json()["kind"] == "ProtocolError", frame.json()
+    assert cause in frame.json()["message"]
+    assert target.read_bytes() == bytes(SIZE)
+
+
+def test_helper_checking_frames_proves_blocks_without_hashing_the_stream(
+        helper: LocalHelper, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    content = BLOCK + bytes(SIZE - len(BLOCK))
+    helper.open_dup(target, SIZE, check="frames")
+    helper.send(zstd_block(0, BLOCK) + protocol.encode_hole(len(BLOCK), SIZE - len(BLOCK))
+                + protocol.encode_json(END, {"bytes": SIZE,
+                                             "sha256": hashlib.sha256(content).hexdigest()}))
+    result = helper.recv()
+    assert result.type == protocol.RESULT, result
+    assert result.json() == {"bytes_written": SIZE, "check": "frames"}
+    assert target.read_bytes() == content
+
+
+@pytest.mark.parametrize("end", [{"bytes": SIZE}, {"bytes": SIZE, "sha256": "not-a-digest"}],
+                         ids=["no_sha256", "bad_sha256"])
+def test_helper_checking_frames_refuses_an_end_without_the_source_sha256(
+        helper: LocalHelper, end: dict, tmp_path) -> None:
+    helper.open_dup(tmp_path / "t.img", SIZE, check="frames")
+    helper.send(protocol.encode_hole(0, SIZE) + protocol.encode_json(END, end))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert frame.json()["kind"] == "ProtocolError"
+    assert "END carries no sha256" in frame.json()["message"]
+
+
+def test_helper_refuses_an_unknown_check_before_touching_the_target(
+        helper: LocalHelper, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    helper.send(protocol.encode_json(OPEN, {
+        "protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": str(target), "size": SIZE,
+        "check": "crc8", "saveset": None, "delta": None, "source": {}}))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert "unknown check 'crc8'" in frame.json()["message"]
+    assert not target.exists()
 
 
 # ---- shell-hostile remote paths -----------------------------------------------------------------
