@@ -1,4 +1,5 @@
-"""The sinks that show a job's events: a rich live display, plain log lines, JSON summaries.
+"""The sinks that show a job's events: plain log lines and JSON summaries, and make_sink,
+which picks them or the live display on a terminal (display.py).
 
 # Strategy: emit() is called from several threads, thousands of times a second, so it only
 # stores counters under a short lock; formatting happens when something is shown (at rich's
@@ -14,14 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, TextIO
-
-from rich import filesize
-from rich.console import Console, RenderableType
-from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TaskID,
-                           TextColumn, TimeRemainingColumn, TransferSpeedColumn)
-from rich.table import Column
-from rich.text import Text
+from typing import Callable, Optional, TextIO
 
 from .events import (Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary,
                      NullSink, Sink)
@@ -29,6 +23,7 @@ from .events import (Event, JobFinished, JobMessage, JobProgress, JobStarted, Jo
 Clock = Callable[[], float]
 
 _BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+_DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
 
 
 def human_size(size: float) -> str:
@@ -43,7 +38,12 @@ def human_size(size: float) -> str:
 
 def human_rate(bytes_per_second: float) -> str:
     """Decimal units per second, as network and disk rates are quoted: "330.0 MB/s"."""
-    return f"{filesize.decimal(int(bytes_per_second))}/s"
+    value = float(bytes_per_second)
+    for unit in _DECIMAL_UNITS[:-1]:
+        if abs(value) < 1000:
+            return f"{int(value)} {unit}/s" if unit == "B" else f"{value:.1f} {unit}/s"
+        value /= 1000
+    return f"{value:.1f} {_DECIMAL_UNITS[-1]}/s"
 
 
 def human_duration(seconds: float) -> str:
@@ -78,162 +78,13 @@ def result_line(summary: JobSummary) -> str:
     return ", ".join(parts)
 
 
-def _mark(summary: JobSummary) -> str:
+def status_mark(summary: JobSummary) -> str:
     return "✓" if summary.status == "ok" else "✗"
-
-
-@dataclass
-class _Row:
-    """A running job's row in the live display, and its latest counters."""
-
-    task_id: TaskID
-    read: int = 0
-    sent: int = 0
-    written: int = 0
-    compared: int = 0  # delta runs only
-    blocks_sent: int = 0
-    dirty: bool = False
-
-
-class _WireColumn(ProgressColumn):
-    """Bytes put on the channel, and the compression ratio (read / sent)."""
-
-    def render(self, task: Task) -> Text:
-        sent = int(task.fields.get("sent", 0))
-        ratio = f" ({task.completed / sent:.1f}×)" if sent else ""
-        return Text(f"sent {human_size(sent)}{ratio}{task.fields.get('blocks', '')}",
-                    style="progress.filesize")
 
 
 def blocks_text(compared: int, sent: int) -> str:
     """", 12 of 4096 blocks sent" in a delta run, "" otherwise."""
     return f", {sent} of {compared} blocks sent" if compared else ""
-
-
-class _SyncedProgress(Progress):
-    """A Progress that pulls the sink's counters just before each render."""
-
-    def __init__(self, sync: Callable[[], None], *columns: Any, **kwargs: Any) -> None:
-        self._sync = sync
-        super().__init__(*columns, **kwargs)
-
-    def get_renderables(self) -> Iterable[RenderableType]:
-        self._sync()
-        yield from super().get_renderables()
-
-
-class RichSink:
-    """A live display on a terminal: one row per running job, a result line per finished one."""
-
-    def __init__(self, console: Console, clock: Clock = time.monotonic,
-                 show_failures: bool = True) -> None:
-        self.show_failures = show_failures  # off when the caller prints the error line itself
-        self._console = console
-        self._lock = threading.Lock()  # guards _rows; innermost, see the strategy above
-        self._start_lock = threading.Lock()
-        self._rows: dict[str, _Row] = {}
-        self._started = False
-        # No stdout/stderr redirection: other threads' writes and the JSON on stdout must
-        # not be captured by a display that only some commands start.
-        self._progress = _SyncedProgress(
-            self._sync,
-            TextColumn("{task.description}", table_column=Column(
-                no_wrap=True, overflow="ellipsis", max_width=48)),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            _WireColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            get_time=clock,
-            refresh_per_second=4,
-            transient=True,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-
-    def emit(self, event: Event) -> None:
-        """Store counters (cheap); print messages and results above the display."""
-        if isinstance(event, JobProgress):
-            self._store(event)
-        elif isinstance(event, JobStarted):
-            self._start_job(event)
-        elif isinstance(event, JobMessage):
-            self._print_message(event)
-        elif isinstance(event, JobFinished):
-            self._finish_job(event)
-
-    def snapshot(self, job: str) -> Optional[JobProgress]:
-        """The latest counters of a running job, or None if it is not running."""
-        with self._lock:
-            row = self._rows.get(job)
-            if row is None:
-                return None
-            return JobProgress(job, row.read, row.sent, row.written)
-
-    def close(self) -> None:
-        """Stop the display; the result lines already printed stay."""
-        with self._start_lock:
-            if self._started:
-                self._progress.stop()
-                self._started = False
-
-    def _store(self, event: JobProgress) -> None:
-        with self._lock:
-            row = self._rows.get(event.job)
-            if row is None:
-                return
-            row.read = max(row.read, event.bytes_read)
-            row.sent = max(row.sent, event.bytes_sent)
-            row.written = max(row.written, event.bytes_written)
-            row.compared = max(row.compared, event.blocks_compared)
-            row.blocks_sent = max(row.blocks_sent, event.blocks_sent)
-            row.dirty = True
-
-    def _sync(self) -> None:
-        """Copy changed counters into rich's tasks; called by rich before it renders."""
-        with self._lock:
-            changed = [(row.task_id, row.read, row.sent,
-                        blocks_text(row.compared, row.blocks_sent))
-                       for row in self._rows.values() if row.dirty]
-            for row in self._rows.values():
-                row.dirty = False
-        for task_id, read, sent, blocks in changed:
-            try:
-                self._progress.update(task_id, completed=read, sent=sent, blocks=blocks)
-            except KeyError:  # the job finished between the copy and the update
-                pass
-
-    def _start_job(self, event: JobStarted) -> None:
-        with self._start_lock:
-            if not self._started:
-                self._progress.start()
-                self._started = True
-        total = event.bytes_total or None  # unknown size: a pulsing bar, no ETA
-        task_id = self._progress.add_task(
-            describe(event.source, event.target), total=total, sent=0, blocks="")
-        with self._lock:
-            self._rows[event.job] = _Row(task_id)
-
-    def _print_message(self, event: JobMessage) -> None:
-        style = "yellow" if event.level == "warning" else "dim"
-        self._console.print(Text.assemble((f"{event.level}: ", style), event.text),
-                            soft_wrap=True)
-
-    def _finish_job(self, event: JobFinished) -> None:
-        with self._lock:
-            row = self._rows.pop(event.job, None)
-        if row is not None:
-            self._progress.remove_task(row.task_id)
-            # rich redraws its last render below each print: drop the finished row first
-            self._progress.refresh()
-        summary = event.summary
-        if summary.status != "ok" and not self.show_failures:
-            return
-        style = "green" if summary.status == "ok" else "red"
-        # soft_wrap: the terminal folds a long line, so a copied path or hash stays whole
-        self._console.print(Text.assemble((_mark(summary), f"bold {style}"), " ",
-                                          result_line(summary)), soft_wrap=True)
 
 
 @dataclass
@@ -274,7 +125,7 @@ class LogSink:
                 self._jobs.pop(event.job, None)
                 if event.summary.status != "ok" and not self.show_failures:
                     return
-                self._write(f"{_mark(event.summary)} {result_line(event.summary)}")
+                self._write(f"{status_mark(event.summary)} {result_line(event.summary)}")
 
     def close(self) -> None:
         """Flush; the stream belongs to the caller."""
@@ -364,7 +215,8 @@ def make_sink(*, progress: bool, json_output: bool, stderr: Optional[TextIO] = N
     sinks: list[Sink] = []
     if progress:
         if _is_terminal(stderr):
-            sinks.append(RichSink(Console(file=stderr), show_failures=show_failures))
+            from .display import RichSink  # rich is loaded only for a terminal
+            sinks.append(RichSink.on(stderr, show_failures=show_failures))
         else:
             sinks.append(LogSink(stderr, show_failures=show_failures))
     if json_output:

@@ -17,10 +17,10 @@ from bacpac.events import (
     JobSummary,
     NullSink,
 )
+from bacpac.display import RichSink
 from bacpac.report import (
     JsonSink,
     LogSink,
-    RichSink,
     TeeSink,
     human_duration,
     human_rate,
