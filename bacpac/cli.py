@@ -12,7 +12,7 @@ from . import __version__
 from .dup import DupRequest, run_dup
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BacpacError, UsageError
 from .events import Sink
-from .pacing import parse_rate
+from .pacing import START_LEVEL, parse_rate
 from .pipeline import StreamSettings
 from .remote import ConnectOptions
 from .report import human_size, make_sink
@@ -117,8 +117,9 @@ def _add_write_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=int, default=None,
-                        choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)", help="fix the zstd compression level (default: "
-                        "adapt it to whichever of CPU or link is the bottleneck, from 1)")
+                        choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)",
+                        help="fix the zstd compression level (default: adapt it to whichever "
+                        f"of CPU or link is the bottleneck, from {START_LEVEL})")
     parser.add_argument("--bwlimit", type=_rate, default=None, metavar="RATE",
                         help="cap the wire at RATE, as rsync's: KiB/s, or with K, M or G")
     parser.add_argument("--block-size", type=parse_size, default=None, metavar="SIZE",
@@ -149,7 +150,7 @@ def _rate(text: str) -> float:
 
 
 def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
-    pace = {"level": 1 if args.level is None else args.level, "adaptive": args.level is None,
+    pace = {"level": START_LEVEL if args.level is None else args.level, "adaptive": args.level is None,
             "bwlimit": args.bwlimit}
     size = args.block_size
     if size is None:

@@ -57,7 +57,8 @@ class FrameSender(Protocol):
     def check(self) -> None: ...
 
     def helper_idle(self) -> Optional[float]:
-        """Seconds the receiving helper has waited for input so far, once it has said."""
+        """The share of its latest PROGRESS interval the receiving helper spent waiting for
+        input, once it has said."""
 
 
 @dataclass

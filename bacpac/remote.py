@@ -210,7 +210,8 @@ class Receiver:
         self._on_digests = on_digests
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
-        self.helper_idle: Optional[float] = None  # seconds the helper waited for input, so far
+        # the share of its latest PROGRESS interval the helper spent waiting for input
+        self.helper_idle: Optional[float] = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
         self._thread.start()

@@ -138,9 +138,16 @@ def run_dup(job, inp, out):
 
 def write_image(job, inp, out, target, saveset, segments):
     # type: (dict, Input, Output, object, object, object) -> dict
+    last = [time.monotonic(), inp.idle]  # when the previous PROGRESS went, and idle by then
+
     def progress(written):
         # type: (int) -> None
-        out.send_json(PROGRESS, {"written": written, "idle": round(inp.idle, 3)})
+        """Bytes written, and the share of the time since the last PROGRESS spent waiting for
+        input: measured here, so the client's pacing never reads a stale or skewed figure."""
+        now, idle = time.monotonic(), inp.idle
+        share = (idle - last[1]) / max(now - last[0], 1e-6)
+        last[:] = [now, idle]
+        out.send_json(PROGRESS, {"written": written, "idle": round(min(share, 1.0), 3)})
 
     check = job.get("check", "sha256")
     writer = ImageWriter(target, progress, saveset, segments, hash_stream=check == "sha256")

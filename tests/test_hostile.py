@@ -200,6 +200,19 @@ def test_helper_rejects_end_that_claims_more_than_was_sent(helper: LocalHelper, 
     assert target.read_bytes() == bytes(SIZE)
 
 
+def test_helper_reports_the_share_of_its_last_interval_spent_waiting(
+        helper: LocalHelper, tmp_path) -> None:
+    """The client's pacing reads PROGRESS "idle" as a share of the interval, not seconds."""
+    helper.open_dup(tmp_path / "t.img", SIZE)
+    helper.send(protocol.encode_hole(0, 4096))
+    time.sleep(0.4)  # the helper has nothing to do but wait for input
+    helper.send(protocol.encode_hole(4096, 4096))
+    progress = helper.recv()
+    assert progress.type == protocol.PROGRESS, progress
+    assert progress.json()["written"] == 8192
+    assert 0.8 <= progress.json()["idle"] <= 1.0, progress.json()
+
+
 # ---- frames the helper must prove by their own checksums ---------------------------------------
 
 def zstd_block(offset: int, data: bytes, checksum: bool = True) -> bytes:

@@ -35,7 +35,7 @@ def run(window: dict, *, start: int = 1, adaptive: bool = True, bwlimit=None,
     on the channel; the helper is idle for `idle_share` of the time (None: it never said)."""
     clock, compressor = FakeClock(), Level(start)
     pacer = Pacer(compressor, adaptive, bwlimit,
-                  helper_idle=lambda: None if idle_share is None else clock.now * idle_share,
+                  helper_idle=lambda: idle_share,
                   clock=clock, sleep=clock.sleep)
 
     def advance(by: float):
