@@ -20,7 +20,10 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import paramiko
+from . import lazy
+
+lazy.defer("invoke")  # before paramiko, which imports it for `Match exec` only
+import paramiko  # noqa: E402
 
 from .channel import Buffer, StderrTail
 from .errors import AuthError, ConnectError, HostKeyError, TransferError, UsageError

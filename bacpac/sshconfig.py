@@ -15,7 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-import paramiko
+from . import lazy
+
+lazy.defer("invoke")  # before paramiko, which imports it for `Match exec` only
+import paramiko  # noqa: E402
 
 from .errors import UsageError
 
