@@ -22,7 +22,7 @@ from .errors import BacpacError, Interrupted, UsageError, VerifyError
 from .events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, where
 from .delta import SegmentReader
-from .pipeline import StreamSettings, stream_image
+from .pipeline import ImageStream, StreamSettings
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
 from .spec import Endpoint
 
@@ -74,18 +74,49 @@ def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
         if source.rw_mountpoint:
             sink.emit(JobMessage(job, "warning", f"{request.source} is mounted read-write on "
                                  f"{source.rw_mountpoint}: the copy may be inconsistent"))
-        session = open_session(request.target, options)
+        stream = _Stream(request, source, request.stream)  # works while we connect
         try:
-            _transfer(request, source, session, sink, job, summary)
+            session = open_session(request.target, options)
+            try:
+                _transfer(request, source, stream, session, sink, job, summary)
+            finally:
+                session.close()
         finally:
-            session.close()
+            stream.close()
     finally:
         close_source(source)
 
 
-def _transfer(request: DupRequest, source: Source, session: HelperSession, sink: Sink, job: str,
-              summary: JobSummary) -> None:
+class _Stream:
+    """The image's stream, begun before the helper is reached: remade if the helper's codecs
+    make the negotiated settings differ from the ones it was begun with."""
+
+    def __init__(self, request: DupRequest, source: Source, settings: StreamSettings) -> None:
+        self._request = request
+        self._source = source
+        # In a delta run the receiver feeds this the target's digests as the helper sends them.
+        self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
+        self.image = self._start(settings)
+
+    def _start(self, settings: StreamSettings) -> ImageStream:
+        reader: dict = ({"reader_class": SegmentReader, "digests": self.digests}
+                        if self._request.delta else {})
+        return ImageStream(self._source.fd, self._source.size, settings, **reader)
+
+    def use(self, settings: StreamSettings) -> ImageStream:
+        if settings != self.image.settings:
+            self.image.close()
+            self.image = self._start(settings)
+        return self.image
+
+    def close(self) -> None:
+        self.image.close()
+
+
+def _transfer(request: DupRequest, source: Source, stream: _Stream, session: HelperSession,
+              sink: Sink, job: str, summary: JobSummary) -> None:
     settings = _negotiate(request, session)
+    image = stream.use(settings)
     summary.extra.update(codec=settings.codec, zstd=session.hello.get("zstd"),
                          cipher=session.cipher, helper_python=session.hello.get("python"))
     path = remote_path(request.target)
@@ -94,7 +125,7 @@ def _transfer(request: DupRequest, source: Source, session: HelperSession, sink:
                          request.saveset_path, source.size))
     counters = Counters(job, sink)
     try:
-        result = _stream(request, source, settings, session, counters, path, summary)
+        result = _stream(request, image, stream.digests, session, counters, path, summary)
     except BacpacError as e:
         if request.backup:
             raise
@@ -196,16 +227,15 @@ class SessionSender:
         return self._receiver.helper_idle
 
 
-def _stream(request: DupRequest, source: Source, settings: StreamSettings,
-            session: HelperSession, counters: Counters, path: str,
-            summary: JobSummary) -> dict:
-    digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
+def _stream(request: DupRequest, image: ImageStream,
+            digests: "queue.Queue[tuple[int, bytes]]", session: HelperSession,
+            counters: Counters, path: str, summary: JobSummary) -> dict:
     receiver = Receiver(session, path, counters.set_written,
                         lambda frame: digests.put((frame.offset, frame.payload)))
-    sender = SessionSender(session, receiver, counters, settings.delta_block, request.delta)
-    reader: dict = {"reader_class": SegmentReader, "digests": digests} if request.delta else {}
+    sender = SessionSender(session, receiver, counters, image.settings.delta_block,
+                           request.delta)
     try:
-        streamed = stream_image(source.fd, source.size, settings, sender, **reader)
+        streamed = image.send(sender)
         session.send_json(END, {"bytes": streamed.bytes_read, "sha256": streamed.sha256})
     except BacpacError:
         sender.check()  # the helper's own account of why the channel broke is the better message
@@ -215,7 +245,7 @@ def _stream(request: DupRequest, source: Source, settings: StreamSettings,
     summary.extra["levels"] = streamed.levels
     if request.delta:
         summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
-                             block_size=settings.delta_block)
+                             block_size=image.settings.delta_block)
     return result
 
 

@@ -19,7 +19,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, TypeVar, Union
+from typing import Optional, Protocol, TypeVar, Union
 
 import zstandard
 
@@ -244,25 +244,39 @@ class _Stopped(Exception):
     """The sender gave up; the reader unwinds quietly."""
 
 
-def stream_image(fd: int, size: int, settings: StreamSettings, sender: FrameSender,
-                 reader_class: type = BlockReader, **reader_args: object) -> StreamResult:
-    """Send the whole image as frames, in order, through `sender`; returns its sha256."""
-    compressor = Compressor(settings.codec, settings.level)
-    pacer = Pacer(compressor, settings.adaptive, settings.bwlimit, sender.helper_idle)
-    pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
-    reader = reader_class(fd, size, settings, compressor, pool, **reader_args)
-    reader.start()
-    try:
+class ImageStream:
+    """One image's reader and compressor pool, started as soon as the source is open.
+
+    The client starts it before it connects: the holes are hashed and the first blocks read
+    and compressed while the SSH handshake runs and the helper starts, time the CPU would
+    otherwise idle through. Only the queue's few blocks are done ahead, at the start level, so
+    a slow link, whose level climbs once sending shows it slow, pays for no more than before.
+    """
+
+    def __init__(self, fd: int, size: int, settings: StreamSettings,
+                 reader_class: type = BlockReader, **reader_args: object) -> None:
+        self.settings = settings
+        self._compressor = Compressor(settings.codec, settings.level)
+        self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
+        self._reader = reader_class(fd, size, settings, self._compressor, self._pool,
+                                    **reader_args)
+        self._reader.start()
+
+    def send(self, sender: FrameSender) -> StreamResult:
+        """Send the whole image as frames, in order, through `sender`; returns its sha256."""
+        settings = self.settings
+        pacer = Pacer(self._compressor, settings.adaptive, settings.bwlimit, sender.helper_idle)
         while True:
-            item = _next_item(reader, sender)
+            item = _next_item(self._reader, sender)
             if isinstance(item, StreamResult):
                 item.levels = pacer.blocks_at
                 return item
-            _send(item, reader, compressor, sender, pacer)
-    finally:
-        reader.stop()
-        # On failure, blocks queued for compression are dropped, not waited for.
-        pool.shutdown(wait=False, cancel_futures=True)
+            _send(item, self._reader, self._compressor, sender, pacer)
+
+    def close(self) -> None:
+        """Stop reading; blocks queued for compression are dropped, not waited for."""
+        self._reader.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _next_item(reader: BlockReader, sender: FrameSender) -> _Item:
