@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 
 from loopback_sshd import SshdError, SshServer, sshd_available, start_sshd  # noqa: E402
 
-__all__ = ["SshServer", "sshd", "helper_pids", "no_helper_left", "HELPER_MARKER"]
+__all__ = ["SshServer", "sshd", "start_sshd", "helper_pids", "no_helper_left", "HELPER_MARKER"]
 
 HELPER_MARKER = "bacpac_stage1"
 

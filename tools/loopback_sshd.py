@@ -125,18 +125,19 @@ def sshd_available() -> str:
 
 
 @contextlib.contextmanager
-def start_sshd(directory: str, listen: str = "127.0.0.1",
-               prefix: Sequence[str] = ()) -> Iterator[SshServer]:
+def start_sshd(directory: str, listen: str = "127.0.0.1", prefix: Sequence[str] = (),
+               settings: Sequence[str] = ()) -> Iterator[SshServer]:
     """Run sshd on a free port of `listen` until the block ends; files go in `directory`.
 
     `prefix` goes before sshd's command line, e.g. ["ip", "netns", "exec", NS] for a server in
-    a network namespace, which the benchmark reaches over a rate-limited veth pair.
+    a network namespace, which the benchmark reaches over a rate-limited veth pair. `settings`
+    are sshd_config lines of the caller's, e.g. "RekeyLimit 1M".
     """
     why_not = sshd_available()
     if why_not:
         raise SshdError(why_not)
     tmp = Path(directory).resolve()  # sshd re-executes from / for every connection
-    proc = _launch(tmp, listen, list(prefix))
+    proc = _launch(tmp, listen, list(prefix), list(settings))
     try:
         yield _server(tmp)
     finally:
@@ -148,7 +149,7 @@ def start_sshd(directory: str, listen: str = "127.0.0.1",
             proc.wait()
 
 
-def _launch(tmp: Path, listen: str, prefix: list[str]) -> subprocess.Popen:
+def _launch(tmp: Path, listen: str, prefix: list[str], settings: list[str]) -> subprocess.Popen:
     port = _free_port()
     user = "root" if os.getuid() == 0 else os.environ.get("USER", "root")
     host_key = _keygen(tmp / "ssh_host_ed25519_key")
@@ -157,7 +158,8 @@ def _launch(tmp: Path, listen: str, prefix: list[str]) -> subprocess.Popen:
     (tmp / "authorized_keys").write_text(f"{user_key}\n{locked_key}\n")
     known_line = f"[{listen}]:{port} {' '.join(host_key.split()[:2])}"
     (tmp / "known_hosts").write_text(known_line + "\n")
-    (tmp / "sshd_config").write_text(_sshd_config(tmp, port, listen))
+    (tmp / "sshd_config").write_text(_sshd_config(tmp, port, listen)
+                                     + "".join(line + "\n" for line in settings))
     (tmp / "ssh_config").write_text(_client_config(tmp, port, user, listen))
     (tmp / "listen").write_text(f"{listen}\n")
     (tmp / "port").write_text(f"{port}\n")
