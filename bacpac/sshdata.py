@@ -13,7 +13,9 @@
 # one socket write. It works only where that is all there is to it: an AEAD cipher
 # (aes128-gcm, which ssh.py asks for first) and no compression. Anything else, or a Paramiko
 # whose internals are not the ones read here, falls back to Channel.send, so nothing depends
-# on it but speed. Everything it reads of Paramiko's is checked when it is built.
+# on it but speed. Everything it reads of Paramiko's is checked when it is built. Paramiko's
+# own rekey trigger is not consulted: ssh.py sets its limits so high that only OpenSSH starts
+# key exchanges, which this writer waits out at the gate as Channel.send would.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ class BatchWriter:
             return None
         if not all(hasattr(obj, name) for obj, name in (
                 (packetizer, "write_all"), (packetizer, "_inc_iv_counter"),
-                (transport, "clear_to_send"), (transport, "clear_to_send_lock"),
+                (transport, "active"), (transport, "clear_to_send"),
+                (transport, "clear_to_send_lock"),
                 (chan, "_wait_for_send_window"), (chan, "lock"), (chan, "remote_chanid"))):
             return None
         return cls(transport, chan)
