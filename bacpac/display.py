@@ -18,7 +18,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
 from rich.table import Column
 from rich.text import Text
 
-from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary
+from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted
 from .report import Clock, status_mark, blocks_text, describe, human_size, result_line
 
 

@@ -9,7 +9,6 @@
 # and memory stays fixed whatever the disk's size.
 """
 import hashlib
-import os
 import queue
 import threading
 
