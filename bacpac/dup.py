@@ -94,11 +94,12 @@ class _Stream:
     def __init__(self, request: DupRequest, source: Source, settings: StreamSettings) -> None:
         self._request = request
         self._source = source
-        # In a delta run the receiver feeds this the target's digests as the helper sends them.
-        self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
         self.image = self._start(settings)
 
     def _start(self, settings: StreamSettings) -> ImageStream:
+        # In a delta run the receiver feeds this the target's digests as the helper sends them;
+        # a queue of each stream's own, so a reader being stopped can never take one.
+        self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
         reader: dict = ({"reader_class": SegmentReader, "digests": self.digests}
                         if self._request.delta else {})
         return ImageStream(self._source.fd, self._source.size, settings, **reader)

@@ -2,10 +2,11 @@
 
 Paramiko imports invoke at start-up, for `Match exec` in ssh_config alone, and invoke brings in
 asyncio, unittest.mock and a YAML parser: about 120 ms of every bacpac run, a fifth of the
-client's start. defer("invoke") before paramiko is imported puts a stand-in module in its
-place, which imports the real one on the first attribute asked of it, so `Match exec` still
-works and every other run never pays for it. (importlib's LazyLoader does not do here: on
-Python 3.11 the import statement itself reads the module's __spec__, which loads it.)
+client's start. defer("invoke"), called in bacpac/__init__.py so that it comes before any
+import of paramiko, puts a stand-in module in its place, which imports the real one on the
+first attribute asked of it, so `Match exec` still works and every other run never pays.
+(importlib's LazyLoader does not do here: on Python 3.11 the import statement itself reads
+the module's __spec__, which loads it.)
 """
 from __future__ import annotations
 

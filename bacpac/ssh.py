@@ -20,10 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from . import lazy
-
-lazy.defer("invoke")  # before paramiko, which imports it for `Match exec` only
-import paramiko  # noqa: E402
+import paramiko
 
 from .channel import Buffer, StderrTail
 from .errors import AuthError, ConnectError, HostKeyError, TransferError, UsageError
@@ -447,11 +444,13 @@ class SshChannel:
     def write(self, data: Buffer) -> None:
         # Packets taken off a memoryview: sendall(bytes) re-slices (quadratic).
         view = memoryview(data).cast("B")
+        # Checked once a write: a key exchange that changes the cipher later on is handled by
+        # the batch writer itself.
+        send = self._batch.send if self.batched else self._chan.send
         pos = 0
         while pos < len(view):
             try:
-                sent = (self._batch.send(view[pos:]) if self.batched
-                        else self._chan.send(view[pos:]))
+                sent = send(view[pos:])
             except _TRANSFER_ERRORS as e:
                 raise self._closed_error(e) from None
             if sent == 0:

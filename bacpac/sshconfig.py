@@ -15,10 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from . import lazy
-
-lazy.defer("invoke")  # before paramiko, which imports it for `Match exec` only
-import paramiko  # noqa: E402
+import paramiko
 
 from .errors import UsageError
 

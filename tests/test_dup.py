@@ -196,6 +196,22 @@ def test_helper_without_zstandard_falls_back_and_still_proves_the_copy(
     assert target.read_bytes() == data
 
 
+def test_delta_to_a_helper_without_zstd_restarts_its_stream_with_zlib(tmp_path) -> None:
+    # The stream began with zstd before the helper was reached; the zlib fallback starts it
+    # afresh, and the delta's digests must reach the new reader, not the stopped one.
+    old = os.urandom(4 * MiB)
+    new = bytearray(old)
+    new[MiB:MiB + 4096] = os.urandom(4096)
+    source = write_file(tmp_path / "source.img", len(new), {0: bytes(new)})
+    target = write_file(tmp_path / "copy.img", len(old), {0: old})
+    result = bacpac("dup", "--delta", "--json", "--remote-python",
+                    _bare_python(tmp_path, "/nonexistent"), str(source), str(target))
+    assert result.returncode == 0, result.stderr
+    assert result.summary["codec"] == "zlib"
+    assert result.summary["blocks_sent"] == 1
+    assert target.read_bytes() == bytes(new)
+
+
 def test_check_result_fails_when_helper_sha256_differs() -> None:
     with pytest.raises(VerifyError, match="testhost:/x.img: the target's sha256") as info:
         check_result(False, "testhost:/x.img", {"source_sha256": "a" * 64, "sha256": "b" * 64})
