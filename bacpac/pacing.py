@@ -2,8 +2,7 @@
 
 # Strategy: every 0.3 seconds the sender looks at where the time went. Waiting for the
 # compressor pool means the CPU is short: a lower level, down into zstd's fast (negative)
-# levels, three steps at a time when the sender waited most of the window (a CPU-bound start
-# at level 3 reaches the fast levels in two decisions, not five). Sends that were blocked (their wall time beyond their CPU time, which thread_time
+# levels. Sends that were blocked (their wall time beyond their CPU time, which thread_time
 # gives: the encryption and packet work done in this thread) while the helper, by its own
 # account in its PROGRESS frames, sat idle waiting for input, on a wire moving under 32 MB/s,
 # mean the link is the limit: a higher level, three steps at a time, trading spare CPU for fewer
@@ -29,7 +28,6 @@ START_LEVEL = 3
 # Above 9, zstd's contexts grow past 40 MiB and its speed falls, for a few % fewer bytes.
 LOWEST, HIGHEST = -3, 9
 CPU_SHORT = 0.25  # share of the window spent waiting for the compressor
-CPU_STARVED = 0.5  # ... and beyond this share, a larger step down
 LINK_BOUND = 0.5  # share of the window blocked in sends, and idle in the helper
 SLOW_WIRE = 32e6  # bytes/s: below this, fewer bytes pay for more compression CPU
 
@@ -91,7 +89,7 @@ class Pacer:
         idle = self._helper_idle()  # None until the helper's first PROGRESS
         level = getattr(self._compressor, "level")
         if waiting > CPU_SHORT:
-            level = _step(level, -3 if waiting > CPU_STARVED else -1)
+            level = _step(level, -1)
         elif (blocked > LINK_BOUND and idle is not None and idle > LINK_BOUND
               and self._window_bytes / elapsed < SLOW_WIRE):
             level = _step(level, +3)
