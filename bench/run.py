@@ -60,9 +60,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "takes three minutes a round there)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--link", choices=["loopback", "100mbit", "both"], default="both")
-    p.add_argument("--out", default=str(HERE / "results.md"), help="Markdown report")
+    p.add_argument("--out", help="Markdown report (default bench/results.md, but none with --only: "
+                                 "a partial table must not stand in for the full one)")
     p.add_argument("--work", default=str(HERE / "out"), help="images and targets (gitignored)")
-    return p.parse_args(argv)
+    p.add_argument("--only", action="append", metavar="PREFIX",
+                   help="run only the rows whose name starts with PREFIX (repeatable), for "
+                        "trying one change against one tool; the README's table needs them all")
+    args = p.parse_args(argv)
+    names = [r.name for r in ROWS]
+    for prefix in args.only or []:
+        if not any(name.startswith(prefix) for name in names):
+            p.error(f"--only {prefix!r} matches no row; the rows are: {', '.join(names)}")
+    if args.out is None and not args.only:
+        args.out = str(HERE / "results.md")
+    return args
 
 
 def drop_caches() -> bool:
@@ -144,7 +155,7 @@ def _clear(directory: str) -> None:
         os.unlink(entry.path)
 
 
-def run_rounds(links: list[Link], rounds: int, tmp: Path) -> Results:
+def run_rounds(links: list[Link], rounds: int, tmp: Path, rows: list[Row]) -> Results:
     """Every row on every link, once per round, in the same order each round."""
     results = Results({}, {}, {})
     flags = bacpac_flags()
@@ -153,12 +164,18 @@ def run_rounds(links: list[Link], rounds: int, tmp: Path) -> Results:
         for link in links:
             target_dir = _mkdir(tmp / f"targets-{link.name}-{n}")
             ctx = Context(link.server.config_path, link.sample, target_dir, flags, wire_cache)
-            for row in ROWS:
+            for row in rows:
                 line = run_once(link, row, ctx, results, tmp)
                 if line:
                     print(f"bench: round {n}/{rounds} {link.name}: {line}", file=sys.stderr)
                 _clear(target_dir)
     return results
+
+
+def selected_rows(prefixes: list[str] | None) -> list[Row]:
+    if not prefixes:
+        return ROWS
+    return [r for r in ROWS if any(r.name.startswith(p) for p in prefixes)]
 
 
 def _version(argv: list[str]) -> str:
@@ -238,10 +255,11 @@ def bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="run-", dir=args.work) as tmp_name:
         tmp = Path(tmp_name)
         with open_links(args, tmp) as links:
-            results = run_rounds(links, args.rounds, tmp)
+            results = run_rounds(links, args.rounds, tmp, selected_rows(args.only))
     report = render(links, results, machine_facts(links, args.rounds, drop_caches(), revision))
     print(report)
-    Path(args.out).write_text(report)
+    if args.out:
+        Path(args.out).write_text(report)
     return 1 if results.invalid else 0
 
 
