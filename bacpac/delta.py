@@ -43,12 +43,11 @@ class SegmentReader(BlockReader):
             buffer = self._take_buffer()
             view = memoryview(buffer)[:length]
             holes = self._read_segment(view, offset)
-            self._hash.update(view)
             theirs = self._target_digests(offset)
             plan = functools.partial(plan_segment, offset, view, holes, theirs,
                                      self._delta_block, self._compressor.compress)
-            self._put(Planned(buffer, self._pool.submit(plan)))
-        self._put(StreamResult(self._hash.hexdigest(), self._size))
+            self._put(Planned(buffer, length, self._pool.submit(plan)))
+        self._put(StreamResult("", self._size))
 
     def _read_segment(self, view: memoryview, offset: int) -> list[tuple[int, int]]:
         """Fill view from the source; holes are zero-filled, not read. Returns the holes."""

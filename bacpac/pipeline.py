@@ -1,17 +1,20 @@
 """Read → compress (thread pool) → send, in order, in bounded memory.
 
 # Strategy: a reader thread walks the source's data extents (SEEK_DATA/SEEK_HOLE, so holes are
-# never read), reads each block into a buffer from a fixed pool, hashes it (sha256 of the whole
-# image, holes hashed as zeros) and sorts it: an all-zero block joins the current zero run, any
-# other goes to the compressor pool. Compressed blocks are taken back in stream order by the
-# sending thread, which writes each as one DATA frame and gives its buffer back to the pool.
-# Memory is the pool (a few blocks) plus the compressed blocks in flight: bounded by
-# configuration, never by the disk. zstandard, zlib, hashlib and pread all release the GIL, so
-# the two cores are both kept busy.
+# never read), reads each block into a buffer from a fixed pool (by direct I/O where it can:
+# remote_helper/directio.py) and sorts it: an all-zero block joins the current zero run, any
+# other goes to the compressor pool. The sending thread takes the blocks back in stream order,
+# hashes each (the sha256 of the whole image, holes hashed as zeros) while the pool compresses
+# it, writes it as one DATA frame and gives its buffer back to the pool. (The reader does not
+# hash: it waits on the disk, and its reads go faster without a hash between them; the sender
+# had that time to spare, waiting on the pool.) Memory is the pool (a few
+# blocks) plus the compressed blocks in flight: bounded by configuration, never by the disk.
+# zstandard, zlib, hashlib and pread all release the GIL, so the two cores are both kept busy.
 """
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
 import threading
@@ -23,7 +26,7 @@ from typing import Optional, Protocol, TypeVar, Union
 
 import zstandard
 
-from remote_helper import protocol
+from remote_helper import directio, protocol
 from remote_helper.devices import data_extents, is_zero, zero_chunks
 
 from .errors import TransferError
@@ -63,7 +66,7 @@ class FrameSender(Protocol):
 
 @dataclass
 class StreamResult:
-    sha256: str
+    sha256: str  # filled in by the sender, which hashes the stream
     bytes_read: int
     levels: dict[int, int] = field(default_factory=dict)  # blocks compressed at each level
 
@@ -78,16 +81,18 @@ class _Hole:
 class _Block:
     offset: int
     size: int
-    buffer: bytearray
+    buffer: mmap.mmap
     compressed: "Future[bytes]"
 
 
 @dataclass(frozen=True)
 class Planned:
     """A buffer whose frames were worked out on the pool: ("data", offset, size, payload),
-    ("hole", offset, size) or ("match", offset, size) tuples, in order."""
+    ("hole", offset, size) or ("match", offset, size) tuples, in order. Its first `size` bytes
+    are the segment's content, holes included."""
 
-    buffer: bytearray
+    buffer: mmap.mmap
+    size: int
     frames: "Future[list[tuple]]"
 
 
@@ -134,10 +139,11 @@ class BlockReader:
         self._pool = pool
         depth = 2 * settings.threads + 2
         self.items: queue.Queue[_Item] = queue.Queue(depth)
-        self._buffers: queue.Queue[bytearray] = queue.Queue()
+        self._buffers: queue.Queue[mmap.mmap] = queue.Queue()
         for _ in range(depth + settings.threads + 1):
-            self._buffers.put(bytearray(self._block))
-        self._hash = hashlib.sha256()
+            self._buffers.put(directio.buffer(self._block))
+        # Aligned reads go through this O_DIRECT twin of fd: no page-cache copy (directio.py).
+        self._direct = directio.reopen(fd, os.O_RDONLY)
         self._stop = threading.Event()
         self._hole: Optional[_Hole] = None
         self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
@@ -148,7 +154,7 @@ class BlockReader:
     def stop(self) -> None:
         self._stop.set()
 
-    def release(self, buffer: bytearray) -> None:
+    def release(self, buffer: mmap.mmap) -> None:
         self._buffers.put(buffer)
 
     def _run(self) -> None:
@@ -161,6 +167,8 @@ class BlockReader:
                 self._put(e)
             except _Stopped:
                 return
+        finally:
+            directio.close(self._direct)
 
     def _produce(self) -> None:
         for offset, length, is_data in data_extents(self._fd, 0, self._size):
@@ -169,7 +177,7 @@ class BlockReader:
             else:
                 self._zero_run(offset, length)
         self._flush_hole()
-        self._put(StreamResult(self._hash.hexdigest(), self._size))
+        self._put(StreamResult("", self._size))
 
     def _read_extent(self, offset: int, length: int) -> None:
         end = offset + length
@@ -180,21 +188,26 @@ class BlockReader:
             buffer = self._take_buffer()
             view = memoryview(buffer)[:size]
             self._pread(view, offset)
-            self._hash.update(view)
             if is_zero(view):
                 self.release(buffer)
-                self._zero_run(offset, size, hashed=True)
+                self._zero_run(offset, size)
             else:
                 self._flush_hole()
                 self._put(_Block(offset, size, buffer, self._pool.submit(self._compress, view)))
             offset += size
 
-    def _hash_zeros(self, length: int) -> None:
-        for chunk in zero_chunks(length):
-            self._hash.update(chunk)
-
     def _pread(self, view: memoryview, offset: int) -> None:
+        """Fill view from the source at offset: directly where aligned, else buffered."""
         done = 0
+        whole = len(view) - len(view) % directio.ALIGN  # an image's unaligned tail: buffered
+        if self._direct is not None and directio.aligned(offset, whole):
+            try:
+                done = self._pread_direct(view[:whole], offset)
+            except OSError as e:
+                if not directio.refused(e):
+                    raise
+                directio.close(self._direct)  # this file system will not: buffered from now on
+                self._direct = None
         while done < len(view):
             n = os.preadv(self._fd, [view[done:]], offset + done)
             if n == 0:
@@ -202,9 +215,18 @@ class BlockReader:
                                     f"before its size of {self._size} bytes (did it shrink?)")
             done += n
 
-    def _zero_run(self, offset: int, length: int, hashed: bool = False) -> None:
-        if not hashed:
-            self._hash_zeros(length)
+    def _pread_direct(self, view: memoryview, offset: int) -> int:
+        """Read what direct I/O can of view; returns the bytes read (short at the end of the
+        source: the buffered loop then says what is missing)."""
+        done = 0
+        while done < len(view) and done % directio.ALIGN == 0:
+            n = os.preadv(self._direct, [view[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def _zero_run(self, offset: int, length: int) -> None:
         if self._hole is not None and self._hole.offset + self._hole.size == offset:
             self._hole = _Hole(self._hole.offset, self._hole.size + length)
         else:
@@ -225,9 +247,9 @@ class BlockReader:
                 continue
         raise _Stopped()
 
-    def _take_buffer(self) -> bytearray:
+    def _take_buffer(self) -> mmap.mmap:
         buffer = self._wait(self._buffers)
-        assert isinstance(buffer, bytearray)
+        assert isinstance(buffer, mmap.mmap)
         return buffer
 
     def _put(self, item: _Item) -> None:
@@ -247,9 +269,8 @@ class _Stopped(Exception):
 class ImageStream:
     """One image's reader and compressor pool, started as soon as the source is open.
 
-    The client starts it before it connects: the holes are hashed and the first blocks read
-    and compressed while the SSH handshake runs and the helper starts, time the CPU would
-    otherwise idle through. Only the queue's few blocks are done ahead, at the start level, so
+    The client starts it before it connects: the first blocks are read and compressed while
+    the SSH handshake runs and the helper starts, time the CPU would otherwise idle through. Only the queue's few blocks are done ahead, at the start level, so
     a slow link, whose level climbs once sending shows it slow, pays for no more than before.
     """
 
@@ -266,12 +287,14 @@ class ImageStream:
         """Send the whole image as frames, in order, through `sender`; returns its sha256."""
         settings = self.settings
         pacer = Pacer(self._compressor, settings.adaptive, settings.bwlimit, sender.helper_idle)
+        digest = hashlib.sha256()
         while True:
             item = _next_item(self._reader, sender)
             if isinstance(item, StreamResult):
+                item.sha256 = digest.hexdigest()
                 item.levels = pacer.blocks_at
                 return item
-            _send(item, self._reader, self._compressor, sender, pacer)
+            _send(item, self._reader, self._compressor, sender, pacer, digest)
 
     def close(self) -> None:
         """Stop reading; blocks queued for compression are dropped, not waited for."""
@@ -301,15 +324,19 @@ def _result(future: "Future[T]", sender: FrameSender) -> T:
 
 
 def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: FrameSender,
-          pacer: Pacer) -> None:
+          pacer: Pacer, digest: "hashlib._Hash") -> None:
     if isinstance(item, _Hole):
         sender.hole(item.offset, item.size)
+        for chunk in zero_chunks(item.size):
+            digest.update(chunk)
     elif isinstance(item, _Block):
+        digest.update(memoryview(item.buffer)[:item.size])  # while the pool compresses it
         payload = pacer.compressed(lambda: _result(item.compressed, sender))
         reader.release(item.buffer)
         pacer.send(lambda: sender.block(item.offset, item.size, compressor.flags, payload),
                    len(payload))
     elif isinstance(item, Planned):
+        digest.update(memoryview(item.buffer)[:item.size])
         frames = pacer.compressed(lambda: _result(item.frames, sender))
         reader.release(item.buffer)
         for frame in frames:
