@@ -3,11 +3,11 @@
 # Strategy: a reader thread walks the source's data extents (SEEK_DATA/SEEK_HOLE, so holes are
 # never read), reads each block into a buffer from a fixed pool (by direct I/O where it can:
 # remote_helper/directio.py) and sorts it: an all-zero block joins the current zero run, any
-# other goes to the compressor pool. The sending thread takes the blocks back in stream order,
-# hashes each (the sha256 of the whole image, holes hashed as zeros) while the pool compresses
-# it, writes it as one DATA frame and gives its buffer back to the pool. (The reader does not
-# hash: it waits on the disk, and its reads go faster without a hash between them; the sender
-# had that time to spare, waiting on the pool.) Memory is the pool (a few
+# other goes to the compressor pool. A hashing thread takes the blocks next, in stream order,
+# for the sha256 of the whole image (holes hashed as zeros), while the pool compresses them;
+# the sending thread then writes each as one DATA frame and gives its buffer back to the pool.
+# Hashing has a thread of its own because it is the longest serial step: between the reader's
+# reads it left the disk idle, and in the sender it held up the sends. Memory is the pool (a few
 # blocks) plus the compressed blocks in flight: bounded by configuration, never by the disk.
 # zstandard, zlib, hashlib and pread all release the GIL, so the two cores are both kept busy.
 """
@@ -66,7 +66,7 @@ class FrameSender(Protocol):
 
 @dataclass
 class StreamResult:
-    sha256: str  # filled in by the sender, which hashes the stream
+    sha256: str  # filled in by the hashing thread
     bytes_read: int
     levels: dict[int, int] = field(default_factory=dict)  # blocks compressed at each level
 
@@ -125,9 +125,10 @@ class Compressor:
 
 
 class BlockReader:
-    """The reader thread: extents → blocks and zero runs, queued in stream order.
+    """The reader thread: extents → blocks and zero runs, queued in stream order; and the
+    hashing thread, which passes them on to `items` once hashed.
 
-    Subclasses (delta.SegmentReader) override _produce() and reuse the buffers and the queue.
+    Subclasses (delta.SegmentReader) override _produce() and reuse the buffers and the queues.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: "Compressor",
@@ -138,18 +139,21 @@ class BlockReader:
         self._compress = compressor.compress
         self._pool = pool
         depth = 2 * settings.threads + 2
-        self.items: queue.Queue[_Item] = queue.Queue(depth)
+        self._read: queue.Queue[_Item] = queue.Queue(2)  # read, not yet hashed
+        self.items: queue.Queue[_Item] = queue.Queue(depth)  # hashed, for the sender
         self._buffers: queue.Queue[mmap.mmap] = queue.Queue()
-        for _ in range(depth + settings.threads + 1):
+        for _ in range(depth + settings.threads + 3):
             self._buffers.put(directio.buffer(self._block))
         # Aligned reads go through this O_DIRECT twin of fd: no page-cache copy (directio.py).
         self._direct = directio.reopen(fd, os.O_RDONLY)
         self._stop = threading.Event()
         self._hole: Optional[_Hole] = None
         self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
+        self._hasher = threading.Thread(target=self._hash_all, name="hasher", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._hasher.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -162,13 +166,37 @@ class BlockReader:
             self._produce()
         except _Stopped:
             return  # the sender gave up first and knows why
-        except BaseException as e:  # handed to the sending thread, which raises it
+        except BaseException as e:  # handed on to the sending thread, which raises it
             try:
                 self._put(e)
             except _Stopped:
                 return
         finally:
             directio.close(self._direct)
+
+    def _hash_all(self) -> None:
+        """The hashing thread: every item, in stream order, into the sha256, then on."""
+        digest = hashlib.sha256()
+        try:
+            while True:
+                item = self._wait(self._read)
+                if isinstance(item, _Hole):
+                    for chunk in zero_chunks(item.size):
+                        digest.update(chunk)
+                elif isinstance(item, (_Block, Planned)):
+                    digest.update(memoryview(item.buffer)[:item.size])
+                elif isinstance(item, StreamResult):
+                    item.sha256 = digest.hexdigest()
+                self._put(item, self.items)
+                if isinstance(item, (StreamResult, BaseException)):
+                    return
+        except _Stopped:
+            return
+        except BaseException as e:
+            try:
+                self._put(e, self.items)
+            except _Stopped:
+                return
 
     def _produce(self) -> None:
         for offset, length, is_data in data_extents(self._fd, 0, self._size):
@@ -252,10 +280,12 @@ class BlockReader:
         assert isinstance(buffer, mmap.mmap)
         return buffer
 
-    def _put(self, item: _Item) -> None:
+    def _put(self, item: _Item, to: "Optional[queue.Queue[_Item]]" = None) -> None:
+        """Queue item for the hashing thread (or `to`), unless the sender gives up first."""
+        target = self._read if to is None else to
         while not self._stop.is_set():
             try:
-                self.items.put(item, timeout=0.2)
+                target.put(item, timeout=0.2)
                 return
             except queue.Full:
                 continue
@@ -287,14 +317,12 @@ class ImageStream:
         """Send the whole image as frames, in order, through `sender`; returns its sha256."""
         settings = self.settings
         pacer = Pacer(self._compressor, settings.adaptive, settings.bwlimit, sender.helper_idle)
-        digest = hashlib.sha256()
         while True:
             item = _next_item(self._reader, sender)
             if isinstance(item, StreamResult):
-                item.sha256 = digest.hexdigest()
                 item.levels = pacer.blocks_at
                 return item
-            _send(item, self._reader, self._compressor, sender, pacer, digest)
+            _send(item, self._reader, self._compressor, sender, pacer)
 
     def close(self) -> None:
         """Stop reading; blocks queued for compression are dropped, not waited for."""
@@ -324,19 +352,15 @@ def _result(future: "Future[T]", sender: FrameSender) -> T:
 
 
 def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: FrameSender,
-          pacer: Pacer, digest: "hashlib._Hash") -> None:
+          pacer: Pacer) -> None:
     if isinstance(item, _Hole):
         sender.hole(item.offset, item.size)
-        for chunk in zero_chunks(item.size):
-            digest.update(chunk)
     elif isinstance(item, _Block):
-        digest.update(memoryview(item.buffer)[:item.size])  # while the pool compresses it
         payload = pacer.compressed(lambda: _result(item.compressed, sender))
         reader.release(item.buffer)
         pacer.send(lambda: sender.block(item.offset, item.size, compressor.flags, payload),
                    len(payload))
     elif isinstance(item, Planned):
-        digest.update(memoryview(item.buffer)[:item.size])
         frames = pacer.compressed(lambda: _result(item.frames, sender))
         reader.release(item.buffer)
         for frame in frames:
