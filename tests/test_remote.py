@@ -77,3 +77,31 @@ def test_sudo_is_really_in_the_command(sshd, tmp_path, image) -> None:
                  "/opt/no/python3", image, f"testhost:{tmp_path / 't.img'}")
     line = run.one_error_line(1, alone=False)
     assert "cannot start the helper" in line and "sudo: " in line
+
+
+# --- the helper's stdin pipe ------------------------------------------------------------------
+
+F_GETPIPE_SZ = 1032
+
+
+def test_the_helper_widens_its_input_pipe_to_a_mebibyte() -> None:
+    from remote_helper.helper import PIPE_SIZE, widen_pipe
+    import fcntl
+    read_end, write_end = os.pipe()
+    try:
+        assert fcntl.fcntl(read_end, F_GETPIPE_SZ) == 64 << 10
+        widen_pipe(read_end)
+        assert fcntl.fcntl(read_end, F_GETPIPE_SZ) == PIPE_SIZE == 1 << 20
+        # The writer's side sees the same pipe: a MiB now goes in without a reader.
+        os.set_blocking(write_end, False)
+        assert os.write(write_end, bytes(1 << 20)) == 1 << 20
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_widening_leaves_what_is_not_a_pipe_alone(tmp_path) -> None:
+    from remote_helper.helper import widen_pipe
+    with open(tmp_path / "f", "wb") as f:
+        widen_pipe(f.fileno())  # a file: no pipe size to set, and no error
+    widen_pipe(9999)  # not even open: nothing to do either
