@@ -436,3 +436,31 @@ def test_an_empty_image_makes_a_valid_saveset(tmp_path):
         assert info(f)["ratio"] is None
     out = subprocess.run(["zstd", "-d", "-c", str(path)], capture_output=True, check=True)
     assert out.stdout == b""
+
+
+# --- SavesetOutput: the helper's saveset, written back as it grows ---------------------------
+
+
+def test_saveset_output_starts_writeback_as_it_grows_and_commits_a_valid_saveset(tmp_path,
+                                                                                 mocker):
+    from remote_helper import saveset_output
+    started = []
+    mocker.patch.object(saveset_output.libc, "start_writeback",
+                        side_effect=lambda fd, offset, length: started.append((offset, length)))
+    path = tmp_path / "out.bps"
+    output = saveset_output.SavesetOutput(str(path), {"kind": "disk", "size": 88 * MiB,
+                                                      "frame_size": 4 * MiB}, 4 * MiB)
+    blocks = [os.urandom(4 * MiB) for _ in range(20)]  # incompressible: 80 MiB of frames
+    for block in blocks:
+        output.add(compress_frame(block, 1), len(block))
+    output.add_zeros(80 * MiB, 8 * MiB)
+    content = b"".join(blocks) + bytes(8 * MiB)
+    output.commit(hashlib.sha256(content).hexdigest(), len(content))
+    # Every 32 MiB added, the range since the last one, with no gap and no overlap.
+    assert len(started) == 2
+    assert started[0][0] == 0 and started[1][0] == started[0][1]
+    assert all(length >= 32 * MiB for _, length in started)
+    with open(str(path), "rb") as f:
+        summary = verify(f)
+    assert summary["sha256"] == hashlib.sha256(content).hexdigest()
+    assert summary["bytes"] == len(content)
