@@ -300,8 +300,9 @@ class ImageStream:
     """One image's reader and compressor pool, started as soon as the source is open.
 
     The client starts it before it connects: the first blocks are read and compressed while
-    the SSH handshake runs and the helper starts, time the CPU would otherwise idle through. Only the queue's few blocks are done ahead, at the start level, so
-    a slow link, whose level climbs once sending shows it slow, pays for no more than before.
+    the SSH handshake runs and the helper starts, time the CPU would otherwise idle through.
+    Only the queue's few blocks are done ahead, at the start level, so a slow link, whose level
+    climbs once sending shows it slow, pays for no more than before.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings,

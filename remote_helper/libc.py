@@ -1,6 +1,7 @@
 """Two Linux calls the os module lacks, through ctypes: fallocate and sync_file_range.
 
 Each is None where it cannot be had safely (no ctypes, no such symbol), and callers fall back.
+Writeback paces sync_file_range over a file written front to back (the target, the saveset).
 """
 try:
     import ctypes
@@ -8,6 +9,7 @@ except ImportError:  # some minimal Pythons are built without _ctypes
     ctypes = None  # type: ignore
 
 SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages; do not wait for it
+WRITEBACK_EVERY = 32 << 20  # bytes written, then the kernel is asked to start writing them
 
 
 def _libc():
@@ -49,3 +51,23 @@ def start_writeback(fd, offset, length):
     final fsync then finds little left to do. Quietly nothing where the call is missing."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+class Writeback(object):
+    """A file written front to back, whose pages the kernel is asked to start writing every
+    WRITEBACK_EVERY bytes: the disk works while the stream goes on, and the final fsync finds
+    little left to do. `flush`, if given, empties a user-space buffer first."""
+
+    def __init__(self, fd, flush=None):
+        # type: (int, object) -> None
+        self._fd = fd
+        self._flush = flush
+        self._from = 0  # start of the range written since the last writeback
+
+    def written_to(self, end):
+        # type: (int) -> None
+        if end - self._from >= WRITEBACK_EVERY:
+            if self._flush is not None:
+                self._flush()
+            start_writeback(self._fd, self._from, end - self._from)
+            self._from = end

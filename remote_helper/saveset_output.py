@@ -4,8 +4,8 @@ The zstd frames that crossed the wire go in as they are; a zero run (a HOLE fram
 zstd frames of zeros cut on the same block grid as the client's frames, compressed here once
 per length and reused, so a hole costs no CPU. The file lives under a temporary name until
 commit(); on any failure discard() removes it, and nothing ever stands under the final name
-that is not complete. Every WRITEBACK_EVERY bytes the kernel is asked to start writing what
-was added: the target itself is written by direct I/O, so the saveset's would otherwise be
+that is not complete. Every libc.WRITEBACK_EVERY bytes the kernel is asked to start writing
+what was added: the target itself is written by direct I/O, so the saveset's would otherwise be
 the only dirty pages, all left for commit()'s fsync, in series at the end of the run.
 """
 import os
@@ -14,9 +14,6 @@ from . import libc
 from .errors import HelperError
 from .atomic import AtomicFile, MissingDirectory
 from .saveset import SavesetWriter, compress_frame, require_zstd
-
-
-WRITEBACK_EVERY = 32 << 20  # bytes
 
 
 class SavesetOutput(object):
@@ -36,23 +33,13 @@ class SavesetOutput(object):
         except OSError as e:
             raise self._error(e)
         self._writer = self._guard(SavesetWriter, self._file.fileobj, metadata)
-        self._unflushed = 0  # bytes added since the last writeback began
-        self._written_back = 0  # file offset up to which writeback has begun
+        fileobj = self._file.fileobj
+        self._writeback = libc.Writeback(fileobj.fileno(), fileobj.flush)
 
     def add(self, frame, size):
         # type: (bytes, int) -> None
         self._guard(self._writer.add_frame, frame, size)
-        self._unflushed += len(frame)
-        if self._unflushed >= WRITEBACK_EVERY:
-            self._guard(self._start_writeback)
-
-    def _start_writeback(self):
-        # type: () -> None
-        fileobj = self._file.fileobj
-        fileobj.flush()
-        end = fileobj.tell()
-        libc.start_writeback(fileobj.fileno(), self._written_back, end - self._written_back)
-        self._written_back, self._unflushed = end, 0
+        self._guard(self._writeback.written_to, self._file.fileobj.tell())
 
     def add_zeros(self, offset, length):
         # type: (int, int) -> None

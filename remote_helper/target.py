@@ -33,6 +33,7 @@ class Target(object):
         self.created = created
         self.sparse = not is_block  # truncated file: unwritten ranges already read as zeros
         self._direct = directio.reopen(fd, os.O_WRONLY)
+        self._writeback = libc.Writeback(fd)
         self._scratch = None  # the aligned buffer direct writes are copied into
 
     def pwrite(self, offset, data):
@@ -81,9 +82,11 @@ class Target(object):
         if not self.sparse and length:
             devices.zero_range(self.fd, offset, length, self.is_block)
 
-    def start_writeback(self, offset, length):
-        # type: (int, int) -> None
-        libc.start_writeback(self.fd, offset, length)
+    def written_to(self, end):
+        # type: (int) -> None
+        """Everything up to `end` is written: on a slow link the disk idles, so start it on
+        what went through the page cache, and fsync is short."""
+        self._writeback.written_to(end)
 
     def sync(self):
         # type: () -> None
@@ -135,8 +138,8 @@ class NullTarget(object):
         # type: (int, int) -> None
         pass
 
-    def start_writeback(self, offset, length):
-        # type: (int, int) -> None
+    def written_to(self, end):
+        # type: (int) -> None
         pass
 
     def sync(self):

@@ -29,7 +29,6 @@ PROGRESS_EVERY = 0.25  # seconds between PROGRESS frames (the client's pacing re
 # The first comes sooner, so that the client's first level decision, 0.3 s into the stream,
 # already knows whether this helper waits on the link.
 FIRST_PROGRESS = 0.1
-WRITEBACK_EVERY = 32 << 20  # bytes: then the kernel is asked to start writing them to disk
 
 
 class ImageWriter(object):
@@ -52,7 +51,6 @@ class ImageWriter(object):
         self._written = 0
         self._error = None
         self._next_progress = time.monotonic() + FIRST_PROGRESS
-        self._writeback_from = 0  # start of the range written since the last writeback
         self._head_zeroed = False
         self._head_changed = False  # new bytes (not MATCHed ones) went into the held-back head
         self._thread = threading.Thread(target=self._run, name="writer")
@@ -137,15 +135,8 @@ class ImageWriter(object):
             else:
                 self._replace(offset, memoryview(data), frame)
         self._written += length
-        self._start_writeback(offset + length)
+        self._target.written_to(offset + length)
         self._report()
-
-    def _start_writeback(self, end):
-        # type: (int) -> None
-        """On a slow link the disk idles: start writing what we wrote, so fsync is short."""
-        if end - self._writeback_from >= WRITEBACK_EVERY:
-            self._target.start_writeback(self._writeback_from, end - self._writeback_from)
-            self._writeback_from = end
 
     def _keep(self, offset, old):
         # type: (int, memoryview) -> None
