@@ -111,7 +111,13 @@ class HelperSession:
     def start(cls, channel: Channel, host: str, conn: Optional[SshConnection]) -> "HelperSession":
         session = cls(channel, host, conn)
         try:
-            channel.write(helper_payload())
+            try:
+                channel.write(helper_payload())
+            except TransferError as closed:
+                # What ran in the helper's place may have exited before reading its input:
+                # what it wrote, or its exit status, says more than the broken pipe.
+                session.hello = session._read_hello()
+                raise closed
             session.hello = session._read_hello()
         except BaseException:
             session.close()
