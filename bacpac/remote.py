@@ -5,6 +5,11 @@
 # the source of every remote_helper module and a loader that imports them from memory, so
 # nothing is written on the target. The same stdin then carries the frames. The first stage's
 # code carries the marker "bacpac_stage1", by which the tests find helpers left behind.
+# Python runs with -S: the helper needs the standard library and, at most, zstandard, not the
+# target's .pth files, any of which may be slow (on the benchmark's host they took a third of
+# the helper's start) or print on stdout, which carries frames. The site-packages directories
+# are still searched, for zstandard; only where it is not found there does the full site
+# setup run, in case a .pth file is what puts it on the path.
 """
 from __future__ import annotations
 
@@ -36,7 +41,13 @@ STAGE1 = (
     "exec(zlib.decompress(b))"
 )
 STAGE2 = '''
-import importlib.abc, importlib.util, sys
+import importlib.abc, importlib.util, site, sys
+try:
+    user = [site.getusersitepackages()] if site.check_enableusersite() else []
+    sys.path.extend(p for p in user + site.getsitepackages() if p not in sys.path)
+    import zstandard
+except Exception:
+    site.main()
 SOURCES = %r
 class Loader(importlib.abc.Loader):
     def create_module(self, spec):
@@ -77,7 +88,7 @@ def helper_payload() -> bytes:
 
 
 def helper_argv(python: str, sudo: bool) -> list[str]:
-    argv = [python, "-c", STAGE1 % len(helper_payload()), MARKER]
+    argv = [python, "-S", "-c", STAGE1 % len(helper_payload()), MARKER]
     return ["sudo", "-n", "--"] + argv if sudo else argv
 
 

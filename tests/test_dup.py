@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -171,9 +172,15 @@ def test_dup_without_json_prints_nothing_on_stdout(tmp_path, no_helper_left) -> 
 
 
 def _bare_python(tmp_path: Path, path: str) -> str:
-    """A remote python without site-packages (so no zstandard), PATH set to `path`."""
+    """A remote python on which zstandard will not import, PATH set to `path`. (The helper
+    runs with -S but searches site-packages itself, so -S alone no longer hides it: a package
+    of that name earlier on the path does, as a host without it would.)"""
+    hide = tmp_path / "hide" / "zstandard"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('zstandard hidden by the test')\n")
     script = tmp_path / "bare-python"
-    script.write_text(f"#!/bin/sh\nPATH={path} exec {sys.executable} -S \"$@\"\n")
+    script.write_text(f"#!/bin/sh\nPATH={path} PYTHONPATH={hide.parent} exec {sys.executable} "
+                      "\"$@\"\n")
     script.chmod(0o755)
     return str(script)
 
@@ -193,6 +200,30 @@ def test_helper_without_zstandard_falls_back_and_still_proves_the_copy(
     summary = result.summary
     assert (summary["codec"], summary["zstd"], summary["check"]) == (codec, zstd, check)
     assert summary["sha256"] == hashlib.sha256(data).hexdigest()
+    assert target.read_bytes() == data
+
+
+def test_the_helper_runs_no_pth_file_of_the_target_yet_finds_its_zstandard(tmp_path) -> None:
+    # A .pth file that prints would corrupt the frames on stdout, as a chatty login script
+    # does; the helper runs with -S and searches the site directories itself, .pth unread.
+    userbase = tmp_path / "userbase"
+    user_site = subprocess.run(
+        [sys.executable, "-c", "import site; print(site.getusersitepackages())"],
+        env={**os.environ, "PYTHONUSERBASE": str(userbase)}, capture_output=True, text=True,
+        check=True).stdout.strip()
+    Path(user_site).mkdir(parents=True)
+    (Path(user_site) / "chatty.pth").write_text("import sys; print('hello from a .pth file')\n")
+    python = tmp_path / "python-with-a-chatty-pth"
+    python.write_text(f"#!/bin/sh\nPYTHONUSERBASE={userbase} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    noisy = subprocess.run([str(python), "-c", "pass"], capture_output=True, text=True)
+    assert noisy.stdout == "hello from a .pth file\n"  # what a plain `python3` would do
+    data = os.urandom(MiB)
+    source = write_file(tmp_path / "source.img", len(data), {0: data})
+    target = tmp_path / "copy.img"
+    result = bacpac("dup", "--json", "--remote-python", str(python), str(source), str(target))
+    assert result.returncode == 0, result.stderr
+    assert (result.summary["codec"], result.summary["zstd"]) == ("zstd", "zstandard")
     assert target.read_bytes() == data
 
 
