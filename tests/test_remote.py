@@ -6,13 +6,18 @@ stdout, are each refused with a message that says so.
 """
 from __future__ import annotations
 
+import marshal
 import os
+import platform
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from bacpac import remote
 from clirun import bacpac
 from remote_helper import protocol
 
@@ -105,3 +110,83 @@ def test_widening_leaves_what_is_not_a_pipe_alone(tmp_path) -> None:
     with open(tmp_path / "f", "wb") as f:
         widen_pipe(f.fileno())  # a file: no pipe size to set, and no error
     widen_pipe(9999)  # not even open: nothing to do either
+
+
+# --- the helper's code: compiled here, or on the target ---------------------------------------
+
+def other_pythons() -> list[str]:
+    """Interpreters of other versions on this machine (pyenv keeps several), oldest first."""
+    found = []
+    for minor in range(6, 14):
+        name = f"python3.{minor}"
+        candidates = [shutil.which(name)] + sorted(
+            str(p) for p in Path("~/.pyenv/versions").expanduser().glob(f"3.{minor}.*/bin/{name}"))
+        for path in filter(None, candidates):  # a pyenv shim may name a version it lacks
+            if run_python(path, "import sys; print(sys.version_info[:2] != (3, %d))"
+                          % sys.version_info[1]) == "True":
+                found.append(path)
+                break
+    return found
+
+
+def run_python(python: str, code: str) -> str:
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
+def helper_says(python: str) -> tuple[int, bytes, bytes]:
+    """Start the helper with `python` as bacpac does and end its input at once: (exit status,
+    stdout, stderr). A helper that started says HELLO, then, its input ended before any job,
+    exits 1 without a word."""
+    done = subprocess.run(remote.helper_argv(python, False), input=remote.helper_payload(),
+                          capture_output=True, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture
+def poisoned_code(monkeypatch):
+    """A payload whose compiled code for remote_helper.errors exits 42 when it is run."""
+    real = remote._module_code
+
+    def module_code(name: str, file: Path) -> bytes:
+        if name == "remote_helper.errors":
+            return marshal.dumps(compile("raise SystemExit(42)", "poison", "exec"))
+        return real(name, file)
+
+    remote._payload.cache_clear()
+    monkeypatch.setattr(remote, "_module_code", module_code)
+    yield
+    remote._payload.cache_clear()
+
+
+def test_the_helper_runs_the_code_compiled_here_when_its_python_is_this_one(poisoned_code):
+    status, _, _ = helper_says(sys.executable)
+    assert status == 42  # the poisoned code ran: the helper compiled nothing itself
+
+
+def test_the_helper_compiles_its_source_when_its_python_is_another(poisoned_code):
+    others = other_pythons()
+    if not others:
+        pytest.skip("no python3 of another version on this machine")
+    status, stdout, stderr = helper_says(others[0])
+    assert (status, stderr) == (1, b"")  # not 42: the poisoned code was never run
+    decoder = protocol.Decoder()
+    decoder.feed(stdout)
+    hello = decoder.next_frame()
+    assert hello.type == protocol.HELLO
+    assert hello.json()["python"] != platform.python_version()
+
+
+def test_a_dup_through_the_oldest_python_the_helper_supports(tmp_path, image) -> None:
+    old = [p for p in other_pythons() if run_python(p, "import sys; print(sys.version_info[1])")
+           == "6"]
+    if not old:
+        pytest.skip("no python3.6 on this machine (pyenv install 3.6 brings one)")
+    target = tmp_path / "t.img"
+    run = bacpac("dup", "--json", "--no-progress", "--remote-python", old[0], image, target)
+    assert run.returncode == 0, run.stderr
+    assert run.summary["helper_python"].startswith("3.6.")
+    assert target.read_bytes() == image.read_bytes()
