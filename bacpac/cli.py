@@ -1,4 +1,4 @@
-"""The command line: argparse → one call per command; errors → exit codes (the only sys.exit)."""
+"""The command line: argparse → one call per command; errors → exit codes (the only exit)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 import os
 import re
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from . import __version__
 from .dup import DupRequest, run_dup
@@ -217,7 +217,21 @@ QUIET_COMMANDS = ("verify", "info")  # their result is what they print, not a pr
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the `bacpac` command."""
     args = build_parser().parse_args(argv)
-    sys.exit(run(args.run, args))
+    _end(run(args.run, args))
+
+
+def _end(code: int) -> NoReturn:
+    """End the process at once with `code`. The interpreter's own teardown (the objects of
+    every module, paramiko's and cryptography's among them, freed one by one) took 0.10-0.15 s
+    after every job on this machine, with nothing of bacpac's left to finish: the job is done,
+    the display closed, no file of ours is open for writing. So stdout and stderr are flushed,
+    and that is all."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`bacpac ... | head`): nothing to save
+            pass
+    os._exit(code)
 
 
 def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Namespace) -> int:

@@ -69,10 +69,11 @@ class Result:
 
 
 def bacpac_env(**extra: str) -> dict:
-    """This environment without what would let a run pass by luck (an agent, a passphrase) or
-    change its output (debug tracebacks); plus `extra`."""
+    """This environment without what would let a run pass by luck (an agent, a passphrase, an
+    unbuffered stdout, which would hide a missing flush) or change its output (debug
+    tracebacks); plus `extra`."""
     env = dict(os.environ)
-    for name in ("SSH_AUTH_SOCK", "BACPAC_DEBUG", "SSHPASS"):
+    for name in ("SSH_AUTH_SOCK", "BACPAC_DEBUG", "SSHPASS", "PYTHONUNBUFFERED"):
         env.pop(name, None)
     env.update(extra)
     return env
