@@ -47,7 +47,7 @@ class Pacer:
         self._sleep = sleep
         self._started = clock()
         self._total = 0
-        self.blocks_at: dict[int, int] = {}  # blocks compressed at each level, for the summary
+        self.blocks_at: dict[int, int] = {}  # blocks sent, by the level each was compressed at
         self._reset()
 
     def _reset(self) -> None:
@@ -62,15 +62,17 @@ class Pacer:
         self._compress_wait += self._clock() - start
         return value
 
-    def send(self, put: Callable[[], None], nbytes: int) -> None:
-        """put() nbytes on the channel, timing it; then keep to --bwlimit, and adapt."""
+    def send(self, put: Callable[[], None], nbytes: int, level: Optional[int] = None) -> None:
+        """put() nbytes, compressed at `level` (by default the current one), on the channel,
+        timing it; then keep to --bwlimit, and adapt."""
         wall, cpu = self._clock(), time.thread_time()
         put()
         self._send_wall += self._clock() - wall
         self._send_cpu += time.thread_time() - cpu
         self._total += nbytes
         self._window_bytes += nbytes
-        level = getattr(self._compressor, "level")
+        if level is None:
+            level = getattr(self._compressor, "level")
         self.blocks_at[level] = self.blocks_at.get(level, 0) + 1
         self._limit()
         if self._adaptive and self._clock() - self._window_start >= DECIDE_EVERY:

@@ -82,7 +82,7 @@ class _Block:
     offset: int
     size: int
     buffer: mmap.mmap
-    compressed: "Future[bytes]"
+    compressed: "Future[tuple[int, bytes]]"  # (the level it was compressed at, the payload)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,14 @@ class Compressor:
         self._local = threading.local()
 
     def compress(self, data: memoryview) -> bytes:
+        return self.compress_at(data, self.level)
+
+    def compress_block(self, data: memoryview) -> "tuple[int, bytes]":
+        """(the level, the payload): the level may change while a block waits its turn."""
         level = self.level
+        return level, self.compress_at(data, level)
+
+    def compress_at(self, data: memoryview, level: int) -> bytes:
         if self.codec == "zlib":
             return zlib.compress(data, max(1, min(level, 9)))
         # One context per thread, for the current level only: a level-9 context holds 15 MiB,
@@ -136,7 +143,7 @@ class BlockReader:
         self._fd = fd
         self._size = size
         self._block = settings.block_size
-        self._compress = compressor.compress
+        self._compressor = compressor
         self._pool = pool
         depth = 2 * settings.threads + 2
         self._read: queue.Queue[_Item] = queue.Queue(2)  # read, not yet hashed
@@ -221,7 +228,8 @@ class BlockReader:
                 self._zero_run(offset, size)
             else:
                 self._flush_hole()
-                self._put(_Block(offset, size, buffer, self._pool.submit(self._compress, view)))
+                compressed = self._pool.submit(self._compressor.compress_block, view)
+                self._put(_Block(offset, size, buffer, compressed))
             offset += size
 
     def _pread(self, view: memoryview, offset: int) -> None:
@@ -357,10 +365,10 @@ def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: Fr
     if isinstance(item, _Hole):
         sender.hole(item.offset, item.size)
     elif isinstance(item, _Block):
-        payload = pacer.compressed(lambda: _result(item.compressed, sender))
+        level, payload = pacer.compressed(lambda: _result(item.compressed, sender))
         reader.release(item.buffer)
         pacer.send(lambda: sender.block(item.offset, item.size, compressor.flags, payload),
-                   len(payload))
+                   len(payload), level)
     elif isinstance(item, Planned):
         frames = pacer.compressed(lambda: _result(item.frames, sender))
         reader.release(item.buffer)

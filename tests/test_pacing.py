@@ -104,3 +104,12 @@ def test_parse_rate_reads_rsyncs_bwlimit(text: str, rate: float) -> None:
 def test_parse_rate_refuses_what_is_no_rate(text: str) -> None:
     with pytest.raises((ValueError, IndexError)):
         parse_rate(text)
+
+
+def test_blocks_are_counted_at_the_level_they_were_compressed_at() -> None:
+    # A block compressed ahead at the start level and sent after a raise counts at its own.
+    clock, compressor = FakeClock(), Level(9)
+    pacer = Pacer(compressor, False, clock=clock, sleep=clock.sleep)
+    pacer.send(lambda: None, 100, level=3)
+    pacer.send(lambda: None, 100)
+    assert pacer.blocks_at == {3: 1, 9: 1}
