@@ -255,5 +255,8 @@ def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Name
 
 def _fail(sink: Sink, message: str, code: int) -> int:
     sink.close()
-    print(f"bacpac: {message}", file=sys.stderr)
+    try:
+        print(f"bacpac: {message}", file=sys.stderr)
+    except OSError:  # stderr's reader is gone too: the exit status is all that is left
+        pass
     return code

@@ -60,6 +60,10 @@ class VerifyError(BacpacError):
     """What arrived does not match what was sent (sha256, sizes, saveset checksums)."""
 
 
+class OutputError(BacpacError):
+    """bacpac's own output could not be written: its reader went away (`bacpac ... | head`)."""
+
+
 class Interrupted(BacpacError):
     """The user interrupted the run (SIGINT)."""
 

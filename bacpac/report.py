@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TextIO
 
+from .errors import OutputError
 from .events import (Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary,
                      NullSink, Sink)
 
@@ -155,8 +156,18 @@ class LogSink:
 
     def _write(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self._stream.write(f"{stamp} {line}\n")
-        self._stream.flush()
+        write_out(self._stream, f"{stamp} {line}\n")
+
+
+def write_out(stream: TextIO, text: str) -> None:
+    """Write and flush text; a reader gone away is an OutputError naming the stream, not a
+    BrokenPipeError for the "internal error" catch-all."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (BrokenPipeError, ConnectionResetError) as e:
+        name = getattr(stream, "name", "output")
+        raise OutputError(f"{str(name).strip('<>')}: {e.strerror} (its reader went away)") from None
 
 
 class JsonSink:
@@ -172,8 +183,7 @@ class JsonSink:
             return
         line = json.dumps(event.summary.to_json(), sort_keys=True)
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            write_out(self._stream, line + "\n")
 
     def close(self) -> None:
         """Nothing to tear down; every line is already flushed."""

@@ -1,9 +1,11 @@
 """The command line itself: help, version, and usage errors (exit 2, one line, no traceback)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from clirun import bacpac
+from clirun import bacpac, start
 
 
 def test_help_lists_dup() -> None:
@@ -54,3 +56,16 @@ def test_validation_errors_are_one_line_exit_2(args: list[str], words: str) -> N
     assert proc.stderr.startswith("bacpac: ")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert words in proc.stderr
+
+
+def test_a_reader_gone_from_stdout_is_one_line_and_exit_1(tmp_path) -> None:
+    # `bacpac dup --json ... | head -0`: the copy is made, the summary has nowhere to go.
+    data = os.urandom(1 << 20)
+    source = tmp_path / "source.img"
+    source.write_bytes(data)
+    proc = start("dup", "--json", "--no-progress", source, tmp_path / "copy.img")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert err == "bacpac: stdout: Broken pipe (its reader went away)\n"
+    assert (tmp_path / "copy.img").read_bytes() == data
