@@ -85,9 +85,18 @@ class ConnectOptions:
     interactive: bool = False  # may we prompt on the terminal for passwords?
 
 
-def prepare_payload() -> None:
+def prepare_payload() -> threading.Thread:
     """Build the helper's payload on a thread of its own, while the connection is made."""
-    threading.Thread(target=helper_payload, name="payload", daemon=True).start()
+    thread = threading.Thread(target=_prepare, name="payload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _prepare() -> None:
+    try:
+        helper_payload()
+    except Exception:  # said once, by the caller who needs it, not as a thread's traceback
+        pass
 
 
 _payload_lock = threading.Lock()

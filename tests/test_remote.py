@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,21 @@ def test_a_dup_through_the_oldest_python_the_helper_supports(tmp_path, image) ->
     assert run.returncode == 0, run.stderr
     assert run.summary["helper_python"].startswith("3.6.")
     assert target.read_bytes() == image.read_bytes()
+
+
+def test_a_payload_that_cannot_be_built_is_an_error_of_the_caller_not_a_thread(monkeypatch):
+    def unreadable(name: str, file: Path) -> bytes:
+        raise OSError(13, "Permission denied", str(file))
+
+    raised_in_threads = []
+    monkeypatch.setattr(threading, "excepthook", raised_in_threads.append)  # else: a traceback
+    remote._payload.cache_clear()
+    monkeypatch.setattr(remote, "_module_code", unreadable)
+    try:
+        thread = remote.prepare_payload()
+        with pytest.raises(OSError, match="Permission denied"):
+            remote.helper_payload()  # waits for the thread's try, then fails on its own
+        thread.join()
+    finally:
+        remote._payload.cache_clear()
+    assert raised_in_threads == []
