@@ -2,15 +2,15 @@
 
 # Strategy (after mitogen): the remote command is a tiny first stage, `python3 -S -c STAGE1`,
 # that reads an exact number of bytes from stdin, inflates them and runs them. That payload
-# holds a loader, and every remote_helper module's source and its code compiled here (run
-# where the target's Python is this one, compiled from the source elsewhere), which the
-# loader imports from memory, so nothing is written on the target. The same stdin then carries the frames. The first stage's
-# code carries the marker "bacpac_stage1", by which the tests find helpers left behind.
-# Python runs with -S: the helper needs the standard library and, at most, zstandard, not the
-# target's .pth files, any of which may be slow (on the benchmark's host they took a third of
-# the helper's start) or print on stdout, which carries frames. The site-packages directories
-# are still searched, for zstandard; only where it is not found there does the full site
-# setup run, in case a .pth file is what puts it on the path.
+# holds a loader and, for every remote_helper module, its source and its code compiled here;
+# the loader imports them from memory (running the code where the target's Python is this
+# one, compiling the source elsewhere), so nothing is written on the target. The same stdin
+# then carries the frames. The first stage's code carries the marker "bacpac_stage1", by which
+# the tests find helpers left behind. -S keeps the target's .pth files out of the helper: any
+# of them may be slow (on the benchmark's host they took a third of the helper's start) or
+# print on stdout, which carries frames. The site-packages directories are still searched,
+# for zstandard; only where it is not found there does the full site setup run, in case a
+# .pth file is what puts it on the path.
 """
 from __future__ import annotations
 
