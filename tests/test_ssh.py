@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bacpac.errors import AuthError, ConnectError, HostKeyError, UsageError
-from bacpac.ssh import SshOptions, connect, parse_o_option
+from bacpac.ssh import SshOptions, _WatchedSocket, connect, parse_o_option
 from bacpac.sshconfig import parse_jump, resolve_host
 from fixtures_sshd import helper_pids
 
@@ -210,6 +210,30 @@ def test_proxy_jump_through_the_same_server(sshd) -> None:
 def test_proxy_jump_to_closed_port_is_connect_error(sshd) -> None:
     with pytest.raises(ConnectError, match="through testhost"):
         connect(sshd.host, None, opts(sshd, "ProxyJump=testhost", port=1), interactive=False)
+
+
+class _SpiedSocket(socket.socket):
+    """A socket whose setsockopt calls are recorded (socket.socket itself has no __dict__)."""
+
+    def setsockopt(self, *args) -> None:
+        self.calls = getattr(self, "calls", []) + [args]
+        super().setsockopt(*args)
+
+
+def test_transport_socket_acknowledges_each_read_at_once() -> None:
+    """sshd leaves Nagle on, so each read is ACKed at once rather than after Linux's 40 ms."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        with peer, _SpiedSocket(fileno=client.detach()) as spied:
+            watched = _WatchedSocket(spied)
+            peer.sendall(b"SSH-2.0-x\r\n")
+            assert watched.recv(64) == b"SSH-2.0-x\r\n"
+            assert spied.calls == [(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)]
+    left, right = socket.socketpair()  # not TCP: a ProxyCommand's or a test's pipe
+    with left, right:
+        right.sendall(b"x")
+        assert _WatchedSocket(left).recv(1) == b"x"
 
 
 def test_server_alive_watchdog_keeps_a_live_connection(sshd) -> None:
