@@ -129,7 +129,7 @@ def resolve_host(host: str, user: Optional[str], opts: SshOptions) -> HostConfig
     """Apply the command line and ssh_config to `host` (an alias or a name) as ssh would."""
     config_file, text = _read_config(opts.config_file)
     try:
-        config = paramiko.SSHConfig.from_text(_command_line_block(user, opts) + text)
+        config = _Config.from_text(_command_line_block(user, opts) + text)
         found = config.lookup(host)
     except (paramiko.SSHException, ValueError, KeyError, OSError) as e:
         raise UsageError(f"{config_file or 'ssh options'}: {e}")
@@ -138,6 +138,24 @@ def resolve_host(host: str, user: Optional[str], opts: SshOptions) -> HostConfig
         if problem:
             raise UsageError(f"{config_file or 'ssh options'}: {host}: {problem}")
     return _host_config(host, found, config_file)
+
+
+class _Config(paramiko.SSHConfig):
+    """paramiko.SSHConfig that expands only the tokens a value holds.
+
+    Paramiko computes every token a key allows, whether the value uses it or not, and one of
+    them, %l, is the local host's FQDN: a reverse DNS lookup on every connection, which takes
+    seconds where the local name does not resolve (paramiko issues #338 and #1900).
+    """
+
+    _value = ""
+
+    def _tokenize(self, config: dict, target_hostname: str, key: str, value: str) -> str:
+        self._value = value
+        return super()._tokenize(config, target_hostname, key, value)
+
+    def _allowed_tokens(self, key: str) -> list:
+        return [token for token in super()._allowed_tokens(key) if token in self._value]
 
 
 def _read_config(path: Optional[str]) -> tuple[Optional[str], str]:

@@ -296,6 +296,22 @@ def test_identity_files_accumulate_command_line_first(tmp_path) -> None:
     assert cfg.known_hosts_name == "h" and cfg.strict == "yes"
 
 
+def test_local_fqdn_is_looked_up_only_for_a_value_that_uses_it(tmp_path, monkeypatch) -> None:
+    """Paramiko resolves %l, the local FQDN, for every key that allows it: seconds where the
+    local name does not resolve. Only a value holding %l may cost that lookup."""
+    lookups = []
+    monkeypatch.setattr(socket, "getfqdn", lambda *a: lookups.append(a) or "box.example")
+    config = tmp_path / "config"
+    config.write_text("Host h\n  IdentityFile ~/.ssh/%r_at_%h\n  User bob\n"
+                      "Host l\n  IdentityFile /keys/%l/%h\n")
+    cfg = resolve_host("h", None, SshOptions(config_file=str(config)))
+    assert cfg.identity_files == (os.path.expanduser("~/.ssh/bob_at_h"),)
+    assert lookups == []
+    cfg = resolve_host("l", None, SshOptions(config_file=str(config)))
+    assert cfg.identity_files == ("/keys/box.example/l",)
+    assert len(lookups) == 1
+
+
 def test_bad_value_in_config_file_is_usage_error(tmp_path) -> None:
     config = tmp_path / "config"
     config.write_text("Host h\n  Port twenty-two\n")
