@@ -46,7 +46,7 @@ STAGE1 = (
     "exec(S)"
 )
 STAGE2 = '''
-import importlib.abc, importlib.util, site, sys
+import importlib.abc, importlib.util, os, site, sys
 def path(name):
     return "<bacpac>/" + name.replace(".", "/") + ".py"
 try:
@@ -71,7 +71,10 @@ class Finder(importlib.abc.MetaPathFinder):
             return importlib.util.spec_from_loader(name, Loader(), is_package=name == "remote_helper")
 sys.meta_path.insert(0, Finder())
 from remote_helper import helper
-sys.exit(helper.main())
+status = helper.main()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(status)  # the work is done and said: skip the interpreter's teardown
 '''
 
 
