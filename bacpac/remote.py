@@ -72,8 +72,11 @@ class Finder(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Finder())
 from remote_helper import helper
 status = helper.main()
-sys.stdout.flush()
-sys.stderr.flush()
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except Exception:  # the client is gone: nobody is left to read it
+        pass
 os._exit(status)  # the work is done and said: skip the interpreter's teardown
 '''
 
