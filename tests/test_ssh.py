@@ -7,6 +7,7 @@ import signal
 import time
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -385,3 +386,32 @@ def test_helper_pids_sees_the_marker_until_the_helper_exits(sshd, no_helper_left
         assert helper_pids(sshd)
         chan.close_write()
         assert chan.wait(10) == 0
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+@pytest.mark.parametrize("kill", ["wrapper", "sshd"])
+def test_loopback_sshd_command_leaves_no_server_behind(sshd, tmp_path, kill) -> None:
+    """The quick start kills `tools/loopback_sshd.py DIR` when it is done: its sshd must stop
+    too. And an sshd killed on its own ends the command."""
+    tool = Path(__file__).resolve().parent.parent / "tools" / "loopback_sshd.py"
+    proc = subprocess.Popen([sys.executable, str(tool), str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == str(tmp_path / "ssh_config")
+        port = int((tmp_path / "port").read_text())
+        assert _listening(port)
+        pid = int((tmp_path / "sshd.pid").read_text())
+        os.kill(proc.pid if kill == "wrapper" else pid, signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not _listening(port)
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        proc.kill()
+        proc.wait()

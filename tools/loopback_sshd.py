@@ -6,13 +6,15 @@ holds the server's key. Two keys are authorized: the plain one (key_path) and on
 passphrase (locked_key_path, passphrase), for the SSHPASS path.
 
     python3 tools/loopback_sshd.py DIR    starts one in DIR and prints its ssh_config path;
-                                          it runs until killed (kill $(cat DIR/sshd.pid)).
+                                          it runs until it or its sshd is killed (SIGTERM,
+                                          SIGINT or SIGHUP), and then stops both.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -187,16 +189,35 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     os.makedirs(argv[1], exist_ok=True)
+    # A signal's default action would end this process without the `with` block's cleanup,
+    # leaving sshd running on its own: the quick start kills this process when it is done.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     try:
         with start_sshd(argv[1]) as server:
             print(server.config_path, flush=True)
-            while True:
-                time.sleep(3600)
+            pid = int((Path(server.tmpdir) / "sshd.pid").read_text())
+            while _running(pid):
+                time.sleep(0.5)
+        return 0
     except SshdError as e:
         print(f"loopback_sshd: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _running(pid: int) -> bool:
+    """False once process `pid` has exited; a zombie has."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[1][:1] != "Z"
 
 
 if __name__ == "__main__":
