@@ -197,15 +197,15 @@ class SessionSender:
         self.blocks_matched = 0
 
     def block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
-        self._session.send_block(offset, size, flags, payload)
+        self._receiver.send(self._session.send_block, offset, size, flags, payload)
         self._count(size, len(payload), sent=True)
 
     def hole(self, offset: int, size: int) -> None:
-        self._session.send(protocol.encode_hole(offset, size))
+        self._receiver.send(self._session.send, protocol.encode_hole(offset, size))
         self._count(size, 0, sent=True)
 
     def match(self, offset: int, size: int) -> None:
-        self._session.send(protocol.encode(MATCH, b"", offset, 0, size))
+        self._receiver.send(self._session.send, protocol.encode(MATCH, b"", offset, 0, size))
         self._count(size, 0, sent=False)
 
     def _count(self, size: int, payload: int, sent: bool) -> None:
@@ -237,7 +237,8 @@ def _stream(request: DupRequest, image: ImageStream,
                            request.delta)
     try:
         streamed = image.send(sender)
-        session.send_json(END, {"bytes": streamed.bytes_read, "sha256": streamed.sha256})
+        receiver.send(session.send_json, END,
+                      {"bytes": streamed.bytes_read, "sha256": streamed.sha256})
     except BacpacError:
         sender.check()  # the helper's own account of why the channel broke is the better message
         raise

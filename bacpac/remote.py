@@ -24,7 +24,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from remote_helper import protocol
 from remote_helper.protocol import DIGESTS, ERROR, PROGRESS, RESULT, Frame
@@ -35,6 +35,7 @@ from .spec import Endpoint
 from .ssh import SshConnection, SshOptions, connect
 
 MARKER = "bacpac_stage1"
+HELPER_ACCOUNT_WAIT = 5.0  # seconds a failed send waits for the helper to say why
 STAGE1 = (
     "import marshal,os,sys,zlib #" + MARKER + "\n"
     "n=%d;b=b''\n"
@@ -304,6 +305,18 @@ class Receiver:
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    def send(self, put: Callable[..., None], *args: Any) -> None:
+        """put(*args) on the helper's channel. A broken channel usually means the helper
+        stopped, and its ERROR frame, or its exit status, says why, but may still be on its way
+        when the send fails: wait for it a moment, and raise it rather than the broken pipe."""
+        try:
+            put(*args)
+        except TransferError:
+            self._done.wait(HELPER_ACCOUNT_WAIT)
+            if self.error is None:
+                raise
+            raise self.error from None
 
     def wait(self) -> dict:
         """The helper's RESULT, once it came; its error if it failed."""

@@ -96,11 +96,12 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
         if receiver.failed:
             receiver.wait()
         if frame.type == DATA:
-            writer.send_block(frame.offset, frame.size, frame.flags, frame.payload)
+            receiver.send(writer.send_block, frame.offset, frame.size, frame.flags,
+                          frame.payload)
             counters.add(read=frame.size, sent=len(frame.payload))
         elif frame.type == END:
             end = frame.json()
-            writer.send_json(END, end)
+            receiver.send(writer.send_json, END, end)
             break
         elif frame.type == ERROR:
             raise reader.rebuild(frame.json(), "")

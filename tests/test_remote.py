@@ -14,11 +14,13 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from bacpac import remote
+from bacpac.errors import TransferError, UsageError
 from clirun import bacpac
 from remote_helper import protocol
 
@@ -209,3 +211,43 @@ def test_a_payload_that_cannot_be_built_is_an_error_of_the_caller_not_a_thread(m
     finally:
         remote._payload.cache_clear()
     assert raised_in_threads == []
+
+
+class _HelperOutput:
+    """A running helper's output: `said` arrives 0.3 s after it is asked for (the race of a
+    helper that writes ERROR and exits, breaking the client's send just before the frame is
+    read); then, or when it says nothing, 5 s of silence, and the end."""
+
+    def __init__(self, said: bytes) -> None:
+        self._said = said
+
+    def read(self, n: int) -> bytes:
+        said, self._said = self._said, b""
+        time.sleep(0.3 if said else 5)
+        return said
+
+    def wait(self, timeout: float) -> int:
+        return 0
+
+    def stderr_tail(self) -> str:
+        return ""
+
+
+def _broken_send(*args) -> None:
+    raise TransferError("host: the helper closed its input")
+
+
+def test_a_broken_send_is_explained_by_the_helpers_error_even_when_it_arrives_later() -> None:
+    said = protocol.encode_json(protocol.ERROR, {"kind": "io", "message": "No space left on device"})
+    receiver = remote.Receiver(remote.HelperSession(_HelperOutput(said), "host", None),
+                               "/t.img", lambda written: None)
+    with pytest.raises(TransferError, match="^host:/t.img: No space left on device$"):
+        receiver.send(_broken_send, b"frame")
+
+
+def test_a_broken_send_the_helper_does_not_explain_says_so_itself(monkeypatch) -> None:
+    monkeypatch.setattr(remote, "HELPER_ACCOUNT_WAIT", 0.2)
+    silent = remote.Receiver(remote.HelperSession(_HelperOutput(b""), "host", None), "/t.img",
+                             lambda written: None)
+    with pytest.raises(TransferError, match="^host: the helper closed its input$"):
+        silent.send(_broken_send, b"frame")
