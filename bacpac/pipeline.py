@@ -110,16 +110,13 @@ class Compressor:
         self._local = threading.local()
 
     def compress(self, data: memoryview) -> bytes:
-        return self.compress_at(data, self.level)
+        return self.compress_block(data)[1]
 
     def compress_block(self, data: memoryview) -> "tuple[int, bytes]":
         """(the level, the payload): the level may change while a block waits its turn."""
         level = self.level
-        return level, self.compress_at(data, level)
-
-    def compress_at(self, data: memoryview, level: int) -> bytes:
         if self.codec == "zlib":
-            return zlib.compress(data, max(1, min(level, 9)))
+            return level, zlib.compress(data, max(1, min(level, 9)))
         # One context per thread, for the current level only: a level-9 context holds 15 MiB,
         # and keeping one for every level visited would grow with the climb.
         cctx = getattr(self._local, "cctx", None)
@@ -128,7 +125,7 @@ class Compressor:
             cctx = self._local.cctx = zstandard.ZstdCompressor(
                 level=level, write_checksum=True, write_content_size=True)
             self._local.level = level
-        return cctx.compress(data)
+        return level, cctx.compress(data)
 
 
 class BlockReader:
