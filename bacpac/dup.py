@@ -21,6 +21,7 @@ from .disk import Source, close_source, open_source
 from .errors import BacpacError, Interrupted, UsageError, VerifyError
 from .events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, where
+from .dedup import SeenChunks
 from .delta import SegmentReader
 from .pipeline import ImageStream, StreamSettings
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
@@ -100,8 +101,10 @@ class _Stream:
         # In a delta run the receiver feeds this the target's digests as the helper sends them;
         # a queue of each stream's own, so a reader being stopped can never take one.
         self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
-        reader: dict = ({"reader_class": SegmentReader, "digests": self.digests}
-                        if self._request.delta else {})
+        reader: dict = {"reader_class": SegmentReader, "digests": self.digests}
+        if not self._request.delta:
+            # Only a target disk can serve a COPY: a backup's helper keeps nothing to read back.
+            reader = {} if self._request.backup else {"seen": SeenChunks()}
         return ImageStream(self._source.fd, self._source.size, settings, **reader)
 
     def use(self, settings: StreamSettings) -> ImageStream:
@@ -195,6 +198,7 @@ class SessionSender:
         self._delta = delta  # blocks are counted, and shown, only when they were compared
         self.blocks_sent = 0
         self.blocks_matched = 0
+        self.bytes_copied = 0
 
     def block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
         self._receiver.send(self._session.send_block, offset, size, flags, payload)
@@ -207,6 +211,12 @@ class SessionSender:
     def match(self, offset: int, size: int) -> None:
         self._receiver.send(self._session.send, protocol.encode(MATCH, b"", offset, 0, size))
         self._count(size, 0, sent=False)
+
+    def copy(self, offset: int, size: int, source: int, digest: bytes) -> None:
+        frame = protocol.encode_copy(offset, size, source, digest)
+        self._receiver.send(self._session.send, frame)
+        self._count(size, len(frame) - protocol.HEADER_SIZE, sent=True)
+        self.bytes_copied += size
 
     def _count(self, size: int, payload: int, sent: bool) -> None:
         if not self._delta:
@@ -245,6 +255,7 @@ def _stream(request: DupRequest, image: ImageStream,
     result = receiver.wait()
     result["source_sha256"] = streamed.sha256
     summary.extra["levels"] = streamed.levels
+    summary.extra["bytes_copied"] = sender.bytes_copied
     if request.delta:
         summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
                              block_size=image.settings.delta_block)

@@ -9,6 +9,8 @@
 # Hashing has a thread of its own because it is the longest serial step: between the reader's
 # reads it left the disk idle, and in the sender it held up the sends. Memory is the pool (a few
 # blocks) plus the compressed blocks in flight: bounded by configuration, never by the disk.
+# On a slow link the reader also finds content the image already sent (dedup.py) and plans the
+# block as COPY frames and the DATA frames between them.
 # zstandard, zlib, hashlib and pread all release the GIL, so the two cores are both kept busy.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ import zstandard
 from remote_helper import directio, protocol
 from remote_helper.devices import data_extents, is_zero, zero_chunks
 
+from . import dedup
 from .errors import TransferError
 from .pacing import Pacer
 
@@ -56,6 +59,8 @@ class FrameSender(Protocol):
     def hole(self, offset: int, size: int) -> None: ...
 
     def match(self, offset: int, size: int) -> None: ...
+
+    def copy(self, offset: int, size: int, source: int, digest: bytes) -> None: ...
 
     def check(self) -> None: ...
 
@@ -88,8 +93,8 @@ class _Block:
 @dataclass(frozen=True)
 class Planned:
     """A buffer whose frames were worked out on the pool: ("data", offset, size, payload),
-    ("hole", offset, size) or ("match", offset, size) tuples, in order. Its first `size` bytes
-    are the segment's content, holes included."""
+    ("hole", offset, size), ("match", offset, size) or ("copy", offset, size, source, sha256)
+    tuples, in order. Its first `size` bytes are the segment's content, holes included."""
 
     buffer: mmap.mmap
     size: int
@@ -133,11 +138,13 @@ class BlockReader:
     hashing thread, which passes them on to `items` once hashed.
 
     Subclasses (delta.SegmentReader) override _produce() and reuse the buffers and the queues.
+    With `seen`, blocks read while the level is dedup.LEVEL or more are planned against it.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: "Compressor",
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, seen: Optional[dedup.SeenChunks] = None) -> None:
         self._fd = fd
+        self._seen = seen
         self._size = size
         self._block = settings.block_size
         self._compressor = compressor
@@ -225,9 +232,18 @@ class BlockReader:
                 self._zero_run(offset, size)
             else:
                 self._flush_hole()
-                compressed = self._pool.submit(self._compressor.compress_block, view)
-                self._put(_Block(offset, size, buffer, compressed))
+                self._put(self._compress(offset, buffer, view))
             offset += size
+
+    def _compress(self, offset: int, buffer: mmap.mmap, view: memoryview) -> _Item:
+        """The block on its way to the pool: as copies and data where it repeats the image."""
+        if self._seen is not None and self._compressor.level >= dedup.LEVEL:
+            segments = self._seen.plan(offset, view)
+            if len(segments) > 1 or segments[0][0] != "data":
+                return Planned(buffer, len(view), self._pool.submit(
+                    dedup.frames, offset, view, segments, self._compressor.compress))
+        compressed = self._pool.submit(self._compressor.compress_block, view)
+        return _Block(offset, len(view), buffer, compressed)
 
     def _pread(self, view: memoryview, offset: int) -> None:
         """Fill view from the source at offset: directly where aligned, else buffered."""
@@ -376,5 +392,7 @@ def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: Fr
                            len(data[3]))
             elif frame[0] == "hole":
                 sender.hole(frame[1], frame[2])
+            elif frame[0] == "copy":
+                sender.copy(*frame[1:])
             else:
                 sender.match(frame[1], frame[2])

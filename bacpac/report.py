@@ -72,6 +72,8 @@ def result_line(summary: JobSummary) -> str:
     if summary.seconds > 0:
         parts[0] += f" ({human_rate(summary.bytes_read / summary.seconds)})"
     parts.append(f"sent {human_size(summary.bytes_sent)}")
+    if summary.extra.get("bytes_copied"):
+        parts.append(f"{human_size(summary.extra['bytes_copied'])} copied on the target")
     if summary.saveset:
         parts.append(f"saveset {summary.saveset}")
     if summary.sha256:

@@ -22,7 +22,7 @@ import traceback
 from . import codecs, devices, protocol, zstdframe
 from .errors import HelperError, IntegrityError, ProtocolError
 from .delta import TargetSegments
-from .protocol import DATA, END, ERROR, HOLE, MATCH, OPEN, PROGRESS, READY, RESULT
+from .protocol import COPY, DATA, END, ERROR, HOLE, MATCH, OPEN, PROGRESS, READY, RESULT
 from .saveset_jobs import run_info, run_read_saveset, run_verify
 from .saveset_output import open_output
 from .target import NullTarget, open_target
@@ -159,7 +159,7 @@ def write_image(job, inp, out, target, saveset, segments):
     check = job.get("check", "sha256")
     writer = ImageWriter(target, progress, saveset, segments, hash_stream=check == "sha256")
     try:
-        end = receive_image(inp, writer, target.size, check == "frames")
+        end = receive_image(inp, writer, target, check == "frames")
     except ClientGone:
         writer.abandon()
         raise
@@ -189,9 +189,10 @@ def _is_sha256(value):
             and all(c in "0123456789abcdef" for c in value))
 
 
-def receive_image(inp, writer, size, checked_frames=False):
-    # type: (Input, ImageWriter, int, bool) -> dict
-    """DATA, HOLE and MATCH frames, contiguous and in order, up to END; returns END's payload.
+def receive_image(inp, writer, target, checked_frames=False):
+    # type: (Input, ImageWriter, object, bool) -> dict
+    """DATA, HOLE, MATCH and COPY frames, contiguous and in order, up to END; returns END's
+    payload.
 
     With checked_frames, a DATA frame must be exactly one zstd frame with a content checksum.
     """
@@ -199,10 +200,10 @@ def receive_image(inp, writer, size, checked_frames=False):
     expected = 0
     while True:
         frame = inp.next()
-        if frame.type in (DATA, HOLE, MATCH):
-            if frame.offset != expected or frame.offset + frame.size > size:
+        if frame.type in (DATA, HOLE, MATCH, COPY):
+            if frame.offset != expected or frame.offset + frame.size > target.size:
                 raise ProtocolError("block at offset %d of %d bytes: expected offset %d within %d"
-                                    % (frame.offset, frame.size, expected, size))
+                                    % (frame.offset, frame.size, expected, target.size))
             if frame.type == DATA:
                 if checked_frames:
                     _require_checksum(frame)
@@ -210,6 +211,10 @@ def receive_image(inp, writer, size, checked_frames=False):
                 writer.put_data(frame.offset, data, frame.payload)
             elif frame.type == HOLE:
                 writer.put_hole(frame.offset, frame.size)
+            elif frame.type == COPY:
+                if not target.readable:
+                    raise ProtocolError("COPY frame with no target disk to copy from")
+                writer.put_copy(frame.offset, frame.size, *protocol.parse_copy(frame))
             elif writer.delta:
                 writer.put_match(frame.offset, frame.size)
             else:
@@ -217,8 +222,8 @@ def receive_image(inp, writer, size, checked_frames=False):
             expected += frame.size
         elif frame.type == END:
             end = frame.json()
-            if expected != size or end.get("bytes") != size:
-                raise IntegrityError("stream ended at byte %d of %d" % (expected, size))
+            if expected != target.size or end.get("bytes") != target.size:
+                raise IntegrityError("stream ended at byte %d of %d" % (expected, target.size))
             return end
         elif frame.type == ERROR:
             raise ClientGone()

@@ -3,7 +3,8 @@
 # Strategy: every message is a frame, a fixed 32-byte header followed by a payload. The header
 # carries a magic, the frame type, flags, the payload length, an offset and a size (for data
 # frames: where the block goes in the image and how many bytes it decompresses to; for a hole,
-# the length of the zero run, with no payload at all) and two CRC-32s: one of the payload and one of the header itself, so
+# the length of the zero run, with no payload at all; for a copy, the length of the run, its
+# payload saying where the target already holds the same bytes) and two CRC-32s: one of the payload and one of the header itself, so
 # a corrupt length is caught before we trust it. Control payloads are small JSON objects; data
 # payloads are compressed blocks. The Decoder is fed whatever bytes arrive, in any pieces, and
 # hands back whole frames; b"" marks end of input, after which a partial frame is an error.
@@ -37,12 +38,16 @@ ERROR = 8  # either way: kind, errno, message
 PROGRESS = 9  # helper -> client: bytes durably written so far
 DIGESTS = 10  # helper -> client (delta): sha256 of each block of the target segment at `offset`
 MATCH = 11  # client -> helper (delta): the target already holds `size` bytes at `offset`
+COPY = 12  # client -> helper: `size` bytes at `offset` equal to those written at an earlier one
 
 TYPE_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", READY: "READY", DATA: "DATA", HOLE: "HOLE", END: "END",
     RESULT: "RESULT", ERROR: "ERROR", PROGRESS: "PROGRESS", DIGESTS: "DIGESTS", MATCH: "MATCH",
+    COPY: "COPY",
 }
 # Frames capped at MAX_CONTROL: everything but DATA (HOLE and MATCH have no payload at all).
+# A COPY's payload: the offset of the earlier bytes, and the sha256 they must have.
+COPY_PAYLOAD = struct.Struct(">Q32s")
 CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}
 
 # DATA flags: the codec of the payload.
@@ -102,6 +107,24 @@ def encode_hole(offset, length):
     return encode(HOLE, b"", offset, 0, length)
 
 
+def encode_copy(offset, size, source, digest):
+    # type: (int, int, int, bytes) -> bytes
+    return encode(COPY, COPY_PAYLOAD.pack(source, digest), offset, 0, size)
+
+
+def parse_copy(frame):
+    # type: (Frame) -> tuple
+    """(source offset, sha256) of a COPY frame, which must copy from strictly before itself."""
+    if len(frame.payload) != COPY_PAYLOAD.size:
+        raise ProtocolError("COPY frame of %d bytes, not %d" % (len(frame.payload),
+                                                                 COPY_PAYLOAD.size))
+    source, digest = COPY_PAYLOAD.unpack(frame.payload)
+    if source + frame.size > frame.offset:
+        raise ProtocolError("COPY of %d bytes to offset %d from offset %d: not from before it"
+                            % (frame.size, frame.offset, source))
+    return source, digest
+
+
 def parse_header(head, max_payload=MAX_PAYLOAD):
     # type: (bytes, int) -> tuple
     """Check a 32-byte header; returns (type, flags, length, offset, size, payload_crc)."""
@@ -116,9 +139,9 @@ def parse_header(head, max_payload=MAX_PAYLOAD):
     if length > cap:
         raise ProtocolError(
             "%s frame of %d bytes is over the %d-byte cap" % (type_name(frame_type), length, cap))
-    if size > max_payload and frame_type == DATA:
-        raise ProtocolError("DATA frame of %d bytes decompressed is over the %d-byte cap"
-                            % (size, max_payload))
+    if size > max_payload and frame_type in (DATA, COPY):  # both are held in memory whole
+        raise ProtocolError("%s frame of %d bytes is over the %d-byte cap"
+                            % (type_name(frame_type), size, max_payload))
     return frame_type, flags, length, offset, size, crc
 
 

@@ -24,6 +24,8 @@ SCRATCH = 4 << 20  # bytes copied into the aligned buffer per direct write
 class Target(object):
     """An open target: positional writes, zeroing of holes, fsync, re-read for --verify."""
 
+    readable = True  # what was written can be read back (for COPY frames)
+
     def __init__(self, path, fd, is_block, size, created):
         # type: (str, int, bool, int, bool) -> None
         self.path = path
@@ -103,11 +105,14 @@ class Target(object):
         # type: (memoryview, int) -> None
         """Fill view from offset; a short read (a file shorter than the image) leaves zeros."""
         done = 0
-        while done < len(view):
-            n = os.preadv(self.fd, [view[done:]], offset + done)
-            if n == 0:
-                return
-            done += n
+        try:
+            while done < len(view):
+                n = os.preadv(self.fd, [view[done:]], offset + done)
+                if n == 0:
+                    return
+                done += n
+        except OSError as e:
+            raise HelperError("%s: %s" % (self.path, e.strerror), e.errno)
 
     def close(self):
         # type: () -> None
@@ -124,6 +129,7 @@ class NullTarget(object):
     is_block = False
     sparse = True
     created = False
+    readable = False
     path = None
 
     def __init__(self, size):

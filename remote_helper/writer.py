@@ -11,7 +11,9 @@
 # anything else is written and written last, so a target cut off half way holds no partition
 # table or file-system signature that would mount as if it were good. In a delta run, MATCH
 # ranges are hashed from the target's own bytes, read once by delta.TargetSegments; a run that
-# changes nothing writes nothing at all.
+# changes nothing writes nothing at all. A COPY is served from what this thread already wrote
+# (the held-back head from memory), and its bytes must have the sha256 the client sent: a copy
+# is proven as a DATA frame's content checksum proves its block.
 """
 import hashlib
 import threading
@@ -19,7 +21,8 @@ import time
 
 import queue
 
-from .protocol import DATA, HOLE, MATCH
+from .errors import IntegrityError
+from .protocol import COPY, DATA, HOLE, MATCH
 from .devices import is_zero, zero_chunks
 from .saveset import compress_frame
 from .target import HEAD
@@ -73,6 +76,10 @@ class ImageWriter(object):
     def put_match(self, offset, length):
         # type: (int, int) -> None
         self._put((MATCH, offset, None, length, None))
+
+    def put_copy(self, offset, length, source, digest):
+        # type: (int, int, int, bytes) -> None
+        self._put((COPY, offset, (source, digest), length, None))
 
     def finish(self):
         # type: () -> tuple
@@ -132,6 +139,8 @@ class ImageWriter(object):
                 self._segments.skip(offset, length)
             if kind == HOLE:
                 self._zero(offset, length)
+            elif kind == COPY:
+                self._replace(offset, self._copied(offset, length, *data), None)
             else:
                 self._replace(offset, memoryview(data), frame)
         self._written += length
@@ -149,6 +158,19 @@ class ImageWriter(object):
             else:
                 self._saveset.add(compress_frame(old, 1), len(old))
 
+    def _copied(self, offset, length, source, digest):
+        # type: (int, int, int, bytes) -> memoryview
+        """The bytes written at source, for offset: the held-back head's from memory."""
+        view = memoryview(bytearray(length))
+        cut = max(0, min(length, len(self._head) - source))
+        view[:cut] = self._head[source:source + cut]
+        if cut < length:
+            self._target.read_into(view[cut:], source + cut)
+        if hashlib.sha256(view).digest() != digest:
+            raise IntegrityError("%s: the %d bytes at offset %d, copied for offset %d, differ "
+                                 "from the source's" % (self._target.path, length, source, offset))
+        return view
+
     def _zero(self, offset, length):
         # type: (int, int) -> None
         if self._saveset is not None:
@@ -164,8 +186,8 @@ class ImageWriter(object):
 
     def _replace(self, offset, view, frame):
         # type: (int, memoryview, bytes) -> None
-        if self._saveset is not None:
-            self._saveset.add(frame, len(view))
+        if self._saveset is not None:  # a copy crossed the wire as no frame: make one
+            self._saveset.add(frame if frame is not None else compress_frame(view, 1), len(view))
         self._digest(view)
         rest = self._hold_head(offset, view)
         self._head_changed |= len(rest) < len(view)

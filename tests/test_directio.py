@@ -64,14 +64,14 @@ class Collect:
         return None
 
 
-def stream(path, settings=StreamSettings(threads=2)):
-    """Send the image at `path` through Collect; (collector, result)."""
+def stream(path, settings=StreamSettings(threads=2), sink=Collect, **reader_args):
+    """Send the image at `path` through a `sink` (a Collect); (collector, result)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = devices.open_size(fd)
-        image = ImageStream(fd, size, settings)
+        image = ImageStream(fd, size, settings, **reader_args)
         try:
-            sink = Collect(size)
+            sink = sink(size)
             return sink, image.send(sink)
         finally:
             image.close()

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from bacpac.remote import helper_argv, helper_payload
 from remote_helper import protocol
 from remote_helper.errors import ProtocolError
-from remote_helper.protocol import DATA, END, ERROR, HEADER, OPEN, READY
+from remote_helper.protocol import COPY, DATA, END, ERROR, HEADER, OPEN, READY
 from clirun import (FAIL_WITHIN, SLOW, MiB, assert_failed_in_one_line, bacpac, bacpac_env,
                     finish, random_image, sha256_of, start, wait_until)
 
@@ -173,6 +173,11 @@ LYING_FRAMES = {
     "hole_past_the_end": [protocol.encode_hole(0, SIZE + 4096)],
     "hole_wrapping_around": [protocol.encode_hole(2**64 - 4096, 8192)],
     "header_announcing_4_gib": [_signed_header(DATA, 0, 2**32 - 1, 0, 4096, 0)],
+    "copy_from_after_itself": [protocol.encode_copy(0, 4096, 4096, bytes(32))],
+    "copy_overlapping_itself": [raw(0, b"i" * 8192),
+                                protocol.encode_copy(8192, 8192, 4096, bytes(32))],
+    "copy_with_a_short_payload": [protocol.encode(COPY, b"j" * 8, 0, 0, 4096)],
+    "copy_of_4_gib": [raw(0, b"k" * 4096), _signed_header(COPY, 0, 0, 4096, 2**32, 0)],
 }
 
 
@@ -211,6 +216,58 @@ def test_helper_reports_the_share_of_its_last_interval_spent_waiting(
     assert progress.type == protocol.PROGRESS, progress
     assert progress.json()["written"] == 8192
     assert 0.8 <= progress.json()["idle"] <= 1.0, progress.json()
+
+
+# ---- COPY frames: bytes the target already holds, proven by the sha256 they carry ---------------
+
+def test_helper_copies_from_the_held_back_head_and_beyond_it(helper: LocalHelper,
+                                                             tmp_path) -> None:
+    target, size = tmp_path / "t.img", 4 * MiB
+    written = os.urandom(MiB + MiB // 2)
+    piece = written[MiB - 32768:MiB + 32768]  # half in the first MiB, which is held back
+    content = written + piece + bytes(size - len(written) - len(piece))
+    helper.open_dup(target, size)
+    helper.send(raw(0, written)
+                + protocol.encode_copy(len(written), len(piece), MiB - 32768,
+                                       hashlib.sha256(piece).digest())
+                + protocol.encode_hole(len(written) + len(piece),
+                                       size - len(written) - len(piece))
+                + protocol.encode_json(END, {"bytes": size,
+                                             "sha256": hashlib.sha256(content).hexdigest()}))
+    result = helper.recv()
+    assert result.type == protocol.RESULT, result.json()
+    assert target.read_bytes() == content
+
+
+def test_helper_refuses_a_copy_whose_bytes_are_not_the_sources(helper: LocalHelper,
+                                                               tmp_path) -> None:
+    target = tmp_path / "t.img"
+    helper.open_dup(target, SIZE)
+    helper.send(raw(0, b"l" * 16384)
+                + protocol.encode_copy(16384, 16384, 0, hashlib.sha256(b"m" * 16384).digest())
+                + protocol.encode_hole(32768, SIZE - 32768)
+                + protocol.encode_json(END, {"bytes": SIZE, "sha256": "0"}))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert frame.json()["kind"] == "VerifyError", frame.json()  # IntegrityError, on the wire
+    assert frame.json()["message"] == (f"{target}: the 16384 bytes at offset 0, copied for "
+                                       "offset 16384, differ from the source's")
+    assert target.read_bytes() == bytes(SIZE)
+
+
+def test_helper_of_a_backup_refuses_a_copy_it_has_no_disk_for(helper: LocalHelper,
+                                                              tmp_path) -> None:
+    helper.send(protocol.encode_json(OPEN, {
+        "protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": None, "size": SIZE,
+        "check": "sha256", "saveset": None, "delta": None, "source": {}}))
+    assert helper.recv().type == READY
+    data = b"n" * 16384
+    helper.send(raw(0, data) + protocol.encode_copy(16384, 16384, 0,
+                                                    hashlib.sha256(data).digest()))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert frame.json()["kind"] == "ProtocolError"
+    assert "COPY frame with no target disk" in frame.json()["message"]
 
 
 # ---- frames the helper must prove by their own checksums ---------------------------------------

@@ -2,6 +2,7 @@
 corruption, truncation or hostile length is a ProtocolError, never a wrong frame."""
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import zlib
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from remote_helper import protocol
 from remote_helper.errors import ProtocolError
 from remote_helper.protocol import (
-    CODEC_ZSTD, DATA, DIGESTS, END, ERROR, HEADER, HEADER_SIZE, HELLO, HOLE, MATCH, MAX_CONTROL,
+    CODEC_ZSTD, COPY, DATA, DIGESTS, END, ERROR, HEADER, HEADER_SIZE, HELLO, HOLE, MATCH, MAX_CONTROL,
     MAX_PAYLOAD, OPEN, PROGRESS, READY, RESULT, Decoder, Frame)
 
 CONTROL = {
@@ -43,7 +44,16 @@ def sample_frames() -> list[tuple[bytes, Frame]]:
     digests = os.urandom(32 * 16)
     frames.append((protocol.encode(DIGESTS, digests, 8 << 20),
                    Frame(DIGESTS, 0, 8 << 20, 0, digests)))
+    sha = hashlib.sha256(b"copied").digest()
+    frames.append((protocol.encode_copy(9 << 30, 1 << 20, 5 << 30, sha),
+                   Frame(COPY, 0, 9 << 30, 1 << 20, (5 << 30).to_bytes(8, "big") + sha)))
     return frames
+
+
+def test_a_copy_frame_says_where_from_and_what_sha256() -> None:
+    sha = hashlib.sha256(b"copied").digest()
+    frame, = decode_all(protocol.encode_copy(9 << 30, 1 << 20, 5 << 30, sha))
+    assert protocol.parse_copy(frame) == (5 << 30, sha)
 
 
 def decode_all(data: bytes, piece: int = 0) -> list[Frame]:

@@ -189,9 +189,12 @@ def test_a_dup_through_the_oldest_python_the_helper_supports(tmp_path, image) ->
     if not old:
         pytest.skip("no python3.6 on this machine (pyenv install 3.6 brings one)")
     target = tmp_path / "t.img"
-    run = bacpac("dup", "--json", "--no-progress", "--remote-python", old[0], image, target)
+    image.write_bytes(image.read_bytes() * 2)  # and at level 9, the second MiB goes as a copy
+    run = bacpac("dup", "--json", "--no-progress", "--level", "9", "--remote-python", old[0],
+                 image, target)
     assert run.returncode == 0, run.stderr
     assert run.summary["helper_python"].startswith("3.6.")
+    assert run.summary["bytes_copied"] == 1 << 20
     assert target.read_bytes() == image.read_bytes()
 
 

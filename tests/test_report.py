@@ -26,6 +26,7 @@ from bacpac.report import (
     human_rate,
     human_size,
     make_sink,
+    result_line,
 )
 
 GIB = 1024**3
@@ -100,6 +101,13 @@ def test_rich_final_line_names_source_target_sizes_and_hash() -> None:
     assert "sent 812.0 MiB" in line
     assert "sha256 ab12cd34ef56…" in line
     assert sink.snapshot("j1") is None  # the row is gone once the job is done
+
+
+def test_final_line_says_what_the_target_copied_from_itself_only_when_it_did() -> None:
+    summary = ok_summary()
+    assert "copied" not in result_line(summary)
+    summary.extra["bytes_copied"] = 300 * MIB
+    assert "sent 812.0 MiB, 300.0 MiB copied on the target, saveset" in result_line(summary)
 
 
 def test_rich_failed_job_shows_cross_and_error() -> None:
