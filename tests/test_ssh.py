@@ -415,3 +415,19 @@ def test_loopback_sshd_command_leaves_no_server_behind(sshd, tmp_path, kill) -> 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_loopback_sshd_command_starts_again_in_the_directory_of_an_earlier_run(tmp_path) -> None:
+    """Its throwaway keys are made anew, not asked about (ssh-keygen's "Overwrite (y/n)?")."""
+    tool = Path(__file__).resolve().parent.parent / "tools" / "loopback_sshd.py"
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, str(tool), str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == str(tmp_path / "ssh_config"), \
+                proc.stderr.read() if proc.poll() is not None else ""
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(15) == 0
+        finally:
+            proc.kill()
+            proc.wait()

@@ -62,6 +62,9 @@ def _free_port() -> int:
 
 
 def _keygen(path: Path) -> str:
+    """A fresh throwaway key at path: one left by an earlier run is replaced, not asked about."""
+    for old in (path, path.parent / (path.name + ".pub")):
+        old.unlink(missing_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bacpac-test",
                     "-f", str(path)], check=True)
     return (path.parent / (path.name + ".pub")).read_text().strip()
