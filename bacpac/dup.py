@@ -101,10 +101,13 @@ class _Stream:
         # In a delta run the receiver feeds this the target's digests as the helper sends them;
         # a queue of each stream's own, so a reader being stopped can never take one.
         self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
-        reader: dict = {"reader_class": SegmentReader, "digests": self.digests}
-        if not self._request.delta:
-            # Only a target disk can serve a COPY: a backup's helper keeps nothing to read back.
-            reader = {} if self._request.backup else {"seen": SeenChunks()}
+        reader: dict
+        if self._request.delta:
+            reader = {"reader_class": SegmentReader, "digests": self.digests}
+        elif self._request.backup:
+            reader = {}  # no COPY frames: a backup's helper has no target disk to read back
+        else:
+            reader = {"seen": SeenChunks()}
         return ImageStream(self._source.fd, self._source.size, settings, **reader)
 
     def use(self, settings: StreamSettings) -> ImageStream:

@@ -4,10 +4,11 @@
 # carries a magic, the frame type, flags, the payload length, an offset and a size (for data
 # frames: where the block goes in the image and how many bytes it decompresses to; for a hole,
 # the length of the zero run, with no payload at all; for a copy, the length of the run, its
-# payload saying where the target already holds the same bytes) and two CRC-32s: one of the payload and one of the header itself, so
-# a corrupt length is caught before we trust it. Control payloads are small JSON objects; data
-# payloads are compressed blocks. The Decoder is fed whatever bytes arrive, in any pieces, and
-# hands back whole frames; b"" marks end of input, after which a partial frame is an error.
+# payload saying where the target already holds the same bytes) and two CRC-32s: one of the
+# payload and one of the header itself, so a corrupt length is caught before we trust it.
+# Control payloads are small JSON objects; data payloads are compressed blocks. The Decoder is
+# fed whatever bytes arrive, in any pieces, and hands back whole frames; b"" marks end of
+# input, after which a partial frame is an error.
 # Nothing here touches a file, a socket, a thread or a clock (after h11).
 """
 import json
@@ -46,9 +47,9 @@ TYPE_NAMES = {
     COPY: "COPY",
 }
 # Frames capped at MAX_CONTROL: everything but DATA (HOLE and MATCH have no payload at all).
+CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}
 # A COPY's payload: the offset of the earlier bytes, and the sha256 they must have.
 COPY_PAYLOAD = struct.Struct(">Q32s")
-CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}
 
 # DATA flags: the codec of the payload.
 CODEC_RAW = 0

@@ -152,11 +152,20 @@ class ImageWriter(object):
         """A MATCH: the target already holds these bytes; hash them, and save them if asked."""
         self._digest(old)
         self._hold_head(offset, old)
-        if self._saveset is not None:
-            if is_zero(old):
-                self._saveset.add_zeros(offset, len(old))
-            else:
-                self._saveset.add(compress_frame(old, 1), len(old))
+        self._save(offset, old, None)
+
+    def _save(self, offset, view, frame):
+        # type: (int, memoryview, object) -> None
+        """Into the saveset, if any: the block's wire frame, or, for bytes that crossed the wire
+        as no frame (a MATCH, a COPY), one made here."""
+        if self._saveset is None:
+            return
+        if frame is not None:
+            self._saveset.add(frame, len(view))
+        elif is_zero(view):
+            self._saveset.add_zeros(offset, len(view))
+        else:
+            self._saveset.add(compress_frame(view, 1), len(view))
 
     def _copied(self, offset, length, source, digest):
         # type: (int, int, int, bytes) -> memoryview
@@ -185,9 +194,8 @@ class ImageWriter(object):
             self._target.zero(start, offset + length - start)
 
     def _replace(self, offset, view, frame):
-        # type: (int, memoryview, bytes) -> None
-        if self._saveset is not None:  # a copy crossed the wire as no frame: make one
-            self._saveset.add(frame if frame is not None else compress_frame(view, 1), len(view))
+        # type: (int, memoryview, object) -> None
+        self._save(offset, view, frame)
         self._digest(view)
         rest = self._hold_head(offset, view)
         self._head_changed |= len(rest) < len(view)
