@@ -10,15 +10,16 @@ target disk: the helper writes only the saveset, from the same frames.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 from dataclasses import dataclass, field
 from typing import Optional
 
 from remote_helper import devices, protocol
-from remote_helper.protocol import END, MATCH, OPEN, READY
+from remote_helper.protocol import END, MATCH, OPEN
 
 from .disk import Source, close_source, open_source
-from .errors import BacpacError, Interrupted, UsageError, VerifyError
+from .errors import BacpacError, Interrupted, TransferError, UsageError, VerifyError
 from .events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, where
 from .dedup import SeenChunks
@@ -77,15 +78,35 @@ def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
                                  f"{source.rw_mountpoint}: the copy may be inconsistent"))
         stream = _Stream(request, source, request.stream)  # works while we connect
         try:
-            session = open_session(request.target, options)
             try:
-                _transfer(request, source, stream, session, sink, job, summary)
-            finally:
-                session.close()
+                _with_helper(request, source, stream, options, sink, job, summary, request.stream)
+            except _Renegotiate as again:  # that helper refused the stream before writing a byte
+                _with_helper(request, source, stream, options, sink, job, summary, again.settings)
         finally:
             stream.close()
     finally:
         close_source(source)
+
+
+class _Renegotiate(TransferError):
+    """The helper's HELLO came after the stream was begun with settings it cannot decode."""
+
+    def __init__(self, host: str, settings: StreamSettings) -> None:
+        super().__init__(f"{host}: the helper's codecs changed between two starts")
+        self.settings = settings
+
+
+def _with_helper(request: DupRequest, source: Source, stream: "_Stream",
+                 options: ConnectOptions, sink: Sink, job: str, summary: JobSummary,
+                 settings: StreamSettings) -> None:
+    """The transfer through a helper of its own, with the stream begun in `settings` before
+    its HELLO is read (HelperSession.start). The requested settings first: every helper with
+    zstd decodes them; one without refuses them, and the next helper is sent what it can."""
+    session = open_session(request.target, options, hello=False)
+    try:
+        _transfer(request, source, stream, session, sink, job, summary, settings)
+    finally:
+        session.close()
 
 
 class _Stream:
@@ -121,21 +142,24 @@ class _Stream:
 
 
 def _transfer(request: DupRequest, source: Source, stream: _Stream, session: HelperSession,
-              sink: Sink, job: str, summary: JobSummary) -> None:
-    settings = _negotiate(request, session)
+              sink: Sink, job: str, summary: JobSummary, settings: StreamSettings) -> None:
     image = stream.use(settings)
-    summary.extra.update(codec=settings.codec, zstd=session.hello.get("zstd"),
-                         cipher=session.cipher, helper_python=session.hello.get("python"))
     path = remote_path(request.target)
-    session.request(OPEN, _open_frame(request, source, settings), READY, path)
-    sink.emit(JobStarted(job, request.command, request.source, str(request.target),
-                         request.saveset_path, source.size))
     counters = Counters(job, sink)
+    receiver = Receiver(session, path, counters.set_written,
+                        lambda frame: stream.digests.put((frame.offset, frame.payload)),
+                        functools.partial(_agrees, request, settings, session.host))
+    # Sent without waiting for READY: the helper checks the OPEN before it reads on, and
+    # refuses it, with nothing written, by an ERROR that the receiver reads in READY's place.
+    receiver.send(session.send_json, OPEN, _open_frame(request, source, settings))
+    if settings == request.stream:  # not again for a helper that refused them
+        sink.emit(JobStarted(job, request.command, request.source, str(request.target),
+                             request.saveset_path, source.size))
     try:
-        result = _stream(request, image, stream.digests, session, counters, path, summary)
+        result = _stream(request, image, session, receiver, counters, summary)
     except BacpacError as e:
-        if request.backup:
-            raise
+        if request.backup or (e is receiver.error and not receiver.ready):
+            raise  # a backup writes no target; a refused OPEN wrote nothing
         raise type(e)(naming(str(e), session.host, where(request.target, path))
                       + PARTLY_WRITTEN) from None
     except KeyboardInterrupt:
@@ -144,23 +168,33 @@ def _transfer(request: DupRequest, source: Source, stream: _Stream, session: Hel
     verify = request.verify and not request.backup
     summary.sha256 = check_result(verify, where(request.target, path), result,
                                   _check(settings))
-    summary.extra.update(verified=verify, check=_check(settings))
+    summary.extra.update(codec=settings.codec, zstd=session.hello.get("zstd"),
+                         cipher=session.cipher, helper_python=session.hello.get("python"),
+                         verified=verify, check=_check(settings))
     summary.bytes_read = counters.bytes_read
     summary.bytes_sent = counters.bytes_sent
     summary.bytes_written = int(result.get("bytes_written", 0))
 
 
-def _negotiate(request: DupRequest, session: HelperSession) -> StreamSettings:
-    codecs = session.hello.get("codecs") or []
+def _negotiate(request: DupRequest, hello: dict, host: str) -> StreamSettings:
+    codecs = hello.get("codecs") or []
     stream = request.stream
     if stream.codec in codecs:
         return stream
     if request.saveset_path is not None:
-        raise UsageError(f"{session.host}: a saveset needs zstd on the target: install "
+        raise UsageError(f"{host}: a saveset needs zstd on the target: install "
                          "python3-zstandard or the zstd tool there")
     if "zlib" in codecs:
         return dataclasses.replace(stream, codec="zlib", level=min(max(stream.level, 1), 9))
-    raise UsageError(f"{session.host}: the helper offers no codec this client speaks ({codecs})")
+    raise UsageError(f"{host}: the helper offers no codec this client speaks ({codecs})")
+
+
+def _agrees(request: DupRequest, settings: StreamSettings, host: str, hello: dict) -> None:
+    """A HELLO read while the stream is on its way: its helper must decode what it is sent, or
+    it refuses the OPEN, and the dup starts again with a helper told what it can decode."""
+    wanted = _negotiate(request, hello, host)
+    if wanted != settings:
+        raise _Renegotiate(host, wanted)
 
 
 def _check(settings: StreamSettings) -> str:
@@ -182,6 +216,7 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "force": request.force,
         "verify": request.verify,
         "check": _check(settings),
+        "codec": settings.codec,  # refused at once by a helper that cannot decode it
         "saveset": saveset,
         "delta": ({"block": settings.delta_block, "segment": settings.block_size}
                   if request.delta else None),
@@ -241,11 +276,8 @@ class SessionSender:
         return self._receiver.helper_idle
 
 
-def _stream(request: DupRequest, image: ImageStream,
-            digests: "queue.Queue[tuple[int, bytes]]", session: HelperSession,
-            counters: Counters, path: str, summary: JobSummary) -> dict:
-    receiver = Receiver(session, path, counters.set_written,
-                        lambda frame: digests.put((frame.offset, frame.payload)))
+def _stream(request: DupRequest, image: ImageStream, session: HelperSession,
+            receiver: Receiver, counters: Counters, summary: JobSummary) -> dict:
     sender = SessionSender(session, receiver, counters, image.settings.delta_block,
                            request.delta)
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from remote_helper import protocol
-from remote_helper.protocol import DIGESTS, ERROR, PROGRESS, RESULT, Frame
+from remote_helper.protocol import DIGESTS, ERROR, PROGRESS, READY, RESULT, Frame
 
 from .channel import Channel, LocalChannel
 from .errors import BacpacError, ProtocolError, TransferError, from_remote
@@ -36,6 +36,7 @@ from .ssh import SshConnection, SshOptions, connect
 
 MARKER = "bacpac_stage1"
 HELPER_ACCOUNT_WAIT = 5.0  # seconds a failed send waits for the helper to say why
+NOISE_LIMIT = 1 << 20  # bytes of a login script's output skipped before the helper's HELLO
 STAGE1 = (
     "import marshal,os,sys,zlib #" + MARKER + "\n"
     "n=%d;b=b''\n"
@@ -141,21 +142,36 @@ def helper_argv(python: str, sudo: bool) -> list[str]:
     return ["sudo", "-n", "--"] + argv if sudo else argv
 
 
-def open_session(endpoint: Endpoint, options: ConnectOptions) -> "HelperSession":
-    """Connect (or spawn locally), ship and start the helper, and read its HELLO."""
+def open_session(endpoint: Endpoint, options: ConnectOptions,
+                 hello: bool = True) -> "HelperSession":
+    """Connect (or spawn locally), ship and start the helper, and read its HELLO (with
+    hello=False, leave it to the caller's Receiver: see HelperSession.start)."""
     if endpoint.is_local:
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
-        return HelperSession.start(channel, "localhost", None)
+        return HelperSession.start(channel, "localhost", None, hello)
     prepare_payload()  # while the connection is made
     conn = connect(endpoint.host or "", endpoint.user, options.ssh, interactive=options.interactive)
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
-        return HelperSession.start(channel, endpoint.host or "", conn)
+        return HelperSession.start(channel, endpoint.host or "", conn, hello)
     except BaseException:
         conn.close()
         raise
+
+
+def _hello_at(data: bytes) -> Optional[int]:
+    """Where in data a HELLO frame's header begins, if one does."""
+    at = data.find(protocol.MAGIC)
+    while 0 <= at <= len(data) - protocol.HEADER_SIZE:
+        try:
+            if protocol.parse_header(data[at:at + protocol.HEADER_SIZE])[0] == protocol.HELLO:
+                return at
+        except protocol.ProtocolError:
+            pass
+        at = data.find(protocol.MAGIC, at + 1)
+    return None
 
 
 class HelperSession:
@@ -166,10 +182,16 @@ class HelperSession:
         self.host = host
         self.conn = conn
         self.hello: dict = {}
+        self.noise = 0  # bytes a login script printed on stdout before the helper's HELLO
         self._decoder = protocol.Decoder()
 
     @classmethod
-    def start(cls, channel: Channel, host: str, conn: Optional[SshConnection]) -> "HelperSession":
+    def start(cls, channel: Channel, host: str, conn: Optional[SshConnection],
+              hello: bool = True) -> "HelperSession":
+        """Ship the helper and, unless hello=False, read its HELLO. With hello=False the caller
+        sends its OPEN and its first frames at once, and a Receiver reads the HELLO meanwhile:
+        the channel's window (2 MiB from OpenSSH) carries them while the target's login shell
+        and Python start, which on a slow link is time the link would otherwise stand idle."""
         session = cls(channel, host, conn)
         try:
             try:
@@ -177,9 +199,10 @@ class HelperSession:
             except TransferError as closed:
                 # What ran in the helper's place may have exited before reading its input:
                 # what it wrote, or its exit status, says more than the broken pipe.
-                session.hello = session._read_hello()
+                session.read_hello()
                 raise closed
-            session.hello = session._read_hello()
+            if hello:
+                session.read_hello()
         except BaseException:
             session.close()
             raise
@@ -189,7 +212,10 @@ class HelperSession:
     def cipher(self) -> Optional[str]:
         return self.conn.cipher if self.conn else None
 
-    def _read_hello(self) -> dict:
+    def read_hello(self) -> dict:
+        """The helper's first frame, into self.hello. What a login script printed on stdout
+        before the helper started comes first: it is skipped (self.noise counts it)."""
+        self._skip_noise()
         try:
             frame = self.recv()
         except ProtocolError as e:
@@ -202,7 +228,26 @@ class HelperSession:
         if hello.get("protocol") != protocol.PROTOCOL_VERSION:
             raise TransferError(f"{self.host}: the helper speaks protocol version "
                                 f"{hello.get('protocol')}, this client {protocol.PROTOCOL_VERSION}")
+        self.hello = hello
         return hello
+
+    def _skip_noise(self) -> None:
+        """Feed the decoder from the helper's HELLO on, once its header is found (its magic and
+        its header checksum). With none in the first NOISE_LIMIT bytes, or before the end of
+        the output, the decoder gets what came, and says what is wrong with it."""
+        data = b""
+        while len(data) < NOISE_LIMIT:
+            at = _hello_at(data)
+            if at is not None:
+                self.noise, data = at, data[at:]
+                break
+            chunk = self.channel.read(1 << 16)
+            if not chunk:
+                self._decoder.feed(data)
+                data = b""
+                break
+            data += chunk
+        self._decoder.feed(data)
 
     def send(self, data: bytes) -> None:
         self.channel.write(data)
@@ -267,14 +312,22 @@ class HelperSession:
 
 
 class Receiver:
-    """Reads the helper's frames during a transfer: progress, then RESULT or ERROR."""
+    """Reads the helper's frames during a transfer: progress, then RESULT or ERROR.
+
+    With on_hello, the client sent its OPEN without waiting (HelperSession.start): the helper's
+    HELLO comes first, for on_hello to accept or refuse by raising, then its READY, or the
+    ERROR that refuses the OPEN before anything is written; `ready` says which it was.
+    """
 
     def __init__(self, session: HelperSession, where: str, on_progress: Callable[[int], None],
-                 on_digests: Optional[Callable[[Frame], None]] = None) -> None:
+                 on_digests: Optional[Callable[[Frame], None]] = None,
+                 on_hello: Optional[Callable[[dict], None]] = None) -> None:
         self._session = session
         self._where = where
         self._on_progress = on_progress
         self._on_digests = on_digests
+        self._on_hello = on_hello
+        self.ready = on_hello is None  # the helper accepted the OPEN
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
         # the share of its latest PROGRESS interval the helper spent waiting for input
@@ -285,6 +338,10 @@ class Receiver:
 
     def _run(self) -> None:
         try:
+            if self._on_hello is not None:
+                self._on_hello(self._session.read_hello())
+                self._session.expect(self._session.recv(), READY, self._where)
+                self.ready = True
             while True:
                 frame = self._session.recv()
                 if frame.type == PROGRESS:

@@ -83,7 +83,7 @@ def _writer_open(request: RestoreRequest, path: str, meta: dict) -> dict:
     return {"protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": path,
             "size": int(meta["size"]), "force": request.force, "verify": request.verify,
             # the trailer's sha256 is a claim the restore must prove: hash the stream whole
-            "check": "sha256", "saveset": None,
+            "check": "sha256", "codec": "zstd", "saveset": None,
             # the saveset itself is the source: a target that is the saveset file is refused
             "source": {"boot_id": meta.get("boot_id"), "identity": meta.get("identity")}}
 

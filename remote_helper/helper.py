@@ -117,6 +117,12 @@ def run_dup(job, inp, out):
     delta = job.get("delta")
     if job.get("check", "sha256") not in CHECKS:
         raise ProtocolError("unknown check %r" % (job.get("check"),))
+    # The client may have sent this OPEN, and the stream behind it, before it read our HELLO:
+    # frames this host cannot decompress are refused before anything is opened.
+    codec = job.get("codec")
+    if codec is not None and codec not in codecs.available():
+        raise ProtocolError("the stream is in %s, which this host cannot decompress (it has %s)"
+                            % (codec, ", ".join(codecs.available())))
     # The saveset first: a saveset that cannot be written refuses the job before the target
     # is opened, let alone truncated.
     saveset = open_output(job.get("saveset"))

@@ -18,6 +18,7 @@ import pytest
 
 from bacpac.dup import check_result
 from bacpac.errors import VerifyError
+from bacpac.remote import helper_payload
 from clirun import MiB, allocated, bacpac, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, mkfs_and_mount, partition_disk, requires_root, run
@@ -201,6 +202,48 @@ def test_helper_without_zstandard_falls_back_and_still_proves_the_copy(
     assert (summary["codec"], summary["zstd"], summary["check"]) == (codec, zstd, check)
     assert summary["sha256"] == hashlib.sha256(data).hexdigest()
     assert target.read_bytes() == data
+
+
+def test_a_saveset_on_a_host_without_zstd_is_refused_with_nothing_written(tmp_path) -> None:
+    source = write_file(tmp_path / "source.img", 4 * MiB, {0: os.urandom(2 * MiB)})
+    target, saveset = tmp_path / "copy.img", tmp_path / "copy.saveset"
+    result = bacpac("dup", "--no-progress", "--saveset", saveset, "--remote-python",
+                    _bare_python(tmp_path, "/nonexistent"), str(source), str(target))
+    line = result.one_error_line(2, "a saveset needs zstd on the target")
+    assert "partly written" not in line
+    assert not target.exists() and not saveset.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare-python", "hide", "source.img"]
+
+
+def test_the_stream_is_on_its_way_before_the_helper_has_started(tmp_path) -> None:
+    # The helper's python is made to start 1 s late, its input pipe widened to 1 MiB: what is
+    # waiting in the pipe by then, beyond the helper's own code, is the OPEN and the stream.
+    source = write_file(tmp_path / "source.img", 8 * MiB, {0: os.urandom(8 * MiB)})
+    waiting = tmp_path / "waiting"
+    probe = (f"import fcntl,struct,termios,time; fcntl.fcntl(0, 1031, 1 << 20); time.sleep(1); "
+             f"open('{waiting}', 'w').write(str(struct.unpack('i', fcntl.ioctl("
+             f"0, termios.FIONREAD, bytes(4)))[0]))")
+    python = tmp_path / "late-python"
+    python.write_text(f"#!/bin/sh\n{sys.executable} -c \"{probe}\"\n"
+                      f"exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    target = tmp_path / "copy.img"
+    result = bacpac("dup", "--json", "--remote-python", python, str(source), str(target))
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+    assert int(waiting.read_text()) >= len(helper_payload()) + MiB // 2
+
+
+def test_what_a_login_script_prints_before_the_helper_starts_is_skipped(tmp_path) -> None:
+    source = write_file(tmp_path / "source.img", 4 * MiB, {0: os.urandom(MiB), 3 * MiB: b"end"})
+    python = tmp_path / "chatty-python"
+    python.write_text(f"#!/bin/sh\necho 'Welcome to standby-1!'\nprintf 'BK%.0s' $(seq 40)\n"
+                      f"exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    target = tmp_path / "copy.img"
+    result = bacpac("dup", "--json", "--remote-python", python, str(source), str(target))
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
 
 
 def test_the_helper_runs_no_pth_file_of_the_target_yet_finds_its_zstandard(tmp_path) -> None:
@@ -396,7 +439,8 @@ def test_dup_refuses_target_that_is_the_source_itself(transport, tmp_path) -> No
     source = write_file(tmp_path / "disk.img", 4 * MiB, {MiB: os.urandom(MiB)})
     before = sha256_of(source)
     result = transport.dup(source, source)
-    result.one_error_line(2, "source itself", transport.target(source))
+    line = result.one_error_line(2, "source itself", transport.target(source))
+    assert "partly written" not in line  # the OPEN was refused: its stream, already sent, unread
     assert source.stat().st_size == 4 * MiB
     assert sha256_of(source) == before
 
@@ -417,7 +461,8 @@ def test_dup_refuses_directory_target(transport, tmp_path) -> None:
     target_dir = tmp_path / "dir"
     target_dir.mkdir()
     result = transport.dup(source, target_dir)
-    result.one_error_line(2, "directory", transport.target(target_dir))
+    line = result.one_error_line(2, "directory", transport.target(target_dir))
+    assert "partly written" not in line
     assert os.listdir(target_dir) == []
 
 

@@ -27,6 +27,7 @@ from bacpac.remote import helper_argv, helper_payload
 from remote_helper import protocol
 from remote_helper.errors import ProtocolError
 from remote_helper.protocol import COPY, DATA, END, ERROR, HEADER, OPEN, READY
+from test_dup import _bare_python
 from clirun import (FAIL_WITHIN, SLOW, MiB, assert_failed_in_one_line, bacpac, bacpac_env,
                     finish, random_image, sha256_of, start, wait_until)
 
@@ -108,8 +109,8 @@ def test_header_announcing_4_gib_is_rejected_before_any_payload_arrives() -> Non
 class LocalHelper:
     """The helper started as bacpac starts it, over pipes, driven frame by frame."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(helper_argv(sys.executable, False), stdin=subprocess.PIPE,
+    def __init__(self, python: str = sys.executable) -> None:
+        self.proc = subprocess.Popen(helper_argv(python, False), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._decoder = protocol.Decoder()
         self.send(helper_payload())
@@ -132,10 +133,7 @@ class LocalHelper:
             self._decoder.feed(os.read(self.proc.stdout.fileno(), 65536))
 
     def open_dup(self, path: Path, size: int, check: str = "sha256") -> None:
-        self.send(protocol.encode_json(OPEN, {
-            "protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": str(path),
-            "size": size, "force": False, "verify": False, "saveset": None, "delta": None,
-            "check": check, "source": {}}))
+        self.send(open_frame(path, size, check))
         assert self.recv().type == READY
 
     def error_then_exit(self) -> tuple:
@@ -151,6 +149,13 @@ class LocalHelper:
         self.proc.wait(timeout=10)
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             pipe.close()
+
+
+def open_frame(path: Path, size: int, check: str = "sha256", **more: object) -> bytes:
+    return protocol.encode_json(OPEN, {
+        "protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": str(path), "size": size,
+        "force": False, "verify": False, "saveset": None, "delta": None, "check": check,
+        "source": {}, **more})
 
 
 @pytest.fixture
@@ -193,6 +198,28 @@ def test_helper_rejects_frames_outside_the_image_with_protocol_error(
     assert status == 1
     assert os.path.getsize(target) == SIZE  # never extended past the image
     assert target.read_bytes() == bytes(SIZE)  # the head is held back: nothing of it written
+
+
+def test_a_helper_that_cannot_decompress_the_stream_refuses_it_before_opening_anything(
+        tmp_path) -> None:
+    # The client sends its OPEN and the stream behind it before it reads the HELLO that would
+    # have told it this host has no zstd: the OPEN must be refused before the target is made.
+    made = LocalHelper(_bare_python(tmp_path, "/nonexistent"))
+    try:
+        target = tmp_path / "t.img"
+        data = b"bacpac" * 1000
+        zstd_frame = zstandard.ZstdCompressor(write_checksum=True).compress(data)
+        made.send(open_frame(target, SIZE, "frames", codec="zstd")
+                  + protocol.encode(DATA, zstd_frame, 0, protocol.CODEC_ZSTD, len(data)))
+        frame, status = made.error_then_exit()
+        assert frame.type == ERROR
+        error = frame.json()
+        assert error["kind"] == "ProtocolError"
+        assert "zstd, which this host cannot decompress" in error["message"]
+        assert status == 1
+        assert not target.exists()
+    finally:
+        made.close()
 
 
 def test_helper_rejects_end_that_claims_more_than_was_sent(helper: LocalHelper, tmp_path) -> None:
