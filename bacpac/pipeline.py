@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import hashlib
 import mmap
 import os
@@ -36,6 +38,12 @@ from .errors import TransferError
 from .pacing import Pacer
 
 T = TypeVar("T")
+
+# A block compressed RECOMPRESS_GAP levels or more below the current level is compressed again,
+# once the level is RECOMPRESS_AT or more: a level the pacer reaches only on a slow link, where
+# the CPU has time to spare (on the benchmark's 100 Mbit/s link, the client used 0.6 of a core).
+RECOMPRESS_AT = 6
+RECOMPRESS_GAP = 3
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class _Block:
     size: int
     buffer: mmap.mmap
     compressed: "Future[tuple[int, bytes]]"  # (the level it was compressed at, the payload)
+    again: bool = False  # compressed again at a higher level (ImageStream._recompressed)
 
 
 @dataclass(frozen=True)
@@ -339,12 +348,39 @@ class ImageStream:
         """Send the whole image as frames, in order, through `sender`; returns its sha256."""
         settings = self.settings
         pacer = Pacer(self._compressor, settings.adaptive, settings.bwlimit, sender.helper_idle)
+        ahead: collections.deque[_Item] = collections.deque()
         while True:
-            item = _next_item(self._reader, sender)
+            item = ahead.popleft() if ahead else _next_item(self._reader, sender)
             if isinstance(item, StreamResult):
                 item.levels = pacer.blocks_at
                 return item
+            if self._compressor.level >= RECOMPRESS_AT:
+                item = self._recompressed(item)
+                self._look_ahead(ahead)
             _send(item, self._reader, self._compressor, sender, pacer)
+
+    def _look_ahead(self, ahead: "collections.deque[_Item]") -> None:
+        """Take the next blocks already queued, so that those to compress again are all at it
+        on the pool while the sender waits on the link."""
+        while len(ahead) < self.settings.threads:
+            try:
+                item = self._reader.items.get_nowait()
+            except queue.Empty:
+                return
+            ahead.append(self._recompressed(item))
+
+    def _recompressed(self, item: _Item) -> _Item:
+        """A block compressed at a level the pacer has since climbed well above, compressed
+        again at the current one. The pool compresses ahead of a slow link: without this, the
+        blocks it finished before the first climb (about 20 on the benchmark's 100 Mbit/s
+        link, all at the start level) would cross it at that level, 2 MiB more than at 9."""
+        if (not isinstance(item, _Block) or not item.compressed.done()
+                or item.compressed.exception() is not None
+                or item.compressed.result()[0] > self._compressor.level - RECOMPRESS_GAP):
+            return item
+        view = memoryview(item.buffer)[:item.size]
+        return dataclasses.replace(item, again=True, compressed=self._pool.submit(
+            self._compressor.compress_block, view))
 
     def close(self) -> None:
         """Stop reading; blocks queued for compression are dropped, not waited for."""
@@ -378,7 +414,10 @@ def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: Fr
     if isinstance(item, _Hole):
         sender.hole(item.offset, item.size)
     elif isinstance(item, _Block):
-        level, payload = pacer.compressed(lambda: _result(item.compressed, sender))
+        if item.again:  # a wait chosen for fewer bytes on a slow link, not a CPU short of time
+            level, payload = _result(item.compressed, sender)
+        else:
+            level, payload = pacer.compressed(lambda: _result(item.compressed, sender))
         reader.release(item.buffer)
         pacer.send(lambda: sender.block(item.offset, item.size, compressor.flags, payload),
                    len(payload), level)

@@ -1,4 +1,5 @@
-"""The sender's pacing: which way the compression level moves, and --bwlimit.
+"""The sender's pacing: which way the compression level moves, and --bwlimit; and the blocks
+compressed ahead before a climb, compressed again at the level the climb reached.
 
 A fake clock stands in for time, and fake sends and compressor waits last as long as each case
 needs; thread_time is not faked, and the fake sends spend no CPU, so their whole wall time
@@ -6,9 +7,16 @@ counts as blocked on the link.
 """
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
+import zstandard
 
 from bacpac.pacing import HIGHEST, LOWEST, Pacer, _step, parse_rate
+from bacpac.pipeline import RECOMPRESS_AT, ImageStream, StreamSettings
+from clirun import MiB, sha256_of, write_file
+from test_directio import Collect
 
 
 class FakeClock:
@@ -113,3 +121,62 @@ def test_blocks_are_counted_at_the_level_they_were_compressed_at() -> None:
     pacer.send(lambda: None, 100, level=3)
     pacer.send(lambda: None, 100)
     assert pacer.blocks_at == {3: 1, 9: 1}
+
+
+class ClimbAfterFirstBlock(Collect):
+    """Rebuilds the image; at its first block, once the reader has filled its queue and the
+    pool compressed it all at the start level, moves the level to `climb_to`, as the pacer does
+    when a slow link shows; and keeps each payload, to compare with a compression at a level."""
+
+    def __init__(self, size, stream: ImageStream, climb_to: int) -> None:
+        super().__init__(size)
+        self.stream, self.climb_to, self.payloads = stream, climb_to, {}
+
+    def block(self, offset, size, flags, payload):
+        if not self.payloads:
+            reader = self.stream._reader
+            deadline = time.monotonic() + 10
+            while not reader.items.full() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # the last blocks taken by the pool finish at the start level
+            self.stream._compressor.level = self.climb_to
+        self.payloads[offset] = payload
+        super().block(offset, size, flags, payload)
+
+
+def text_image(path, blocks: int) -> bytes:
+    """An image of `blocks` 4 MiB blocks of compressible, non-repeating text."""
+    lines = b"".join(b"%08d the quick brown fox %d jumps over %x lazy dogs\n" % (n, n * 7, n * 13)
+                     for n in range(blocks * (4 * MiB) // 48 + 1))
+    data = lines[:blocks * 4 * MiB]
+    write_file(path, len(data), {0: data})
+    return data
+
+
+@pytest.mark.parametrize("climb_to,again", [(RECOMPRESS_AT + 3, True), (RECOMPRESS_AT - 1, False)])
+def test_blocks_compressed_before_a_climb_are_compressed_again_at_its_level(tmp_path, climb_to,
+                                                                          again) -> None:
+    data = text_image(tmp_path / "s.img", 16)
+    settings = StreamSettings(threads=2, level=3, adaptive=False)
+    fd = os.open(tmp_path / "s.img", os.O_RDONLY)
+    try:
+        image = ImageStream(fd, len(data), settings)
+        try:
+            sink = ClimbAfterFirstBlock(len(data), image, climb_to)
+            result = image.send(sink)
+        finally:
+            image.close()
+    finally:
+        os.close(fd)
+    assert bytes(sink.image) == data and result.sha256 == sha256_of(tmp_path / "s.img")
+    second = data[4 * MiB:8 * MiB]  # in the queue, compressed at 3, when the level moved
+    at_climb = zstandard.ZstdCompressor(level=climb_to, write_checksum=True,
+                                        write_content_size=True).compress(second)
+    if again:
+        # only the block already taken goes at the start level
+        assert result.levels == {3: 1, climb_to: 15}
+        assert sink.payloads[4 * MiB] == at_climb
+    else:
+        # below RECOMPRESS_AT, what the queue holds goes as it was compressed
+        assert result.levels[3] > 1
+        assert sink.payloads[4 * MiB] != at_climb
