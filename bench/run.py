@@ -58,7 +58,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--slow-size", type=parse_size, default=512 << 20,
                    help="sample image size on the 100 Mbit/s host (default 512M: a 2G cat | ssh "
                         "takes three minutes a round there)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of every row (default 5: medians of 3 moved by 10%% between runs)")
     p.add_argument("--link", choices=["loopback", "100mbit", "both"], default="both")
     p.add_argument("--out", help="Markdown report (default bench/results.md, but none with --only: "
                                  "a partial table must not stand in for the full one)")
