@@ -215,6 +215,21 @@ def test_a_saveset_on_a_host_without_zstd_is_refused_with_nothing_written(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare-python", "hide", "source.img"]
 
 
+def wrapped_python(tmp_path: Path, name: str, before: str) -> Path:
+    """A remote python that runs the shell lines `before`, then this interpreter."""
+    script = tmp_path / name
+    script.write_text(f"#!/bin/sh\n{before}\nexec {sys.executable} \"$@\"\n")
+    script.chmod(0o755)
+    return script
+
+
+def dup_with(python: Path, source: Path, target: Path) -> None:
+    """A local dup through the helper started by `python`, which must copy source whole."""
+    result = bacpac("dup", "--json", "--remote-python", python, str(source), str(target))
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+
+
 def test_the_stream_is_on_its_way_before_the_helper_has_started(tmp_path) -> None:
     # The helper's python is made to start 1 s late, its input pipe widened to 1 MiB: what is
     # waiting in the pipe by then, beyond the helper's own code, is the OPEN and the stream.
@@ -223,27 +238,16 @@ def test_the_stream_is_on_its_way_before_the_helper_has_started(tmp_path) -> Non
     probe = (f"import fcntl,struct,termios,time; fcntl.fcntl(0, 1031, 1 << 20); time.sleep(1); "
              f"open('{waiting}', 'w').write(str(struct.unpack('i', fcntl.ioctl("
              f"0, termios.FIONREAD, bytes(4)))[0]))")
-    python = tmp_path / "late-python"
-    python.write_text(f"#!/bin/sh\n{sys.executable} -c \"{probe}\"\n"
-                      f"exec {sys.executable} \"$@\"\n")
-    python.chmod(0o755)
-    target = tmp_path / "copy.img"
-    result = bacpac("dup", "--json", "--remote-python", python, str(source), str(target))
-    assert result.returncode == 0, result.stderr
-    assert target.read_bytes() == source.read_bytes()
+    python = wrapped_python(tmp_path, "late-python", f"{sys.executable} -c \"{probe}\"")
+    dup_with(python, source, tmp_path / "copy.img")
     assert int(waiting.read_text()) >= len(helper_payload()) + MiB // 2
 
 
 def test_what_a_login_script_prints_before_the_helper_starts_is_skipped(tmp_path) -> None:
     source = write_file(tmp_path / "source.img", 4 * MiB, {0: os.urandom(MiB), 3 * MiB: b"end"})
-    python = tmp_path / "chatty-python"
-    python.write_text(f"#!/bin/sh\necho 'Welcome to standby-1!'\nprintf 'BK%.0s' $(seq 40)\n"
-                      f"exec {sys.executable} \"$@\"\n")
-    python.chmod(0o755)
-    target = tmp_path / "copy.img"
-    result = bacpac("dup", "--json", "--remote-python", python, str(source), str(target))
-    assert result.returncode == 0, result.stderr
-    assert target.read_bytes() == source.read_bytes()
+    python = wrapped_python(tmp_path, "chatty-python",
+                            "echo 'Welcome to standby-1!'\nprintf 'BK%.0s' $(seq 40)")
+    dup_with(python, source, tmp_path / "copy.img")
 
 
 def test_the_helper_runs_no_pth_file_of_the_target_yet_finds_its_zstandard(tmp_path) -> None:
