@@ -149,6 +149,7 @@ def _transfer(request: DupRequest, source: Source, stream: _Stream, session: Hel
     receiver = Receiver(session, path, counters.set_written,
                         lambda frame: stream.digests.put((frame.offset, frame.payload)),
                         functools.partial(_agrees, request, settings, session.host))
+    receiver.send(session.ship)
     # Sent without waiting for READY: the helper checks the OPEN before it reads on, and
     # refuses it, with nothing written, by an ERROR that the receiver reads in READY's place.
     receiver.send(session.send_json, OPEN, _open_frame(request, source, settings))

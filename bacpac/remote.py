@@ -36,7 +36,7 @@ from .ssh import SshConnection, SshOptions, connect
 
 MARKER = "bacpac_stage1"
 HELPER_ACCOUNT_WAIT = 5.0  # seconds a failed send waits for the helper to say why
-NOISE_LIMIT = 1 << 20  # bytes of a login script's output skipped before the helper's HELLO
+NOISE_LIMIT = 64 << 20  # bytes of a login script's output skipped before the helper's HELLO
 STAGE1 = (
     "import marshal,os,sys,zlib #" + MARKER + "\n"
     "n=%d;b=b''\n"
@@ -145,7 +145,7 @@ def helper_argv(python: str, sudo: bool) -> list[str]:
 def open_session(endpoint: Endpoint, options: ConnectOptions,
                  hello: bool = True) -> "HelperSession":
     """Connect (or spawn locally), ship and start the helper, and read its HELLO (with
-    hello=False, leave it to the caller's Receiver: see HelperSession.start)."""
+    hello=False, leave both to the caller: see HelperSession.start)."""
     if endpoint.is_local:
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
@@ -188,25 +188,32 @@ class HelperSession:
     @classmethod
     def start(cls, channel: Channel, host: str, conn: Optional[SshConnection],
               hello: bool = True) -> "HelperSession":
-        """Ship the helper and, unless hello=False, read its HELLO. With hello=False the caller
-        sends its OPEN and its first frames at once, and a Receiver reads the HELLO meanwhile:
-        the channel's window (2 MiB from OpenSSH) carries them while the target's login shell
-        and Python start, which on a slow link is time the link would otherwise stand idle."""
+        """Ship the helper and read its HELLO; with hello=False, neither: the caller starts a
+        Receiver, which reads the HELLO as it comes (a login script may print first, more than
+        a pipe holds, so its output is read while the helper is shipped), then ship()s the
+        helper and sends its OPEN and first frames at once. The channel's window (2 MiB from
+        OpenSSH) carries them while the target's login shell and Python start, which on a slow
+        link is time the link would otherwise stand idle."""
         session = cls(channel, host, conn)
+        if not hello:
+            return session
         try:
             try:
-                channel.write(helper_payload())
+                session.ship()
             except TransferError as closed:
                 # What ran in the helper's place may have exited before reading its input:
                 # what it wrote, or its exit status, says more than the broken pipe.
                 session.read_hello()
                 raise closed
-            if hello:
-                session.read_hello()
+            session.read_hello()
         except BaseException:
             session.close()
             raise
         return session
+
+    def ship(self) -> None:
+        """The helper's code, which the first stage reads from stdin."""
+        self.channel.write(helper_payload())
 
     @property
     def cipher(self) -> Optional[str]:
@@ -233,22 +240,27 @@ class HelperSession:
 
     def _skip_noise(self) -> None:
         """Feed the decoder from the helper's HELLO on, once its header is found (its magic and
-        its header checksum). With none in the first NOISE_LIMIT bytes, or before the end of
-        the output, the decoder gets what came, and says what is wrong with it."""
-        data = b""
-        while len(data) < NOISE_LIMIT:
+        its header checksum). The helper says HELLO before it reads its job, so output that
+        ends with none (the helper never started) or that goes on past NOISE_LIMIT without
+        one is sure to have written nothing: the decoder then gets its first bytes, and says
+        what is wrong with them."""
+        head = b""  # the first bytes, for the decoder's account of what came instead
+        data = b""  # what may still hold a header: the last chunk, and the bytes before it
+        while self.noise < NOISE_LIMIT:
             at = _hello_at(data)
             if at is not None:
-                self.noise, data = at, data[at:]
-                break
+                self.noise += at
+                self._decoder.feed(data[at:])
+                return
+            keep = data[-(protocol.HEADER_SIZE - 1):]
+            self.noise += len(data) - len(keep)
             chunk = self.channel.read(1 << 16)
             if not chunk:
-                self._decoder.feed(data)
-                data = b""
                 break
-            data += chunk
-        self._decoder.feed(data)
-
+            head = (head + chunk)[:protocol.HEADER_SIZE]
+            data = keep + chunk
+        self._decoder.feed(head)
+        self._decoder.feed(b"")  # nothing more will be read: the decoder says why
     def send(self, data: bytes) -> None:
         self.channel.write(data)
 

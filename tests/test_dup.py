@@ -245,8 +245,11 @@ def test_the_stream_is_on_its_way_before_the_helper_has_started(tmp_path) -> Non
 
 def test_what_a_login_script_prints_before_the_helper_starts_is_skipped(tmp_path) -> None:
     source = write_file(tmp_path / "source.img", 4 * MiB, {0: os.urandom(MiB), 3 * MiB: b"end"})
+    # a greeting, bytes that begin like a frame header, and more than the pipe or the window
+    # holds: the helper only starts once all of it is read
     python = wrapped_python(tmp_path, "chatty-python",
-                            "echo 'Welcome to standby-1!'\nprintf 'BK%.0s' $(seq 40)")
+                            "echo 'Welcome to standby-1!'\nprintf 'BK%.0s' $(seq 40)\n"
+                            "head -c 3000000 /dev/zero | tr '\\0' x")
     dup_with(python, source, tmp_path / "copy.img")
 
 
