@@ -261,6 +261,7 @@ class HelperSession:
             data = keep + chunk
         self._decoder.feed(head)
         self._decoder.feed(b"")  # nothing more will be read: the decoder says why
+
     def send(self, data: bytes) -> None:
         self.channel.write(data)
 
