@@ -56,6 +56,8 @@ class ImageWriter(object):
         self._next_progress = time.monotonic() + FIRST_PROGRESS
         self._head_zeroed = False
         self._head_changed = False  # new bytes (not MATCHed ones) went into the held-back head
+        self._drained = None  # drain()'s result, once it returned
+        self._finished = False  # the head is written and the target synced
         self._thread = threading.Thread(target=self._run, name="writer")
         self._thread.daemon = True
         self._thread.start()
@@ -81,18 +83,29 @@ class ImageWriter(object):
         # type: (int, int, int, bytes) -> None
         self._put((COPY, offset, (source, digest), length, None))
 
+    def drain(self):
+        # type: () -> tuple
+        """Wait for every block to be written (not the held-back head); (bytes, sha256 hex)."""
+        if self._drained is None:
+            self._put(None)
+            self._thread.join()
+            self._raise_error()
+            self._drained = (self._written,
+                             self._hash.hexdigest() if self._hash is not None else None)
+        return self._drained
+
     def finish(self):
         # type: () -> tuple
-        """Wait for every block, write the held-back head, fsync; (bytes, sha256 hex)."""
-        self._put(None)
-        self._thread.join()
-        self._raise_error()
-        head = self._head
-        changed = self._head_zeroed or self._head_changed
-        if changed and not (self._target.sparse and is_zero(head)):
-            self._target.pwrite(0, memoryview(head))
-        self._target.sync()
-        return self._written, self._hash.hexdigest() if self._hash is not None else None
+        """drain(), then write the held-back head and fsync, once: the image is proven whole.
+        Returns drain()'s (bytes, sha256 hex)."""
+        drained = self.drain()
+        if not self._finished:
+            self._finished = True
+            changed = self._head_zeroed or self._head_changed
+            if changed and not (self._target.sparse and is_zero(self._head)):
+                self._target.pwrite(0, memoryview(self._head))
+            self._target.sync()
+        return drained
 
     def abandon(self, timeout=30.0):
         # type: (float) -> None

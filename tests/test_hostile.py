@@ -354,6 +354,47 @@ def test_helper_checking_frames_proves_blocks_without_hashing_the_stream(
     assert target.read_bytes() == content
 
 
+def test_helper_checking_frames_finishes_the_image_before_its_end(helper: LocalHelper,
+                                                                   tmp_path) -> None:
+    """Every byte came, each frame proven by its checksum: the held-back head is written (and
+    the target synced) before END, which the client sends once it has hashed a trailing hole."""
+    target = tmp_path / "t.img"
+    content = BLOCK + bytes(SIZE - len(BLOCK))
+    helper.open_dup(target, SIZE, check="frames")
+    helper.send(zstd_block(0, BLOCK) + protocol.encode_hole(len(BLOCK), SIZE - len(BLOCK)))
+    wait_until(lambda: target.read_bytes() == content, 10, "head written before END")
+    helper.send(protocol.encode_json(END, {"bytes": SIZE,
+                                           "sha256": hashlib.sha256(content).hexdigest()}))
+    assert helper.recv().type == protocol.RESULT
+    assert target.read_bytes() == content
+
+
+def test_helper_checking_frames_refuses_a_frame_after_the_last_byte(helper: LocalHelper,
+                                                                    tmp_path) -> None:
+    target = tmp_path / "t.img"
+    helper.open_dup(target, SIZE, check="frames")
+    helper.send(zstd_block(0, BLOCK) + protocol.encode_hole(len(BLOCK), SIZE - len(BLOCK))
+                + protocol.encode_hole(SIZE, 0))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert frame.json()["kind"] == "ProtocolError"
+    assert "HOLE frame after the last byte" in frame.json()["message"]
+
+
+def test_helper_hashing_the_stream_keeps_the_head_back_from_an_end_it_disagrees_with(
+        helper: LocalHelper, tmp_path) -> None:
+    """Without frames proven one by one, only END's sha256 proves the image: one that differs
+    leaves the target with its first MiB zeroed, so it will not mount as if it were good."""
+    target = tmp_path / "t.img"
+    helper.open_dup(target, SIZE, check="sha256")
+    helper.send(raw(0, BLOCK) + protocol.encode_hole(len(BLOCK), SIZE - len(BLOCK))
+                + protocol.encode_json(END, {"bytes": SIZE, "sha256": "0" * 64}))
+    frame, status = helper.error_then_exit()
+    assert frame.type == ERROR and status == 1
+    assert frame.json()["kind"] == "VerifyError", frame.json()
+    assert target.read_bytes() == bytes(SIZE)
+
+
 @pytest.mark.parametrize("end", [{"bytes": SIZE}, {"bytes": SIZE, "sha256": "not-a-digest"}],
                          ids=["no_sha256", "bad_sha256"])
 def test_helper_checking_frames_refuses_an_end_without_the_source_sha256(
