@@ -48,7 +48,7 @@ STAGE1 = (
     "exec(S)"
 )
 STAGE2 = '''
-import importlib.abc, importlib.util, os, site, sys
+import importlib.util, os, site, sys
 def path(name):
     return "<bacpac>/" + name.replace(".", "/") + ".py"
 try:
@@ -57,7 +57,7 @@ try:
     import zstandard
 except Exception:
     site.main()
-class Loader(importlib.abc.Loader):
+class Loader(object):  # importlib.abc's base classes cost 20 ms of imports: the protocol suffices
     def create_module(self, spec):
         return None
     def exec_module(self, module):
@@ -67,7 +67,7 @@ class Loader(importlib.abc.Loader):
         else:
             code = compile(source, path(module.__name__), "exec", dont_inherit=True)
         exec(code, module.__dict__)
-class Finder(importlib.abc.MetaPathFinder):
+class Finder(object):
     def find_spec(self, name, path=None, target=None):
         if name in M["modules"]:
             return importlib.util.spec_from_loader(name, Loader(), is_package=name == "remote_helper")
