@@ -174,10 +174,13 @@ def cat_ssh(ctx: Context) -> Job:
                ctx.sample.sha_original)
 
 
-def _zstd_ssh(ctx: Context, level: int) -> Job:
-    target = _fresh(ctx.path(f"zstd{level}.img"))
+def _zstd_ssh(ctx: Context, level: int, synced: bool = False) -> Job:
+    target = _fresh(ctx.path(f"zstd{level}{'-synced' if synced else ''}.img"))
     producer = f"zstd -{level} -T0 -q -c {shlex.quote(ctx.sample.original)}"
-    argv = _pipeline(ctx, producer, f"zstd -d -q --sparse -f -o {target}")
+    receiver = f"zstd -d -q --sparse -f -o {target}"
+    if synced:
+        receiver += f" && sync {target}"  # coreutils' sync FILE: an fsync of that file
+    argv = _pipeline(ctx, producer, receiver)
     return Job(argv, lambda _: _zstd_size(ctx, level), {"target": _sha_of(target)},
                ctx.sample.sha_original)
 
@@ -190,6 +193,13 @@ def zstd1_ssh(ctx: Context) -> Job:
 @row("zstd -6 -T0 | ssh | zstd -d", "full")
 def zstd6_ssh(ctx: Context) -> Job:
     return _zstd_ssh(ctx, 6)
+
+
+@row("zstd -1 -T0 | ssh | zstd -d && sync", "full")
+def zstd1_ssh_synced(ctx: Context) -> Job:
+    """The zstd -1 pipeline with its copy on the disk when it returns, as bacpac's is: without
+    the sync, its writing happens after the clock stops."""
+    return _zstd_ssh(ctx, 1, synced=True)
 
 
 @row("bacpac dup --delta (1% changed)", "delta", ours=True)

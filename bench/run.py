@@ -245,7 +245,8 @@ NOTES = [
     "spawned, sshd's own session processes excluded: bacpac's helper, `zstd -d`, `cat`, rsync's "
     "receiver.",
     "bacpac fsyncs the target before it reports success; the pipelines and rsync do not (their "
-    "dirty pages are written out by the untimed `sync` before the next run).",
+    "dirty pages are written out by the untimed `sync` before the next run), except the row "
+    "ending in `&& sync`, which fsyncs its target as bacpac does.",
     "bacpac runs as `python3 -m bacpac` with `--remote-python` naming the interpreter itself: "
     "on this machine `bacpac` and `python3` on PATH are pyenv's bash shims, which add about "
     "0.15 s each to every start (a packaged install has neither).",
