@@ -136,12 +136,13 @@ class LocalHelper:
         self.send(open_frame(path, size, check))
         assert self.recv().type == READY
 
-    def error_then_exit(self) -> tuple:
-        """The ERROR frame (with stdin still open: the helper must not wait for more input)
-        and the exit status."""
+    def refusal(self) -> dict:
+        """The ERROR frame's payload, from a helper that then exited with status 1 (with stdin
+        still open: it must not wait for more input)."""
         frame = self.recv()
         status = self.proc.wait(timeout=10)
-        return frame, status
+        assert frame.type == ERROR and status == 1, (frame, status)
+        return frame.json()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -192,10 +193,8 @@ def test_helper_rejects_frames_outside_the_image_with_protocol_error(
     target = tmp_path / "t.img"
     helper.open_dup(target, SIZE)
     helper.send(b"".join(frames))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR
-    assert frame.json()["kind"] == "ProtocolError", frame.json()
-    assert status == 1
+    error = helper.refusal()
+    assert error["kind"] == "ProtocolError", error
     assert os.path.getsize(target) == SIZE  # never extended past the image
     assert target.read_bytes() == bytes(SIZE)  # the head is held back: nothing of it written
 
@@ -211,12 +210,9 @@ def test_a_helper_that_cannot_decompress_the_stream_refuses_it_before_opening_an
         zstd_frame = zstandard.ZstdCompressor(write_checksum=True).compress(data)
         made.send(open_frame(target, SIZE, "frames", codec="zstd")
                   + protocol.encode(DATA, zstd_frame, 0, protocol.CODEC_ZSTD, len(data)))
-        frame, status = made.error_then_exit()
-        assert frame.type == ERROR
-        error = frame.json()
+        error = made.refusal()
         assert error["kind"] == "ProtocolError"
         assert "zstd, which this host cannot decompress" in error["message"]
-        assert status == 1
         assert not target.exists()
     finally:
         made.close()
@@ -226,9 +222,8 @@ def test_helper_rejects_end_that_claims_more_than_was_sent(helper: LocalHelper, 
     target = tmp_path / "t.img"
     helper.open_dup(target, SIZE)
     helper.send(raw(0, b"h" * 4096) + protocol.encode_json(END, {"bytes": SIZE, "sha256": "0"}))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert "4096" in frame.json()["message"]
+    error = helper.refusal()
+    assert "4096" in error["message"]
     assert target.read_bytes() == bytes(SIZE)
 
 
@@ -274,11 +269,10 @@ def test_helper_refuses_a_copy_whose_bytes_are_not_the_sources(helper: LocalHelp
                 + protocol.encode_copy(16384, 16384, 0, hashlib.sha256(b"m" * 16384).digest())
                 + protocol.encode_hole(32768, SIZE - 32768)
                 + protocol.encode_json(END, {"bytes": SIZE, "sha256": "0"}))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert frame.json()["kind"] == "VerifyError", frame.json()  # IntegrityError, on the wire
-    assert frame.json()["message"] == (f"{target}: the 16384 bytes at offset 0, copied for "
-                                       "offset 16384, differ from the source's")
+    error = helper.refusal()
+    assert error["kind"] == "VerifyError", error  # IntegrityError, on the wire
+    assert error["message"] == (f"{target}: the 16384 bytes at offset 0, copied for "
+                                "offset 16384, differ from the source's")
     assert target.read_bytes() == bytes(SIZE)
 
 
@@ -291,10 +285,9 @@ def test_helper_of_a_backup_refuses_a_copy_it_has_no_disk_for(helper: LocalHelpe
     data = b"n" * 16384
     helper.send(raw(0, data) + protocol.encode_copy(16384, 16384, 0,
                                                     hashlib.sha256(data).digest()))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert frame.json()["kind"] == "ProtocolError"
-    assert "COPY frame with no target disk" in frame.json()["message"]
+    error = helper.refusal()
+    assert error["kind"] == "ProtocolError"
+    assert "COPY frame with no target disk" in error["message"]
 
 
 # ---- frames the helper must prove by their own checksums ---------------------------------------
@@ -333,10 +326,9 @@ def test_helper_checking_frames_refuses_a_block_its_checksum_does_not_prove(
     target = tmp_path / "t.img"
     helper.open_dup(target, SIZE, check="frames")
     helper.send(block)
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert frame.json()["kind"] == "ProtocolError", frame.json()
-    assert cause in frame.json()["message"]
+    error = helper.refusal()
+    assert error["kind"] == "ProtocolError", error
+    assert cause in error["message"]
     assert target.read_bytes() == bytes(SIZE)
 
 
@@ -375,10 +367,9 @@ def test_helper_checking_frames_refuses_a_frame_after_the_last_byte(helper: Loca
     helper.open_dup(target, SIZE, check="frames")
     helper.send(zstd_block(0, BLOCK) + protocol.encode_hole(len(BLOCK), SIZE - len(BLOCK))
                 + protocol.encode_hole(SIZE, 0))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert frame.json()["kind"] == "ProtocolError"
-    assert "HOLE frame after the last byte" in frame.json()["message"]
+    error = helper.refusal()
+    assert error["kind"] == "ProtocolError"
+    assert "HOLE frame after the last byte" in error["message"]
 
 
 def test_helper_hashing_the_stream_keeps_the_head_back_from_an_end_it_disagrees_with(
@@ -389,9 +380,8 @@ def test_helper_hashing_the_stream_keeps_the_head_back_from_an_end_it_disagrees_
     helper.open_dup(target, SIZE, check="sha256")
     helper.send(raw(0, BLOCK) + protocol.encode_hole(len(BLOCK), SIZE - len(BLOCK))
                 + protocol.encode_json(END, {"bytes": SIZE, "sha256": "0" * 64}))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert frame.json()["kind"] == "VerifyError", frame.json()
+    error = helper.refusal()
+    assert error["kind"] == "VerifyError", error
     assert target.read_bytes() == bytes(SIZE)
 
 
@@ -401,10 +391,9 @@ def test_helper_checking_frames_refuses_an_end_without_the_source_sha256(
         helper: LocalHelper, end: dict, tmp_path) -> None:
     helper.open_dup(tmp_path / "t.img", SIZE, check="frames")
     helper.send(protocol.encode_hole(0, SIZE) + protocol.encode_json(END, end))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert frame.json()["kind"] == "ProtocolError"
-    assert "END carries no sha256" in frame.json()["message"]
+    error = helper.refusal()
+    assert error["kind"] == "ProtocolError"
+    assert "END carries no sha256" in error["message"]
 
 
 def test_helper_refuses_an_unknown_check_before_touching_the_target(
@@ -413,9 +402,8 @@ def test_helper_refuses_an_unknown_check_before_touching_the_target(
     helper.send(protocol.encode_json(OPEN, {
         "protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": str(target), "size": SIZE,
         "check": "crc8", "saveset": None, "delta": None, "source": {}}))
-    frame, status = helper.error_then_exit()
-    assert frame.type == ERROR and status == 1
-    assert "unknown check 'crc8'" in frame.json()["message"]
+    error = helper.refusal()
+    assert "unknown check 'crc8'" in error["message"]
     assert not target.exists()
 
 
