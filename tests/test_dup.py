@@ -388,12 +388,21 @@ def test_dup_refuses_active_swap_device(transport, ext4_image, loop_device) -> N
     run("mkswap", device)
     run("swapon", device)
     try:
-        before = sha256_of(device)
+        before = Path(device).read_bytes()
         result = transport.dup(ext4_image, device, "--force")
         result.one_error_line(2, "swap", transport.target(device))
-        assert sha256_of(device) == before
+        after = Path(device).read_bytes()
     finally:
         run("swapoff", device)
+    # The kernel may page out to the swap area while the test runs, so the device is not
+    # expected to stay byte-identical: its header is, and no page of the source got there.
+    page = 4096
+    assert after[:page] == before[:page]
+    source = ext4_image.read_bytes()[:len(after)]
+    copied = [offset for offset in range(page, len(source), page)
+              if after[offset:offset + page] != before[offset:offset + page]
+              and after[offset:offset + page] == source[offset:offset + page]]
+    assert copied == []
 
 
 @requires_root
