@@ -102,7 +102,7 @@ def _with_helper(request: DupRequest, source: Source, stream: "_Stream",
     """The transfer through a helper of its own, with the stream begun in `settings` before
     its HELLO is read (HelperSession.start). The requested settings first: every helper with
     zstd decodes them; one without refuses them, and the next helper is sent what it can."""
-    session = open_session(request.target, options, hello=False)
+    session = open_session(request.target, options, hello=False, on_route=stream.route)
     try:
         _transfer(request, source, stream, session, sink, job, summary, settings)
     finally:
@@ -116,7 +116,14 @@ class _Stream:
     def __init__(self, request: DupRequest, source: Source, settings: StreamSettings) -> None:
         self._request = request
         self._source = source
+        self._here = request.target.is_local  # the helper runs on this host
         self.image = self._start(settings)
+
+    def route(self, here: bool) -> None:
+        """Told by the connection, before its handshake, whether it stays on this host."""
+        self._here = here
+        if here:
+            self.image.to_this_host()
 
     def _start(self, settings: StreamSettings) -> ImageStream:
         # In a delta run the receiver feeds this the target's digests as the helper sends them;
@@ -129,7 +136,8 @@ class _Stream:
             reader = {}  # no COPY frames: a backup's helper has no target disk to read back
         else:
             reader = {"seen": SeenChunks()}
-        return ImageStream(self._source.fd, self._source.size, settings, **reader)
+        return ImageStream(self._source.fd, self._source.size, settings, here=self._here,
+                           **reader)
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:

@@ -35,7 +35,7 @@ from remote_helper.devices import data_extents, is_zero, zero_chunks
 
 from . import dedup
 from .errors import TransferError
-from .pacing import Pacer
+from .pacing import LOCAL_LEVEL, Pacer
 
 T = TypeVar("T")
 
@@ -337,17 +337,27 @@ class ImageStream:
     The client starts it before it connects: the first blocks are read and compressed while
     the SSH handshake runs and the helper starts, time the CPU would otherwise idle through.
     Only the queue's few blocks are done ahead, at the start level, so a slow link, whose level
-    climbs once sending shows it slow, pays for no more than before.
+    climbs once sending shows it slow, pays for no more than before. With here (the target is
+    known to be on this host from the start), they are done at pacing.LOCAL_LEVEL.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings,
-                 reader_class: type = BlockReader, **reader_args: object) -> None:
+                 reader_class: type = BlockReader, here: bool = False,
+                 **reader_args: object) -> None:
         self.settings = settings
         self._compressor = Compressor(settings.codec, settings.level)
+        if here:
+            self.to_this_host()
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
         self._reader = reader_class(fd, size, settings, self._compressor, self._pool,
                                     **reader_args)
         self._reader.start()
+
+    def to_this_host(self) -> None:
+        """The target is on this host: unless --level or --bwlimit says otherwise, compress
+        from here on at pacing.LOCAL_LEVEL, where the Pacer goes on from."""
+        if self.settings.adaptive and not self.settings.bwlimit:
+            self._compressor.level = LOCAL_LEVEL
 
     def send(self, sender: FrameSender) -> StreamResult:
         """Send the whole image as frames, in order, through `sender`; returns its sha256."""

@@ -142,16 +142,20 @@ def helper_argv(python: str, sudo: bool) -> list[str]:
     return ["sudo", "-n", "--"] + argv if sudo else argv
 
 
-def open_session(endpoint: Endpoint, options: ConnectOptions,
-                 hello: bool = True) -> "HelperSession":
+def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True,
+                 on_route: Optional[Callable[[bool], None]] = None) -> "HelperSession":
     """Connect (or spawn locally), ship and start the helper, and read its HELLO (with
-    hello=False, leave both to the caller: see HelperSession.start)."""
+    hello=False, leave both to the caller: see HelperSession.start). on_route, if given, is
+    told as early as can be whether the helper runs on this host (ssh.over_loopback)."""
     if endpoint.is_local:
+        if on_route is not None:
+            on_route(True)
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
         return HelperSession.start(channel, "localhost", None, hello)
     prepare_payload()  # while the connection is made
-    conn = connect(endpoint.host or "", endpoint.user, options.ssh, interactive=options.interactive)
+    conn = connect(endpoint.host or "", endpoint.user, options.ssh,
+                   interactive=options.interactive, on_route=on_route)
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import logging
 import os
 import socket
@@ -41,18 +42,23 @@ _MAX_JUMPS = 8
 _TRANSFER_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
-def connect(host: str, user: Optional[str], opts: SshOptions, *,
-            interactive: bool) -> SshConnection:
-    """An authenticated connection to `host`, configured as `ssh host` would be."""
-    return _connect(resolve_host(host, user, opts), opts.config_file, interactive, 0)
+def connect(host: str, user: Optional[str], opts: SshOptions, *, interactive: bool,
+            on_route: Optional[Callable[[bool], None]] = None) -> SshConnection:
+    """An authenticated connection to `host`, configured as `ssh host` would be. on_route, if
+    given, is told as soon as the connection is made, before its handshake, whether it stays
+    on this host (over_loopback)."""
+    return _connect(resolve_host(host, user, opts), opts.config_file, interactive, 0, on_route)
 
 
 def _connect(cfg: HostConfig, config_file: Optional[str], interactive: bool,
-             depth: int) -> SshConnection:
+             depth: int, on_route: Optional[Callable[[bool], None]] = None) -> SshConnection:
     jump = _connect_jump(cfg, config_file, interactive, depth) if cfg.proxy_jump else None
     transport = None
     try:
-        sock = _WatchedSocket(_open_socket(cfg, jump))
+        raw = _open_socket(cfg, jump)
+        if on_route is not None:
+            on_route(over_loopback(raw))
+        sock = _WatchedSocket(raw)
         transport = _start_transport(cfg, sock)
         _check_host_key(cfg, transport)
         _authenticate(cfg, transport, _Secrets(interactive and not cfg.batch_mode))
@@ -111,6 +117,21 @@ def _open_socket(cfg: HostConfig, jump: Optional[SshConnection]) -> Any:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def over_loopback(sock: Any) -> bool:
+    """Whether a connection stays inside this host's kernel: a TCP socket whose peer is a
+    loopback address (127.0.0.0/8, ::1) or this very end's own address, as when a host
+    connects to one of its own addresses, which Linux routes through the loopback device. A
+    ProxyCommand or a jump host's tunnel is never taken for one."""
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET,
+                                                                  socket.AF_INET6):
+        return False
+    try:
+        peer, local = sock.getpeername()[0], sock.getsockname()[0]
+        return peer == local or ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
 class _WatchedSocket:

@@ -18,6 +18,7 @@ import pytest
 
 from bacpac.dup import check_result
 from bacpac.errors import VerifyError
+from bacpac.pacing import LOCAL_LEVEL, START_LEVEL
 from bacpac.remote import helper_payload
 from clirun import MiB, allocated, bacpac, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
@@ -221,6 +222,30 @@ def wrapped_python(tmp_path: Path, name: str, before: str) -> Path:
     script.write_text(f"#!/bin/sh\n{before}\nexec {sys.executable} \"$@\"\n")
     script.chmod(0o755)
     return script
+
+
+@pytest.mark.parametrize("fixed", [None, 5])
+def test_a_dup_to_this_host_compresses_at_the_lowest_level(transport, tmp_path, fixed) -> None:
+    """The link to a helper on this host is memory, and the helper shares the compressors'
+    cores: blocks go at pacing.LOCAL_LEVEL from the start instead of from zstd's default down,
+    unless --level fixes it. Over ssh (to 127.0.0.1) the route is known once the TCP connection
+    is made: blocks compressed before that, at most the stream's 11 buffers, go at the start."""
+    blocks = 24
+    source = write_file(tmp_path / "source.img", blocks * 4 * MiB,
+                        {0: os.urandom(blocks * 4 * MiB)})
+    result = transport.dup(source, tmp_path / "copy.img",
+                           *(["--level", str(fixed)] if fixed is not None else []))
+    assert result.returncode == 0, result.stderr
+    assert sha256_of(tmp_path / "copy.img") == sha256_of(source)
+    levels = {int(level): count for level, count in result.summary["levels"].items()}
+    assert sum(levels.values()) == blocks
+    if fixed is not None:
+        assert levels == {fixed: blocks}
+    elif transport.name == "local":
+        assert levels == {LOCAL_LEVEL: blocks}
+    else:
+        assert set(levels) <= {START_LEVEL, LOCAL_LEVEL}, levels
+        assert levels.get(LOCAL_LEVEL, 0) >= blocks - 11, levels
 
 
 def dup_with(python: Path, source: Path, target: Path) -> None:

@@ -13,7 +13,7 @@ import time
 import pytest
 import zstandard
 
-from bacpac.pacing import HIGHEST, LOWEST, Pacer, _step, parse_rate
+from bacpac.pacing import HIGHEST, LOCAL_LEVEL, LOWEST, Pacer, _step, parse_rate
 from bacpac.pipeline import RECOMPRESS_AT, ImageStream, StreamSettings
 from clirun import MiB, sha256_of, write_file
 from test_directio import Collect
@@ -180,3 +180,23 @@ def test_blocks_compressed_before_a_climb_are_compressed_again_at_its_level(tmp_
         # below RECOMPRESS_AT, what the queue holds goes as it was compressed
         assert result.levels[3] > 1
         assert sink.payloads[4 * MiB] != at_climb
+
+
+@pytest.mark.parametrize("settings,level", [
+    (StreamSettings(level=3), LOCAL_LEVEL),
+    (StreamSettings(level=3, bwlimit=1e6), 3),  # a capped link is not free: from the start level
+    (StreamSettings(level=5, adaptive=False), 5),  # --level
+])
+def test_a_stream_to_this_host_compresses_from_the_lowest_level_unless_told_otherwise(
+        tmp_path, settings, level) -> None:
+    data = text_image(tmp_path / "s.img", 2)
+    fd = os.open(tmp_path / "s.img", os.O_RDONLY)
+    try:
+        image = ImageStream(fd, len(data), settings, here=True)
+        try:
+            result = image.send(Collect(len(data)))
+        finally:
+            image.close()
+    finally:
+        os.close(fd)
+    assert result.levels == {level: 2}

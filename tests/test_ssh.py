@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bacpac.errors import AuthError, ConnectError, HostKeyError, UsageError
-from bacpac.ssh import SshOptions, _WatchedSocket, connect, parse_o_option
+from bacpac.ssh import SshOptions, _WatchedSocket, connect, over_loopback, parse_o_option
 from bacpac.sshconfig import parse_jump, resolve_host
 from fixtures_sshd import helper_pids
 
@@ -211,6 +211,58 @@ def test_proxy_jump_through_the_same_server(sshd) -> None:
 def test_proxy_jump_to_closed_port_is_connect_error(sshd) -> None:
     with pytest.raises(ConnectError, match="through testhost"):
         connect(sshd.host, None, opts(sshd, "ProxyJump=testhost", port=1), interactive=False)
+
+
+def test_the_route_is_told_before_the_handshake_and_a_jump_is_not_this_host(sshd) -> None:
+    routes: list[tuple[bool, int]] = []
+
+    def logins() -> int:
+        return Path(sshd.log_path).read_text().count("Accepted publickey")
+
+    def noted(here: bool) -> None:
+        routes.append((here, logins()))
+
+    before = logins()
+    with connect(sshd.host, None, opts(sshd), interactive=False, on_route=noted) as conn:
+        assert read_all(conn.exec("echo here")) == b"here\n"
+    assert routes == [(True, before)]  # 127.0.0.1, told before the login
+    routes.clear()
+    with connect(sshd.host, None, opts(sshd, "ProxyJump=testhost"), interactive=False,
+                 on_route=noted) as conn:
+        assert read_all(conn.exec("echo jumped")) == b"jumped\n"
+    # Through a jump host's tunnel the route is not known to stay here, whatever its end is.
+    assert [here for here, _ in routes] == [False]
+
+
+class _Addressed(socket.socket):
+    """A connected TCP socket that reports the addresses it is given, as one to another host
+    would (no second host is at hand in a test)."""
+
+    def getpeername(self):
+        return (self.peer, 22)
+
+    def getsockname(self):
+        return (self.local, 40000)
+
+
+def test_over_loopback_knows_a_connection_that_stays_on_this_host() -> None:
+    for address in ("127.0.0.1", "127.0.0.2"):
+        with socket.create_server((address, 0)) as server:
+            with socket.create_connection(server.getsockname()) as client:
+                assert over_loopback(client), address
+                server.accept()[0].close()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with _Addressed(fileno=socket.create_connection(server.getsockname()).detach()) as sock:
+            sock.peer, sock.local = "10.213.77.2", "10.213.77.1"
+            assert not over_loopback(sock)  # another host, as the benchmark's namespace is
+            sock.peer = sock.local = "192.0.2.7"  # one of this host's own addresses
+            assert over_loopback(sock)
+            sock.peer = "fe80::1%eth0"
+            assert not over_loopback(sock)
+    left, right = socket.socketpair()  # a ProxyCommand's pipe, or a jump host's channel
+    with left, right:
+        assert not over_loopback(left)
+    assert not over_loopback(object())
 
 
 class _SpiedSocket(socket.socket):
