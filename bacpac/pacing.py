@@ -14,8 +14,8 @@
 # A target on this very host (a local path, or a connection through the loopback device)
 # starts at the lowest level instead: its link is memory, and the helper, sshd and the
 # compressors share the same cores, so any CPU the compressor spends is taken from the
-# receiving end. Climbing from 3 down to there took the pacer 2.5 s on the benchmark's
-# loopback dup, about half of it.
+# receiving end. Coming down from 3 to there took the pacer 2.5 s, half of the benchmark's
+# loopback dup.
 """
 from __future__ import annotations
 

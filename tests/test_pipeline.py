@@ -1,8 +1,13 @@
 """The client's stream: what reaches the sender, in what order, and when."""
 import hashlib
+import os
 import threading
+import time
+
+import pytest
 
 from bacpac import pipeline
+from bacpac.pipeline import ImageStream, StreamSettings
 from clirun import MiB, write_file
 from test_directio import Collect, stream
 
@@ -31,3 +36,49 @@ def test_a_hole_is_sent_before_its_zeros_are_hashed(tmp_path, mocker):
     assert sink.holes == [(MiB, 63 * MiB)]
     assert bytes(sink.image[:MiB]) == data
     assert result.sha256 == hashlib.sha256(data + bytes(63 * MiB)).hexdigest()
+
+
+def low_entropy(size):
+    """Bytes from a four-letter alphabet: they compress to about a quarter at any level."""
+    return os.urandom(size).translate(bytes(b"acgt"[i % 4] for i in range(256)))
+
+
+@pytest.mark.parametrize("level,make,ahead", [
+    (-3, low_entropy, True),  # a fast level, small payloads: buffers go back once hashed
+    (3, low_entropy, False),  # the start level: a buffer stays, for a climb's recompression
+    (-3, os.urandom, False),  # payloads near the block's size: letting go would save nothing
+])
+def test_small_payloads_at_fast_levels_let_the_reader_run_ahead(tmp_path, level, make, ahead):
+    """A sender held up on its first block: how many blocks the reader and the hasher queue
+    for it meanwhile. Without early release, no more than the reader's 11 buffers."""
+    data = make(40 * 4 * MiB)
+    path = write_file(tmp_path / "src.img", len(data), {0: data})
+    queued = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        image = ImageStream(fd, len(data), StreamSettings(threads=2, level=level,
+                                                          adaptive=False))
+
+        class HeldUp(Collect):
+            def block(self, offset, size, flags, payload):
+                if not queued:
+                    items, before, deadline = image._reader.items, -1, time.monotonic() + 20
+                    while items.qsize() != before and time.monotonic() < deadline:
+                        before = items.qsize()
+                        time.sleep(0.3)
+                    queued.append(before)
+                super().block(offset, size, flags, payload)
+
+        try:
+            sink = HeldUp(len(data))
+            result = image.send(sink)
+        finally:
+            image.close()
+    finally:
+        os.close(fd)
+    assert bytes(sink.image) == data
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    if ahead:
+        assert queued[0] > 11, queued
+    else:
+        assert queued[0] <= 11, queued
