@@ -1,4 +1,5 @@
 """The client's stream: what reaches the sender, in what order, and when."""
+import gc
 import hashlib
 import os
 import threading
@@ -82,3 +83,18 @@ def test_small_payloads_at_fast_levels_let_the_reader_run_ahead(tmp_path, level,
         assert queued[0] > 11, queued
     else:
         assert queued[0] <= 11, queued
+
+
+def test_a_stream_frees_what_it_is_done_with_without_the_garbage_collector(tmp_path):
+    """No reference cycles: each payload goes as soon as it is sent. A cycle through the
+    early release's callback kept them all until the collector ran: the client's peak RSS on
+    the benchmark went from 115 to 250 MB."""
+    path = write_file(tmp_path / "src.img", 16 * 4 * MiB, {0: low_entropy(16 * 4 * MiB)})
+    gc.collect()
+    gc.disable()
+    try:
+        sink, result = stream(str(path), StreamSettings(threads=2, level=-3, adaptive=False))
+        del sink, result
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
