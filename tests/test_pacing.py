@@ -16,7 +16,7 @@ import zstandard
 from bacpac.pacing import HIGHEST, LOCAL_LEVEL, LOWEST, Pacer, _step, parse_rate
 from bacpac.pipeline import RECOMPRESS_AT, ImageStream, StreamSettings
 from clirun import MiB, sha256_of, write_file
-from test_directio import Collect
+from test_directio import Collect, stream
 
 
 class FakeClock:
@@ -189,14 +189,6 @@ def test_blocks_compressed_before_a_climb_are_compressed_again_at_its_level(tmp_
 ])
 def test_a_stream_to_this_host_compresses_from_the_lowest_level_unless_told_otherwise(
         tmp_path, settings, level) -> None:
-    data = text_image(tmp_path / "s.img", 2)
-    fd = os.open(tmp_path / "s.img", os.O_RDONLY)
-    try:
-        image = ImageStream(fd, len(data), settings, here=True)
-        try:
-            result = image.send(Collect(len(data)))
-        finally:
-            image.close()
-    finally:
-        os.close(fd)
+    text_image(tmp_path / "s.img", 2)
+    _, result = stream(str(tmp_path / "s.img"), settings, here=True)
     assert result.levels == {level: 2}
