@@ -408,6 +408,25 @@ def test_dup_refuses_disk_whose_partition_is_mounted(transport, ext4_image, loop
 
 
 @requires_root
+@pytest.mark.parametrize("progress", [[], ["--no-progress"]])
+def test_dup_warns_of_a_source_partition_mounted_read_write(loop_device, tmp_path,
+                                                            progress) -> None:
+    source = loop_device(24 * MiB)
+    (partition,) = partition_disk(source, [(MiB, 16 * MiB)])
+    mountpoint = mkfs_and_mount(partition, tmp_path / "mnt")
+    os.sync()
+    result = bacpac("dup", "--json", *progress, source, tmp_path / "copy.img")
+    assert result.returncode == 0, result.stderr
+    warning = (f"{source}: {partition} is mounted read-write on {mountpoint}: "
+               "the copy may be inconsistent")
+    assert result.summary["warnings"] == [warning]
+    lines = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(lines) == 1 and lines[0].endswith(warning), result.stderr
+    if progress:
+        assert result.stderr == f"bacpac: warning: {warning}\n"
+
+
+@requires_root
 def test_dup_refuses_active_swap_device(transport, ext4_image, loop_device) -> None:
     device = loop_device(80 * MiB)
     run("mkswap", device)
@@ -540,6 +559,19 @@ def test_dup_rejects_bad_ssh_option(sshd, tmp_path, no_helper_left) -> None:
                         str(source), f"testhost:{target}")
         result.one_error_line(2, "-o")
     assert not target.exists()
+
+
+def test_dup_json_keeps_the_user_of_user_at_host(sshd, tmp_path, no_helper_left) -> None:
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    target = f"{sshd.user}@testhost:{tmp_path / 'copy.img'}"
+    saveset = tmp_path / "copy.bacpac"
+    result = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--json", "--saveset",
+                    saveset, source, target)
+    assert result.returncode == 0, result.stderr
+    assert (result.summary["source"], result.summary["target"]) == (str(source), target)
+    assert result.summary["saveset"] == str(saveset)
+    result = bacpac("verify", "-F", sshd.config_path, "--json", f"{sshd.user}@testhost:{saveset}")
+    assert result.summary["saveset"] == f"{sshd.user}@testhost:{saveset}"
 
 
 def test_dup_refuses_wrong_host_key_before_target_exists(sshd, tmp_path, no_helper_left) -> None:
