@@ -589,6 +589,29 @@ def test_dup_refuses_wrong_host_key_before_target_exists(sshd, tmp_path, no_help
     assert not target.exists()
 
 
+def test_dup_reads_known_hosts_with_marker_lines(sshd, tmp_path, no_helper_left) -> None:
+    """One @cert-authority line for other hosts broke every dup; a @revoked line for this
+    host's key refuses it, in one line, with nothing written."""
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    target = tmp_path / "copy.img"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca"))
+    ca_key = " ".join((tmp_path / "ca.pub").read_text().split()[:2])
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"@cert-authority *.example.com {ca_key}\n"
+                           + Path(sshd.known_hosts).read_text())
+    args = ("dup", "-F", sshd.config_path, "-o", f"UserKnownHostsFile={known_hosts}",
+            "--no-progress", str(source), f"testhost:{target}")
+    result = bacpac(*args)
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+    target.unlink()
+    server_key = " ".join(sshd.host_key_pub.split()[:2])
+    with open(known_hosts, "a") as f:
+        f.write(f"@revoked * {server_key}\n")
+    bacpac(*args).one_error_line(1, "testhost", "host key", "revoked")
+    assert not target.exists()
+
+
 def test_dup_refuses_unknown_host_key(sshd, tmp_path, no_helper_left) -> None:
     source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
     target = tmp_path / "copy.img"

@@ -143,6 +143,54 @@ def test_hashed_known_hosts_entry_is_recognised(sshd, tmp_path) -> None:
     connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False).close()
 
 
+def other_key(tmp_path: Path, name: str = "other") -> str:
+    """The "type base64" of a fresh key that no server here holds."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)],
+                   check=True)
+    return " ".join((tmp_path / f"{name}.pub").read_text().split()[:2])
+
+
+def test_marker_and_malformed_lines_do_not_stop_other_hosts(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    key = other_key(tmp_path)
+    known.write_text(f"@cert-authority *.example.com {key}\n"
+                     f"@revoked * {key}\n"
+                     f"@no-such-marker * {key}\n"
+                     "garbage\n"
+                     f"[127.0.0.1]:{sshd.port} ssh-ed25519 not-base64!\n"
+                     + Path(sshd.known_hosts).read_text())
+    connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False).close()
+
+
+@pytest.mark.parametrize("strict", ["yes", "no"])
+def test_revoked_host_key_is_refused_even_with_strict_no(sshd, tmp_path, strict) -> None:
+    known = tmp_path / "known_hosts"
+    server_key = " ".join(sshd.host_key_pub.split()[:2])
+    known.write_text(Path(sshd.known_hosts).read_text() + f"@revoked * {server_key}\n")
+    options = opts(sshd, f"UserKnownHostsFile={known}", f"StrictHostKeyChecking={strict}")
+    with pytest.raises(HostKeyError) as e:
+        connect(sshd.host, None, options, interactive=False)
+    assert str(e.value).startswith(
+        f"testhost: the ssh-ed25519 host key for [127.0.0.1]:{sshd.port} (SHA256:")
+    assert f"is marked as revoked in {known} line 2: " in str(e.value)
+    assert "impersonate" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_host_known_only_through_a_certificate_authority_is_refused(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@cert-authority [127.0.0.1]:* {other_key(tmp_path, 'ca')}\n")
+    before = known.read_text()
+    with pytest.raises(HostKeyError) as e:
+        connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False)
+    message = str(e.value)
+    assert message.startswith(f"testhost: [127.0.0.1]:{sshd.port} is known only through the "
+                              f"certificate authority in {known} line 1, and bacpac does not "
+                              "check host certificates; ")
+    assert message.endswith(f"add it as a plain line with: ssh-keyscan -p {sshd.port} "
+                            f"127.0.0.1 >> {known}")
+    assert known.read_text() == before
+
+
 def test_strict_no_connects_without_known_key(sshd, tmp_path) -> None:
     known = tmp_path / "known_hosts"
     options = opts(sshd, f"UserKnownHostsFile={known}", "StrictHostKeyChecking=no")
