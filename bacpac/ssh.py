@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import paramiko
@@ -322,15 +323,19 @@ def _load_key(path: str, passphrase: Optional[str], locked: list[str]) -> Option
     """A private key, or None when it is missing, unreadable or locked (then noted in `locked`)."""
     secret = passphrase.encode() if passphrase is not None else None
     try:
-        return paramiko.PKey.from_path(path, secret)
+        with warnings.catch_warnings():  # cryptography's deprecation of DSA keys, on stderr
+            warnings.simplefilter("ignore")
+            return paramiko.PKey.from_path(path, secret)
     except paramiko.PasswordRequiredException:
         locked.append(path)
     except TypeError:
         # cryptography's loaders say "password-protected" with a TypeError.
         if secret is None:
             locked.append(path)
-    except (paramiko.SSHException, OSError, ValueError):
-        pass  # ssh skips an identity it cannot load; a bad passphrase lands here too
+    except (paramiko.SSHException, paramiko.UnknownKeyType, OSError, ValueError):
+        # ssh skips an identity it cannot load; a bad passphrase lands here too, and a key
+        # type Paramiko does not know (DSA, security keys: among ssh's default identities).
+        pass
     return None
 
 

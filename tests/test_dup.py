@@ -20,7 +20,7 @@ from bacpac.dup import check_result
 from bacpac.errors import VerifyError
 from bacpac.pacing import LOCAL_LEVEL, START_LEVEL
 from bacpac.remote import helper_payload
-from clirun import MiB, allocated, bacpac, sha256_of, write_file
+from clirun import MiB, allocated, bacpac, bacpac_env, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, mkfs_and_mount, partition_disk, requires_root, run
 
@@ -558,6 +558,32 @@ def test_dup_rejects_bad_ssh_option(sshd, tmp_path, no_helper_left) -> None:
         result = bacpac("dup", "-F", sshd.config_path, "-o", option, "--no-progress",
                         str(source), f"testhost:{target}")
         result.one_error_line(2, "-o")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("path", ["with ssh", "without ssh"])
+def test_dup_follows_an_include_of_the_ssh_config(sshd, tmp_path, no_helper_left, path) -> None:
+    """`Include hosts.conf` was ignored ("cannot resolve host name"); with the OpenSSH client
+    installed, ssh -G resolves it, and bacpac's own parser follows it too."""
+    hosts = tmp_path / "hosts.conf"
+    hosts.write_text(Path(sshd.config_path).read_text().replace("Host testhost", "Host lab"))
+    config = tmp_path / "config"
+    config.write_text(f"Include {hosts}\n")
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    target = tmp_path / "copy.img"
+    env = bacpac_env(PATH=str(tmp_path / "no-ssh-here")) if path == "without ssh" else None
+    result = bacpac("dup", "-F", config, "--no-progress", source, f"lab:{target}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_dup_tells_an_ssh_config_error_in_one_line(sshd, tmp_path, no_helper_left) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host lab\n  Port twenty-two\n")
+    target = tmp_path / "copy.img"
+    result = bacpac("dup", "-F", config, "--no-progress", write_file(tmp_path / "disk.img", MiB,
+                    {0: b"data"}), f"lab:{target}")
+    result.one_error_line(2, "lab", f"{config} line 2", "port")
     assert not target.exists()
 
 
