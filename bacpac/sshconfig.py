@@ -150,7 +150,7 @@ def _ssh_g(ssh: str, host: str, user: Optional[str], opts: SshOptions) -> dict:
     """The options of `host` as `ssh -G` prints them: lowercase keys, the first value of each
     (as ssh applies it), IdentityFile as the list of all; "none" means unset."""
     if opts.config_file is not None:
-        sshconfig_file.read_config(opts.config_file)  # our words for a -F that cannot be read
+        sshconfig_file.read_text(opts.config_file)  # our words for a -F that cannot be read
     status, out, err = _run_alone([ssh, "-G", *_ssh_arguments(user, opts), "--", host], host)
     if status != 0:
         problem = "; ".join(line.strip() for line in err.splitlines() if line.strip())

@@ -53,7 +53,7 @@ def _with_includes(path: str, base: str, depth: int) -> str:
     """The text of one config file, each global Include replaced by the files it names."""
     lines = []
     header = "Host *"  # the block a line belongs to; global lines act as under "Host *"
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         words = line.split(None, 1)
         keyword = words[0].lower() if words else ""
         if keyword in ("host", "match"):
@@ -84,7 +84,8 @@ def _include_paths(value: str, base: str) -> list[str]:
     return paths
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
+    """A config file's text; one that cannot be read is a UsageError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()

@@ -481,6 +481,17 @@ def test_own_parser_finds_a_relative_include_in_dot_ssh(tmp_path, monkeypatch) -
     assert cfg.hostname == "10.1.2.3"
 
 
+def test_ssh_g_follows_an_include_inside_a_host_block(tmp_path) -> None:
+    if shutil.which("ssh") is None:
+        pytest.skip("the OpenSSH client (ssh) is not installed")
+    (tmp_path / "lab.conf").write_text("HostName 10.1.2.3\nHost other\n  Port 2000\n")
+    config = tmp_path / "config"
+    config.write_text(f"Host lab\n  Include {tmp_path}/lab.conf\n  Port 2022\n")
+    cfg = resolve_host("lab", None, SshOptions(config_file=str(config)))
+    assert (cfg.hostname, cfg.port) == ("10.1.2.3", 2022)
+    assert resolve_host("other", None, SshOptions(config_file=str(config))).port == 22
+
+
 def test_own_parser_refuses_an_include_inside_a_host_block(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "no-ssh-here"))
     config = tmp_path / "config"
