@@ -94,3 +94,10 @@ def test_json_answers_a_usage_error_with_one_error_object(args: list[str], words
     assert summary["command"] == "dup"
     assert words in summary["error"]
     assert words in proc.stderr  # the usage line or "bacpac: ..." on stderr stays
+
+
+def test_info_json_answers_a_failure_with_one_error_object(tmp_path) -> None:
+    proc = bacpac("info", "--json", tmp_path / "missing.bacpac")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.summary == {"command": "info", "status": "error", "exit_code": 1,
+                            "error": f"{tmp_path / 'missing.bacpac'}: No such file or directory"}
