@@ -10,14 +10,14 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from . import __version__
 from .dup import DupRequest, run_dup
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BacpacError, UsageError
-from .events import Sink
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BacpacError, UsageError
+from .events import RunFailed, Sink
 from .pacing import START_LEVEL, parse_rate
 from .pipeline import StreamSettings
 from .remote import ConnectOptions
 from .report import human_size, make_sink
 from .savesets import RestoreRequest, query_saveset, run_restore, run_verify
-from .spec import Endpoint, parse_endpoint
+from .spec import parse_endpoint
 from .ssh import SshOptions, parse_o_option
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -31,12 +31,36 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * SIZE_UNITS[match.group(2)]
 
 
+def parse_port(text: str) -> int:
+    """A TCP port, 1 to 65535; for argparse, so that -p is refused as the option it is."""
+    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return int(text)
+
+
+class _ArgumentError(Exception):
+    """argparse refused the command line; main() says so, in JSON too when --json asks."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, raising its errors instead of exiting (subparsers inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(self, message)
+
+
 def _ssh_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     ssh = parent.add_argument_group("SSH (as OpenSSH's ssh)")
     ssh.add_argument("-F", dest="ssh_config", metavar="FILE", help="ssh_config file "
                      "(default ~/.ssh/config)")
-    ssh.add_argument("-p", dest="port", type=int, metavar="PORT", help="port on the remote host")
+    ssh.add_argument("-p", dest="port", type=parse_port, metavar="PORT",
+                     help="port on the remote host")
     ssh.add_argument("-i", dest="identity", action="append", default=[], metavar="IDENTITY",
                      help="private key file (repeatable)")
     ssh.add_argument("-l", dest="login", metavar="USER", help="user to log in as")
@@ -52,7 +76,7 @@ def _ssh_parent() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bacpac", description="Duplicate disks between Linux hosts over SSH, "
         "proven byte for byte end to end.")
     parser.add_argument("--version", action="version", version=f"bacpac {__version__}")
@@ -135,13 +159,6 @@ def connect_options(args: argparse.Namespace) -> ConnectOptions:
                           interactive=sys.stdin.isatty())
 
 
-def _endpoint(text: str, args: argparse.Namespace) -> Endpoint:
-    endpoint = parse_endpoint(text)
-    if endpoint.host is not None and endpoint.user is None and args.login:
-        endpoint = Endpoint(endpoint.path, endpoint.host, args.login)
-    return endpoint
-
-
 def _rate(text: str) -> float:
     try:
         return parse_rate(text)
@@ -166,7 +183,7 @@ def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
 
 def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     delta = bool(getattr(args, "delta", False))
-    return DupRequest(source=args.source, target=_endpoint(args.target, args),
+    return DupRequest(source=args.source, target=parse_endpoint(args.target),
                       saveset=args.saveset, backup=backup, force=args.force, verify=args.verify,
                       delta=delta, stream=_stream_settings(args, delta))
 
@@ -180,20 +197,20 @@ def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:
 
 
 def _cmd_restore(args: argparse.Namespace, sink: Sink) -> None:
-    request = RestoreRequest(_endpoint(args.saveset, args), _endpoint(args.target, args),
+    request = RestoreRequest(parse_endpoint(args.saveset), parse_endpoint(args.target),
                              force=args.force, verify=args.verify)
     run_restore(request, connect_options(args), sink)
 
 
 def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
-    summary = run_verify(_endpoint(args.saveset, args), connect_options(args), sink)
+    summary = run_verify(parse_endpoint(args.saveset), connect_options(args), sink)
     if not args.json:
         print(f"{args.saveset}: ok, {summary.extra['frames']} frames, "
               f"{summary.bytes_total} bytes, sha256 {summary.sha256}")
 
 
 def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
-    result = query_saveset("info", _endpoint(args.saveset, args), connect_options(args))
+    result = query_saveset("info", parse_endpoint(args.saveset), connect_options(args))
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return
@@ -211,13 +228,30 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         print(f"{name:<11} {value}")
 
 
+_COMMANDS = ("dup", "backup", "restore", "verify", "info")
 QUIET_COMMANDS = ("verify", "info")  # their result is what they print, not a progress display
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the `bacpac` command."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _ArgumentError as e:
+        _end(_refuse_arguments(e, argv))
     _end(run(args.run, args))
+
+
+def _refuse_arguments(error: _ArgumentError, argv: list[str]) -> int:
+    """argparse's usage and error lines on stderr; with --json, one object on stdout too."""
+    error.parser.print_usage(sys.stderr)
+    print(f"{error.parser.prog}: error: {error.message}", file=sys.stderr)
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    if "--json" in options:
+        command = next((a for a in options if a in _COMMANDS), None)
+        make_sink(progress=False, json_output=True).emit(
+            RunFailed(command, error.message, EXIT_USAGE))
+    return EXIT_USAGE
 
 
 def _end(code: int) -> NoReturn:
@@ -236,24 +270,25 @@ def _end(code: int) -> NoReturn:
 
 def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Namespace) -> int:
     progress = not args.no_progress and args.command not in QUIET_COMMANDS
-    sink = make_sink(progress=progress, json_output=args.json and args.command != "info")
+    sink = make_sink(progress=progress, json_output=args.json)
     try:
         command(args, sink)
         return EXIT_OK
     except BacpacError as e:
-        return _fail(sink, str(e), e.exit_code)
+        return _fail(sink, str(e), e.exit_code, args.command)
     except KeyboardInterrupt:
-        return _fail(sink, "interrupted", EXIT_INTERRUPTED)
+        return _fail(sink, "interrupted", EXIT_INTERRUPTED, args.command)
     except Exception as e:  # a bug: still one line, and the details on request
         if os.environ.get("BACPAC_DEBUG"):
             raise
         return _fail(sink, f"internal error: {type(e).__name__}: {e} "
-                     "(set BACPAC_DEBUG=1 for the traceback)", EXIT_FAILED)
+                     "(set BACPAC_DEBUG=1 for the traceback)", EXIT_FAILED, args.command)
     finally:
         sink.close()
 
 
-def _fail(sink: Sink, message: str, code: int) -> int:
+def _fail(sink: Sink, message: str, code: int, command: str) -> int:
+    sink.emit(RunFailed(command, message, code))
     sink.close()
     try:
         print(f"bacpac: {message}", file=sys.stderr)

@@ -25,13 +25,14 @@ _KIND_NAMES = {
 
 @dataclass(frozen=True)
 class Source:
-    """An open source disk or image; `rw_mountpoint` is set when it is mounted read-write."""
+    """An open source disk or image; `rw_mount` is (device, mountpoint) when it, a partition of
+    it or a loop device on it is mounted read-write."""
 
     path: str
     fd: int
     size: int
     identity: dict
-    rw_mountpoint: Optional[str]
+    rw_mount: Optional[tuple[str, str]]
 
 
 def _open_error(path: str, e: OSError) -> BacpacError:
@@ -59,7 +60,7 @@ def open_source(path: str) -> Source:
             fd=fd,
             size=devices.open_size(fd),
             identity=devices.identity(fd),
-            rw_mountpoint=devices.mounted_readwrite(path),
+            rw_mount=devices.mounted_readwrite(path),
         )
     except OSError as e:
         os.close(fd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import queue
 from dataclasses import dataclass, field
 from typing import Optional
@@ -20,8 +21,8 @@ from remote_helper.protocol import END, MATCH, OPEN
 
 from .disk import Source, close_source, open_source
 from .errors import BacpacError, Interrupted, TransferError, UsageError, VerifyError
-from .events import Counters, JobMessage, JobStarted, JobSummary, Sink
-from .jobs import remote_path, run_tracked, saveset_metadata, where
+from .events import Counters, JobStarted, JobSummary, Sink
+from .jobs import remote_path, run_tracked, saveset_metadata, warn, where
 from .dedup import SeenChunks
 from .delta import SegmentReader
 from .pipeline import ImageStream, StreamSettings
@@ -73,9 +74,8 @@ def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
     source = open_source(request.source)
     try:
         summary.bytes_total = source.size
-        if source.rw_mountpoint:
-            sink.emit(JobMessage(job, "warning", f"{request.source} is mounted read-write on "
-                                 f"{source.rw_mountpoint}: the copy may be inconsistent"))
+        if source.rw_mount:
+            warn(sink, job, summary, _mounted_warning(request.source, *source.rw_mount))
         stream = _Stream(request, source, request.stream)  # works while we connect
         try:
             try:
@@ -86,6 +86,13 @@ def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
             stream.close()
     finally:
         close_source(source)
+
+
+def _mounted_warning(path: str, device: str, mountpoint: str) -> str:
+    """Names the device that is mounted: the source itself, or a partition or loop device of
+    it, which is the one to unmount."""
+    subject = path if os.path.realpath(path) == device else f"{path}: {device}"
+    return f"{subject} is mounted read-write on {mountpoint}: the copy may be inconsistent"
 
 
 class _Renegotiate(TransferError):

@@ -59,6 +59,7 @@ class JobSummary:
     seconds: float = 0.0
     sha256: Optional[str] = None
     error: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -73,6 +74,16 @@ class JobSummary:
 class JobFinished:
     job: str
     summary: JobSummary
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    """The command ended in an error; the JSON sink reports it when no job of it did (a usage
+    error, an option refused before any job began)."""
+
+    command: Optional[str]
+    error: str
+    exit_code: int
 
 
 Event = Any  # one of the dataclasses above
@@ -117,13 +128,3 @@ class Counters:
     def _snapshot(self) -> JobProgress:
         return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
                            self.blocks_compared, self.blocks_sent)
-
-
-class NullSink:
-    """Drops everything (used by tests and by --no-progress without --json)."""
-
-    def emit(self, event: Event) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -8,7 +8,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import BacpacError
-from .events import JobFinished, JobSummary, Sink
+from .events import JobFinished, JobMessage, JobSummary, Sink
 from .spec import Endpoint
 
 
@@ -29,6 +29,12 @@ def run_tracked(sink: Sink, job: str, summary: JobSummary,
     finally:
         summary.seconds = time.monotonic() - started
         sink.emit(JobFinished(job, summary))
+
+
+def warn(sink: Sink, job: str, summary: JobSummary, text: str) -> None:
+    """A warning told now (on stderr) and kept in the job's summary (its JSON's "warnings")."""
+    summary.warnings.append(text)
+    sink.emit(JobMessage(job, "warning", text))
 
 
 def remote_path(endpoint: Endpoint) -> str:

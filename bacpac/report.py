@@ -19,7 +19,7 @@ from typing import Callable, Optional, TextIO
 
 from .errors import OutputError
 from .events import (Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary,
-                     NullSink, Sink)
+                     RunFailed, Sink)
 
 Clock = Callable[[], float]
 
@@ -172,19 +172,45 @@ def write_out(stream: TextIO, text: str) -> None:
         raise OutputError(f"{str(name).strip('<>')}: {e.strerror} (its reader went away)") from None
 
 
+class WarningSink:
+    """Warnings alone, one "bacpac: warning: ..." line each, for --no-progress: a warning is
+    not progress, and a run that may have copied an inconsistent disk must say so."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def emit(self, event: Event) -> None:
+        """Write a warning's line; ignore everything else."""
+        if isinstance(event, JobMessage) and event.level == "warning":
+            write_out(self._stream, f"bacpac: warning: {event.text}\n")
+
+    def close(self) -> None:
+        """Nothing to tear down; every line is already flushed."""
+
+
 class JsonSink:
-    """One JSON object per finished job on stdout, for scripts; ignores everything else."""
+    """One JSON object per finished job on stdout, for scripts; ignores everything else.
+
+    A command that fails before any job finished still prints one object, so a script that
+    reads stdout always gets an answer."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()  # jobs of a fleet finish concurrently: no torn lines
+        self._printed = False
 
     def emit(self, event: Event) -> None:
         """Print the summary of a finished job as one line, flushed at once."""
-        if not isinstance(event, JobFinished):
-            return
-        line = json.dumps(event.summary.to_json(), sort_keys=True)
+        if isinstance(event, JobFinished):
+            self._print(event.summary.to_json())
+        elif isinstance(event, RunFailed) and not self._printed:
+            self._print({"command": event.command, "status": "error", "error": event.error,
+                         "exit_code": event.exit_code})
+
+    def _print(self, data: dict) -> None:
+        line = json.dumps(data, sort_keys=True)
         with self._lock:
+            self._printed = True  # even if the write fails: a stdout gone is not tried twice
             write_out(self._stream, line + "\n")
 
     def close(self) -> None:
@@ -231,8 +257,8 @@ def make_sink(*, progress: bool, json_output: bool, stderr: Optional[TextIO] = N
             sinks.append(RichSink.on(stderr, show_failures=show_failures))
         else:
             sinks.append(LogSink(stderr, show_failures=show_failures))
+    else:
+        sinks.append(WarningSink(stderr))
     if json_output:
         sinks.append(JsonSink(stdout))
-    if not sinks:
-        return NullSink()
     return sinks[0] if len(sinks) == 1 else TeeSink(*sinks)

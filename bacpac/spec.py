@@ -21,10 +21,12 @@ class Endpoint:
         return self.host is None
 
     def __str__(self) -> str:
+        """The operand as the user typed it, user included: reports show it back."""
         if self.host is None:
             return self.path
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.path}"
+        user = f"{self.user}@" if self.user is not None else ""
+        return f"{user}{host}:{self.path}"
 
 
 def parse_endpoint(text: str) -> Endpoint:

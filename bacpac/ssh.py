@@ -19,10 +19,12 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import paramiko
 
+from . import knownhosts
 from .channel import Buffer, StderrTail
 from .errors import AuthError, ConnectError, HostKeyError, TransferError, UsageError
 from .sshdata import BatchWriter
@@ -200,36 +202,40 @@ def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transpor
 
 # ---- host keys ---------------------------------------------------------------------------
 
-def _load_known_hosts(cfg: HostConfig) -> paramiko.HostKeys:
-    known = paramiko.HostKeys()
-    for path in cfg.known_hosts_files + cfg.global_known_hosts_files:
-        if os.path.isfile(path):
-            try:
-                known.load(path)
-            except (OSError, paramiko.SSHException, UnicodeDecodeError, ValueError):
-                continue  # an unreadable file knows no keys, as with OpenSSH
-    return known
+def _known_keys(cfg: HostConfig) -> list[knownhosts.KnownKey]:
+    return knownhosts.lookup(cfg.known_hosts_files + cfg.global_known_hosts_files,
+                             cfg.known_hosts_name)
 
 
 def _known_key_types(cfg: HostConfig) -> tuple[str, ...]:
-    entries = _load_known_hosts(cfg).lookup(cfg.known_hosts_name) or {}
     types: list[str] = []
-    for name in entries.keys():
-        types += ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if name == "ssh-rsa" else [name]
-    return tuple(types)
+    for entry in _known_keys(cfg):
+        if entry.marker is None:
+            rsa = ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
+            types += rsa if entry.key_type == "ssh-rsa" else [entry.key_type]
+    return tuple(dict.fromkeys(types))
 
 
 def _check_host_key(cfg: HostConfig, transport: paramiko.Transport) -> None:
-    """Refuse an unknown key (unless accept-new/no) and always a changed one."""
-    if cfg.strict == "no":
-        return
+    """Refuse a revoked key always, a changed one unless StrictHostKeyChecking=no, and an
+    unknown one unless accept-new or no, as ssh does."""
     key = transport.get_remote_server_key()
     name = cfg.known_hosts_name
-    entries = _load_known_hosts(cfg).lookup(name) or {}
-    if entries.get(key.get_name()) == key:
+    entries = _known_keys(cfg)
+    blob = key.asbytes()
+    for entry in entries:
+        if entry.marker == knownhosts.REVOKED and entry.blob == blob:
+            raise HostKeyError(
+                f"{cfg.alias}: the {key.get_name()} host key for {name} ({key.fingerprint}) "
+                f"is marked as revoked in {entry.path} line {entry.line}: this could mean "
+                "that a stolen key is being used to impersonate this host; not connecting")
+    if cfg.strict == "no":
+        return
+    plain = [entry for entry in entries if entry.marker is None]
+    if any(entry.blob == blob for entry in plain):
         return
     known_hosts = cfg.known_hosts_files[0]
-    if entries:
+    if plain:
         raise HostKeyError(
             f"{cfg.alias}: the host key of {name} has changed (the server now offers "
             f"{key.get_name()} {key.fingerprint}); if that is expected, remove the old line "
@@ -238,10 +244,18 @@ def _check_host_key(cfg: HostConfig, transport: paramiko.Transport) -> None:
         _add_known_host(known_hosts, name, key, cfg.hash_known_hosts)
         return
     port = f"-p {cfg.port} " if cfg.port != 22 else ""
+    keyscan = f"ssh-keyscan {port}{cfg.hostname} >> {known_hosts}"
+    authority = next((e for e in entries if e.marker == knownhosts.CERT_AUTHORITY), None)
+    if authority is not None:
+        raise HostKeyError(
+            f"{cfg.alias}: {name} is known only through the certificate authority in "
+            f"{authority.path} line {authority.line}, and bacpac does not check host "
+            f"certificates; after checking the host's key ({key.get_name()} "
+            f"{key.fingerprint}), add it as a plain line with: {keyscan}")
     raise HostKeyError(
         f"{cfg.alias}: the host key of {name} is not known ({key.get_name()} "
-        f"{key.fingerprint}); after checking it, accept it with: ssh-keyscan {port}"
-        f"{cfg.hostname} >> {known_hosts}  (or use -o StrictHostKeyChecking=accept-new)")
+        f"{key.fingerprint}); after checking it, accept it with: {keyscan}  "
+        "(or use -o StrictHostKeyChecking=accept-new)")
 
 
 def _add_known_host(path: str, name: str, key: paramiko.PKey, hashed: bool) -> None:
@@ -309,15 +323,19 @@ def _load_key(path: str, passphrase: Optional[str], locked: list[str]) -> Option
     """A private key, or None when it is missing, unreadable or locked (then noted in `locked`)."""
     secret = passphrase.encode() if passphrase is not None else None
     try:
-        return paramiko.PKey.from_path(path, secret)
+        with warnings.catch_warnings():  # cryptography's deprecation of DSA keys, on stderr
+            warnings.simplefilter("ignore")
+            return paramiko.PKey.from_path(path, secret)
     except paramiko.PasswordRequiredException:
         locked.append(path)
     except TypeError:
         # cryptography's loaders say "password-protected" with a TypeError.
         if secret is None:
             locked.append(path)
-    except (paramiko.SSHException, OSError, ValueError):
-        pass  # ssh skips an identity it cannot load; a bad passphrase lands here too
+    except (paramiko.SSHException, paramiko.UnknownKeyType, OSError, ValueError):
+        # ssh skips an identity it cannot load; a bad passphrase lands here too, and a key
+        # type Paramiko does not know (DSA, security keys: among ssh's default identities).
+        pass
     return None
 
 

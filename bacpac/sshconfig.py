@@ -1,10 +1,10 @@
 """SSH options as OpenSSH applies them: command line first, then ssh_config, first value wins.
 
-# Strategy: paramiko.SSHConfig only parses, so the command line (-l, -p, -i, -o) is written as
-# a block of global lines *ahead of* the config file's text and the whole is parsed as one
-# file. Paramiko's lookup keeps the first value of every key and accumulates IdentityFile in
-# order, which is exactly OpenSSH's rule, and it expands %h/%r/%u/%d/~ in the keys it knows.
-# The result is validated once into a frozen HostConfig; nothing below this reads ssh_config.
+# Strategy: where the OpenSSH client is installed, OpenSSH itself resolves the configuration:
+# `ssh -G` prints every option as ssh would apply it to the host (Include, Match, % tokens,
+# canonical names, its defaults), one "key value" line each. Without it, sshconfig_file.py
+# reads the files the same way, as far as it can. Either way, the result is validated once
+# into a frozen HostConfig; nothing below this reads ssh_config.
 """
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import getpass
 import os
 import pwd
 import re
+import shutil
+import signal
+import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
-import paramiko
-
+from . import sshconfig_file
 from .errors import UsageError
 
 
@@ -39,7 +42,7 @@ class HostConfig:
     hostname: str                     # the name or address actually connected
     port: int
     user: str
-    identity_files: tuple[str, ...]   # explicit ones, else the default keys that exist
+    identity_files: tuple[str, ...]   # the configured (else the default) keys that exist
     identities_only: bool
     known_hosts_files: tuple[str, ...]
     global_known_hosts_files: tuple[str, ...]
@@ -127,12 +130,12 @@ def _check_value(key: str, value: str) -> Optional[str]:
 
 def resolve_host(host: str, user: Optional[str], opts: SshOptions) -> HostConfig:
     """Apply the command line and ssh_config to `host` (an alias or a name) as ssh would."""
-    config_file, text = _read_config(opts.config_file)
-    try:
-        config = _Config.from_text(_command_line_block(user, opts) + text)
-        found = config.lookup(host)
-    except (paramiko.SSHException, ValueError, KeyError, OSError) as e:
-        raise UsageError(f"{config_file or 'ssh options'}: {e}")
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        config_file, found = sshconfig_file.lookup(host, _command_line_block(user, opts),
+                                                   opts.config_file)
+    else:
+        config_file, found = opts.config_file, _ssh_g(ssh, host, user, opts)
     for key in (*_NUMBERS, *_BOOLEAN_KEYS, "stricthostkeychecking"):
         problem = _check_value(key, found[key]) if key in found else None
         if problem:
@@ -140,41 +143,59 @@ def resolve_host(host: str, user: Optional[str], opts: SshOptions) -> HostConfig
     return _host_config(host, found, config_file)
 
 
-class _Config(paramiko.SSHConfig):
-    """paramiko.SSHConfig that expands only the tokens a value holds.
-
-    Paramiko computes every token a key allows, whether the value uses it or not, and one of
-    them, %l, is the local host's FQDN: a reverse DNS lookup on every connection, which takes
-    seconds where the local name does not resolve (paramiko issues #338 and #1900).
-    """
-
-    _value = ""
-
-    def _tokenize(self, config: dict, target_hostname: str, key: str, value: str) -> str:
-        self._value = value
-        return super()._tokenize(config, target_hostname, key, value)
-
-    def _allowed_tokens(self, key: str) -> list:
-        return [token for token in super()._allowed_tokens(key) if token in self._value]
+SSH_G_TIMEOUT = 30.0  # seconds: a "Match exec" command that hangs must not hang bacpac
 
 
-def _read_config(path: Optional[str]) -> tuple[Optional[str], str]:
-    """The -F file alone, or as ssh does without -F: ~/.ssh/config, then /etc/ssh/ssh_config."""
-    if path is not None:
-        return path, _read_text(path)
-    user_file = os.path.expanduser("~/.ssh/config")
-    found = [p for p in (user_file, "/etc/ssh/ssh_config") if os.path.isfile(p)]
-    # "Host *" so the system file's leading global lines do not join the user file's last block.
-    text = "\nHost *\n".join(_read_text(p) for p in found)
-    return (found[0] if found else None), text
+def _ssh_g(ssh: str, host: str, user: Optional[str], opts: SshOptions) -> dict:
+    """The options of `host` as `ssh -G` prints them: lowercase keys, the first value of each
+    (as ssh applies it), IdentityFile as the list of all; "none" means unset."""
+    if opts.config_file is not None:
+        sshconfig_file.read_text(opts.config_file)  # our words for a -F that cannot be read
+    status, out, err = _run_alone([ssh, "-G", *_ssh_arguments(user, opts), "--", host], host)
+    if status != 0:
+        problem = "; ".join(line.strip() for line in err.splitlines() if line.strip())
+        raise UsageError(f"{host}: ssh refused the configuration: {problem or 'no reason given'}")
+    found: dict = {"identityfile": []}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "identityfile":
+            found[key].append(value)
+        elif key not in found and value.lower() != "none":
+            found[key] = value
+    return found
 
 
-def _read_text(path: str) -> str:
+def _run_alone(command: list[str], host: str) -> tuple[int, str, str]:
+    """Run `ssh -G` in a session of its own, so that a Match exec command that outlives the
+    deadline is killed with it (it would hold the pipes open)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read ssh config: {getattr(e, 'strerror', None) or e}")
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True,
+                                start_new_session=True)
+    except OSError as e:
+        raise UsageError(f"{host}: cannot run {command[0]} -G: {e.strerror}") from None
+    try:
+        out, err = proc.communicate(timeout=SSH_G_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise UsageError(f"{host}: ssh -G did not print the configuration within "
+                         f"{SSH_G_TIMEOUT:g} s (a Match exec command that hangs?)") from None
+    return proc.returncode, out, err
+
+
+def _ssh_arguments(user: Optional[str], opts: SshOptions) -> list[str]:
+    """The command line as ssh's own options; a user in user@host beats -l, as with ssh."""
+    args = ["-F", opts.config_file] if opts.config_file is not None else []
+    if user or opts.login_name:
+        args += ["-l", user or opts.login_name]
+    if opts.port is not None:
+        args += ["-p", str(opts.port)]
+    for path in opts.identity_files:
+        args += ["-i", path]
+    for key, value in opts.options:
+        args += ["-o", f"{key}={value}"]
+    return args
 
 
 def _command_line_block(user: Optional[str], opts: SshOptions) -> str:
@@ -203,7 +224,7 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
     port = int(found.get("port", 22))
     user = found.get("user") or _local_user()
     tokens = {"%d": os.path.expanduser("~"), "%u": _local_user(), "%h": hostname,
-              "%r": user, "%p": str(port), "%n": alias, "%%": "%"}
+              "%r": user, "%p": str(port), "%n": alias, "%i": str(os.getuid()), "%%": "%"}
 
     def flag(key: str, default: bool) -> bool:
         return _BOOLEANS[found[key].lower()] if key in found else default
@@ -216,7 +237,7 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
     timeout = int(found.get("connecttimeout", 0))
     return HostConfig(
         alias=alias, hostname=hostname, port=port, user=user,
-        identity_files=_identity_files(found.get("identityfile", [])),
+        identity_files=_identity_files([_expand(p, tokens) for p in found.get("identityfile", [])]),
         identities_only=flag("identitiesonly", False),
         known_hosts_files=files("userknownhostsfile", "~/.ssh/known_hosts ~/.ssh/known_hosts2"),
         global_known_hosts_files=files(
@@ -228,26 +249,36 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
         alive_interval=int(found.get("serveraliveinterval", 0)),
         alive_count_max=int(found.get("serveralivecountmax", 3)),
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
-        proxy_command=None if not command or command.lower() == "none" else command,
+        proxy_command=(None if not command or command.lower() == "none"
+                       else _expand(command, tokens, home=False)),
         password_auth=flag("passwordauthentication", True),
         batch_mode=flag("batchmode", False),
         config_file=config_file,
     )
 
 
-def _expand(path: str, tokens: dict[str, str]) -> str:
-    """%-tokens and ~ in a path, for the keys paramiko does not expand itself."""
-    path = re.sub(r"%.", lambda m: tokens.get(m.group(0), m.group(0)), path)
-    return os.path.expanduser(path)
+def _expand(text: str, tokens: dict[str, str], home: bool = True) -> str:
+    """%-tokens (%l, the local FQDN, looked up only when used: that lookup can take seconds)
+    and, in a path (`home`), a leading ~."""
+    def token(match: re.Match) -> str:
+        if match.group(0) == "%l":
+            return socket.getfqdn()
+        return tokens.get(match.group(0), match.group(0))
+    text = re.sub(r"%.", token, text)
+    return os.path.expanduser(text) if home else text
+
+
+# The keys ssh tries when none is configured, in its order; `ssh -G` lists them as if
+# configured, and ssh skips those that are not there.
+_DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss",
+                 "id_dsa")
 
 
 def _identity_files(configured: list[str]) -> tuple[str, ...]:
-    """The configured keys (paramiko expanded their tokens), else OpenSSH's defaults present."""
-    if configured:
-        return tuple(dict.fromkeys(os.path.expanduser(p) for p in configured))
-    names = ("id_ed25519", "id_ecdsa", "id_rsa")
-    defaults = (os.path.expanduser(f"~/.ssh/{name}") for name in names)
-    return tuple(p for p in defaults if os.path.isfile(p))
+    """The configured keys, else OpenSSH's defaults; a default one only when it exists."""
+    defaults = [os.path.expanduser(f"~/.ssh/{name}") for name in _DEFAULT_KEYS]
+    paths = dict.fromkeys(configured or defaults)
+    return tuple(p for p in paths if p not in defaults or os.path.isfile(p))
 
 
 def parse_jump(spec: str) -> tuple[Optional[str], str, Optional[int]]:

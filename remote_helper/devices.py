@@ -244,9 +244,10 @@ def busy_reasons(path):
 
 
 def mounted_readwrite(path):
-    # type: (str) -> Optional[str]
-    """The mountpoint if this disk (a partition of it, or a loop device on this image) is
-    mounted read-write, else None: a copy of a live file system may be inconsistent."""
+    # type: (str) -> Optional[Tuple[str, str]]
+    """(device, mountpoint) where this disk, a partition of it, or a loop device on this image
+    (or its partition) is mounted read-write, else None: a copy of a live file system may be
+    inconsistent, and the user needs to know which one to unmount."""
     mounts = _mounts()
     ident = identity(path)
     if ident["kind"] == "block":
@@ -256,10 +257,12 @@ def mounted_readwrite(path):
     else:
         return None
     for disk in disks:
-        devs = set([disk] + [rdev for _, rdev in _partitions(_sys_name(disk))])
+        names = {disk: _sys_name(disk)}
+        names.update((rdev, part) for part, rdev in _partitions(names[disk]))
         for dev, source_rdev, mountpoint, rw in mounts:
-            if rw and (dev in devs or source_rdev in devs):
-                return mountpoint
+            name = names.get(dev) or names.get(source_rdev)
+            if rw and name:
+                return ("/dev/" + name, mountpoint)
     return None
 
 

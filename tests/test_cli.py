@@ -69,3 +69,35 @@ def test_a_reader_gone_from_stdout_is_one_line_and_exit_1(tmp_path) -> None:
     assert proc.wait(timeout=60) == 1
     assert err == "bacpac: stdout: Broken pipe (its reader went away)\n"
     assert (tmp_path / "copy.img").read_bytes() == data
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "ssh"])
+def test_dup_refuses_a_port_out_of_range_as_the_option_it_is(port: str) -> None:
+    proc = bacpac("dup", "-p", port, "disk.img", "host:/x")
+    assert proc.returncode == 2, proc.stderr
+    assert f"argument -p: '{port}' is not a port (1 to 65535)" in proc.stderr.splitlines()[-1]
+    assert "ssh_config" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["dup", "--json", "-p", "99999", "disk.img", "host:/x"], "argument -p: '99999'"),
+    (["dup", "--json", "--nosuchflag", "a", "b"], "unrecognized arguments: --nosuchflag"),
+    (["dup", "--json", "only-one-operand"], "the following arguments are required"),
+    (["dup", "--json", "-o", "Bogus=1", "disk.img", "host:/x"], "unknown ssh option Bogus"),
+    (["dup", "--json", "--block-size", "64M", "a", "host:/x"], "--block-size"),
+])
+def test_json_answers_a_usage_error_with_one_error_object(args: list[str], words: str) -> None:
+    proc = bacpac(*args)
+    assert proc.returncode == 2, proc.stderr
+    summary = proc.summary
+    assert summary["status"] == "error" and summary["exit_code"] == 2, summary
+    assert summary["command"] == "dup"
+    assert words in summary["error"]
+    assert words in proc.stderr  # the usage line or "bacpac: ..." on stderr stays
+
+
+def test_info_json_answers_a_failure_with_one_error_object(tmp_path) -> None:
+    proc = bacpac("info", "--json", tmp_path / "missing.bacpac")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.summary == {"command": "info", "status": "error", "exit_code": 1,
+                            "error": f"{tmp_path / 'missing.bacpac'}: No such file or directory"}

@@ -300,8 +300,8 @@ def test_busy_reasons_ignore_the_backing_file_of_an_unused_loop_device(loop_devi
 @requires_root
 def test_mounted_readwrite_names_the_mountpoint_only_when_read_write(loop_device, tmp_path):
     device, backing, mountpoint = make_image_with_loop(loop_device, tmp_path)
-    assert devices.mounted_readwrite(device) == mountpoint
-    assert devices.mounted_readwrite(backing) == mountpoint
+    assert devices.mounted_readwrite(device) == (device, mountpoint)
+    assert devices.mounted_readwrite(backing) == (device, mountpoint)
     run("mount", "-o", "remount,ro", mountpoint)
     assert devices.mounted_readwrite(device) is None
     assert devices.mounted_readwrite(loop_device(8 * MiB)) is None
@@ -311,7 +311,7 @@ def test_open_source_of_an_image(tmp_path):
     path = sparse_file(tmp_path / "img", 5 * MiB, [(0, b"x")])
     src = open_source(path)
     try:
-        assert (src.path, src.size, src.rw_mountpoint) == (path, 5 * MiB, None)
+        assert (src.path, src.size, src.rw_mount) == (path, 5 * MiB, None)
         assert devices.same_object(src.identity, path)
         assert os.read(src.fd, 1) == b"x"
     finally:
@@ -324,7 +324,18 @@ def test_open_source_of_a_mounted_device_names_its_mountpoint(loop_device, tmp_p
     mountpoint = mkfs_and_mount(device, tmp_path / "mnt")
     src = open_source(device)
     close_source(src)
-    assert (src.size, src.identity["kind"], src.rw_mountpoint) == (32 * MiB, "block", mountpoint)
+    assert (src.size, src.identity["kind"], src.rw_mount) == (32 * MiB, "block",
+                                                             (device, mountpoint))
+
+
+@requires_root
+def test_mounted_readwrite_names_the_partition_that_is_mounted(loop_device, tmp_path):
+    device = loop_device(24 * MiB)
+    first, second = partition_disk(device, [(MiB, 8 * MiB), (10 * MiB, 8 * MiB)])
+    mountpoint = mkfs_and_mount(second, tmp_path / "mnt")
+    assert devices.mounted_readwrite(device) == (second, mountpoint)
+    assert devices.mounted_readwrite(second) == (second, mountpoint)
+    assert devices.mounted_readwrite(first) is None
 
 
 def expect_usage_error(path, message):

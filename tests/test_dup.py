@@ -20,7 +20,7 @@ from bacpac.dup import check_result
 from bacpac.errors import VerifyError
 from bacpac.pacing import LOCAL_LEVEL, START_LEVEL
 from bacpac.remote import helper_payload
-from clirun import MiB, allocated, bacpac, sha256_of, write_file
+from clirun import MiB, allocated, bacpac, bacpac_env, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, mkfs_and_mount, partition_disk, requires_root, run
 
@@ -408,6 +408,25 @@ def test_dup_refuses_disk_whose_partition_is_mounted(transport, ext4_image, loop
 
 
 @requires_root
+@pytest.mark.parametrize("progress", [[], ["--no-progress"]])
+def test_dup_warns_of_a_source_partition_mounted_read_write(loop_device, tmp_path,
+                                                            progress) -> None:
+    source = loop_device(24 * MiB)
+    (partition,) = partition_disk(source, [(MiB, 16 * MiB)])
+    mountpoint = mkfs_and_mount(partition, tmp_path / "mnt")
+    os.sync()
+    result = bacpac("dup", "--json", *progress, source, tmp_path / "copy.img")
+    assert result.returncode == 0, result.stderr
+    warning = (f"{source}: {partition} is mounted read-write on {mountpoint}: "
+               "the copy may be inconsistent")
+    assert result.summary["warnings"] == [warning]
+    lines = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(lines) == 1 and lines[0].endswith(warning), result.stderr
+    if progress:
+        assert result.stderr == f"bacpac: warning: {warning}\n"
+
+
+@requires_root
 def test_dup_refuses_active_swap_device(transport, ext4_image, loop_device) -> None:
     device = loop_device(80 * MiB)
     run("mkswap", device)
@@ -542,6 +561,45 @@ def test_dup_rejects_bad_ssh_option(sshd, tmp_path, no_helper_left) -> None:
     assert not target.exists()
 
 
+@pytest.mark.parametrize("path", ["with ssh", "without ssh"])
+def test_dup_follows_an_include_of_the_ssh_config(sshd, tmp_path, no_helper_left, path) -> None:
+    """`Include hosts.conf` was ignored ("cannot resolve host name"); with the OpenSSH client
+    installed, ssh -G resolves it, and bacpac's own parser follows it too."""
+    hosts = tmp_path / "hosts.conf"
+    hosts.write_text(Path(sshd.config_path).read_text().replace("Host testhost", "Host lab"))
+    config = tmp_path / "config"
+    config.write_text(f"Include {hosts}\n")
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    target = tmp_path / "copy.img"
+    env = bacpac_env(PATH=str(tmp_path / "no-ssh-here")) if path == "without ssh" else None
+    result = bacpac("dup", "-F", config, "--no-progress", source, f"lab:{target}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_dup_tells_an_ssh_config_error_in_one_line(sshd, tmp_path, no_helper_left) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host lab\n  Port twenty-two\n")
+    target = tmp_path / "copy.img"
+    result = bacpac("dup", "-F", config, "--no-progress", write_file(tmp_path / "disk.img", MiB,
+                    {0: b"data"}), f"lab:{target}")
+    result.one_error_line(2, "lab", f"{config} line 2", "port")
+    assert not target.exists()
+
+
+def test_dup_json_keeps_the_user_of_user_at_host(sshd, tmp_path, no_helper_left) -> None:
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    target = f"{sshd.user}@testhost:{tmp_path / 'copy.img'}"
+    saveset = tmp_path / "copy.bacpac"
+    result = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--json", "--saveset",
+                    saveset, source, target)
+    assert result.returncode == 0, result.stderr
+    assert (result.summary["source"], result.summary["target"]) == (str(source), target)
+    assert result.summary["saveset"] == str(saveset)
+    result = bacpac("verify", "-F", sshd.config_path, "--json", f"{sshd.user}@testhost:{saveset}")
+    assert result.summary["saveset"] == f"{sshd.user}@testhost:{saveset}"
+
+
 def test_dup_refuses_wrong_host_key_before_target_exists(sshd, tmp_path, no_helper_left) -> None:
     source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
     target = tmp_path / "copy.img"
@@ -554,6 +612,29 @@ def test_dup_refuses_wrong_host_key_before_target_exists(sshd, tmp_path, no_help
     # A connection that cannot be trusted is a failure of the work (exit 1, design §1).
     result.one_error_line(1, "host key", "testhost", "changed")
     assert result.summary["status"] == "error"
+    assert not target.exists()
+
+
+def test_dup_reads_known_hosts_with_marker_lines(sshd, tmp_path, no_helper_left) -> None:
+    """One @cert-authority line for other hosts broke every dup; a @revoked line for this
+    host's key refuses it, in one line, with nothing written."""
+    source = write_file(tmp_path / "disk.img", MiB, {0: b"data"})
+    target = tmp_path / "copy.img"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca"))
+    ca_key = " ".join((tmp_path / "ca.pub").read_text().split()[:2])
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"@cert-authority *.example.com {ca_key}\n"
+                           + Path(sshd.known_hosts).read_text())
+    args = ("dup", "-F", sshd.config_path, "-o", f"UserKnownHostsFile={known_hosts}",
+            "--no-progress", str(source), f"testhost:{target}")
+    result = bacpac(*args)
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+    target.unlink()
+    server_key = " ".join(sshd.host_key_pub.split()[:2])
+    with open(known_hosts, "a") as f:
+        f.write(f"@revoked * {server_key}\n")
+    bacpac(*args).one_error_line(1, "testhost", "host key", "revoked")
     assert not target.exists()
 
 

@@ -15,13 +15,13 @@ from bacpac.events import (
     JobProgress,
     JobStarted,
     JobSummary,
-    NullSink,
 )
 from bacpac.display import RichSink
 from bacpac.report import (
     JsonSink,
     LogSink,
     TeeSink,
+    WarningSink,
     human_duration,
     human_rate,
     human_size,
@@ -213,7 +213,7 @@ def test_json_sink_prints_one_line_per_finished_job_with_all_fields() -> None:
         "command": "dup", "status": "ok", "source": "disk.img", "target": "host:/dev/sdb",
         "saveset": "/srv/disk.bacpac", "bytes_total": 2 * GIB, "bytes_read": 2 * GIB,
         "bytes_sent": 812 * MIB, "bytes_written": 2 * GIB, "seconds": 6.1, "sha256": SHA,
-        "error": None, "compression": "zstd",
+        "error": None, "warnings": [], "compression": "zstd",
     }
     assert second["status"] == "error"
     assert second["error"] == "host: /dev/sdb: No space left on device"
@@ -236,14 +236,21 @@ def test_make_sink_picks_log_lines_when_not_a_terminal() -> None:
     assert isinstance(make_sink(progress=True, json_output=False, stderr=StringIO()), LogSink)
 
 
-def test_make_sink_no_progress_is_silent() -> None:
-    assert isinstance(make_sink(progress=False, json_output=False, stderr=TtyIO()), NullSink)
+def test_make_sink_no_progress_shows_warnings_alone() -> None:
+    stderr = StringIO()
+    sink = make_sink(progress=False, json_output=False, stderr=stderr)
+    assert isinstance(sink, WarningSink)
+    sink.emit(started())
+    sink.emit(JobMessage("j1", "info", "comparing"))
+    sink.emit(JobMessage("j1", "warning", "disk.img is mounted read-write on /mnt"))
+    sink.emit(JobFinished("j1", ok_summary()))
+    assert stderr.getvalue() == "bacpac: warning: disk.img is mounted read-write on /mnt\n"
 
 
 def test_make_sink_json_alone_and_with_display() -> None:
     stdout = StringIO()
     alone = make_sink(progress=False, json_output=True, stderr=TtyIO(), stdout=stdout)
-    assert isinstance(alone, JsonSink)
+    assert [type(sink) for sink in alone.sinks] == [WarningSink, JsonSink]
     both = make_sink(progress=True, json_output=True, stderr=TtyIO(), stdout=stdout)
     assert isinstance(both, TeeSink)
     assert [type(sink) for sink in both.sinks] == [RichSink, JsonSink]

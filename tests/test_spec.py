@@ -43,6 +43,11 @@ def test_str_brackets_v6_hosts_and_round_trips() -> None:
     assert parse_endpoint(str(parse_endpoint("[::1]:/x"))) == parse_endpoint("[::1]:/x")
 
 
+@pytest.mark.parametrize("text", ["root@standby:/dev/sdb", "root@[::1]:/dev/sdb", "a@b@h:/x"])
+def test_str_keeps_the_user_as_typed(text: str) -> None:
+    assert str(parse_endpoint(text)) == text
+
+
 @pytest.mark.parametrize("text,words", [
     ("", "empty"),
     (":/dev/sdb", "empty host"),

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import socket
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,54 @@ def test_hashed_known_hosts_entry_is_recognised(sshd, tmp_path) -> None:
     connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False).close()
 
 
+def other_key(tmp_path: Path, name: str = "other") -> str:
+    """The "type base64" of a fresh key that no server here holds."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)],
+                   check=True)
+    return " ".join((tmp_path / f"{name}.pub").read_text().split()[:2])
+
+
+def test_marker_and_malformed_lines_do_not_stop_other_hosts(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    key = other_key(tmp_path)
+    known.write_text(f"@cert-authority *.example.com {key}\n"
+                     f"@revoked * {key}\n"
+                     f"@no-such-marker * {key}\n"
+                     "garbage\n"
+                     f"[127.0.0.1]:{sshd.port} ssh-ed25519 not-base64!\n"
+                     + Path(sshd.known_hosts).read_text())
+    connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False).close()
+
+
+@pytest.mark.parametrize("strict", ["yes", "no"])
+def test_revoked_host_key_is_refused_even_with_strict_no(sshd, tmp_path, strict) -> None:
+    known = tmp_path / "known_hosts"
+    server_key = " ".join(sshd.host_key_pub.split()[:2])
+    known.write_text(Path(sshd.known_hosts).read_text() + f"@revoked * {server_key}\n")
+    options = opts(sshd, f"UserKnownHostsFile={known}", f"StrictHostKeyChecking={strict}")
+    with pytest.raises(HostKeyError) as e:
+        connect(sshd.host, None, options, interactive=False)
+    assert str(e.value).startswith(
+        f"testhost: the ssh-ed25519 host key for [127.0.0.1]:{sshd.port} (SHA256:")
+    assert f"is marked as revoked in {known} line 2: " in str(e.value)
+    assert "impersonate" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_host_known_only_through_a_certificate_authority_is_refused(sshd, tmp_path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@cert-authority [127.0.0.1]:* {other_key(tmp_path, 'ca')}\n")
+    before = known.read_text()
+    with pytest.raises(HostKeyError) as e:
+        connect(sshd.host, None, opts(sshd, f"UserKnownHostsFile={known}"), interactive=False)
+    message = str(e.value)
+    assert message.startswith(f"testhost: [127.0.0.1]:{sshd.port} is known only through the "
+                              f"certificate authority in {known} line 1, and bacpac does not "
+                              "check host certificates; ")
+    assert message.endswith(f"add it as a plain line with: ssh-keyscan -p {sshd.port} "
+                            f"127.0.0.1 >> {known}")
+    assert known.read_text() == before
+
+
 def test_strict_no_connects_without_known_key(sshd, tmp_path) -> None:
     known = tmp_path / "known_hosts"
     options = opts(sshd, f"UserKnownHostsFile={known}", "StrictHostKeyChecking=no")
@@ -180,6 +229,18 @@ def test_identity_file_option_is_used(sshd, tmp_path) -> None:
     config = write_config(tmp_path, sshd, IdentityFile=str(tmp_path / "missing"))
     options = SshOptions(config_file=config, identity_files=(sshd.key_path,))
     connect("testhost", None, options, interactive=False).close()
+
+
+def test_a_key_type_paramiko_does_not_know_is_skipped(sshd, tmp_path, capfd) -> None:
+    """ssh -G lists id_dsa and the security-key files among its default identities."""
+    dsa = tmp_path / "id_dsa"
+    made = subprocess.run(["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", str(dsa)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("this ssh-keygen makes no DSA keys")
+    options = SshOptions(config_file=sshd.config_path, identity_files=(str(dsa),))
+    connect(sshd.host, None, options, interactive=False).close()
+    assert capfd.readouterr().err == ""
 
 
 def test_unresolvable_host_is_connect_error(sshd) -> None:
@@ -325,7 +386,18 @@ def test_o_option_rejects_malformed(text, says) -> None:
     assert e.value.exit_code == 2
 
 
-def test_command_line_beats_config_and_first_config_value_wins(tmp_path) -> None:
+@pytest.fixture(params=["ssh -G", "own parser"])
+def config_reader(request, monkeypatch, tmp_path) -> str:
+    """A config test twice: resolved by OpenSSH's `ssh -G`, and by bacpac's own parser, which
+    serves hosts without the OpenSSH client (here, a PATH without ssh)."""
+    if request.param == "own parser":
+        monkeypatch.setenv("PATH", str(tmp_path / "no-ssh-here"))
+    elif shutil.which("ssh") is None:
+        pytest.skip("the OpenSSH client (ssh) is not installed")
+    return request.param
+
+
+def test_command_line_beats_config_and_first_config_value_wins(tmp_path, config_reader) -> None:
     config = tmp_path / "config"
     config.write_text("Host alias\n  HostName Example.ORG\n  Port 1000\n  User first\n"
                       "Host *\n  Port 2000\n  User second\n  ConnectTimeout 7\n")
@@ -341,15 +413,19 @@ def test_command_line_beats_config_and_first_config_value_wins(tmp_path) -> None
         ("Port", "3333"),))).port == 3333
 
 
-def test_identity_files_accumulate_command_line_first(tmp_path) -> None:
+def test_identity_files_accumulate_from_command_line_and_config(tmp_path,
+                                                                config_reader) -> None:
     config = tmp_path / "config"
     config.write_text("Host h\n  IdentityFile ~/.ssh/%r_at_%h\n  User bob\n")
-    cfg = resolve_host("h", None, SshOptions(config_file=str(config), identity_files=("/k",)))
-    assert cfg.identity_files == ("/k", os.path.expanduser("~/.ssh/bob_at_h"))
+    key = tmp_path / "k"
+    key.write_text("")  # ssh drops a -i file that is not there
+    cfg = resolve_host("h", None, SshOptions(config_file=str(config), identity_files=(str(key),)))
+    assert sorted(cfg.identity_files) == sorted((str(key), os.path.expanduser("~/.ssh/bob_at_h")))
     assert cfg.known_hosts_name == "h" and cfg.strict == "yes"
 
 
-def test_local_fqdn_is_looked_up_only_for_a_value_that_uses_it(tmp_path, monkeypatch) -> None:
+def test_local_fqdn_is_looked_up_only_for_a_value_that_uses_it(tmp_path, monkeypatch,
+                                                              config_reader) -> None:
     """Paramiko resolves %l, the local FQDN, for every key that allows it: seconds where the
     local name does not resolve. Only a value holding %l may cost that lookup."""
     lookups = []
@@ -365,16 +441,87 @@ def test_local_fqdn_is_looked_up_only_for_a_value_that_uses_it(tmp_path, monkeyp
     assert len(lookups) == 1
 
 
-def test_bad_value_in_config_file_is_usage_error(tmp_path) -> None:
+def test_bad_value_in_config_file_is_one_line_usage_error(tmp_path, config_reader) -> None:
     config = tmp_path / "config"
     config.write_text("Host h\n  Port twenty-two\n")
-    with pytest.raises(UsageError, match="port must be a number"):
+    with pytest.raises(UsageError) as e:
         resolve_host("h", None, SshOptions(config_file=str(config)))
+    message = str(e.value)
+    assert "\n" not in message and str(config) in message
+    ssh_words = f"h: ssh refused the configuration: {config} line 2: Bad port 'twenty-two'"
+    own_words = "port must be a number"
+    assert (ssh_words if config_reader == "ssh -G" else own_words) in message
 
 
-def test_missing_config_file_is_usage_error(tmp_path) -> None:
+def test_missing_config_file_is_usage_error(tmp_path, config_reader) -> None:
     with pytest.raises(UsageError, match="cannot read ssh config"):
         resolve_host("h", None, SshOptions(config_file=str(tmp_path / "nope")))
+
+
+def test_include_with_a_glob_is_followed(tmp_path, config_reader) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "10-lab.conf").write_text("Host lab\n  HostName 10.1.2.3\n")
+    (tmp_path / "conf.d" / "20-all.conf").write_text("Host *\n  Port 2022\n  User first\n")
+    config = tmp_path / "config"
+    config.write_text(f"Include {tmp_path}/conf.d/*.conf {tmp_path}/missing.conf\n"
+                      "Host *\n  User second\n  ConnectTimeout 9\n")
+    cfg = resolve_host("lab", None, SshOptions(config_file=str(config)))
+    assert (cfg.hostname, cfg.port, cfg.user, cfg.connect_timeout) == ("10.1.2.3", 2022,
+                                                                      "first", 9.0)
+
+
+def test_own_parser_finds_a_relative_include_in_dot_ssh(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ssh-here"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "hosts.conf").write_text("Host lab\n  HostName 10.1.2.3\n")
+    config = tmp_path / "elsewhere.conf"
+    config.write_text("Include hosts.conf\n")
+    cfg = resolve_host("lab", None, SshOptions(config_file=str(config)))
+    assert cfg.hostname == "10.1.2.3"
+
+
+def test_ssh_g_follows_an_include_inside_a_host_block(tmp_path) -> None:
+    if shutil.which("ssh") is None:
+        pytest.skip("the OpenSSH client (ssh) is not installed")
+    (tmp_path / "lab.conf").write_text("HostName 10.1.2.3\nHost other\n  Port 2000\n")
+    config = tmp_path / "config"
+    config.write_text(f"Host lab\n  Include {tmp_path}/lab.conf\n  Port 2022\n")
+    cfg = resolve_host("lab", None, SshOptions(config_file=str(config)))
+    assert (cfg.hostname, cfg.port) == ("10.1.2.3", 2022)
+    assert resolve_host("other", None, SshOptions(config_file=str(config))).port == 22
+
+
+def test_own_parser_refuses_an_include_inside_a_host_block(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ssh-here"))
+    config = tmp_path / "config"
+    config.write_text(f"Host lab\n  Include {tmp_path}/lab.conf\n")
+    with pytest.raises(UsageError) as e:
+        resolve_host("lab", None, SshOptions(config_file=str(config)))
+    assert str(e.value).startswith(f"{config} line 2: an Include inside 'Host lab' is read "
+                                   "only by the OpenSSH client (ssh), which is not installed")
+
+
+def test_ssh_g_honours_match_and_tokens(tmp_path) -> None:
+    if shutil.which("ssh") is None:
+        pytest.skip("the OpenSSH client (ssh) is not installed")
+    config = tmp_path / "config"
+    config.write_text("Match originalhost lab user root\n  HostName 10.1.2.3\n"
+                      f"Host *\n  UserKnownHostsFile {tmp_path}/known_%h_%p\n")
+    cfg = resolve_host("lab", "root", SshOptions(config_file=str(config), port=2200))
+    assert cfg.hostname == "10.1.2.3"
+    assert cfg.known_hosts_files == (f"{tmp_path}/known_10.1.2.3_2200",)
+
+
+def test_ssh_g_that_hangs_in_match_exec_ends_at_its_deadline(tmp_path, monkeypatch) -> None:
+    if shutil.which("ssh") is None:
+        pytest.skip("the OpenSSH client (ssh) is not installed")
+    import bacpac.sshconfig
+    monkeypatch.setattr(bacpac.sshconfig, "SSH_G_TIMEOUT", 1.0)
+    config = tmp_path / "config"
+    config.write_text('Match exec "sleep 60"\n  Port 2200\n')
+    with pytest.raises(UsageError, match=r"^lab: ssh -G did not print the configuration within 1 s"):
+        resolve_host("lab", None, SshOptions(config_file=str(config)))
 
 
 @pytest.mark.parametrize("spec, expected", [
