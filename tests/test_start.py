@@ -1,0 +1,59 @@
+"""Starting the helper against servers set up in other ways: a key exchange known by its RFC
+name only, algorithms with nothing in common, a remote command that runs in the helper's place
+(ForceCommand), login noise over a missing python3.
+
+Each server is a real OpenSSH server with lines of its own in sshd_config (sshd_with). Every run
+must end within seconds, with one line that says what the server did.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from clirun import FAIL_WITHIN, MiB, assert_failed_in_one_line, bacpac, random_image, sha256_of
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    return random_image(tmp_path_factory.mktemp("start") / "source.img", 4 * MiB, seed=17)
+
+
+def dup(server, source: Path, target: Path, *extra: str):
+    return bacpac("dup", *server.cli_args(), "--no-progress", *extra, source,
+                  f"testhost:{target}", timeout=FAIL_WITHIN)
+
+
+# ---- key exchange and algorithms --------------------------------------------------------------
+
+def test_a_server_that_allows_only_the_standard_curve25519_name_is_reached(
+        sshd_with, image, tmp_path) -> None:
+    server = sshd_with("KexAlgorithms curve25519-sha256")
+    target = tmp_path / "t.img"
+    run = dup(server, image, target)
+    assert run.returncode == 0, run.stderr
+    assert sha256_of(target) == sha256_of(image)
+
+
+NOTHING_IN_COMMON = {
+    "key_exchange": ("KexAlgorithms sntrup761x25519-sha512@openssh.com",
+                     "no key exchange in common: the server offers "
+                     "sntrup761x25519-sha512@openssh.com; bacpac supports ", "curve25519-sha256"),
+    "cipher": ("Ciphers chacha20-poly1305@openssh.com",
+               "no cipher in common: the server offers chacha20-poly1305@openssh.com; "
+               "bacpac supports aes128-gcm@openssh.com, ", "aes128-ctr"),
+    "mac": ("MACs umac-64-etm@openssh.com",
+            "no MAC in common: the server offers umac-64-etm@openssh.com; bacpac supports ",
+            "hmac-sha2-256"),
+}
+
+
+@pytest.mark.parametrize("setting,says,supported", NOTHING_IN_COMMON.values(),
+                         ids=list(NOTHING_IN_COMMON))
+def test_a_handshake_with_nothing_in_common_names_both_sides_algorithms(
+        sshd_with, image, tmp_path, setting: str, says: str, supported: str) -> None:
+    target = tmp_path / "t.img"
+    run = dup(sshd_with(setting), image, target)
+    assert_failed_in_one_line(run, "testhost", "SSH handshake", says, supported)
+    assert not target.exists()
