@@ -381,6 +381,7 @@ class SshConnection:
                  jump: Optional[SshConnection]) -> None:
         self.host = cfg.alias
         self.cipher = transport.local_cipher
+        self.connect_timeout = cfg.connect_timeout
         self._transport = transport
         self._jump = jump
         self._lost: Optional[str] = None

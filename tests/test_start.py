@@ -57,3 +57,59 @@ def test_a_handshake_with_nothing_in_common_names_both_sides_algorithms(
     run = dup(sshd_with(setting), image, target)
     assert_failed_in_one_line(run, "testhost", "SSH handshake", says, supported)
     assert not target.exists()
+
+
+# ---- a remote command in the helper's place ---------------------------------------------------
+
+@pytest.mark.parametrize("command", ["cat > /dev/null", "/bin/sleep 90"],
+                         ids=["swallows_its_input", "reads_nothing"])
+def test_a_command_that_never_exits_in_the_helpers_place_fails_at_the_connect_timeout(
+        sshd_with, image, tmp_path, command: str) -> None:
+    target = tmp_path / "t.img"
+    run = dup(sshd_with(f"ForceCommand {command}"), image, target, "-o", "ConnectTimeout=2")
+    assert_failed_in_one_line(
+        run, "testhost: the helper never started: no HELLO within 2 s, and the command "
+        "is still running; it wrote nothing", "ForceCommand")
+    assert not target.exists()
+
+
+def test_a_server_that_allows_only_sftp_is_quoted(sshd_with, image, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    run = dup(sshd_with("ForceCommand internal-sftp"), image, target)
+    assert_failed_in_one_line(
+        run, "testhost: the helper never started: the command exited with status 1; "
+        "stdout began 'This service allows sftp connections only.\\n'")
+    assert not target.exists()
+
+
+@pytest.fixture(scope="module")
+def greeting_shell_without_python(tmp_path_factory) -> str:
+    """A login that prints a greeting on stdout, as an `echo` in ~/.bashrc does, and then runs
+    the command with a PATH that holds no python3."""
+    script = tmp_path_factory.mktemp("login") / "greeting-shell"
+    script.write_text("#!/bin/sh\necho 'Welcome to standby-1!'\n"
+                      "PATH=/nonexistent exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_login_noise_does_not_hide_a_missing_python(sshd_with, greeting_shell_without_python,
+                                                   image, tmp_path) -> None:
+    target = tmp_path / "t.img"
+    run = dup(sshd_with(f"ForceCommand {greeting_shell_without_python}"), image, target)
+    assert_failed_in_one_line(
+        run, "testhost: the helper never started: the command exited with status 127; "
+        "stderr: /bin/sh: 1: python3: not found; stdout began 'Welcome to standby-1!\\n'")
+    assert not target.exists()
+
+
+def test_a_long_login_greeting_is_shown_cut_short_on_one_line(
+        sshd_with, tmp_path_factory, image, tmp_path) -> None:
+    script = tmp_path_factory.mktemp("banner") / "banner-shell"
+    script.write_text("#!/bin/sh\nprintf '\\033[1mNOTICE\\033[0m\\r\\n'\nseq 1000\nexit 3\n")
+    script.chmod(0o755)
+    run = dup(sshd_with(f"ForceCommand {script}"), image, tmp_path / "t.img")
+    line = assert_failed_in_one_line(run, "exited with status 3; stdout began "
+                                     "'\\x1b[1mNOTICE\\x1b[0m\\r\\n1\\n2\\n3\\n")
+    assert line.endswith("...")
+    assert len(line) < 200
