@@ -7,11 +7,12 @@ must end within seconds, with one line that says what the server did.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from bacpac.sshalgorithms import no_match
 from clirun import FAIL_WITHIN, MiB, assert_failed_in_one_line, bacpac, random_image, sha256_of
 
 
@@ -57,6 +58,25 @@ def test_a_handshake_with_nothing_in_common_names_both_sides_algorithms(
     run = dup(sshd_with(setting), image, target)
     assert_failed_in_one_line(run, "testhost", "SSH handshake", says, supported)
     assert not target.exists()
+
+
+def test_no_match_names_the_host_key_types_of_both_sides() -> None:
+    # A server whose host keys are all of a type Paramiko lacks, which no sshd here can be
+    # made to be: the transport's lists stand in for it.
+    transport = SimpleNamespace(
+        offered={"kex_algo_list": ["curve25519-sha256", "kex-strict-s-v00@openssh.com"],
+                 "server_key_algo_list": ["sk-ssh-ed25519@openssh.com"],
+                 "client_encrypt_algo_list": ["aes128-ctr"],
+                 "server_encrypt_algo_list": ["aes128-ctr"],
+                 "client_mac_algo_list": ["hmac-sha2-256"],
+                 "server_mac_algo_list": ["hmac-sha2-256"]},
+        preferred_kex=("curve25519-sha256",), preferred_keys=("ssh-ed25519", "rsa-sha2-512"),
+        preferred_ciphers=("aes128-ctr",), preferred_macs=("hmac-sha2-256",))
+    assert no_match(transport) == ("no host key type in common: the server offers "
+                                   "sk-ssh-ed25519@openssh.com; bacpac supports ssh-ed25519, "
+                                   "rsa-sha2-512")
+    transport.offered["server_key_algo_list"] = ["ssh-ed25519"]
+    assert no_match(transport) is None
 
 
 # ---- a remote command in the helper's place ---------------------------------------------------
