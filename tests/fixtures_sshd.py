@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 
 from loopback_sshd import SshdError, SshServer, sshd_available, start_sshd  # noqa: E402
 
-__all__ = ["SshServer", "sshd", "sshd_with", "start_sshd", "helper_pids", "no_helper_left", "HELPER_MARKER"]
+__all__ = ["SshServer", "sshd", "sshd_with", "start_sshd", "helper_pids", "no_helper_left",
+           "HELPER_MARKER"]
 
 HELPER_MARKER = "bacpac_stage1"
 
