@@ -95,6 +95,8 @@ class LocalChannel:
     def read(self, n: int) -> bytes:
         try:
             return os.read(self._stdout.fileno(), n)
+        except ValueError:  # closed by another thread (a deadline)
+            raise TransferError("localhost: reading from the helper: the channel is closed")
         except OSError as e:
             raise TransferError(f"localhost: reading from the helper: {e.strerror}")
 

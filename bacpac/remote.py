@@ -37,6 +37,11 @@ from .ssh import SshConnection, SshOptions, connect
 MARKER = "bacpac_stage1"
 HELPER_ACCOUNT_WAIT = 5.0  # seconds a failed send waits for the helper to say why
 NOISE_LIMIT = 64 << 20  # bytes of a login script's output skipped before the helper's HELLO
+# Seconds from the remote command's start to the helper's HELLO, where ConnectTimeout does not
+# set them: a loaded host's python may take seconds to start, a command that runs in the
+# helper's place (a ForceCommand) and reads its input would be waited for for ever.
+HELLO_WITHIN = 30.0
+SHOWN = 80  # characters of what a command in the helper's place wrote on stdout, shown
 STAGE1 = (
     "import marshal,os,sys,zlib #" + MARKER + "\n"
     "n=%d;b=b''\n"
@@ -152,14 +157,15 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
             on_route(True)
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
-        return HelperSession.start(channel, "localhost", None, hello)
+        return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN)
     prepare_payload()  # while the connection is made
     conn = connect(endpoint.host or "", endpoint.user, options.ssh,
                    interactive=options.interactive, on_route=on_route)
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
-        return HelperSession.start(channel, endpoint.host or "", conn, hello)
+        return HelperSession.start(channel, endpoint.host or "", conn, hello,
+                                   conn.connect_timeout or HELLO_WITHIN)
     except BaseException:
         conn.close()
         raise
@@ -178,6 +184,12 @@ def _hello_at(data: bytes) -> Optional[int]:
     return None
 
 
+def _printable(data: bytes) -> str:
+    """data quoted on one line, what is not printable escaped, cut after SHOWN characters."""
+    shown = repr(data.decode("utf-8", "replace"))[1:-1]
+    return f"'{shown[:SHOWN]}'" + ("..." if len(shown) > SHOWN else "")
+
+
 class HelperSession:
     """One running helper: send frames to it, receive frames from it."""
 
@@ -188,17 +200,25 @@ class HelperSession:
         self.hello: dict = {}
         self.noise = 0  # bytes a login script printed on stdout before the helper's HELLO
         self._decoder = protocol.Decoder()
+        self._head = b""  # the first bytes on stdout, to show if no HELLO comes
+        self._deadline: Optional[threading.Timer] = None
+        self._hello_lock = threading.Lock()
+        self._hello_seen = False
+        self._within = HELLO_WITHIN
+        self._late = False  # the deadline passed with no HELLO: the channel is closed
 
     @classmethod
     def start(cls, channel: Channel, host: str, conn: Optional[SshConnection],
-              hello: bool = True) -> "HelperSession":
+              hello: bool = True, hello_within: float = HELLO_WITHIN) -> "HelperSession":
         """Ship the helper and read its HELLO; with hello=False, neither: the caller starts a
         Receiver, which reads the HELLO as it comes (a login script may print first, more than
         a pipe holds, so its output is read while the helper is shipped), then ship()s the
         helper and sends its OPEN and first frames at once. The channel's window (2 MiB from
         OpenSSH) carries them while the target's login shell and Python start, which on a slow
-        link is time the link would otherwise stand idle."""
+        link is time the link would otherwise stand idle. Either way, a HELLO that has not
+        come within `hello_within` seconds ends the channel, and the wait for it."""
         session = cls(channel, host, conn)
+        session._watch_hello(hello_within)
         if not hello:
             return session
         try:
@@ -223,15 +243,34 @@ class HelperSession:
     def cipher(self) -> Optional[str]:
         return self.conn.cipher if self.conn else None
 
+    def _watch_hello(self, within: float) -> None:
+        self._within = within
+        self._deadline = threading.Timer(within, self._hello_overdue)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _hello_overdue(self) -> None:
+        """No HELLO in time: close the channel, which ends every wait on it (a read for the
+        HELLO, a write blocked on a full window), each then raising _never_started."""
+        with self._hello_lock:
+            if self._hello_seen:
+                return
+            self._late = True
+        self.channel.close()
+
+    def _hello_arrived(self) -> None:
+        with self._hello_lock:
+            if self._late:  # in the same moment as the deadline, which closed the channel
+                raise self._never_started(ended=False)
+            self._hello_seen = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+
     def read_hello(self) -> dict:
         """The helper's first frame, into self.hello. What a login script printed on stdout
         before the helper started comes first: it is skipped (self.noise counts it)."""
         self._skip_noise()
-        try:
-            frame = self.recv()
-        except ProtocolError as e:
-            raise TransferError(f"{self.host}: the helper's output is not a bacpac stream ({e}); "
-                                "does a login script print to stdout?")
+        frame = self.recv()
         if frame.type != protocol.HELLO:
             raise TransferError(f"{self.host}: expected HELLO from the helper, "
                                 f"got {protocol.type_name(frame.type)}")
@@ -245,26 +284,53 @@ class HelperSession:
     def _skip_noise(self) -> None:
         """Feed the decoder from the helper's HELLO on, once its header is found (its magic and
         its header checksum). The helper says HELLO before it reads its job, so output that
-        ends with none (the helper never started) or that goes on past NOISE_LIMIT without
-        one is sure to have written nothing: the decoder then gets its first bytes, and says
-        what is wrong with them."""
-        head = b""  # the first bytes, for the decoder's account of what came instead
+        ends with none, or goes on past NOISE_LIMIT or the deadline without one, comes from
+        something else that ran in its place, and is sure to have written nothing."""
         data = b""  # what may still hold a header: the last chunk, and the bytes before it
         while self.noise < NOISE_LIMIT:
             at = _hello_at(data)
             if at is not None:
+                self._hello_arrived()
                 self.noise += at
                 self._decoder.feed(data[at:])
                 return
             keep = data[-(protocol.HEADER_SIZE - 1):]
             self.noise += len(data) - len(keep)
-            chunk = self.channel.read(1 << 16)
+            chunk = self._read_before_hello()
             if not chunk:
-                break
-            head = (head + chunk)[:protocol.HEADER_SIZE]
+                raise self._never_started(ended=True)
+            self._head += chunk[:4 * SHOWN - len(self._head)]  # up to 4 UTF-8 bytes a character
             data = keep + chunk
-        self._decoder.feed(head)
-        self._decoder.feed(b"")  # nothing more will be read: the decoder says why
+        raise self._never_started(ended=False)
+
+    def _read_before_hello(self) -> bytes:
+        """The next bytes of stdout; b"" at its end, or once the deadline closed the channel."""
+        try:
+            chunk = self.channel.read(1 << 16)
+        except TransferError:
+            if self._late:
+                return b""
+            raise
+        return b"" if self._late else chunk
+
+    def _never_started(self, ended: bool) -> TransferError:
+        """What ran in the helper's place, which never said HELLO: how it ended (or that it
+        did not), the last line it wrote on stderr and the first bytes it wrote on stdout."""
+        if self._late:
+            how = f"no HELLO within {self._within:g} s, and the command is still running"
+        elif ended:
+            status = self.channel.wait(timeout=5)
+            how = (f"the command exited with status {status}" if status != -1
+                   else "the command closed its output")
+        else:
+            how = f"no HELLO in the first {NOISE_LIMIT >> 20} MiB of the command's output"
+        lines = [line for line in self.channel.stderr_tail().splitlines() if line.strip()]
+        said = ([f"stderr: {lines[-1].strip()}"] if lines else []) + (
+            [f"stdout began {_printable(self._head)}"] if self._head else [])
+        hint = (" (does the server run a command of its own, a ForceCommand or an "
+                "authorized_keys command=?)" if self._late and self.conn is not None else "")
+        return TransferError(f"{self.host}: the helper never started: {how}; "
+                             f"{'; '.join(said) or 'it wrote nothing'}{hint}")
 
     def send(self, data: bytes) -> None:
         self.channel.write(data)
@@ -312,12 +378,12 @@ class HelperSession:
         status = self.channel.wait(timeout=5)
         tail = self.channel.stderr_tail().strip().splitlines()
         said = f": {tail[-1]}" if tail else ""
-        if status == 127 or (status == 1 and "sudo" in said):
-            return TransferError(f"{self.host}: cannot start the helper (exit {status}){said}")
         return TransferError(f"{self.host}: the helper exited unexpectedly (status {status}){said}")
 
     def close(self) -> None:
         """End the helper's input, let it exit, close the connection."""
+        if self._deadline is not None:
+            self._deadline.cancel()
         try:
             self.channel.close_write()
             self.channel.wait(timeout=10)

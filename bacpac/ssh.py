@@ -27,6 +27,7 @@ import paramiko
 from . import knownhosts
 from .channel import Buffer, StderrTail
 from .errors import AuthError, ConnectError, HostKeyError, TransferError, UsageError
+from .sshalgorithms import Transport, no_match
 from .sshdata import BatchWriter
 from .sshconfig import HostConfig, SshOptions, parse_jump, parse_o_option, resolve_host
 
@@ -167,7 +168,7 @@ class _WatchedSocket:
 
 def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transport:
     """Negotiate a transport tuned for bulk upload (design.md §6)."""
-    transport = paramiko.Transport(
+    transport = Transport(
         sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
     transport.use_compression(False)
     security = transport.get_security_options()
@@ -190,7 +191,7 @@ def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transpor
         transport.start_client(timeout=timeout)
     except (paramiko.SSHException, EOFError, OSError) as e:
         transport.close()
-        raise ConnectError(f"{where} failed: {_reason(e)}") from None
+        raise ConnectError(f"{where} failed: {no_match(transport) or _reason(e)}") from None
     if not transport.completion_event.is_set():
         # start_client() returns quietly when its timeout passes: a server that accepted the
         # connection and never spoke would surface later as "No existing session".
@@ -398,6 +399,7 @@ class SshConnection:
                  jump: Optional[SshConnection]) -> None:
         self.host = cfg.alias
         self.cipher = transport.local_cipher
+        self.connect_timeout = cfg.connect_timeout
         self._transport = transport
         self._jump = jump
         self._lost: Optional[str] = None

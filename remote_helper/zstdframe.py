@@ -9,6 +9,7 @@
 # frame alike. Compressing and decompressing one frame use the zstandard module when the host
 # has it, else the `zstd` command-line tool through a pipe (design.md §3).
 """
+import os
 import shutil
 import struct
 import subprocess
@@ -26,6 +27,9 @@ ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_FIRST = 0x184D2A50
 SKIPPABLE_LAST = 0x184D2A5F
 MAX_BLOCK = 128 << 10  # Block_Maximum_Size never exceeds 128 KiB: a bigger one is corruption
+# Where hosts install the zstd tool, searched after PATH: the helper's may lack them (a login
+# through sudo's secure_path, a ForceCommand, a restricted account).
+USUAL_PLACES = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
 
 _U32 = struct.Struct("<I")
 _FCS_SIZES = (0, 2, 4, 8)  # by Frame_Content_Size_flag; flag 0 means 1 byte if single segment
@@ -139,7 +143,14 @@ def backend():
     """Which zstd this host has: "zstandard", "cli" or "" (none)."""
     if zstandard is not None:
         return "zstandard"
-    return "cli" if shutil.which("zstd") else ""
+    return "cli" if zstd_tool() else ""
+
+
+def zstd_tool():
+    # type: () -> str
+    """The zstd tool: on PATH, else in one of the usual places; "" when it is in neither."""
+    return (shutil.which("zstd") or shutil.which("zstd", path=os.pathsep.join(USUAL_PLACES))
+            or "")
 
 
 def require_zstd():
@@ -179,7 +190,7 @@ def decompress_frame(frame, content_size):
 def _run_cli(args, data):
     # type: (list, bytes) -> bytes
     require_zstd()
-    proc = subprocess.Popen(["zstd"] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([zstd_tool()] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out, err = proc.communicate(bytes(data))
     if proc.returncode:

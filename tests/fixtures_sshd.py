@@ -5,11 +5,12 @@ reaches it with a throwaway key, and its own known_hosts holds the server's key.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -17,7 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 
 from loopback_sshd import SshdError, SshServer, sshd_available, start_sshd  # noqa: E402
 
-__all__ = ["SshServer", "sshd", "start_sshd", "helper_pids", "no_helper_left", "HELPER_MARKER"]
+__all__ = ["SshServer", "sshd", "sshd_with", "start_sshd", "helper_pids", "no_helper_left",
+           "HELPER_MARKER"]
 
 HELPER_MARKER = "bacpac_stage1"
 
@@ -33,6 +35,27 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
             yield server
     except SshdError as e:
         pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def sshd_with(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SshServer]]:
+    """sshd_with(*LINES): a real OpenSSH server like `sshd`, with LINES added to its
+    sshd_config (ForceCommand, KexAlgorithms, Ciphers...); one server per set of lines, kept
+    for the session."""
+    why_not = sshd_available()
+    if why_not:
+        pytest.skip(why_not)
+    servers: dict[tuple[str, ...], SshServer] = {}
+    with contextlib.ExitStack() as stack:
+        def server(*settings: str) -> SshServer:
+            if settings not in servers:
+                try:
+                    servers[settings] = stack.enter_context(
+                        start_sshd(str(tmp_path_factory.mktemp("sshd-with")), settings=settings))
+                except SshdError as e:
+                    pytest.fail(str(e))
+            return servers[settings]
+        yield server
 
 
 def _parents() -> dict[int, int]:

@@ -22,6 +22,7 @@ from bacpac.pacing import LOCAL_LEVEL, START_LEVEL
 from bacpac.remote import helper_payload
 from clirun import MiB, allocated, bacpac, bacpac_env, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
+from remote_helper.zstdframe import USUAL_PLACES
 from fixtures_disk import make_ext4_image, mkfs_and_mount, partition_disk, requires_root, run
 
 
@@ -173,30 +174,37 @@ def test_dup_without_json_prints_nothing_on_stdout(tmp_path, no_helper_left) -> 
     assert (tmp_path / "copy.img").read_bytes() == source.read_bytes()
 
 
-def _bare_python(tmp_path: Path, path: str) -> str:
-    """A remote python on which zstandard will not import, PATH set to `path`. (The helper
-    runs with -S but searches site-packages itself, so -S alone no longer hides it: a package
-    of that name earlier on the path does, as a host without it would.)"""
+def _bare_python(tmp_path: Path, path: str, hide_tool: bool = True) -> str:
+    """A remote python on which zstandard will not import, PATH set to `path`; with
+    `hide_tool`, it runs in a mount namespace of its own where the zstd tool is not in the
+    usual places either, which the helper searches after PATH. (The helper runs with -S but
+    searches site-packages itself, so -S alone no longer hides zstandard: a package of that
+    name earlier on the path does, as a host without it would.)"""
     hide = tmp_path / "hide" / "zstandard"
     hide.mkdir(parents=True)
     (hide / "__init__.py").write_text("raise ImportError('zstandard hidden by the test')\n")
+    run = f"PATH={path} PYTHONPATH={hide.parent} exec {sys.executable} \"$@\""
+    if hide_tool:
+        mounts = "; ".join(f"[ ! -e {place}/zstd ] || mount --bind /dev/null {place}/zstd"
+                           for place in USUAL_PLACES)
+        run = f"exec unshare --mount --map-root-user /bin/sh -c '{mounts}; {run}' sh \"$@\""
     script = tmp_path / "bare-python"
-    script.write_text(f"#!/bin/sh\nPATH={path} PYTHONPATH={hide.parent} exec {sys.executable} "
-                      "\"$@\"\n")
+    script.write_text(f"#!/bin/sh\n{run}\n")
     script.chmod(0o755)
     return str(script)
 
 
-@pytest.mark.parametrize("path,codec,zstd,check", [
-    (os.environ["PATH"], "zstd", "cli", "frames"),
-    ("/nonexistent", "zlib", "", "sha256"),
-], ids=["zstd_tool", "zlib"])
+@pytest.mark.parametrize("path,hide_tool,codec,zstd,check", [
+    (os.environ["PATH"], False, "zstd", "cli", "frames"),
+    ("/nonexistent", False, "zstd", "cli", "frames"),
+    ("/nonexistent", True, "zlib", "", "sha256"),
+], ids=["zstd_tool", "zstd_tool_off_the_path", "zlib"])
 def test_helper_without_zstandard_falls_back_and_still_proves_the_copy(
-        tmp_path, path: str, codec: str, zstd: str, check: str) -> None:
+        tmp_path, path: str, hide_tool: bool, codec: str, zstd: str, check: str) -> None:
     data = os.urandom(MiB) + bytes(2 * MiB) + b"tail" * (MiB // 4)
     source = write_file(tmp_path / "source.img", len(data), {0: data})
     target = tmp_path / "copy.img"
-    result = bacpac("dup", "--json", "--remote-python", _bare_python(tmp_path, path),
+    result = bacpac("dup", "--json", "--remote-python", _bare_python(tmp_path, path, hide_tool),
                     str(source), str(target))
     assert result.returncode == 0, result.stderr
     summary = result.summary
@@ -214,6 +222,20 @@ def test_a_saveset_on_a_host_without_zstd_is_refused_with_nothing_written(tmp_pa
     assert "partly written" not in line
     assert not target.exists() and not saveset.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare-python", "hide", "source.img"]
+
+
+def test_a_saveset_is_written_by_the_zstd_tool_off_the_helpers_path(tmp_path) -> None:
+    data = os.urandom(2 * MiB)
+    source = write_file(tmp_path / "source.img", 4 * MiB, {0: data})
+    target, saveset = tmp_path / "copy.img", tmp_path / "copy.saveset"
+    result = bacpac("dup", "--json", "--saveset", saveset, "--remote-python",
+                    _bare_python(tmp_path, "/nonexistent", hide_tool=False), str(source),
+                    str(target))
+    assert result.returncode == 0, result.stderr
+    assert result.summary["zstd"] == "cli"
+    assert sha256_of(target) == sha256_of(source)
+    restored = subprocess.run(["zstd", "-d", "-c", str(saveset)], capture_output=True, check=True)
+    assert hashlib.sha256(restored.stdout).hexdigest() == sha256_of(source)
 
 
 def wrapped_python(tmp_path: Path, name: str, before: str) -> Path:

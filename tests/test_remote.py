@@ -1,8 +1,8 @@
 """Starting the helper: the interpreter, sudo, and what the helper says first (HELLO).
 
 A stand-in "python" that speaks a scripted HELLO shows the client's checks of that first frame
-without a real helper: a helper of another protocol version, and a login script that prints to
-stdout, are each refused with a message that says so.
+without a real helper: a helper of another protocol version, and something that prints to stdout
+in the helper's place, are each refused with a message that says so.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bacpac import remote
+from bacpac.channel import LocalChannel
 from bacpac.errors import TransferError, UsageError
 from clirun import bacpac
 from remote_helper import protocol
@@ -51,18 +52,29 @@ def test_helper_of_another_protocol_version_is_refused_naming_both(tmp_path, ima
     assert not (tmp_path / "t.img").exists()
 
 
-def test_login_script_noise_on_stdout_is_named_as_the_likely_cause(tmp_path, image) -> None:
+def test_a_helper_that_never_says_hello_is_told_by_what_it_printed(tmp_path, image) -> None:
     python = fake_python(tmp_path, b"Welcome to standby-1!\n" + b"x" * 64)
     run = bacpac("dup", "--no-progress", "--remote-python", python, image, tmp_path / "t.img")
-    line = run.one_error_line(1, alone=False)
-    assert "not a bacpac stream" in line and "login script" in line
+    run.one_error_line(1, "localhost: the helper never started: the command exited with status "
+                       "0; stdout began 'Welcome to standby-1!\\nxxxx", alone=False)
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_a_command_that_never_says_hello_is_ended_at_the_deadline() -> None:
+    # It reads nothing, so the helper's code fills the pipe and the send blocks: the deadline
+    # must end that wait too.
+    channel = LocalChannel(["/bin/sh", "-c", "echo busy >&2; exec sleep 60"])
+    with pytest.raises(TransferError, match=r"^localhost: the helper never started: no HELLO "
+                       r"within 1 s, and the command is still running; stderr: busy$"):
+        remote.HelperSession.start(channel, "localhost", None, hello_within=1)
+    assert channel.wait(10) != -1  # ended, not left behind
 
 
 def test_missing_remote_python_says_the_helper_cannot_start(sshd, tmp_path, image) -> None:
     run = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--remote-python",
                  "/opt/no/python3", image, f"testhost:{tmp_path / 't.img'}")
     line = run.one_error_line(1, alone=False)
-    assert "testhost" in line and "cannot start the helper" in line
+    assert "testhost: the helper never started: the command exited with status 127" in line
     assert "/opt/no/python3" in line
     assert not (tmp_path / "t.img").exists()
 
@@ -84,7 +96,7 @@ def test_sudo_is_really_in_the_command(sshd, tmp_path, image) -> None:
     run = bacpac("dup", "-F", sshd.config_path, "--no-progress", "--sudo", "--remote-python",
                  "/opt/no/python3", image, f"testhost:{tmp_path / 't.img'}")
     line = run.one_error_line(1, alone=False)
-    assert "cannot start the helper" in line and "sudo: " in line
+    assert "the helper never started" in line and "stderr: sudo: " in line
 
 
 # --- the helper's stdin pipe ------------------------------------------------------------------
