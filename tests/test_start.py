@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import subprocess
+
 import pytest
 
 from bacpac.sshalgorithms import no_match
@@ -87,10 +89,13 @@ def test_a_command_that_never_exits_in_the_helpers_place_fails_at_the_connect_ti
         sshd_with, image, tmp_path, command: str) -> None:
     target = tmp_path / "t.img"
     run = dup(sshd_with(f"ForceCommand {command}"), image, target, "-o", "ConnectTimeout=2")
-    assert_failed_in_one_line(
-        run, "testhost: the helper never started: no HELLO within 2 s, and the command "
-        "is still running; it wrote nothing", "ForceCommand")
-    assert not target.exists()
+    try:
+        assert_failed_in_one_line(
+            run, "testhost: the helper never started: no HELLO within 2 s, and the command "
+            "is still running; it wrote nothing", "ForceCommand")
+        assert not target.exists()
+    finally:  # sshd leaves a command that ignores its closed pipes running: end it here
+        subprocess.run(["pkill", "-f", f"^{command}$"], check=False)
 
 
 def test_a_server_that_allows_only_sftp_is_quoted(sshd_with, image, tmp_path) -> None:
