@@ -16,7 +16,7 @@ from .pacing import START_LEVEL, parse_rate
 from .pipeline import StreamSettings
 from .remote import ConnectOptions
 from .report import human_size, make_sink
-from .savesets import RestoreRequest, query_saveset, run_restore, run_verify
+from .savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import Endpoint, parse_endpoint
 from .ssh import SshOptions, parse_o_option
 
@@ -189,7 +189,14 @@ def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
     summary = run_verify(_endpoint(args.saveset, args), connect_options(args), sink)
     if not args.json:
         print(f"{args.saveset}: ok, {summary.extra['frames']} frames, "
-              f"{summary.bytes_total} bytes, sha256 {summary.sha256}")
+              f"{summary.bytes_total} bytes, sha256 {summary.sha256}" + _unchecked(summary.extra))
+
+
+def _unchecked(result: dict) -> str:
+    """ " (version 1: ...)" for a saveset whose metadata no checksum covers, else ""."""
+    if result.get("metadata_checked"):
+        return ""
+    return f" ({format_note(result.get('version'), False)})"
 
 
 def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
@@ -206,6 +213,7 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         ("source", f"{meta.get('source_host')}:{meta.get('source_path')}"),
         ("created", meta.get("created")), ("bacpac", meta.get("bacpac_version")),
         ("sha256", trailer.get("sha256")),
+        ("format", format_note(meta.get("version"), result.get("metadata_checked"))),
     ]
     for name, value in rows:
         print(f"{name:<11} {value}")
