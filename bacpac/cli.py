@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser(
         "restore", parents=[parent], help="write a saveset's image onto a target",
         description="Restore the disk image in SAVESET onto TARGET, with the same checks as "
-        "dup. Either may be remote ([USER@]HOST:PATH).")
+        "dup. Each frame is checked as verify checks it before it is written; a damaged "
+        "saveset is refused naming the frame and byte offset. Either may be remote "
+        "([USER@]HOST:PATH).")
     restore.add_argument("saveset", metavar="[HOST:]SAVESET")
     restore.add_argument("target", metavar="[HOST:]TARGET")
     _add_write_options(restore)
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", parents=[parent], help="check every frame and checksum of a saveset",
         description="Check every frame's checksum, the seek table, the trailer's byte count "
-        "and sha256. Exit 1 naming the first bad frame and its byte offset.")
+        "and sha256, and the metadata against the sha256 the trailer records of it. Exit 1 "
+        "naming the first bad frame and its byte offset.")
     verify.add_argument("saveset", metavar="[HOST:]SAVESET")
     verify.set_defaults(run=_cmd_verify)
 
