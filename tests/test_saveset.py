@@ -247,6 +247,11 @@ def replaced(raw, old, new):
     return raw.replace(old, new)
 
 
+def seek_table_of(raw):
+    count = struct.unpack("<I", raw[-9:-5])[0]
+    return raw[-(8 + 12 * count + 9):]
+
+
 def test_the_trailer_records_the_sha256_of_the_metadata_frame(random_saveset):
     reader = SavesetReader(io.BytesIO(random_saveset))
     metadata_frame = random_saveset[:reader.data_offset]
@@ -280,11 +285,6 @@ def test_every_byte_of_the_metadata_and_the_trailer_is_checked(small_saveset):
             damaged[position] ^= bits
             with pytest.raises((SavesetCorrupt, NotASaveset)):
                 verify_bytes(bytes(damaged))
-
-
-def seek_table_of(raw):
-    count = struct.unpack("<I", raw[-9:-5])[0]
-    return raw[-(8 + 12 * count + 9):]
 
 
 def test_a_version_2_saveset_relabelled_version_1_is_refused(small_saveset):
