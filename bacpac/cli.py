@@ -16,7 +16,7 @@ from .pacing import START_LEVEL, parse_rate
 from .pipeline import StreamSettings
 from .remote import ConnectOptions
 from .report import human_size, make_sink
-from .savesets import RestoreRequest, query_saveset, run_restore, run_verify
+from .savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import parse_endpoint
 from .ssh import SshOptions, parse_o_option
 
@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser(
         "restore", parents=[parent], help="write a saveset's image onto a target",
         description="Restore the disk image in SAVESET onto TARGET, with the same checks as "
-        "dup. Either may be remote ([USER@]HOST:PATH).")
+        "dup. Each frame is checked as verify checks it before it is written; a damaged "
+        "saveset is refused naming the frame and byte offset. Either may be remote "
+        "([USER@]HOST:PATH).")
     restore.add_argument("saveset", metavar="[HOST:]SAVESET")
     restore.add_argument("target", metavar="[HOST:]TARGET")
     _add_write_options(restore)
@@ -120,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", parents=[parent], help="check every frame and checksum of a saveset",
         description="Check every frame's checksum, the seek table, the trailer's byte count "
-        "and sha256. Exit 1 naming the first bad frame and its byte offset.")
+        "and sha256, and the metadata against the sha256 the trailer records of it. Exit 1 "
+        "naming the first bad frame and its byte offset.")
     verify.add_argument("saveset", metavar="[HOST:]SAVESET")
     verify.set_defaults(run=_cmd_verify)
 
@@ -206,7 +209,14 @@ def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
     summary = run_verify(parse_endpoint(args.saveset), connect_options(args), sink)
     if not args.json:
         print(f"{args.saveset}: ok, {summary.extra['frames']} frames, "
-              f"{summary.bytes_total} bytes, sha256 {summary.sha256}")
+              f"{summary.bytes_total} bytes, sha256 {summary.sha256}" + _unchecked(summary.extra))
+
+
+def _unchecked(result: dict) -> str:
+    """ " (version 1: ...)" for a saveset whose metadata no checksum covers, else ""."""
+    if result.get("metadata_checked"):
+        return ""
+    return f" ({format_note(result.get('version'), False)})"
 
 
 def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
@@ -223,6 +233,7 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         ("source", f"{meta.get('source_host')}:{meta.get('source_path')}"),
         ("created", meta.get("created")), ("bacpac", meta.get("bacpac_version")),
         ("sha256", trailer.get("sha256")),
+        ("format", format_note(meta.get("version"), result.get("metadata_checked"))),
     ]
     for name, value in rows:
         print(f"{name:<11} {value}")

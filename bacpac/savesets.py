@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from remote_helper import protocol
 from remote_helper.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
-from .dup import PARTLY_WRITTEN, check_result, naming
-from .errors import BacpacError, ProtocolError, UsageError
+from .dup import check_result, naming
+from .errors import BacpacError, ProtocolError, VerifyError
 from .events import Counters, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, where
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
 from .spec import Endpoint
+
+
+# A failure on the target's side: the saveset is sound, and a second run may well succeed.
+TARGET_FAILED = ("; the target was partly written and does not hold a usable copy: run the "
+                 "restore again once the cause is fixed")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
     try:
         meta = _open_reader(reader, request.saveset)
         summary.bytes_total = int(meta["size"])
+        summary.extra["metadata_checked"] = meta.get("metadata_checked", False)
         writer = open_session(request.target, options)
         try:
             path = remote_path(request.target)
@@ -53,12 +59,14 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
                                  str(request.saveset), summary.bytes_total))
             counters = Counters(job, sink)
             receiver = Receiver(writer, path, counters.set_written)
+            target = where(request.target, path)
             try:
                 result = _relay(reader, writer, receiver, counters)
+            except _SavesetFailed as e:
+                raise type(e.error)(f"{e.error}{_saveset_hint(e.error, target)}") from None
             except BacpacError as e:
-                raise type(e)(naming(str(e), writer.host, where(request.target, path))
-                              + PARTLY_WRITTEN) from None
-            summary.sha256 = check_result(request.verify, where(request.target, path), result)
+                raise type(e)(naming(str(e), writer.host, target) + TARGET_FAILED) from None
+            summary.sha256 = check_result(request.verify, target, result)
             summary.extra["verified"] = request.verify
             summary.bytes_read = counters.bytes_read
             summary.bytes_sent = counters.bytes_sent
@@ -69,14 +77,30 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
         reader.close()
 
 
+def _saveset_hint(error: BacpacError, target: str) -> str:
+    """What to do when the saveset failed a restore half way: the same saveset will fail the
+    same way again, so the advice is never to run the restore again as it was."""
+    cause = ("the saveset is damaged" if isinstance(error, VerifyError)
+             else "the saveset could not be read")
+    return (f"; {cause}, and the target {target} was partly written and does not hold a "
+            "usable copy: restore it from another saveset")
+
+
+class _SavesetFailed(Exception):
+    """The helper reading the saveset sent ERROR during a restore: its error, to be told with
+    advice of its own (a writer-side failure gets another)."""
+
+    def __init__(self, error: BacpacError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _open_reader(reader: HelperSession, saveset: Endpoint) -> dict:
+    """The saveset's READY: its ends are proven (the helper refuses a damaged one here, before
+    the target is opened), its metadata and image size."""
     path = remote_path(saveset)
-    meta = reader.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION, "job": "read_saveset",
+    return reader.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION, "job": "read_saveset",
                                  "path": path}, READY, path)
-    kind = (meta.get("metadata") or {}).get("kind")
-    if kind != "disk":
-        raise UsageError(f"{where(saveset, path)}: a saveset of kind {kind!r}, not a disk image")
-    return meta
 
 
 def _writer_open(request: RestoreRequest, path: str, meta: dict) -> dict:
@@ -104,7 +128,7 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
             receiver.send(writer.send_json, END, end)
             break
         elif frame.type == ERROR:
-            raise reader.rebuild(frame.json(), "")
+            raise _SavesetFailed(reader.rebuild(frame.json(), ""))
         else:
             raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
                                 "while reading the saveset")
@@ -124,6 +148,15 @@ def query_saveset(job_name: str, saveset: Endpoint, options: ConnectOptions) -> 
         session.close()
 
 
+def format_note(version: object, metadata_checked: object) -> str:
+    """The saveset's format version, and whether a checksum covers its metadata: what `verify`
+    and `info` say of a saveset written before the metadata had one."""
+    if metadata_checked:
+        return f"version {version}"
+    return (f"version {version}: its metadata, such as the source and the creation time, is "
+            "not covered by a checksum")
+
+
 def run_verify(saveset: Endpoint, options: ConnectOptions, sink: Sink) -> JobSummary:
     summary = JobSummary(command="verify", source=str(saveset), target="", saveset=str(saveset))
 
@@ -131,6 +164,8 @@ def run_verify(saveset: Endpoint, options: ConnectOptions, sink: Sink) -> JobSum
         result = query_saveset("verify", saveset, options)
         summary.sha256 = result.get("sha256")
         summary.bytes_total = summary.bytes_read = int(result.get("bytes", 0))
-        summary.extra.update(frames=result.get("frames"), compressed=result.get("compressed"))
+        summary.extra.update(frames=result.get("frames"), compressed=result.get("compressed"),
+                             version=result.get("version"),
+                             metadata_checked=result.get("metadata_checked"))
 
     return run_tracked(sink, str(saveset), summary, body)

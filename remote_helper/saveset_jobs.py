@@ -1,44 +1,55 @@
-"""The helper's jobs on an existing saveset: read it out (restore), verify it, describe it."""
+"""The helper's jobs on an existing saveset: read it out (restore), verify it, describe it.
+
+All three open the saveset through the one SavesetReader, so they agree on what is damaged and
+say it in the same words (saveset_reader.py); every error names the saveset's path.
+"""
+import contextlib
 import os
 
 from . import devices, protocol
 from .errors import HelperError, ProtocolError
 from .protocol import DATA, END, READY, RESULT
-from .saveset import NotASaveset, SavesetReader, info, verify
-from .zstdframe import frame_content_size
+from .saveset_reader import SavesetReader, info, verify
+from .zstdframe import decompress_frame, require_zstd
 
 
-def open_saveset(path):
+@contextlib.contextmanager
+def _saveset_errors(path):
     # type: (str) -> object
-    path = os.path.expanduser(path)
+    """Every failure inside names the saveset: "PATH: cause"."""
     try:
-        return open(path, "rb")
+        yield
+    except HelperError as e:
+        if e.message.startswith(path + ": "):
+            raise
+        raise type(e)("%s: %s" % (path, e.message), e.errno)
     except OSError as e:
-        raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+        raise HelperError("%s: %s" % (path, e.strerror or e), e.errno or 0)
 
 
-def _not_a_saveset(path, error):
-    # type: (str, NotASaveset) -> NotASaveset
-    return NotASaveset("%s: %s" % (path, error.message))
+def _open(path):
+    # type: (str) -> object
+    """The saveset at `path` as the client named it (relative to the home directory)."""
+    with _saveset_errors(path):
+        return open(os.path.expanduser(path), "rb")
 
 
 def run_read_saveset(job, inp, out):
     # type: (dict, object, object) -> None
-    """Send a saveset's frames as DATA frames, as they are, then END with the trailer's sha256.
+    """Send a saveset's frames as DATA frames, each once proven as verify proves it, then END.
 
-    The frames are checked by whoever decompresses them (zstd checks each frame's checksum)
-    and the whole by the sha256 the writing helper computes against the trailer's.
+    A fault in the ends is found before READY, so before the client opens the target; a fault
+    in a frame is found before that frame is sent, so the target never receives a bad byte, and
+    the ERROR says which frame and which byte of the saveset, in verify's words.
     """
     path = job["path"]
-    with open_saveset(path) as f:
-        try:
-            reader = SavesetReader(f)
-            trailer = reader.trailer
-        except NotASaveset as e:
-            raise _not_a_saveset(path, e)
-        size = int(trailer["bytes"])
-        out.send_json(READY, {"metadata": reader.metadata, "size": size,
-                              "frames": trailer["frames"], "boot_id": devices.boot_id(),
+    with _open(path) as f, _saveset_errors(path):
+        reader = SavesetReader(f)
+        require_zstd()
+        out.send_json(READY, {"metadata": reader.metadata, "size": reader.trailer["bytes"],
+                              "frames": len(reader.entries),
+                              "metadata_checked": reader.metadata_checked,
+                              "boot_id": devices.boot_id(),
                               "identity": devices.identity(os.path.expanduser(path))})
         # Wait for the go-ahead: the client first opens the target, which may be refused, and
         # frames sent before then would only fill a pipe nobody reads.
@@ -47,25 +58,20 @@ def run_read_saveset(job, inp, out):
             raise ProtocolError("expected READY to start sending, got %s"
                                 % protocol.type_name(go.type))
         offset = 0
-        for _, _, frame in reader.frames():
-            content = frame_content_size(frame) or 0
+        for index, _, frame in reader.proven_frames(decompress_frame):
+            content = reader.entries[index][1]
             out.send(protocol.header(DATA, frame, offset, protocol.CODEC_ZSTD, content))
             out.send(frame)
             offset += content
-        out.send_json(END, {"bytes": offset, "sha256": trailer["sha256"]})
+        out.send_json(END, {"bytes": offset, "sha256": reader.trailer["sha256"]})
 
 
 def _query(job, out, read):
     # type: (dict, object, object) -> None
     """RESULT: read(file) of the saveset at job["path"], its errors naming that path."""
     path = job["path"]
-    with open_saveset(path) as f:
-        try:
-            summary = read(f)
-        except NotASaveset as e:
-            raise _not_a_saveset(path, e)
-        except HelperError as e:
-            raise type(e)("%s: %s" % (path, e.message), e.errno)
+    with _open(path) as f, _saveset_errors(path):
+        summary = read(f)
     out.send_json(RESULT, summary)
 
 

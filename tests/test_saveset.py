@@ -14,9 +14,10 @@ from clirun import MiB
 from remote_helper import zstdframe
 from remote_helper.errors import HelperError
 from remote_helper.atomic import AtomicFile, MissingDirectory
-from remote_helper.saveset import (
-    NotASaveset, SavesetCorrupt, SavesetReader, SavesetWriter, compress_frame, decompress_frame,
-    frame_content_size, frame_has_checksum, info, verify)
+from remote_helper.saveset import NotASaveset, SavesetCorrupt, SavesetWriter
+from remote_helper.zstdframe import (compress_frame, decompress_frame, frame_content_size,
+                                     frame_has_checksum)
+from remote_helper.saveset_reader import SavesetReader, info, verify
 
 FRAME = MiB
 XXH64_EMPTY_LOW = 0x51D8E999
@@ -38,10 +39,13 @@ CONTENTS = {
 }
 
 
+def metadata(size, frame_size=FRAME):
+    return {"kind": "disk", "size": size, "frame_size": frame_size, "source_host": "src",
+            "source_path": "/dev/sdz", "bacpac_version": "0.0-test"}
+
+
 def write_saveset(fileobj, data, frame_size=FRAME, level=3):
-    writer = SavesetWriter(fileobj, {
-        "kind": "disk", "size": len(data), "frame_size": frame_size, "source_host": "src",
-        "source_path": "/dev/sdz", "bacpac_version": "0.0-test"})
+    writer = SavesetWriter(fileobj, metadata(len(data), frame_size))
     for start in range(0, len(data), frame_size):
         chunk = data[start:start + frame_size]
         writer.add_frame(compress_frame(chunk, level), len(chunk))
@@ -70,7 +74,8 @@ def random_saveset():
 
 
 def data_frames(raw):
-    return list(SavesetReader(io.BytesIO(raw)).frames())
+    """(index, offset, frame) of each data frame, once proven."""
+    return list(SavesetReader(io.BytesIO(raw)).proven_frames(decompress_frame))
 
 
 def flipped(raw, position):
@@ -223,6 +228,120 @@ def test_a_file_that_is_no_saveset_is_refused(what):
         assert isinstance(caught.value, HelperError)
 
 
+# --- the metadata: covered by the trailer's record of its sha256 (format version 2) -----------
+
+V1_SAVESET = os.path.join(os.path.dirname(__file__), "data", "saveset-v1.bacpac")
+V1_IMAGE_SHA256 = "6e9e08fc565c09a1b1a832d5584c7ff70de9bb69316e979fea74cb26254b8879"
+
+
+@pytest.fixture(scope="module")
+def small_saveset():
+    """A saveset of 200 KiB in 64 KiB frames: small enough to damage byte by byte."""
+    buf = io.BytesIO()
+    write_saveset(buf, CONTENTS["random"][:200 * 1024], frame_size=64 * 1024)
+    return buf.getvalue()
+
+
+def replaced(raw, old, new):
+    assert raw.count(old) == 1 and len(old) == len(new)
+    return raw.replace(old, new)
+
+
+def seek_table_of(raw):
+    count = struct.unpack("<I", raw[-9:-5])[0]
+    return raw[-(8 + 12 * count + 9):]
+
+
+def test_the_trailer_records_the_sha256_of_the_metadata_frame(random_saveset):
+    reader = SavesetReader(io.BytesIO(random_saveset))
+    metadata_frame = random_saveset[:reader.data_offset]
+    assert reader.trailer["metadata_sha256"] == hashlib.sha256(metadata_frame).hexdigest()
+    assert reader.metadata_checked and reader.metadata["version"] == 2
+
+
+@pytest.mark.parametrize("old, new", [
+    (b'"source_path": "/dev/sdz"', b'"source_path": "/dev/sdy"'),
+    (b'"source_host": "src"', b'"source_host": "srd"'),
+    (b'"created": "2', b'"created": "3'),
+    (b'"frame_size": 65536', b'"frame_size": 95536'),
+    (b'"kind": "disk"', b'"kind": "disc"'),
+    (b'"size": 204800', b'"size": 204801'),
+    (b'"bacpac_version": "0.0-test"', b'"bacpac_version": "9.0-test"'),
+], ids=["source_path", "source_host", "created", "frame_size", "kind", "size", "bacpac_version"])
+def test_verify_and_info_refuse_a_changed_metadata_field(small_saveset, old, new):
+    damaged = replaced(small_saveset, old, new)
+    for call in (verify, info, SavesetReader):
+        with pytest.raises(SavesetCorrupt, match="^metadata frame at byte 0: damaged"):
+            call(io.BytesIO(damaged))
+
+
+def test_every_byte_of_the_metadata_and_the_trailer_is_checked(small_saveset):
+    reader = SavesetReader(io.BytesIO(small_saveset))
+    trailer_end = len(small_saveset) - len(seek_table_of(small_saveset))
+    positions = list(range(reader.data_offset)) + list(range(reader.trailer_offset, trailer_end))
+    for position in positions:
+        for bits in (0x01, 0x20):  # a changed digit or letter; whitespace into another one
+            damaged = bytearray(small_saveset)
+            damaged[position] ^= bits
+            with pytest.raises((SavesetCorrupt, NotASaveset)):
+                verify_bytes(bytes(damaged))
+
+
+def test_a_version_2_saveset_relabelled_version_1_is_refused(small_saveset):
+    damaged = replaced(small_saveset, b'"version": 2', b'"version": 1')
+    with pytest.raises(SavesetCorrupt, match="metadata frame at byte 0: damaged: its sha256"):
+        verify_bytes(damaged)
+
+
+def test_a_saveset_from_a_newer_bacpac_is_refused_naming_its_version(small_saveset):
+    with pytest.raises(SavesetCorrupt, match="saveset version 3: this bacpac reads versions 1 "
+                       "and 2"):
+        verify_bytes(replaced(small_saveset, b'"version": 2', b'"version": 3'))
+
+
+def test_a_metadata_frame_with_a_damaged_length_is_damaged_not_foreign(small_saveset):
+    for position in (4, 5, 7):
+        with pytest.raises(SavesetCorrupt, match="metadata frame at byte 0: damaged"):
+            verify_bytes(flipped(small_saveset, position))
+
+
+def test_a_version_1_saveset_is_verified_and_says_its_metadata_is_unchecked():
+    with open(V1_SAVESET, "rb") as f:
+        summary = verify(f)
+        assert (summary["version"], summary["metadata_checked"]) == (1, False)
+        assert summary["sha256"] == V1_IMAGE_SHA256
+        assert info(f)["metadata_checked"] is False
+
+
+def test_a_version_1_saveset_with_a_damaged_frame_is_refused():
+    with open(V1_SAVESET, "rb") as f:
+        raw = f.read()
+    index, offset, frame = data_frames(raw)[2]
+    with pytest.raises(SavesetCorrupt, match="frame 2 at byte %d" % offset):
+        verify_bytes(flipped(raw, offset + len(frame) // 2))
+
+
+def test_verify_names_the_frame_that_lost_bytes(small_saveset):
+    index, offset, frame = data_frames(small_saveset)[2]
+    cut = offset + len(frame) // 2
+    with pytest.raises(SavesetCorrupt, match="^frame 2 at byte %d: " % offset):
+        verify_bytes(small_saveset[:cut] + small_saveset[cut + 3:])
+
+
+def test_restore_and_verify_give_the_same_verdict(small_saveset):
+    index, offset, frame = data_frames(small_saveset)[1]
+    damaged = flipped(small_saveset, offset + 100)
+    with pytest.raises(SavesetCorrupt) as by_verify:
+        verify_bytes(damaged)
+    sent = []
+    with pytest.raises(SavesetCorrupt) as by_restore:
+        for index, _, frame in SavesetReader(io.BytesIO(damaged)).proven_frames(
+                decompress_frame):
+            sent.append(index)
+    assert str(by_restore.value) == str(by_verify.value)
+    assert sent == [0]  # the damaged frame is never handed on
+
+
 # --- info ------------------------------------------------------------------------------------
 
 class CountingReader(io.BytesIO):
@@ -253,7 +372,7 @@ def test_info_reads_sizes_from_the_ends_without_walking_the_data():
 def test_info_reports_the_metadata(saveset_path):
     with open(str(saveset_path), "rb") as f:
         meta = info(f)["metadata"]
-    assert meta["format"] == "bacpac-saveset" and meta["version"] == 1
+    assert meta["format"] == "bacpac-saveset" and meta["version"] == 2
     assert (meta["kind"], meta["source_host"], meta["source_path"]) == ("disk", "src", "/dev/sdz")
     assert meta["created"].endswith("Z") and meta["frame_size"] == FRAME
 
@@ -432,7 +551,8 @@ def test_an_empty_image_makes_a_valid_saveset(tmp_path):
         out.commit()
     with open(str(path), "rb") as f:
         assert verify(f) == {"frames": 0, "bytes": 0, "compressed": 0,
-                             "sha256": hashlib.sha256(b"").hexdigest()}
+                             "sha256": hashlib.sha256(b"").hexdigest(), "version": 2,
+                             "metadata_checked": True}
         assert info(f)["ratio"] is None
     out = subprocess.run(["zstd", "-d", "-c", str(path)], capture_output=True, check=True)
     assert out.stdout == b""
@@ -448,8 +568,7 @@ def test_saveset_output_starts_writeback_as_it_grows_and_commits_a_valid_saveset
     mocker.patch.object(saveset_output.libc, "start_writeback",
                         side_effect=lambda fd, offset, length: started.append((offset, length)))
     path = tmp_path / "out.bps"
-    output = saveset_output.SavesetOutput(str(path), {"kind": "disk", "size": 88 * MiB,
-                                                      "frame_size": 4 * MiB}, 4 * MiB)
+    output = saveset_output.SavesetOutput(str(path), metadata(88 * MiB, 4 * MiB), 4 * MiB)
     blocks = [os.urandom(4 * MiB) for _ in range(20)]  # incompressible: 80 MiB of frames
     for block in blocks:
         output.add(compress_frame(block, 1), len(block))

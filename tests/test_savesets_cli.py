@@ -403,13 +403,108 @@ def test_restore_refusal_does_not_wait_for_the_saveset_reader(made, tmp_path, no
     assert time.monotonic() - started < 5
 
 
-def test_restore_from_corrupted_saveset_fails_and_says_partly_written(
+def test_restore_from_corrupted_saveset_says_damaged_and_restore_from_another(
         one: Made, transport: Transport, tmp_path, no_helper_left):
-    copy, _, _ = corrupt_copy(one.saveset, tmp_path)
+    copy, index, offset = corrupt_copy(one.saveset, tmp_path)
     target = tmp_path / "restored.img"
+    verified = bacpac("verify", *transport.args(), transport.target(copy))
     result = bacpac("restore", *transport.args(), "--no-progress", transport.target(copy), target)
-    assert result.returncode == 1
-    assert "partly written" in result.error_line
+    line = result.one_error_line(1, f"frame {index} at byte {offset}", "saveset is damaged",
+                                 "partly written", "another saveset", alone=False)
+    assert "--delta" not in line and "again" not in line
+    assert line.startswith(verified.one_error_line(1)), "restore and verify disagree"
+
+
+def test_restore_onto_a_full_disk_says_partly_written_and_to_run_it_again(
+        one: Made, transport: Transport, tmpfs, no_helper_left):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    target = Path(tmpfs("4m")) / "restored.img"
+    result = bacpac("restore", *transport.args(), "--no-progress", transport.target(one.saveset),
+                    target)
+    line = result.one_error_line(1, str(target), "No space left on device", "partly written",
+                                 "run the restore again", alone=False)
+    assert "--delta" not in line and "damaged" not in line
+
+
+def changed_metadata(saveset: Path, key: str, directory: Path) -> Path:
+    """A copy whose metadata field `key` has one character changed, still valid JSON."""
+    raw = saveset.read_bytes()
+    at = raw.index(b'"%s": ' % key.encode()) + len(key) + 4
+    at += raw[at:at + 1] == b'"'  # into a string value, past its quote
+    old = raw[at]
+    new = old + 1 if 0x31 <= old <= 0x38 else (0x38 if old == 0x39 else old ^ 0x01)
+    copy = directory / f"changed-{key}.bacpac"
+    copy.write_bytes(raw[:at] + bytes([new]) + raw[at + 1:])
+    return copy
+
+
+def saveset_commands_fail_alike(transport: Transport, saveset: Path, tmp_path: Path,
+                                *words: str) -> str:
+    """verify, info and restore of a damaged saveset: each exits 1 with the same message,
+    holding `words`, and the restore creates no target."""
+    target = tmp_path / "restored.img"
+    lines = []
+    for command in ("verify", "info", "restore"):
+        args = [transport.target(saveset)] + ([target] if command == "restore" else [])
+        result = bacpac(command, *transport.args(), "--no-progress", *args)
+        lines.append(result.one_error_line(1, str(saveset), *words))
+    assert len(set(lines)) == 1, lines
+    assert not target.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("key", ["source_path", "created", "frame_size", "kind", "size"])
+def test_verify_info_and_restore_refuse_a_changed_metadata_field(key: str, small, tmp_path,
+                                                                 request, no_helper_left):
+    copy = changed_metadata(small[0], key, tmp_path)
+    saveset_commands_fail_alike(transport_for("local", request), copy, tmp_path,
+                                "metadata frame at byte 0: damaged")
+
+
+def test_verify_info_and_restore_refuse_a_changed_source_path_over_ssh(small, tmp_path, request,
+                                                                        no_helper_left):
+    copy = changed_metadata(small[0], "source_path", tmp_path)
+    saveset_commands_fail_alike(transport_for("ssh", request), copy, tmp_path,
+                                "metadata frame at byte 0: damaged", "testhost:")
+
+
+V1_SAVESET = Path(__file__).parent / "data" / "saveset-v1.bacpac"  # made by bacpac 0.1.0
+V1_IMAGE_SHA256 = "6e9e08fc565c09a1b1a832d5584c7ff70de9bb69316e979fea74cb26254b8879"
+UNCHECKED = "version 1: its metadata, such as the source and the creation time, is not covered"
+
+
+def test_verify_passes_a_version_1_saveset_and_says_its_metadata_is_unchecked(
+        transport: Transport, no_helper_left):
+    result = bacpac("verify", *transport.args(), transport.target(V1_SAVESET))
+    assert result.returncode == 0, result.stderr
+    assert V1_IMAGE_SHA256 in result.stdout and UNCHECKED in result.stdout
+    as_json = bacpac("verify", *transport.args(), "--json", transport.target(V1_SAVESET))
+    assert as_json.summary["metadata_checked"] is False and as_json.summary["version"] == 1
+
+
+def test_info_of_a_version_1_saveset_says_its_metadata_is_unchecked(transport: Transport,
+                                                                      no_helper_left):
+    result = bacpac("info", *transport.args(), transport.target(V1_SAVESET))
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["format"].startswith(UNCHECKED)
+    assert lines["sha256"] == V1_IMAGE_SHA256
+
+
+def test_restore_of_a_version_1_saveset_gives_the_image(transport: Transport, tmp_path,
+                                                        no_helper_left):
+    target = tmp_path / "restored.img"
+    result = bacpac("restore", *transport.args(), "--no-progress", "--json",
+                    transport.target(V1_SAVESET), target)
+    assert result.returncode == 0, result.stderr
+    assert sha256_of(target) == V1_IMAGE_SHA256 == result.summary["sha256"]
+
+
+def test_info_shows_the_format_version(one: Made, transport: Transport, no_helper_left):
+    result = bacpac("info", *transport.args(), transport.target(one.saveset))
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["format"] == "version 2"
 
 
 # --- backup -------------------------------------------------------------------------------------
