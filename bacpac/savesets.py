@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from remote_helper import protocol
 from remote_helper.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
-from .dup import PARTLY_WRITTEN, check_result, naming
+from .dup import check_result, naming, partly_written
 from .errors import BacpacError, ProtocolError, UsageError
 from .events import Counters, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, where
@@ -57,7 +57,7 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
                 result = _relay(reader, writer, receiver, counters)
             except BacpacError as e:
                 raise type(e)(naming(str(e), writer.host, where(request.target, path))
-                              + PARTLY_WRITTEN) from None
+                              + partly_written(e)) from None
             summary.sha256 = check_result(request.verify, where(request.target, path), result)
             summary.extra["verified"] = request.verify
             summary.bytes_read = counters.bytes_read
