@@ -252,6 +252,21 @@ def test_dup_refuses_a_target_device_that_is_a_partition_of_its_source(
     assert sha256_of(device) == before
 
 
+@requires_root
+@pytest.mark.parametrize("direction", ["image-to-its-loop", "loop-to-its-image"])
+def test_dup_refuses_to_write_a_loop_device_and_its_image_onto_each_other(
+        transport, loop_device, direction: str) -> None:
+    device = loop_device(8 * MiB)
+    backing = str(backing_file(device))
+    with open(backing, "r+b") as f:
+        f.write(os.urandom(MiB))
+    before = sha256_of(backing)
+    source, target = (backing, device) if direction == "image-to-its-loop" else (device, backing)
+    result = transport.dup(source, target, "--force")
+    refused(result, "shares its blocks with the source itself", device, target)
+    assert sha256_of(backing) == before
+
+
 # ---- a full disk is named as such (item 8) ------------------------------------------------------
 
 
