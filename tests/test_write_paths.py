@@ -20,6 +20,8 @@ import pytest
 from clirun import MiB, Result, Transport, bacpac, random_image, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import mkfs_and_mount, partition_disk, requires_root, run
+from remote_helper import checks
+from remote_helper.errors import Refused
 
 
 def refused(result: Result, *words: str, alone: bool = True) -> str:
@@ -283,3 +285,31 @@ def test_a_full_disk_is_named_without_advice_to_run_again_with_delta(
                                  transport.target(target if full == "target" else saveset))
     assert "--delta" not in line
     assert not saveset.exists()
+
+
+@requires_root
+def test_a_restore_onto_a_full_disk_names_it_without_advice_to_run_again_with_delta(
+        transport, tmpfs, tmp_path) -> None:
+    small = Path(tmpfs("8m"))
+    # 32 MiB of text: too much for the 8 MiB disk, in a saveset small enough that the helper
+    # reading it out is never left blocked on a full pipe when the restore fails
+    source = write_file(tmp_path / "text.img", 32 * MiB, {0: b"a line of text\n" * (2 * MiB)})
+    saveset = tmp_path / "text.bacpac"
+    made = bacpac("backup", "--no-progress", source, saveset)
+    assert made.returncode == 0, made.stderr
+    target = small / "restored.img"
+    result = bacpac("restore", *transport.args(), "--no-progress", saveset,
+                    transport.target(target))
+    line = result.one_error_line(1, "No space left on device", "the disk is full",
+                                 transport.target(target), "partly written")
+    assert "--delta" not in line
+
+
+def test_a_saveset_directory_that_cannot_be_written_in_is_refused(tmp_path, monkeypatch) -> None:
+    # As root (as the suite runs) every directory is writable: what a user without the
+    # permission meets is shown by the check itself.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(Refused) as caught:
+        checks.check_saveset(str(tmp_path / "disk.bacpac"), None, {})
+    assert str(caught.value) == "%s: cannot write in %s: Permission denied" % (
+        tmp_path / "disk.bacpac", tmp_path)
