@@ -285,8 +285,9 @@ def busy_reasons(path):
 
 def mounted_readwrite(path):
     # type: (str) -> Optional[str]
-    """The mountpoint if this disk (a partition of it, or a loop device on this image) is
-    mounted read-write, else None: a copy of a live file system may be inconsistent."""
+    """The mountpoint if this disk (a partition of it, a device built on it, or a loop device
+    on this image) is mounted read-write, else None: a copy of a live file system may be
+    inconsistent."""
     devs = sharing_devices(identity(path))
     for dev, source_rdev, mountpoint, rw in _mounts():
         if rw and (dev in devs or source_rdev in devs):
