@@ -71,18 +71,24 @@ def test_dup_refuses_a_saveset_symlinked_to_the_source(transport, source, tmp_pa
 
 
 @pytest.mark.parametrize("exists", [True, False], ids=["existing", "new"])
-def test_dup_refuses_a_saveset_that_is_the_target(transport, source, tmp_path,
-                                                  exists: bool) -> None:
+@pytest.mark.parametrize("through_symlink", [False, True], ids=["path", "symlink"])
+def test_dup_refuses_a_saveset_that_is_the_target(transport, source, tmp_path, exists: bool,
+                                                  through_symlink: bool) -> None:
     target = tmp_path / "t.img"
     if exists:
         target.write_bytes(b"precious" * 4096)
-    result = dup_with_saveset(transport, source, target, target)
-    refused(result, "the saveset is the target itself", str(target))
+    saveset = target
+    if through_symlink:
+        saveset = tmp_path / "link.bacpac"
+        saveset.symlink_to(target)  # dangling while the target is not made
+    result = dup_with_saveset(transport, source, target, saveset)
+    refused(result, "the saveset is the target itself", str(saveset))
     if exists:
         assert target.read_bytes() == b"precious" * 4096
     else:
         assert not target.exists()
-    assert sorted(os.listdir(tmp_path)) == ["src.img"] + (["t.img"] if exists else [])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["src.img"] + (["t.img"] if exists else []) + (["link.bacpac"] if through_symlink else []))
 
 
 def test_dup_refuses_a_saveset_spelt_another_way_than_the_new_target(transport, source,
@@ -106,12 +112,17 @@ def test_backup_refuses_to_write_its_saveset_over_the_source(transport, source) 
 
 
 @requires_root
-def test_dup_refuses_a_saveset_on_a_device_node(transport, source, loop_device,
-                                                tmp_path) -> None:
+@pytest.mark.parametrize("through_symlink", [False, True], ids=["node", "symlink"])
+def test_dup_refuses_a_saveset_on_a_device_node(transport, source, loop_device, tmp_path,
+                                                through_symlink: bool) -> None:
     device = loop_device(8 * MiB)
+    saveset = Path(device)
+    if through_symlink:
+        saveset = tmp_path / "link.bacpac"
+        saveset.symlink_to(device)
     before = sha256_of(device)
-    result = dup_with_saveset(transport, source, tmp_path / "t.img", device)
-    refused(result, "block device", device)
+    result = dup_with_saveset(transport, source, tmp_path / "t.img", saveset)
+    refused(result, "block device", str(saveset))
     assert stat.S_ISBLK(os.stat(device).st_mode)
     assert sha256_of(device) == before
     assert not (tmp_path / "t.img").exists()
