@@ -59,7 +59,11 @@ def require_directory(path):
     if not os.path.isdir(parent):
         raise Refused("%s: Not a directory (%s is not a directory)" % (path, parent),
                       errno.ENOTDIR)
-    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+    try:
+        read_only = os.statvfs(parent).f_flag & os.ST_RDONLY
+    except OSError as e:
+        raise Refused("%s: cannot write in %s: %s" % (path, parent, e.strerror), e.errno)
+    if read_only:
         raise Refused("%s: cannot write in %s: Read-only file system" % (path, parent),
                       errno.EROFS)
     if not os.access(parent, os.W_OK | os.X_OK):
