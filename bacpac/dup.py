@@ -20,7 +20,8 @@ from remote_helper import devices, protocol
 from remote_helper.protocol import END, MATCH, OPEN
 
 from .disk import Source, close_source, open_source
-from .errors import BacpacError, Interrupted, TransferError, UsageError, VerifyError
+from .errors import (BacpacError, DiskFullError, Interrupted, TransferError, UsageError,
+                     VerifyError)
 from .events import Counters, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, warn, where
 from .dedup import SeenChunks
@@ -29,8 +30,8 @@ from .pipeline import ImageStream, StreamSettings
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
 from .spec import Endpoint
 
-PARTLY_WRITTEN = ("; the target was partly written and does not hold a usable copy: "
-                  "run the same command again with --delta to finish it")
+PARTLY = "; the target was partly written and does not hold a usable copy"
+PARTLY_WRITTEN = PARTLY + ": run the same command again with --delta to finish it"
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ class DupRequest:
     def saveset_path(self) -> Optional[str]:
         if self.backup:
             return remote_path(self.target)
-        return self.saveset
+        if self.saveset is None:
+            return None
+        return remote_path(dataclasses.replace(self.target, path=self.saveset))
 
 
 def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSummary:
@@ -177,7 +180,7 @@ def _transfer(request: DupRequest, source: Source, stream: _Stream, session: Hel
         if request.backup or (e is receiver.error and not receiver.ready):
             raise  # a backup writes no target; a refused OPEN wrote nothing
         raise type(e)(naming(str(e), session.host, where(request.target, path))
-                      + PARTLY_WRITTEN) from None
+                      + partly_written(e)) from None
     except KeyboardInterrupt:
         hint = "" if request.backup else PARTLY_WRITTEN
         raise Interrupted(f"{where(request.target, path)}: interrupted{hint}") from None
@@ -311,6 +314,12 @@ def _stream(request: DupRequest, image: ImageStream, session: HelperSession,
         summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
                              block_size=image.settings.delta_block)
     return result
+
+
+def partly_written(error: BacpacError) -> str:
+    """What to tell of a target left half written by `error`: --delta finishes it, unless a
+    disk is full, which a second run would only fill again."""
+    return PARTLY if isinstance(error, DiskFullError) else PARTLY_WRITTEN
 
 
 def naming(message: str, host: str, where: str) -> str:

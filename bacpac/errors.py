@@ -52,6 +52,10 @@ class TransferError(BacpacError):
     """The transfer failed after it started: channel cut, I/O error on either side."""
 
 
+class DiskFullError(TransferError):
+    """A disk on the target host filled up: running again as it is would fill it again."""
+
+
 class ProtocolError(TransferError):
     """The peer sent bytes that do not follow the wire format."""
 
@@ -72,16 +76,20 @@ class Interrupted(BacpacError):
 
 _REMOTE_KINDS = {
     cls.__name__: cls
-    for cls in (BacpacError, UsageError, RefusedError, TransferError, ProtocolError, VerifyError)
+    for cls in (BacpacError, UsageError, RefusedError, TransferError, DiskFullError,
+                ProtocolError, VerifyError)
 }
 
 
 def from_remote(kind: str, message: str, host: str, path: str) -> BacpacError:
     """Rebuild an error the helper sent in an ERROR frame, naming the host and the path.
 
-    The helper's messages begin with the path they are about, when there is one.
+    The helper's messages begin with the path they are about, when there is one: `path`
+    (the job's), another absolute path (a saveset's), or none, and then `path` is named.
     """
     cls = _REMOTE_KINDS.get(kind, TransferError)
-    if not message.startswith(path):
+    if not message.startswith((path, "/")):
         message = f"{path}: {message}"
+    if cls is DiskFullError:
+        message += ": the disk is full"
     return cls(message if host == "localhost" else f"{host}:{message}")

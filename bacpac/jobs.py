@@ -6,6 +6,8 @@ import socket
 import time
 from typing import Callable
 
+from remote_helper.checks import absolute
+
 from . import __version__
 from .errors import BacpacError
 from .events import JobFinished, JobMessage, JobSummary, Sink
@@ -38,9 +40,9 @@ def warn(sink: Sink, job: str, summary: JobSummary, text: str) -> None:
 
 
 def remote_path(endpoint: Endpoint) -> str:
-    """A local path resolved where the user typed it; a remote one is relative to the remote
-    home directory, as with scp."""
-    return os.path.abspath(endpoint.path) if endpoint.is_local else endpoint.path
+    """A local path resolved where the user typed it (a trailing slash kept: it names a
+    directory); a remote one is relative to the remote home directory, as with scp."""
+    return absolute(endpoint.path) if endpoint.is_local else endpoint.path
 
 
 def where(endpoint: Endpoint, path: str) -> str:

@@ -19,6 +19,8 @@ from .libc import fallocate as _fallocate
 
 BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127), argument: uint64 start, uint64 length
+LOOP_GET_STATUS64 = 0x4C05
+LOOP_INFO64_SIZE = 232  # sizeof(struct loop_info64)
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
@@ -156,6 +158,15 @@ def _partitions(name):
             if os.path.exists(os.path.join(base, entry, "partition"))]
 
 
+def _holders(name):
+    # type: (str) -> list
+    """The kernel names of the devices built on this one (LVM, MD, dm-crypt)."""
+    try:
+        return sorted(os.listdir("/sys/class/block/%s/holders" % name))
+    except OSError:
+        return []
+
+
 def _holder_kind(holder):
     # type: (str) -> str
     """LVM, MD, dm-crypt or the generic list, from a holder's name and dm uuid."""
@@ -180,11 +191,7 @@ def _device_users(rdev, name, mounts, swaps):
     for swap in swaps:
         if _rdev_of(swap) == rdev:
             users.append((node, "is an active swap device"))
-    try:
-        holders = sorted(os.listdir("/sys/class/block/%s/holders" % name))
-    except OSError:
-        holders = []
-    for holder in holders:
+    for holder in _holders(name):
         users.append((node, "is in use by %s (%s)" % (holder, _holder_kind(holder))))
     return users
 
@@ -209,12 +216,45 @@ def _is_file(target, path):
         return False
 
 
+def _loop_backing(name):
+    # type: (str) -> Optional[Tuple[int, int]]
+    """(st_dev, st_ino) of the file a loop device reads, as the kernel holds it, or None (no
+    permission to open the device, or nothing attached)."""
+    try:
+        fd = os.open("/dev/" + name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(LOOP_INFO64_SIZE))
+    except (IOError, OSError):
+        return None
+    finally:
+        os.close(fd)
+    return struct.unpack_from("QQ", info)  # lo_device, lo_inode: its first two fields
+
+
+def _backs(target, name):
+    # type: (dict, str) -> bool
+    """Whether the file `target` backs the loop device `name`: by the path sysfs shows, or,
+    where that path no longer names it (renamed over, unlinked while another name is left,
+    another mount namespace), by the device and inode the kernel holds."""
+    if _is_file(target, _read("/sys/block/%s/loop/backing_file" % name).strip()):
+        return True
+    return _loop_backing(name) == (target["dev"], target["ino"])
+
+
 def _loops_backed_by(target):
     # type: (dict) -> list
-    """(name, rdev) of each loop device whose backing file is the file `target`."""
+    """(name, rdev) of each attached loop device whose backing file is the file `target`."""
     return [(name, _makedev(_read("/sys/block/%s/dev" % name)))
             for name in sorted(os.listdir("/sys/block"))
-            if _is_file(target, _read("/sys/block/%s/loop/backing_file" % name).strip())]
+            if os.path.isdir("/sys/block/%s/loop" % name) and _backs(target, name)]
+
+
+def loops_backed_by(path):
+    # type: (str) -> list
+    """The /dev node of each attached loop device that reads the file at `path`."""
+    return ["/dev/" + name for name, _ in _loops_backed_by(identity(path))]
 
 
 def _file_users(path, target, mounts, swaps):
@@ -245,25 +285,55 @@ def busy_reasons(path):
 
 def mounted_readwrite(path):
     # type: (str) -> Optional[Tuple[str, str]]
-    """(device, mountpoint) where this disk, a partition of it, or a loop device on this image
-    (or its partition) is mounted read-write, else None: a copy of a live file system may be
-    inconsistent, and the user needs to know which one to unmount."""
-    mounts = _mounts()
-    ident = identity(path)
-    if ident["kind"] == "block":
-        disks = [ident["rdev"]]
-    elif ident["kind"] == "file":
-        disks = [rdev for _, rdev in _loops_backed_by(ident)]
-    else:
-        return None
-    for disk in disks:
-        names = {disk: _sys_name(disk)}
-        names.update((rdev, part) for part, rdev in _partitions(names[disk]))
-        for dev, source_rdev, mountpoint, rw in mounts:
-            name = names.get(dev) or names.get(source_rdev)
-            if rw and name:
-                return ("/dev/" + name, mountpoint)
+    """(device, mountpoint) where this disk (a partition of it, a device built on it, or a
+    loop device on this image) is mounted read-write, else None: a copy of a live file system
+    may be inconsistent, and the user needs to know which one to unmount."""
+    devs = sharing_devices(identity(path))
+    for dev, source_rdev, mountpoint, rw in _mounts():
+        name = devs.get(dev) or devs.get(source_rdev)
+        if rw and name:
+            return (name, mountpoint)
     return None
+
+
+def sharing_devices(ident):
+    # type: (dict) -> dict
+    """{rdev: /dev node} of every block device whose bytes are (part of) the object `ident`
+    (from identity()): a disk itself, its partitions and the devices built on them (holders:
+    LVM, MD, dm-crypt), or for an image file the loop devices attached to it, and theirs."""
+    if ident.get("kind") == "block":
+        todo = [ident["rdev"]]
+    elif ident.get("kind") == "file":
+        todo = [rdev for _, rdev in _loops_backed_by(ident)]
+    else:
+        todo = []
+    found = {}
+    while todo:
+        rdev = todo.pop()
+        if rdev < 0 or rdev in found:
+            continue
+        name = _sys_name(rdev)
+        found[rdev] = "/dev/" + name
+        todo.extend(part for _, part in _partitions(name))
+        todo.extend(_makedev(_read("/sys/class/block/%s/dev" % holder))
+                    for holder in _holders(name))
+    return found
+
+
+def file_system_devices(path):
+    # type: (str) -> set
+    """Device numbers of the file system that holds `path`, or would hold it once made: its
+    st_dev, and the device mountinfo gives as its source (btrfs reports an anonymous st_dev)."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            dev = os.stat(path).st_dev
+            break
+        except OSError:
+            if os.path.dirname(path) == path:
+                return set()
+            path = os.path.dirname(path)
+    return set([dev] + [source for fs, source, _, _ in _mounts() if fs == dev and source >= 0])
 
 
 # --- reading and writing data --------------------------------------------------------------

@@ -4,6 +4,10 @@ Each carries the name of the client-side class it becomes (`kind`), so that the 
 frame can be rebuilt into the same bacpac error on the client (borg does the same with its
 RPC errors). The helper knows nothing of the client's classes beyond these names.
 """
+import errno as _errno
+
+# Whatever failed, a full disk is told as such: running again would only fill it again.
+DISK_FULL = (_errno.ENOSPC, _errno.EDQUOT)
 
 
 class HelperError(Exception):
@@ -19,7 +23,8 @@ class HelperError(Exception):
 
     def to_dict(self):
         # type: () -> dict
-        return {"kind": self.kind, "errno": self.errno, "message": self.message}
+        kind = "DiskFullError" if self.errno in DISK_FULL else self.kind
+        return {"kind": kind, "errno": self.errno, "message": self.message}
 
 
 class Refused(HelperError):

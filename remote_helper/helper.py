@@ -125,14 +125,15 @@ def run_dup(job, inp, out):
                             % (codec, ", ".join(codecs.available())))
     # The saveset first: a saveset that cannot be written refuses the job before the target
     # is opened, let alone truncated.
-    saveset = open_output(job.get("saveset"))
+    path = None if job.get("path") is None else os.path.expanduser(job["path"])
+    source = job.get("source") or {}
+    saveset = open_output(job.get("saveset"), path, source)
     target = segments = None
     try:
-        if job.get("path") is None:
+        if path is None:
             target = NullTarget(size)
         else:
-            target = open_target(os.path.expanduser(job["path"]), size, bool(job.get("force")),
-                                 job.get("source") or {}, keep=bool(delta))
+            target = open_target(path, size, bool(job.get("force")), source, keep=bool(delta))
         out.send_json(READY, {"kind": "block" if target.is_block else "file",
                               "created": target.created,
                               "saveset": saveset.path if saveset else None})
@@ -295,8 +296,7 @@ def error_frame(error):
         return error.to_dict()
     if isinstance(error, OSError):
         where = error.filename if error.filename else "target"
-        return {"kind": "TransferError", "errno": error.errno or 0,
-                "message": "%s: %s" % (where, error.strerror)}
+        return HelperError("%s: %s" % (where, error.strerror), error.errno or 0).to_dict()
     where = traceback.extract_tb(error.__traceback__)[-1]
     return {"kind": "TransferError", "errno": 0,
             "message": "helper failed: %s: %s (%s:%d)"

@@ -10,9 +10,9 @@ the only dirty pages, all left for commit()'s fsync, in series at the end of the
 """
 import os
 
-from . import libc
+from . import checks, libc
 from .errors import HelperError
-from .atomic import AtomicFile, MissingDirectory
+from .atomic import AtomicFile
 from .saveset import SavesetWriter, compress_frame, require_zstd
 
 
@@ -27,9 +27,6 @@ class SavesetOutput(object):
         self._zero_frames = {}  # type: dict
         try:
             self._file = AtomicFile(path)
-        except MissingDirectory as e:
-            raise HelperError("%s: No such file or directory (the directory %s does not exist)"
-                              % (path, e.filename), e.errno)
         except OSError as e:
             raise self._error(e)
         self._writer = self._guard(SavesetWriter, self._file.fileobj, metadata)
@@ -77,10 +74,12 @@ class SavesetOutput(object):
         return HelperError("%s: %s" % (self.path, e.strerror or e), e.errno or 0)
 
 
-def open_output(spec):
-    # type: (object) -> object
-    """The SavesetOutput an OPEN frame's "saveset" entry asks for, or None."""
+def open_output(spec, target, source):
+    # type: (object, object, dict) -> object
+    """The SavesetOutput an OPEN frame's "saveset" entry asks for, or None; its path checked
+    first against the `target` path (None for a backup) and the `source` (see checks.py)."""
     if not spec:
         return None
-    return SavesetOutput(os.path.expanduser(spec["path"]), spec.get("metadata") or {},
-                         int(spec["frame_size"]))
+    path = checks.absolute(os.path.expanduser(spec["path"]))
+    checks.check_saveset(path, target, source)
+    return SavesetOutput(path, spec.get("metadata") or {}, int(spec["frame_size"]))

@@ -14,7 +14,7 @@ import fcntl
 import os
 import stat
 
-from . import devices, directio, libc
+from . import checks, devices, directio, libc
 from .errors import HelperError, Refused
 
 HEAD = 1 << 20  # the first MiB: invalidated first, written last (see Target.hold_head)
@@ -161,31 +161,26 @@ def open_target(path, size, force, source, keep=False):
     # type: (str, int, bool, dict, bool) -> Target
     """Check everything about `path` as a target for a `size`-byte image, then open it.
 
-    `source` holds the client's boot_id and the source's identity, so that a target that is
-    the source itself (same machine, same device or inode) is refused. With `keep` (a delta
-    run), an image file keeps its content and only its size is set to the image's.
+    `source` holds the client's boot_id and the source's identity, so that a target that
+    would change the source (see checks.refuse_source) is refused. With `keep` (a delta run),
+    an image file keeps its content and only its size is set to the image's.
     """
     try:
         st = os.stat(path)
     except OSError as e:
         if e.errno != errno.ENOENT:
             raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+        checks.require_directory(path)
+        checks.refuse_source(path, source, "target")
         return _create_file(path, size)
-    _refuse_source_itself(path, source)
+    checks.refuse_source(path, source, "target")
     if stat.S_ISBLK(st.st_mode):
         return _open_block(path, size, force)
     if stat.S_ISREG(st.st_mode):
-        return _open_file(path, size, keep)
+        return _open_file(path, size, keep, force)
     if stat.S_ISDIR(st.st_mode):
         raise Refused("%s: is a directory; name the image file or device to write" % path)
     raise Refused("%s: not a regular file or block device" % path)
-
-
-def _refuse_source_itself(path, source):
-    # type: (str, dict) -> None
-    if source.get("boot_id") and source.get("boot_id") == devices.boot_id():
-        if devices.same_object(source.get("identity") or {}, devices.identity(path)):
-            raise Refused("%s: the target is the source itself" % path)
 
 
 def _refuse_busy(path):
@@ -214,9 +209,20 @@ def _open_block(path, size, force):
     return Target(path, fd, True, size, False)
 
 
-def _open_file(path, size, keep):
-    # type: (str, int, bool) -> Target
+def _refuse_loop_backing(path, force):
+    # type: (str, bool) -> None
+    """An image behind a loop device, even one nobody mounted, changes under that device's
+    readers when written (truncating it gives them I/O errors): only with --force."""
+    loops = devices.loops_backed_by(path)
+    if loops and not force:
+        raise Refused("%s: is the backing file of the loop device %s; detach it (losetup -d) "
+                      "or add --force to overwrite it" % (path, ", ".join(loops)))
+
+
+def _open_file(path, size, keep, force):
+    # type: (str, int, bool, bool) -> Target
     _refuse_busy(path)
+    _refuse_loop_backing(path, force)
     fd = _open_locked(path, os.O_RDWR)
     if not keep:
         _truncate(fd, path, size)
@@ -234,10 +240,6 @@ def _open_file(path, size, keep):
 
 def _create_file(path, size):
     # type: (str, int) -> Target
-    parent = os.path.dirname(path) or "."
-    if not os.path.isdir(parent):
-        raise Refused("%s: No such file or directory (the directory %s does not exist)"
-                      % (path, parent), errno.ENOENT)
     # 0600: a disk image holds everything the disk held, secrets included.
     fd = _open_locked(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -294,6 +294,58 @@ def test_busy_reasons_ignore_the_backing_file_of_an_unused_loop_device(loop_devi
     assert devices.busy_reasons(backing_file(loop_device(8 * MiB))) == []
 
 
+# --- what shares blocks with what ----------------------------------------------------------
+
+
+@requires_root
+def test_loops_backed_by_name_the_loop_device_of_an_image_even_unmounted(loop_device):
+    device = loop_device(8 * MiB)
+    assert devices.loops_backed_by(backing_file(device)) == [device]
+
+
+@requires_root
+def test_loops_backed_by_find_a_backing_file_whose_first_name_is_gone(loop_device):
+    device = loop_device(8 * MiB)
+    first = backing_file(device)
+    second = first + ".second-name"
+    os.link(first, second)
+    os.unlink(first)  # sysfs now shows "FIRST (deleted)": only the inode still tells
+    try:
+        assert devices.loops_backed_by(second) == [device]
+    finally:
+        os.rename(second, first)  # for the loop_device teardown
+
+
+def test_loops_backed_by_an_ordinary_file_are_none(tmp_path):
+    assert devices.loops_backed_by(sparse_file(tmp_path / "img", MiB, [])) == []
+
+
+@requires_root
+def test_sharing_devices_of_a_disk_are_it_and_its_partitions(loop_device):
+    device = loop_device(64 * MiB)
+    first, second = partition_disk(device, [(MiB, 24 * MiB), (25 * MiB, 24 * MiB)])
+    shared = devices.sharing_devices(devices.identity(device))
+    assert sorted(shared.values()) == sorted([device, first, second])
+    assert list(devices.sharing_devices(devices.identity(second)).values()) == [second]
+
+
+@requires_root
+def test_sharing_devices_of_an_image_are_its_loop_devices(loop_device, tmp_path):
+    device = loop_device(8 * MiB)
+    assert list(devices.sharing_devices(devices.identity(backing_file(device))).values()) == [
+        device]
+    assert devices.sharing_devices(devices.identity(sparse_file(tmp_path / "i", MiB, []))) == {}
+
+
+@requires_root
+def test_file_system_devices_of_a_path_not_made_yet_are_its_directorys(loop_device, tmp_path):
+    device = loop_device(32 * MiB)
+    mountpoint = mkfs_and_mount(device, tmp_path / "mnt")
+    rdev = os.stat(device).st_rdev
+    assert rdev in devices.file_system_devices(os.path.join(mountpoint, "no", "such", "file"))
+    assert rdev not in devices.file_system_devices(str(tmp_path / "elsewhere"))
+
+
 # --- the source side -----------------------------------------------------------------------
 
 

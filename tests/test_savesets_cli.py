@@ -415,18 +415,6 @@ def test_restore_from_corrupted_saveset_says_damaged_and_restore_from_another(
     assert line.startswith(verified.one_error_line(1)), "restore and verify disagree"
 
 
-def test_restore_onto_a_full_disk_says_partly_written_and_to_run_it_again(
-        one: Made, transport: Transport, tmpfs, no_helper_left):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    target = Path(tmpfs("4m")) / "restored.img"
-    result = bacpac("restore", *transport.args(), "--no-progress", transport.target(one.saveset),
-                    target)
-    line = result.one_error_line(1, str(target), "No space left on device", "partly written",
-                                 "run the restore again", alone=False)
-    assert "--delta" not in line and "damaged" not in line
-
-
 def changed_metadata(saveset: Path, key: str, directory: Path) -> Path:
     """A copy whose metadata field `key` has one character changed, still valid JSON."""
     raw = saveset.read_bytes()
