@@ -4,6 +4,8 @@ Each carries the name of the client-side class it becomes (`kind`), so that the 
 frame can be rebuilt into the same bacpac error on the client (borg does the same with its
 RPC errors). The helper knows nothing of the client's classes beyond these names.
 """
+import os
+import traceback
 
 
 class HelperError(Exception):
@@ -38,3 +40,18 @@ class IntegrityError(HelperError):
     """Data arrived intact on the wire but does not match what was promised (sha256, sizes)."""
 
     kind = "VerifyError"
+
+
+def as_helper_error(error, context=None):
+    # type: (BaseException, object) -> HelperError
+    """error as a HelperError, for an ERROR frame. A HelperError says where it happened
+    already; any other is led by `context` (the path, what was being done), so that even an
+    unexpected error, in any thread, reaches the client as one line it can place."""
+    if isinstance(error, HelperError):
+        return error
+    lead = "%s: " % context if context else ""
+    if isinstance(error, OSError):
+        return HelperError(lead + (error.strerror or str(error)), error.errno or 0)
+    frames = traceback.extract_tb(error.__traceback__)
+    place = " (%s:%d)" % (os.path.basename(frames[-1][0]), frames[-1][1]) if frames else ""
+    return HelperError("%shelper failed: %s: %s%s" % (lead, type(error).__name__, error, place))
