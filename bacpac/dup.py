@@ -137,7 +137,7 @@ class _Stream:
         else:
             reader = {"seen": SeenChunks()}
         return ImageStream(self._source.fd, self._source.size, settings, here=self._here,
-                           **reader)
+                           name=self._source.path, **reader)
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:
