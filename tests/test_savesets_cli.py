@@ -405,11 +405,17 @@ def test_restore_refusal_does_not_wait_for_the_saveset_reader(made, tmp_path, no
 
 def test_restore_from_corrupted_saveset_fails_and_says_partly_written(
         one: Made, transport: Transport, tmp_path, no_helper_left):
-    copy, _, _ = corrupt_copy(one.saveset, tmp_path)
+    copy, frame, _ = corrupt_copy(one.saveset, tmp_path)
     target = tmp_path / "restored.img"
-    result = bacpac("restore", *transport.args(), "--no-progress", transport.target(copy), target)
+    result = bacpac("restore", *transport.args(), "--no-progress", "--json",
+                    transport.target(copy), target)
     assert result.returncode == 1
     assert "partly written" in result.error_line
+    summary = result.summary
+    assert summary["error"] == result.error_line[len("bacpac: "):]
+    # The JSON says what was done before the bad frame, not zeros.
+    assert summary["bytes_read"] >= frame * 4 * MiB and summary["bytes_read"] > 0, summary
+    assert summary["bytes_sent"] > 0, summary
 
 
 # --- backup -------------------------------------------------------------------------------------
