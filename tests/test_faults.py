@@ -17,14 +17,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import pytest
 
-from clirun import (FAIL_WITHIN, SLOW, MiB, allocated, assert_failed_in_one_line, bacpac,
-                    finish, random_bytes, random_image, start, wait_until)
+from clirun import (FAIL_WITHIN, REPO, SLOW, MiB, allocated, assert_failed_in_one_line,
+                    bacpac, bacpac_env, finish, random_bytes, random_image, start, wait_until)
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, requires_root
 from fixtures_sshd import helper_pids
@@ -199,6 +200,21 @@ def test_helper_killed_mid_transfer_fails_in_one_line_naming_target_and_delta(
     line = assert_failed_in_one_line(run, f"testhost:{target}", "--delta")
     assert "helper" in line
     assert head_is_invalidated(target)
+
+
+def test_a_hangup_that_nohup_ignores_does_not_end_the_run(no_helper_left, sshd, outdir) -> None:
+    source = random_image(outdir / "source.img", 8 * MiB, seed=3)
+    target = outdir / "t.img"
+    began = time.monotonic()
+    proc = subprocess.Popen(["nohup", sys.executable, "-m", "bacpac",
+                             *dup_args(sshd.cli_args(), source, target, *SLOW)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, env=bacpac_env(), cwd=REPO)
+    wait_until(lambda: allocated(target) > MiB, 30, "data written to the target", proc)
+    proc.send_signal(signal.SIGHUP)
+    run = finish(proc, began)
+    assert run.returncode == 0, run.stderr
+    assert target.read_bytes() == source.read_bytes()
 
 
 # ---- the source fails ------------------------------------------------------------------------
