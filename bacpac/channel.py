@@ -57,7 +57,7 @@ class StderrTail:
         while True:
             try:
                 chunk = self._read_chunk(65536)
-            except (OSError, EOFError, ValueError):
+            except Exception:  # the channel is gone; stdout's reader says how, not this thread
                 break
             if not chunk:
                 break

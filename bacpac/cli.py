@@ -5,12 +5,14 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
 from . import __version__
 from .dup import DupRequest, run_dup
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BacpacError, UsageError
+from .errors import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, BacpacError, Signalled, UsageError,
+                     internal_error, interruption)
 from .events import RunFailed, Sink
 from .pacing import START_LEVEL, parse_rate
 from .pipeline import StreamSettings
@@ -250,6 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args = build_parser().parse_args(argv)
     except _ArgumentError as e:
         _end(_refuse_arguments(e, argv))
+    _interrupt_on(signal.SIGTERM, signal.SIGHUP)
     _end(run(args.run, args))
 
 
@@ -263,6 +266,18 @@ def _refuse_arguments(error: _ArgumentError, argv: list[str]) -> int:
         make_sink(progress=False, json_output=True).emit(
             RunFailed(command, error.message, EXIT_USAGE))
     return EXIT_USAGE
+
+
+def _interrupt_on(*signums: int) -> None:
+    """End the run on these signals as on Ctrl-C: the helper told, the saveset discarded, one
+    line saying what was left. A signal ignored by whoever started us (nohup) stays ignored."""
+    for signum in signums:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _raise_signalled)
+
+
+def _raise_signalled(signum: int, frame: object) -> None:
+    raise Signalled(signum)
 
 
 def _end(code: int) -> NoReturn:
@@ -287,13 +302,13 @@ def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Name
         return EXIT_OK
     except BacpacError as e:
         return _fail(sink, str(e), e.exit_code, args.command)
-    except KeyboardInterrupt:
-        return _fail(sink, "interrupted", EXIT_INTERRUPTED, args.command)
+    except KeyboardInterrupt as e:
+        interrupted = interruption(e)
+        return _fail(sink, str(interrupted), interrupted.exit_code, args.command)
     except Exception as e:  # a bug: still one line, and the details on request
         if os.environ.get("BACPAC_DEBUG"):
             raise
-        return _fail(sink, f"internal error: {type(e).__name__}: {e} "
-                     "(set BACPAC_DEBUG=1 for the traceback)", EXIT_FAILED, args.command)
+        return _fail(sink, internal_error(e), EXIT_FAILED, args.command)
     finally:
         sink.close()
 

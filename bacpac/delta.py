@@ -31,8 +31,9 @@ class SegmentReader(BlockReader):
     """Reads the source segment by segment and plans each against the target's digests."""
 
     def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: Compressor,
-                 pool: ThreadPoolExecutor, digests: "queue.Queue[tuple[int, bytes]]") -> None:
-        super().__init__(fd, size, settings, compressor, pool)
+                 pool: ThreadPoolExecutor, digests: "queue.Queue[tuple[int, bytes]]",
+                 name: str = "source") -> None:
+        super().__init__(fd, size, settings, compressor, pool, name)
         self._digests = digests
         self._delta_block = settings.delta_block
         self._compressor = compressor

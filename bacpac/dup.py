@@ -20,8 +20,8 @@ from remote_helper import devices, protocol
 from remote_helper.protocol import END, MATCH, OPEN
 
 from .disk import Source, close_source, open_source
-from .errors import (BacpacError, DiskFullError, Interrupted, TransferError, UsageError,
-                     VerifyError)
+from .errors import (BacpacError, DiskFullError, TransferError, UsageError, VerifyError,
+                     interruption)
 from .events import Counters, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, warn, where
 from .dedup import SeenChunks
@@ -147,7 +147,7 @@ class _Stream:
         else:
             reader = {"seen": SeenChunks()}
         return ImageStream(self._source.fd, self._source.size, settings, here=self._here,
-                           **reader)
+                           name=self._source.path, **reader)
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:
@@ -181,17 +181,19 @@ def _transfer(request: DupRequest, source: Source, stream: _Stream, session: Hel
             raise  # a backup writes no target; a refused OPEN wrote nothing
         raise type(e)(naming(str(e), session.host, where(request.target, path))
                       + partly_written(e)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
         hint = "" if request.backup else PARTLY_WRITTEN
-        raise Interrupted(f"{where(request.target, path)}: interrupted{hint}") from None
+        raise interruption(e, where(request.target, path), hint) from None
+    finally:  # what was done, whether or not the run got to the end
+        summary.bytes_read = counters.bytes_read
+        summary.bytes_sent = counters.bytes_sent
+        summary.bytes_written = counters.bytes_written  # as the helper's PROGRESS said
     verify = request.verify and not request.backup
     summary.sha256 = check_result(verify, where(request.target, path), result,
                                   _check(settings))
     summary.extra.update(codec=settings.codec, zstd=session.hello.get("zstd"),
                          cipher=session.cipher, helper_python=session.hello.get("python"),
                          verified=verify, check=_check(settings))
-    summary.bytes_read = counters.bytes_read
-    summary.bytes_sent = counters.bytes_sent
     summary.bytes_written = int(result.get("bytes_written", 0))
 
 

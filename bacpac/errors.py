@@ -5,10 +5,12 @@ on, and names the host, the path and the cause.
 """
 from __future__ import annotations
 
+import signal
+from typing import Optional
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 class BacpacError(Exception):
@@ -69,9 +71,35 @@ class OutputError(BacpacError):
 
 
 class Interrupted(BacpacError):
-    """The user interrupted the run (SIGINT)."""
+    """A signal ended the run: SIGINT (Ctrl-C), SIGTERM or SIGHUP. The exit code is 128 plus
+    the signal's number (130, 143, 129), as a shell reports a process the signal killed."""
 
-    exit_code = EXIT_INTERRUPTED
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Python raises KeyboardInterrupt for
+    SIGINT: every path that handles Ctrl-C handles them alike."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interruption(interrupt: KeyboardInterrupt, where: Optional[str] = None,
+                 hint: str = "") -> Interrupted:
+    """The Interrupted error for a KeyboardInterrupt or a Signalled, naming its signal."""
+    signum = getattr(interrupt, "signum", signal.SIGINT)
+    lead = f"{where}: " if where else ""
+    return Interrupted(f"{lead}interrupted by {signal.Signals(signum).name}{hint}", signum)
+
+
+def internal_error(error: BaseException) -> str:
+    """The one line a bug gets: its traceback only on request."""
+    return (f"internal error: {type(error).__name__}: {error} "
+            "(set BACPAC_DEBUG=1 for the traceback)")
 
 
 _REMOTE_KINDS = {

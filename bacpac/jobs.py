@@ -9,14 +9,16 @@ from typing import Callable
 from remote_helper.checks import absolute
 
 from . import __version__
-from .errors import BacpacError
+from .errors import BacpacError, internal_error, interruption
 from .events import JobFinished, JobMessage, JobSummary, Sink
 from .spec import Endpoint
 
 
 def run_tracked(sink: Sink, job: str, summary: JobSummary,
                 body: Callable[[JobSummary], None]) -> JobSummary:
-    """Run body(summary); time it, mark it ok or failed, and always emit JobFinished."""
+    """Run body(summary); time it, mark it ok or failed, and always emit JobFinished, whose
+    error is the line the user is told. An interrupt (Ctrl-C, SIGTERM, SIGHUP) the body left
+    as it came is raised as Interrupted."""
     started = time.monotonic()
     try:
         body(summary)
@@ -25,8 +27,12 @@ def run_tracked(sink: Sink, job: str, summary: JobSummary,
     except BacpacError as e:
         summary.error = str(e)
         raise
-    except KeyboardInterrupt:
-        summary.error = "interrupted"
+    except KeyboardInterrupt as e:
+        interrupted = interruption(e)
+        summary.error = str(interrupted)
+        raise interrupted from None
+    except Exception as e:
+        summary.error = internal_error(e)
         raise
     finally:
         summary.seconds = time.monotonic() - started

@@ -165,11 +165,14 @@ class BlockReader:
 
     Subclasses (delta.SegmentReader) override _produce() and reuse the buffers and the queues.
     With `seen`, blocks read while the level is dedup.LEVEL or more are planned against it.
+    A read error is a TransferError naming the source (`name`), the offset and the cause.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: "Compressor",
-                 pool: ThreadPoolExecutor, seen: Optional[dedup.SeenChunks] = None) -> None:
+                 pool: ThreadPoolExecutor, name: str = "source",
+                 seen: Optional[dedup.SeenChunks] = None) -> None:
         self._fd = fd
+        self._name = name
         self._seen = seen
         self._size = size
         self._block = settings.block_size
@@ -206,7 +209,7 @@ class BlockReader:
             return  # the sender gave up first and knows why
         except BaseException as e:  # handed on to the sending thread, which raises it
             try:
-                self._put(e)
+                self._put(self._read_error(e) if isinstance(e, OSError) else e)
             except _Stopped:
                 return
         finally:
@@ -296,21 +299,34 @@ class BlockReader:
     def _pread(self, view: memoryview, offset: int) -> None:
         """Fill view from the source at offset: directly where aligned, else buffered."""
         done = 0
+        try:
+            done = self._pread_aligned(view, offset)
+            while done < len(view):
+                n = os.preadv(self._fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise TransferError(f"{self._name}: ended at byte {offset + done}, before "
+                                        f"its size of {self._size} bytes (did it shrink?)")
+                done += n
+        except OSError as e:
+            raise self._read_error(e, offset + done) from None
+
+    def _pread_aligned(self, view: memoryview, offset: int) -> int:
+        """Read the aligned part of view by direct I/O, if the source allows; the bytes read."""
         whole = len(view) - len(view) % directio.ALIGN  # an image's unaligned tail: buffered
-        if self._direct is not None and directio.aligned(offset, whole):
-            try:
-                done = self._pread_direct(view[:whole], offset)
-            except OSError as e:
-                if not directio.refused(e):
-                    raise
-                directio.close(self._direct)  # this file system will not: buffered from now on
-                self._direct = None
-        while done < len(view):
-            n = os.preadv(self._fd, [view[done:]], offset + done)
-            if n == 0:
-                raise TransferError(f"source ended at byte {offset + done}, "
-                                    f"before its size of {self._size} bytes (did it shrink?)")
-            done += n
+        if self._direct is None or not directio.aligned(offset, whole):
+            return 0
+        try:
+            return self._pread_direct(view[:whole], offset)
+        except OSError as e:
+            if not directio.refused(e):
+                raise
+            directio.close(self._direct)  # this file system will not: buffered from now on
+            self._direct = None
+            return 0
+
+    def _read_error(self, error: OSError, offset: Optional[int] = None) -> TransferError:
+        at = f" at byte {offset}" if offset is not None else ""
+        return TransferError(f"{self._name}: read error{at}: {error.strerror or error}")
 
     def _pread_direct(self, view: memoryview, offset: int) -> int:
         """Read what direct I/O can of view; returns the bytes read (short at the end of the
@@ -372,11 +388,12 @@ class ImageStream:
     the SSH handshake runs and the helper starts, time the CPU would otherwise idle through.
     Only the queue's few blocks are done ahead, at the start level, so a slow link, whose level
     climbs once sending shows it slow, pays for no more than before. With here (the target is
-    known to be on this host from the start), they are done at pacing.LOCAL_LEVEL.
+    known to be on this host from the start), they are done at pacing.LOCAL_LEVEL. `name`
+    is the source's, for messages.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings,
-                 reader_class: type = BlockReader, here: bool = False,
+                 reader_class: type = BlockReader, here: bool = False, name: str = "source",
                  **reader_args: object) -> None:
         self.settings = settings
         self._compressor = Compressor(settings.codec, settings.level)
@@ -384,7 +401,7 @@ class ImageStream:
             self.to_this_host()
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
         self._reader = reader_class(fd, size, settings, self._compressor, self._pool,
-                                    **reader_args)
+                                    name=name, **reader_args)
         self._reader.start()
 
     def to_this_host(self) -> None:

@@ -15,7 +15,7 @@ from remote_helper import protocol
 from remote_helper.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
 from .dup import check_result, naming
-from .errors import BacpacError, ProtocolError, VerifyError
+from .errors import BacpacError, ProtocolError, VerifyError, interruption
 from .events import Counters, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, where
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
@@ -66,10 +66,14 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
                 raise type(e.error)(f"{e.error}{_saveset_hint(e.error, target)}") from None
             except BacpacError as e:
                 raise type(e)(naming(str(e), writer.host, target) + TARGET_FAILED) from None
+            except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
+                raise interruption(e, target, TARGET_FAILED) from None
+            finally:  # what was done, whether or not the run got to the end
+                summary.bytes_read = counters.bytes_read
+                summary.bytes_sent = counters.bytes_sent
+                summary.bytes_written = counters.bytes_written
             summary.sha256 = check_result(request.verify, target, result)
             summary.extra["verified"] = request.verify
-            summary.bytes_read = counters.bytes_read
-            summary.bytes_sent = counters.bytes_sent
             summary.bytes_written = int(result.get("bytes_written", 0))
         finally:
             writer.close()

@@ -6,7 +6,8 @@
 # MATCH (keep what is there). The writer takes the segments back in order: a MATCH range is
 # hashed (and put in the saveset) from the bytes already read, so the run reads the target
 # once. The queue is bounded, so the reader stays at most a few segments ahead of the writer
-# and memory stays fixed whatever the disk's size.
+# and memory stays fixed whatever the disk's size. The client waits for each DIGESTS frame, so
+# a reader that fails tells it at once (`fail`: the helper's ERROR frame), or both would wait.
 """
 import hashlib
 import queue
@@ -14,8 +15,10 @@ import threading
 
 from . import protocol
 from .devices import data_extents
+from .errors import as_helper_error
 
 DEPTH = 8  # segments read ahead of the writer
+STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the target closes
 
 
 def block_digests(view, block):
@@ -28,12 +31,13 @@ def block_digests(view, block):
 class TargetSegments(object):
     """Reads the target ahead of the writer, announcing each segment's block digests."""
 
-    def __init__(self, target, block, segment, send):
-        # type: (object, int, int, object) -> None
+    def __init__(self, target, block, segment, send, fail):
+        # type: (object, int, int, object, object) -> None
         self._target = target
         self._block = block
         self._segment = segment
         self._send = send
+        self._fail = fail
         self._queue = queue.Queue(DEPTH)
         self._current = None  # (offset, bytearray) of the segment the writer is in
         self._stop = threading.Event()
@@ -44,27 +48,37 @@ class TargetSegments(object):
 
     def stop(self):
         # type: () -> None
+        """Stop reading, and let a read under way end: the caller closes the target next."""
         self._stop.set()
+        self._thread.join(STOP_WAIT)
 
     def _run(self):
         # type: () -> None
+        offset = 0
         try:
             size = self._target.size
             for offset in range(0, size, self._segment):
                 data = self._read(offset, min(self._segment, size - offset))
                 payload = block_digests(memoryview(data), self._block)
                 self._send(protocol.encode(protocol.DIGESTS, payload, offset))
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put((offset, data), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put((offset, data)):
                     return
-        except BaseException as e:  # the writer raises it when it next needs a segment
-            self.error = e
-            self._queue.put(None)
+        except BaseException as e:
+            self.error = as_helper_error(e, "%s: reading the target's segment at byte %d"
+                                         % (self._target.path, offset))
+            self._fail(self.error)
+            self._put(None)  # the writer raises self.error when it next needs a segment
+
+    def _put(self, item):
+        # type: (object) -> bool
+        """Queue item for the writer, unless stop() comes first; whether it was queued."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _read(self, offset, length):
         # type: (int, int) -> bytearray

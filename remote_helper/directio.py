@@ -44,6 +44,18 @@ def reopen(fd, flags):
         return None
 
 
+def pread_into(fd, view, offset):
+    # type: (int, memoryview, int) -> int
+    """Read into view from offset; returns the bytes read, 0 at the end of the file. Where
+    os.preadv is missing (Python 3.6), os.pread and one copy."""
+    preadv = getattr(os, "preadv", None)
+    if preadv is not None:
+        return preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)
+    view[:len(data)] = data
+    return len(data)
+
+
 def refused(error):
     # type: (OSError) -> bool
     """Whether a direct transfer failed for want of alignment or support, not for a fault of

@@ -5,6 +5,8 @@ frame can be rebuilt into the same bacpac error on the client (borg does the sam
 RPC errors). The helper knows nothing of the client's classes beyond these names.
 """
 import errno as _errno
+import os
+import traceback
 
 # Whatever failed, a full disk is told as such: running again would only fill it again.
 DISK_FULL = (_errno.ENOSPC, _errno.EDQUOT)
@@ -43,3 +45,18 @@ class IntegrityError(HelperError):
     """Data arrived intact on the wire but does not match what was promised (sha256, sizes)."""
 
     kind = "VerifyError"
+
+
+def as_helper_error(error, context=None):
+    # type: (BaseException, object) -> HelperError
+    """error as a HelperError, for an ERROR frame. A HelperError says where it happened
+    already; any other is led by `context` (the path, what was being done), so that even an
+    unexpected error, in any thread, reaches the client as one line it can place."""
+    if isinstance(error, HelperError):
+        return error
+    lead = "%s: " % context if context else ""
+    if isinstance(error, OSError):
+        return HelperError(lead + (error.strerror or str(error)), error.errno or 0)
+    frames = traceback.extract_tb(error.__traceback__)
+    place = " (%s:%d)" % (os.path.basename(frames[-1][0]), frames[-1][1]) if frames else ""
+    return HelperError("%shelper failed: %s: %s%s" % (lead, type(error).__name__, error, place))

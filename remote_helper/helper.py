@@ -17,10 +17,9 @@ import stat
 import sys
 import threading
 import time
-import traceback
 
 from . import codecs, devices, protocol, zstdframe
-from .errors import HelperError, IntegrityError, ProtocolError
+from .errors import IntegrityError, ProtocolError, as_helper_error
 from .delta import TargetSegments
 from .protocol import COPY, DATA, END, ERROR, HOLE, MATCH, OPEN, PROGRESS, READY, RESULT
 from .saveset_jobs import run_info, run_read_saveset, run_verify
@@ -47,23 +46,48 @@ class ClientGone(Exception):
 
 
 class Output(object):
-    """Frames to stdout, whole and one at a time (the writer thread sends PROGRESS too)."""
+    """Frames to stdout, whole and one at a time: the main thread, the writer (PROGRESS) and
+    the delta reader (DIGESTS) all send.
+
+    Whichever thread fails first sends the ERROR frame, at once: the main thread may be
+    blocked on stdin, waiting for a client that waits for this thread. The client then ends
+    the run and closes our input. That ERROR is the last frame: what any thread sends after
+    it is dropped, and a later failure is only a consequence of the first.
+    """
 
     def __init__(self, fd):
         # type: (int) -> None
         self._fd = fd
         self._lock = threading.Lock()
+        self._failed = False
 
     def send(self, data):
         # type: (bytes) -> None
         with self._lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            if not self._failed:
+                self._write(data)
 
     def send_json(self, frame_type, obj):
         # type: (int, dict) -> None
         self.send(protocol.encode_json(frame_type, obj))
+
+    def fail(self, error):
+        # type: (BaseException) -> None
+        """Tell the client why the job failed, unless a thread has already."""
+        with self._lock:
+            if self._failed:
+                return
+            self._failed = True
+            try:
+                self._write(protocol.encode_json(ERROR, error_frame(error)))
+            except OSError:
+                pass  # the client is gone: nobody to tell
+
+    def _write(self, data):
+        # type: (bytes) -> None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
 
 
 class Input(object):
@@ -138,7 +162,8 @@ def run_dup(job, inp, out):
                               "created": target.created,
                               "saveset": saveset.path if saveset else None})
         if delta:
-            segments = TargetSegments(target, int(delta["block"]), int(delta["segment"]), out.send)
+            segments = TargetSegments(target, int(delta["block"]), int(delta["segment"]),
+                                      out.send, out.fail)
         result = write_image(job, inp, out, target, saveset, segments)
         out.send_json(RESULT, result)
     finally:
@@ -164,7 +189,8 @@ def write_image(job, inp, out, target, saveset, segments):
         out.send_json(PROGRESS, {"written": written, "idle": round(min(share, 1.0), 3)})
 
     check = job.get("check", "sha256")
-    writer = ImageWriter(target, progress, saveset, segments, hash_stream=check == "sha256")
+    writer = ImageWriter(target, progress, out.fail, saveset, segments,
+                         hash_stream=check == "sha256")
     try:
         end = receive_image(inp, writer, target, check == "frames")
     except ClientGone:
@@ -292,15 +318,8 @@ def serve(inp, out):
 
 def error_frame(error):
     # type: (BaseException) -> dict
-    if isinstance(error, HelperError):
-        return error.to_dict()
-    if isinstance(error, OSError):
-        where = error.filename if error.filename else "target"
-        return HelperError("%s: %s" % (where, error.strerror), error.errno or 0).to_dict()
-    where = traceback.extract_tb(error.__traceback__)[-1]
-    return {"kind": "TransferError", "errno": 0,
-            "message": "helper failed: %s: %s (%s:%d)"
-                       % (type(error).__name__, error, os.path.basename(where[0]), where[1])}
+    where = (error.filename or "target") if isinstance(error, OSError) else None
+    return as_helper_error(error, where).to_dict()
 
 
 def widen_pipe(fd, size=PIPE_SIZE):
@@ -325,10 +344,7 @@ def main():
     except ClientGone:
         return 1
     except Exception as e:
-        try:
-            out.send_json(ERROR, error_frame(e))
-        except OSError:
-            pass  # the client is gone: nobody to tell
+        out.fail(e)
         return 1
 
 

@@ -107,12 +107,13 @@ class Target(object):
         done = 0
         try:
             while done < len(view):
-                n = os.preadv(self.fd, [view[done:]], offset + done)
+                n = directio.pread_into(self.fd, view[done:], offset + done)
                 if n == 0:
                     return
                 done += n
         except OSError as e:
-            raise HelperError("%s: %s" % (self.path, e.strerror), e.errno)
+            raise HelperError("%s: read error at byte %d: %s"
+                              % (self.path, offset + done, e.strerror), e.errno)
 
     def close(self):
         # type: () -> None

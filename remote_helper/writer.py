@@ -45,15 +45,18 @@ class ImageWriter(object):
     the sha256 None unless hash_stream.
 
     With a saveset, each block's wire frame is appended to it as it is written to the target.
+    A failure is handed to on_error at once (the helper's ERROR frame: the client may be
+    waiting for this thread, in a delta run) and raised in the main thread at its next call.
     """
 
-    def __init__(self, target, on_progress, saveset=None, segments=None, depth=QUEUE_DEPTH,
-                 hash_stream=True):
-        # type: (object, object, object, object, int, bool) -> None
+    def __init__(self, target, on_progress, on_error, saveset=None, segments=None,
+                 depth=QUEUE_DEPTH, hash_stream=True):
+        # type: (object, object, object, object, object, int, bool) -> None
         self._target = target
         self._saveset = saveset
         self._segments = segments  # delta.TargetSegments in a delta run
         self._on_progress = on_progress
+        self._on_error = on_error
         self._queue = queue.Queue(depth)
         self._hash = hashlib.sha256() if hash_stream else None
         self._head = bytearray(min(HEAD, target.size))
@@ -116,22 +119,26 @@ class ImageWriter(object):
     def abandon(self, timeout=30.0):
         # type: (float) -> None
         """The client is gone: write out the blocks already received, for a later --delta to
-        keep, but not the held-back head, so the target still will not mount."""
+        keep, but not the held-back head, so the target still will not mount. A writer that
+        failed, or is still stuck at the deadline, is left as it is."""
+        deadline = time.monotonic() + timeout
         try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
+            self._put(None, deadline)
+        except Exception:  # its failure, already told, or queue.Full at the deadline
             return
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _put(self, item):
-        # type: (object) -> None
+    def _put(self, item, deadline=None):
+        # type: (object, object) -> None
         while True:
             self._raise_error()
             try:
                 self._queue.put(item, timeout=0.2)
                 return
             except queue.Full:
-                continue  # the writer may have died meanwhile: check again
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                # else the writer may have died meanwhile: check again
 
     def _raise_error(self):
         # type: () -> None
@@ -146,8 +153,9 @@ class ImageWriter(object):
                 if item is None:
                     return
                 self._write(*item)
-        except BaseException as e:  # handed to the main thread, which reports it
+        except BaseException as e:
             self._error = e
+            self._on_error(e)
 
     def _write(self, kind, offset, data, length, frame):
         # type: (int, int, object, int, object) -> None

@@ -83,15 +83,17 @@ def start(*args: object, env: Optional[dict] = None, stdout: int = subprocess.PI
           stderr: int = subprocess.PIPE) -> subprocess.Popen:
     """Start `bacpac ARGS` as a user would; output captured as text unless sent elsewhere.
 
-    SIGINT is reset to its default, as in a shell's foreground job: a suite started in the
-    background (`pytest &`) inherits it ignored, and the Ctrl-C tests would then see none."""
+    SIGINT, SIGTERM and SIGHUP are reset to their defaults, as in a shell's foreground job: a
+    suite started in the background (`pytest &`, `nohup`) inherits some ignored, and the
+    interrupt tests would then see none (bacpac leaves an ignored signal ignored)."""
     return subprocess.Popen([sys.executable, "-m", "bacpac", *map(str, args)], stdout=stdout,
                             stderr=stderr, universal_newlines=True, env=env or bacpac_env(),
-                            cwd=REPO, preexec_fn=_default_sigint)
+                            cwd=REPO, preexec_fn=_default_signals)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _default_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def finish(proc: subprocess.Popen, began: float, timeout: float = RUN_WITHIN) -> Result:

@@ -17,8 +17,8 @@ import time
 import pytest
 
 __all__ = [
-    "requires_root", "loop_devices_unavailable", "loop_device", "tmpfs", "make_ext4_image",
-    "partition_disk", "mkfs_and_mount", "run",
+    "requires_root", "loop_devices_unavailable", "loop_device", "failing_loop_device", "tmpfs",
+    "make_ext4_image", "partition_disk", "mkfs_and_mount", "run",
 ]
 
 BLKRRPART = 0x125F  # _IO(0x12, 95): re-read the partition table
@@ -131,6 +131,25 @@ def loop_device(tmpfs, tmp_path_factory):
             _release(device)
         finally:
             os.unlink(backing)
+
+
+@pytest.fixture
+def failing_loop_device(loop_device):
+    """Factory: failing_loop_device(content, size) -> "/dev/loopN", a loop device of `size`
+    bytes that holds `content` and fails every read past it with EIO, as a disk with bad
+    sectors does: its backing file is cut to len(content) once attached."""
+
+    def make(content, size):
+        device = loop_device(size)
+        with open("/sys/block/%s/loop/backing_file" % os.path.basename(device)) as f:
+            backing = f.read().strip()
+        with open(backing, "r+b") as f:
+            f.write(content)
+            f.truncate(len(content))
+        run("blockdev", "--flushbufs", device)  # no page of the device's cache answers a read
+        return device
+
+    return make
 
 
 @pytest.fixture

@@ -1,10 +1,15 @@
 """The command line itself: help, version, and usage errors (exit 2, one line, no traceback)."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 
 import pytest
 
+from bacpac import cli
+from bacpac.events import JobSummary, Sink
+from bacpac.jobs import run_tracked
 from clirun import bacpac, start
 
 
@@ -101,3 +106,21 @@ def test_info_json_answers_a_failure_with_one_error_object(tmp_path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert proc.summary == {"command": "info", "status": "error", "exit_code": 1,
                             "error": f"{tmp_path / 'missing.bacpac'}: No such file or directory"}
+
+
+def test_an_internal_error_is_one_line_and_the_error_of_the_json(monkeypatch, capsys) -> None:
+    """A bug (no BacpacError) still gets one line, and --json says it too, not "error": null."""
+    monkeypatch.delenv("BACPAC_DEBUG", raising=False)
+
+    def buggy(summary: JobSummary) -> None:
+        raise RuntimeError("a bug")
+
+    def command(args: argparse.Namespace, sink: Sink) -> None:
+        run_tracked(sink, "job", JobSummary(command="dup", source="a", target="b"), buggy)
+
+    args = argparse.Namespace(command="dup", no_progress=True, json=True)
+    assert cli.run(command, args) == 1
+    out, err = capsys.readouterr()
+    message = "internal error: RuntimeError: a bug (set BACPAC_DEBUG=1 for the traceback)"
+    assert err == f"bacpac: {message}\n"
+    assert json.loads(out)["error"] == message

@@ -8,18 +8,20 @@ for real: a TCP proxy that drops the SSH stream part way, or SIGKILL of the clie
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from clirun import (KiB, MiB, Transport, bacpac, random_bytes, sha256_of, start,
-                    write_file)
+from clirun import (FAIL_WITHIN, KiB, MiB, Transport, assert_failed_in_one_line, bacpac,
+                    random_bytes, sha256_of, start, write_file)
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, requires_root
 
@@ -241,6 +243,61 @@ def test_delta_with_saveset_saves_the_whole_new_image(transport, dense_pair, tmp
     verified = bacpac("verify", *transport.args(), "--no-progress", transport.target(saveset))
     assert verified.returncode == 0, verified.stderr
     assert summary["sha256"] in verified.stdout
+
+
+# ---- the helper's target reader: on Python 3.6, and failing ------------------------------
+
+@pytest.fixture(scope="module")
+def python36() -> str:
+    """A Python 3.6, the oldest the helper runs on: it has no os.preadv. (pyenv's own, not
+    its shim, which may name a version it lacks.)"""
+    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6.*/bin/python3")))
+    if not found:
+        pytest.skip("no python3.6 on this machine (pyenv install 3.6 brings one)")
+    return found[0]
+
+
+def test_delta_through_a_python_3_6_helper_gives_an_identical_target(transport, dense_pair,
+                                                                     python36) -> None:
+    source, target = dense_pair
+    write_file(source, 4 * MiB, {MiB: random_bytes(3 * BLOCK, 12)}, keep=True)
+    summary = transport.delta(source, target, "--remote-python", python36).summary
+    assert summary["helper_python"].startswith("3.6."), summary
+    assert_identical(source, target)
+    assert_delta_counts(summary, 4 * MiB, sent=3)
+
+
+def failed_delta(transport: Transport, source: Path, target, *extra: object) -> str:
+    """A --delta dup that must fail within FAIL_WITHIN (not hang); its error line, which the
+    JSON's error repeats."""
+    run = bacpac(*transport.dup_args(source, target, "--delta", *extra), timeout=FAIL_WITHIN)
+    line = assert_failed_in_one_line(run, transport.target(target), "partly written")
+    assert run.summary["status"] == "error"
+    assert run.summary["error"] == line[len("bacpac: "):]
+    return line
+
+
+@requires_root
+def test_delta_onto_a_target_that_cannot_be_read_fails_at_once_naming_it(
+        transport, failing_loop_device, tmp_path) -> None:
+    device = failing_loop_device(random_bytes(8 * MiB, 13), 16 * MiB)
+    source = write_file(tmp_path / "source.img", 16 * MiB, {0: random_bytes(16 * MiB, 14)})
+    line = failed_delta(transport, source, device, "--force")
+    assert f"read error at byte {8 * MiB}: Input/output error" in line
+
+
+def test_an_unexpected_error_in_the_helpers_target_reader_ends_the_run(
+        transport, dense_pair, tmp_path) -> None:
+    """A helper whose os has neither preadv nor pread: its target reader dies of an
+    AttributeError, which must reach the client as its ERROR, not leave it waiting."""
+    python = tmp_path / "python-without-pread"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} -S -c 'import os, sys; "
+                      "del os.preadv, os.pread; exec(sys.argv[3], {\"__name__\": \"__main__\"})' "
+                      "\"$@\"\n")
+    python.chmod(0o755)
+    source, target = dense_pair
+    line = failed_delta(transport, source, target, "--remote-python", python)
+    assert "reading the target's segment at byte 0: helper failed: AttributeError" in line
 
 
 # ---- resuming a dup that was cut off ------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import pytest
 import zstandard
 
+from bacpac.errors import TransferError
 from bacpac.pipeline import ImageStream, StreamSettings
 from clirun import MiB, write_file
 from remote_helper import devices, directio
@@ -201,9 +202,9 @@ def test_a_disk_error_in_a_direct_read_is_not_taken_for_a_refusal(direct_dir, mo
         return real(fd, buffers, offset, *rest)
 
     mocker.patch("os.preadv", side_effect=preadv)
-    with pytest.raises(OSError) as raised:
-        stream(path)
-    assert raised.value.errno == errno.EIO
+    with pytest.raises(TransferError) as raised:
+        stream(path, name=str(path))
+    assert str(raised.value) == f"{path}: read error at byte {5 * MiB}: Input/output error"
 
 
 def test_the_reader_of_a_loop_device_reads_it_directly(loop_device, mocker):

@@ -17,15 +17,17 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import pytest
 
-from clirun import (FAIL_WITHIN, SLOW, MiB, allocated, assert_failed_in_one_line, bacpac,
-                    finish, random_image, start, wait_until)
-from fixtures_disk import make_ext4_image
+from clirun import (FAIL_WITHIN, REPO, SLOW, MiB, allocated, assert_failed_in_one_line,
+                    bacpac, bacpac_env, finish, random_bytes, random_image, start, wait_until)
+from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
+from fixtures_disk import make_ext4_image, requires_root
 from fixtures_sshd import helper_pids
 
 EXT4_MAGIC_OFFSET = 1080  # the superblock at 1024, its s_magic at +56
@@ -122,11 +124,12 @@ def test_cut_mid_transfer_leaves_ext4_target_without_a_file_system(
 
 # ---- the client or the helper killed -------------------------------------------------------------
 
-def _start_slow_dup(sshd, source: Path, target: Path, saveset: Path) -> tuple:
+def _start_slow_dup(sshd, source: Path, target: Path, saveset: Path, *extra: object) -> tuple:
     """A dup slowed down by --level 19 with a saveset, returned once the target holds data past
     its head. Small blocks, so that the client notices a fault between two of them."""
     began = time.monotonic()
-    proc = start(*dup_args(sshd.cli_args(), source, target, *SLOW, "--saveset", saveset))
+    proc = start(*dup_args(sshd.cli_args(), source, target, *SLOW, "--saveset", saveset,
+                           *extra))
     # The saveset is being written too, but unseen: an O_TMPFILE file has no name until done.
     wait_until(lambda: allocated(target) > MiB, 30, "data written to the target", proc)
     assert not saveset_leftovers(saveset), "a saveset is visible before it is complete"
@@ -144,14 +147,25 @@ def test_client_killed_mid_transfer_leaves_no_helper_and_no_saveset(
     assert head_is_invalidated(target)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=lambda signum: signal.Signals(signum).name)
 def test_client_interrupted_mid_transfer_names_target_and_hints_delta(
-        no_helper_left, sshd, big_image, outdir) -> None:
+        no_helper_left, sshd, big_image, outdir, signum) -> None:
+    """Ctrl-C, a shutdown's SIGTERM and a closed terminal's SIGHUP end a run alike: one line
+    naming the signal, the same in the JSON with what was done so far, exit 128 + signal."""
     target, saveset = outdir / "t.img", outdir / "disk.bacpac"
-    proc, _ = _start_slow_dup(sshd, big_image, target, saveset)
+    proc, _ = _start_slow_dup(sshd, big_image, target, saveset, "--json")
     interrupted = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     run = finish(proc, interrupted, timeout=FAIL_WITHIN)
-    assert_failed_in_one_line(run, "interrupted", str(target), "--delta", code=130)
+    name = signal.Signals(signum).name
+    line = assert_failed_in_one_line(run, f"interrupted by {name}", str(target), "--delta",
+                                     code=128 + signum)
+    summary = run.summary
+    assert (summary["status"], summary["error"]) == ("error", line[len("bacpac: "):])
+    assert summary["bytes_read"] > MiB and summary["bytes_sent"] > MiB, summary
+    assert summary["bytes_written"] <= summary["bytes_read"], summary
+    wait_until(lambda: not helper_pids(sshd), 10, "helper gone")
     wait_until(lambda: not saveset_leftovers(saveset), 10, "saveset removed")
     assert head_is_invalidated(target)
 
@@ -186,6 +200,37 @@ def test_helper_killed_mid_transfer_fails_in_one_line_naming_target_and_delta(
     line = assert_failed_in_one_line(run, f"testhost:{target}", "--delta")
     assert "helper" in line
     assert head_is_invalidated(target)
+
+
+def test_a_hangup_that_nohup_ignores_does_not_end_the_run(no_helper_left, sshd, outdir) -> None:
+    source = random_image(outdir / "source.img", 8 * MiB, seed=3)
+    target = outdir / "t.img"
+    began = time.monotonic()
+    proc = subprocess.Popen(["nohup", sys.executable, "-m", "bacpac",
+                             *dup_args(sshd.cli_args(), source, target, *SLOW)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, env=bacpac_env(), cwd=REPO)
+    wait_until(lambda: allocated(target) > MiB, 30, "data written to the target", proc)
+    proc.send_signal(signal.SIGHUP)
+    run = finish(proc, began)
+    assert run.returncode == 0, run.stderr
+    assert target.read_bytes() == source.read_bytes()
+
+
+# ---- the source fails ------------------------------------------------------------------------
+
+@requires_root
+def test_a_source_read_error_names_the_source_the_offset_and_the_cause(
+        transport, failing_loop_device, outdir) -> None:
+    source = failing_loop_device(random_bytes(8 * MiB, 2), 16 * MiB)
+    target = outdir / "t.img"
+    run = bacpac(*transport.dup_args(source, target), timeout=FAIL_WITHIN)
+    line = assert_failed_in_one_line(run, f"bacpac: {source}: read error at byte {8 * MiB}: "
+                                     "Input/output error", "partly written")
+    summary = run.summary
+    assert (summary["status"], summary["error"]) == ("error", line[len("bacpac: "):])
+    # The blocks before the bad one were read and sent, in order, before it failed.
+    assert summary["bytes_read"] == 8 * MiB and summary["bytes_sent"] > 8 * MiB, summary
 
 
 # ---- a peer that stops answering ----------------------------------------------------------------

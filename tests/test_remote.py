@@ -21,7 +21,7 @@ import pytest
 
 from bacpac import remote
 from bacpac.channel import LocalChannel
-from bacpac.errors import TransferError, UsageError
+from bacpac.errors import TransferError
 from clirun import bacpac
 from remote_helper import protocol
 

@@ -408,11 +408,17 @@ def test_restore_from_corrupted_saveset_says_damaged_and_restore_from_another(
     copy, index, offset = corrupt_copy(one.saveset, tmp_path)
     target = tmp_path / "restored.img"
     verified = bacpac("verify", *transport.args(), transport.target(copy))
-    result = bacpac("restore", *transport.args(), "--no-progress", transport.target(copy), target)
+    result = bacpac("restore", *transport.args(), "--no-progress", "--json",
+                    transport.target(copy), target)
     line = result.one_error_line(1, f"frame {index} at byte {offset}", "saveset is damaged",
                                  "partly written", "another saveset", alone=False)
     assert "--delta" not in line and "again" not in line
     assert line.startswith(verified.one_error_line(1)), "restore and verify disagree"
+    summary = result.summary
+    assert summary["error"] == line[len("bacpac: "):]
+    # The JSON says what was done before the bad frame, not zeros.
+    assert summary["bytes_read"] >= index * 4 * MiB and summary["bytes_read"] > 0, summary
+    assert summary["bytes_sent"] > 0, summary
 
 
 def changed_metadata(saveset: Path, key: str, directory: Path) -> Path:
