@@ -416,9 +416,8 @@ def test_restore_from_corrupted_saveset_says_damaged_and_restore_from_another(
     assert line.startswith(verified.one_error_line(1)), "restore and verify disagree"
     summary = result.summary
     assert summary["error"] == line[len("bacpac: "):]
-    # The JSON says what was done before the bad frame, not zeros.
-    assert summary["bytes_read"] >= index * 4 * MiB and summary["bytes_read"] > 0, summary
-    assert summary["bytes_sent"] > 0, summary
+    # The JSON says what was done: every frame before the bad one, which is never sent.
+    assert summary["bytes_read"] == index * 4 * MiB, summary
 
 
 def changed_metadata(saveset: Path, key: str, directory: Path) -> Path:
