@@ -45,7 +45,8 @@ class JobMessage:
 
 @dataclass
 class JobSummary:
-    """What a finished job reports; the fields of design.md §1, plus `extra` for the rest."""
+    """What a finished job reports: the fields the README lists for --json, and `extra` for
+    the rest."""
 
     command: str
     source: str

@@ -167,7 +167,7 @@ class _WatchedSocket:
 
 
 def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transport:
-    """Negotiate a transport tuned for bulk upload (design.md §6)."""
+    """Negotiate a transport tuned for bulk upload (docs/performance.md)."""
     transport = Transport(
         sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
     transport.use_compression(False)

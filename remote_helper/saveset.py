@@ -1,7 +1,7 @@
 """The saveset format, and its writer.
 
 # Strategy: a saveset is a zstd stream that stock `zstd -d` restores as is, wrapped in skippable
-# frames that stock tools pass over (design.md §4):
+# frames that stock tools pass over (docs/saveset.md specifies it):
 #
 #   [0x184D2A50 metadata JSON][zstd frame]...[zstd frame][0x184D2A51 trailer JSON][seek table]
 #

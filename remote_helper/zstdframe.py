@@ -7,7 +7,7 @@
 # length, so a frame's end is found by hopping from header to header. All of that is plain
 # struct work over a `read_at(position, count)` callable, which serves a file and an in-memory
 # frame alike. Compressing and decompressing one frame use the zstandard module when the host
-# has it, else the `zstd` command-line tool through a pipe (design.md §3).
+# has it, else the `zstd` command-line tool through a pipe (docs/wire.md, HELLO).
 """
 import os
 import shutil
