@@ -380,13 +380,15 @@ class HelperSession:
         said = f": {tail[-1]}" if tail else ""
         return TransferError(f"{self.host}: the helper exited unexpectedly (status {status}){said}")
 
-    def close(self) -> None:
-        """End the helper's input, let it exit, close the connection."""
+    def close(self, wait: float = 10.0) -> None:
+        """End the helper's input, give it `wait` seconds to exit, close the connection. A
+        helper that will not read its input again (one sending frames nobody reads any more)
+        is given none: closing the channel is what ends it."""
         if self._deadline is not None:
             self._deadline.cancel()
         try:
             self.channel.close_write()
-            self.channel.wait(timeout=10)
+            self.channel.wait(timeout=wait)
         except BacpacError:
             pass  # closing a dead channel: nothing more to learn from it
         self.channel.close()

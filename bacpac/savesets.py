@@ -77,8 +77,10 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
             summary.bytes_written = int(result.get("bytes_written", 0))
         finally:
             writer.close()
-    finally:
-        reader.close()
+    except BaseException:
+        reader.close(wait=0)  # it may be blocked sending frames that nobody will read now
+        raise
+    reader.close()
 
 
 def _saveset_hint(error: BacpacError, target: str) -> str:

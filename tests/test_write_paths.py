@@ -302,10 +302,10 @@ def test_a_full_disk_is_named_without_advice_to_run_again_with_delta(
 def test_a_restore_onto_a_full_disk_names_it_without_advice_to_run_again_with_delta(
         transport, tmpfs, tmp_path) -> None:
     small = Path(tmpfs("8m"))
-    # 32 MiB of text: too much for the 8 MiB disk, in a saveset small enough that the helper
-    # reading it out is never left blocked on a full pipe when the restore fails
-    source = write_file(tmp_path / "text.img", 32 * MiB, {0: b"a line of text\n" * (2 * MiB)})
-    saveset = tmp_path / "text.bacpac"
+    # 32 MiB of random bytes: too much for the 8 MiB disk, in a saveset larger than a pipe
+    # holds, so the helper reading it out is blocked sending when the restore fails
+    source = random_image(tmp_path / "random.img", 32 * MiB)
+    saveset = tmp_path / "random.bacpac"
     made = bacpac("backup", "--no-progress", source, saveset)
     assert made.returncode == 0, made.stderr
     target = small / "restored.img"
