@@ -21,7 +21,7 @@ import pytest
 
 from bacpac import remote
 from bacpac.errors import TransferError, UsageError
-from clirun import bacpac
+from clirun import bacpac, helper_pythons
 from remote_helper import protocol
 
 
@@ -118,26 +118,9 @@ def test_widening_leaves_what_is_not_a_pipe_alone(tmp_path) -> None:
 # --- the helper's code: compiled here, or on the target ---------------------------------------
 
 def other_pythons() -> list[str]:
-    """Interpreters of other versions on this machine (pyenv keeps several), oldest first."""
-    found = []
-    for minor in range(6, 14):
-        name = f"python3.{minor}"
-        candidates = [shutil.which(name)] + sorted(
-            str(p) for p in Path("~/.pyenv/versions").expanduser().glob(f"3.{minor}.*/bin/{name}"))
-        for path in filter(None, candidates):  # a pyenv shim may name a version it lacks
-            if run_python(path, "import sys; print(sys.version_info[:2] != (3, %d))"
-                          % sys.version_info[1]) == "True":
-                found.append(path)
-                break
-    return found
-
-
-def run_python(python: str, code: str) -> str:
-    try:
-        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
-    except OSError:
-        return ""
-    return done.stdout.strip()
+    """Interpreters of other versions than this one on this machine, oldest first."""
+    return [path for version, path in helper_pythons().items()
+            if version != "3.%d" % sys.version_info[1]]
 
 
 def helper_says(python: str) -> tuple[int, bytes, bytes]:
@@ -184,13 +167,12 @@ def test_the_helper_compiles_its_source_when_its_python_is_another(poisoned_code
 
 
 def test_a_dup_through_the_oldest_python_the_helper_supports(tmp_path, image) -> None:
-    old = [p for p in other_pythons() if run_python(p, "import sys; print(sys.version_info[1])")
-           == "6"]
-    if not old:
+    old = helper_pythons().get("3.6")
+    if old is None:
         pytest.skip("no python3.6 on this machine (pyenv install 3.6 brings one)")
     target = tmp_path / "t.img"
     image.write_bytes(image.read_bytes() * 2)  # and at level 9, the second MiB goes as a copy
-    run = bacpac("dup", "--json", "--no-progress", "--level", "9", "--remote-python", old[0],
+    run = bacpac("dup", "--json", "--no-progress", "--level", "9", "--remote-python", old,
                  image, target)
     assert run.returncode == 0, run.stderr
     assert run.summary["helper_python"].startswith("3.6.")
