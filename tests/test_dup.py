@@ -165,6 +165,53 @@ def test_dup_verify_rereads_target_and_passes(transport, ext4_image, tmp_path) -
     assert result.summary["sha256"] == sha256_of(target) == sha256_of(ext4_image)
 
 
+FLIP_AT = 2 * MiB + 12345  # past the held-back head, in random data: a byte the helper writes
+
+
+def flipping_python(tmp_path: Path, target: Path) -> Path:
+    """A remote python whose helper flips one bit of the byte at FLIP_AT of `target` as it
+    writes it: a disk that corrupts what it is given. The helper's own checks see the bytes it
+    meant to write; only a re-read of the disk (--verify) sees what is there."""
+    script = tmp_path / "flipping-python"
+    script.write_text(f"""#!{sys.executable} -S
+import mmap, os, sys
+real_pwrite = os.pwrite
+def pwrite(fd, data, offset):
+    view = memoryview(data)
+    if (offset <= {FLIP_AT} < offset + len(view)
+            and os.path.realpath("/proc/self/fd/%d" % fd) == {str(target)!r}):
+        flipped = mmap.mmap(-1, len(view))  # page-aligned, as a direct write wants it
+        flipped[:] = view
+        flipped[{FLIP_AT} - offset] ^= 1
+        view = memoryview(flipped)
+    return real_pwrite(fd, view, offset)
+os.pwrite = pwrite
+code = sys.argv[sys.argv.index("-c") + 1]  # run as `python -S -c STAGE1 MARKER` would
+sys.argv = ["-c"] + sys.argv[sys.argv.index("-c") + 2:]
+exec(compile(code, "<string>", "exec"), {{"__name__": "__main__"}})
+""")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["unverified", "verify"])
+def test_dup_verify_catches_a_target_that_was_written_wrong(transport, tmp_path, verify) -> None:
+    source = write_file(tmp_path / "source.img", 4 * MiB, {0: os.urandom(4 * MiB)})
+    target = tmp_path / "copy.img"
+    result = transport.dup(source, target, "--remote-python", flipping_python(tmp_path, target),
+                           *(["--verify"] if verify else []))
+    with open(target, "rb") as written, open(source, "rb") as meant:
+        written.seek(FLIP_AT)
+        meant.seek(FLIP_AT)
+        assert written.read(1)[0] == meant.read(1)[0] ^ 1  # the disk holds the flipped bit
+    if not verify:  # every check of the helper's passes: the bytes it hashed were right
+        assert result.returncode == 0, result.stderr
+        return
+    line = result.one_error_line(1, transport.target(target), sha256_of(source), alone=False)
+    assert f"re-read of the target gave sha256 {sha256_of(target)}" in line
+    assert result.summary["status"] == "error"
+
+
 def test_dup_without_json_prints_nothing_on_stdout(tmp_path, no_helper_left) -> None:
     source = write_file(tmp_path / "source.img", MiB, {0: b"x" * 100})
     result = bacpac("dup", "--no-progress", str(source), str(tmp_path / "copy.img"))
