@@ -9,14 +9,13 @@ counts as blocked on the link.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import zstandard
 
 from bacpac.pacing import HIGHEST, LOCAL_LEVEL, LOWEST, Pacer, _step, parse_rate
 from bacpac.pipeline import RECOMPRESS_AT, ImageStream, StreamSettings
-from clirun import MiB, bacpac, sha256_of, write_file
+from clirun import MiB, bacpac, sha256_of, wait_until, write_file
 from test_directio import Collect, stream
 
 
@@ -136,11 +135,13 @@ class ClimbAfterFirstBlock(Collect):
 
     def block(self, offset, size, flags, payload):
         if not self.payloads:
-            reader = self.stream._reader
-            deadline = time.monotonic() + 10
-            while not reader.items.full() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.3)  # the last blocks taken by the pool finish at the start level
+            items = self.stream._reader.items
+            # The climb comes once all 11 of the reader's buffers (2 threads; this block's went
+            # back before it was handed here) hold blocks queued and compressed at the start
+            # level. The reader then waits for a buffer, so the queue holds still.
+            wait_until(lambda: items.qsize() == 11 and all(
+                item.compressed.done() for item in list(items.queue)), 10,
+                "11 blocks queued and compressed")
             self.stream._compressor.level = self.climb_to
         self.payloads[offset] = payload
         super().block(offset, size, flags, payload)
