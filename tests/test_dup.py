@@ -303,16 +303,20 @@ def dup_with(python: Path, source: Path, target: Path) -> None:
 
 
 def test_the_stream_is_on_its_way_before_the_helper_has_started(tmp_path) -> None:
-    # The helper's python is made to start 1 s late, its input pipe widened to 1 MiB: what is
-    # waiting in the pipe by then, beyond the helper's own code, is the OPEN and the stream.
+    # The helper's python starts only once its input pipe, widened to 1 MiB, holds half a MiB
+    # more than the helper's own code: the OPEN and the stream, sent before any HELLO. A client
+    # that waited for the HELLO would never fill it: the probe gives up after 30 s and says so.
     source = write_file(tmp_path / "source.img", 8 * MiB, {0: os.urandom(8 * MiB)})
     waiting = tmp_path / "waiting"
-    probe = (f"import fcntl,struct,termios,time; fcntl.fcntl(0, 1031, 1 << 20); time.sleep(1); "
-             f"open('{waiting}', 'w').write(str(struct.unpack('i', fcntl.ioctl("
-             f"0, termios.FIONREAD, bytes(4)))[0]))")
+    enough = len(helper_payload()) + MiB // 2
+    probe = (f"import fcntl,struct,termios,time; fcntl.fcntl(0, 1031, 1 << 20); "
+             f"held = lambda: struct.unpack('i', fcntl.ioctl(0, termios.FIONREAD, bytes(4)))[0]; "
+             f"deadline = time.monotonic() + 30; "
+             f"exec('while held() < {enough} and time.monotonic() < deadline: time.sleep(0.01)'); "
+             f"open('{waiting}', 'w').write(str(held()))")
     python = wrapped_python(tmp_path, "late-python", f"{sys.executable} -c \"{probe}\"")
     dup_with(python, source, tmp_path / "copy.img")
-    assert int(waiting.read_text()) >= len(helper_payload()) + MiB // 2
+    assert int(waiting.read_text()) >= enough
 
 
 def test_what_a_login_script_prints_before_the_helper_starts_is_skipped(tmp_path) -> None:

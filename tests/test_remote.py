@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -199,17 +198,23 @@ def test_a_payload_that_cannot_be_built_is_an_error_of_the_caller_not_a_thread(m
 
 
 class _HelperOutput:
-    """A running helper's output: `said` arrives 0.3 s after it is asked for (the race of a
-    helper that writes ERROR and exits, breaking the client's send just before the frame is
-    read); then, or when it says nothing, 5 s of silence, and the end."""
+    """A running helper's output: `said` arrives only once the client's send has broken (the
+    race of a helper that writes ERROR and exits, breaking the client's send just before the
+    frame is read); after it, or when it says nothing, silence until the test is over."""
 
-    def __init__(self, said: bytes) -> None:
+    def __init__(self, said: bytes, send_broke: threading.Event,
+                 test_over: threading.Event) -> None:
         self._said = said
+        self._send_broke = send_broke
+        self._test_over = test_over
 
     def read(self, n: int) -> bytes:
         said, self._said = self._said, b""
-        time.sleep(0.3 if said else 5)
-        return said
+        if said:
+            self._send_broke.wait(10)
+            return said
+        self._test_over.wait()
+        return b""
 
     def wait(self, timeout: float) -> int:
         return 0
@@ -218,21 +223,37 @@ class _HelperOutput:
         return ""
 
 
-def _broken_send(*args) -> None:
-    raise TransferError("host: the helper closed its input")
+@pytest.fixture
+def helper_saying():
+    """Factory: helper_saying(said) -> (a Receiver on a helper whose output is `said`, and a
+    send that breaks, as a helper's exit breaks the channel)."""
+    send_broke, test_over = threading.Event(), threading.Event()
+
+    def broken_send(*args) -> None:
+        send_broke.set()
+        raise TransferError("host: the helper closed its input")
+
+    def make(said: bytes) -> tuple:
+        output = _HelperOutput(said, send_broke, test_over)
+        receiver = remote.Receiver(remote.HelperSession(output, "host", None), "/t.img",
+                                   lambda written: None)
+        return receiver, broken_send
+
+    yield make
+    test_over.set()
 
 
-def test_a_broken_send_is_explained_by_the_helpers_error_even_when_it_arrives_later() -> None:
+def test_a_broken_send_is_explained_by_the_helpers_error_even_when_it_arrives_later(
+        helper_saying) -> None:
     said = protocol.encode_json(protocol.ERROR, {"kind": "io", "message": "No space left on device"})
-    receiver = remote.Receiver(remote.HelperSession(_HelperOutput(said), "host", None),
-                               "/t.img", lambda written: None)
+    receiver, broken_send = helper_saying(said)
     with pytest.raises(TransferError, match="^host:/t.img: No space left on device$"):
-        receiver.send(_broken_send, b"frame")
+        receiver.send(broken_send, b"frame")
 
 
-def test_a_broken_send_the_helper_does_not_explain_says_so_itself(monkeypatch) -> None:
+def test_a_broken_send_the_helper_does_not_explain_says_so_itself(monkeypatch,
+                                                                   helper_saying) -> None:
     monkeypatch.setattr(remote, "HELPER_ACCOUNT_WAIT", 0.2)
-    silent = remote.Receiver(remote.HelperSession(_HelperOutput(b""), "host", None), "/t.img",
-                             lambda written: None)
+    silent, broken_send = helper_saying(b"")
     with pytest.raises(TransferError, match="^host: the helper closed its input$"):
-        silent.send(_broken_send, b"frame")
+        silent.send(broken_send, b"frame")
