@@ -174,7 +174,6 @@ def test_helper_killed_mid_transfer_fails_in_one_line_and_leaves_no_saveset(
 def test_helper_killed_mid_transfer_fails_in_one_line_naming_target_and_delta(
         no_helper_left, sshd, big_image, outdir) -> None:
     target = outdir / "t.img"
-    began = time.monotonic()
     proc = start(*dup_args(sshd.cli_args(), big_image, target, *SLOW))
     wait_until(lambda: allocated(target) > MiB, 30, "data written to the target", proc)
     pids = helper_pids(sshd)

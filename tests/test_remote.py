@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bacpac import remote
-from bacpac.errors import TransferError, UsageError
+from bacpac.errors import TransferError
 from clirun import bacpac, helper_pythons
 from remote_helper import protocol
 
