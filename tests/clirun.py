@@ -6,10 +6,13 @@ on stdout, and the bytes on disk. Test files import from here, never from each o
 """
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +29,7 @@ REPO = str(Path(__file__).resolve().parents[1])  # run this checkout's bacpac
 TRANSPORTS = ["local", "ssh"]
 RUN_WITHIN = 120.0  # seconds: a run that should succeed, on 2 cores
 FAIL_WITHIN = 30.0  # seconds: every fault must end the run within this
+SMALL_WITHIN = 30.0  # seconds: a run of a few MiB that should succeed; only a hang guard
 SLOW = ("--level", "19", "--block-size", "1M")  # about 3 MB/s of random data on 2 cores
 
 
@@ -131,6 +135,32 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} after {timeout:.0f} s")
         time.sleep(0.02)
+
+
+# ---- the Pythons a helper may run on ----------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def helper_pythons() -> dict[str, str]:
+    """Every Python from 3.6 up on this machine (pyenv keeps several; python3.N on the PATH),
+    one per minor version, this interpreter for its own: {"3.6": path, ...}, oldest first."""
+    found = {"3.%d" % sys.version_info[1]: sys.executable}
+    for minor in range(6, 20):
+        version = f"3.{minor}"
+        candidates = [shutil.which(f"python{version}")] + sorted(glob.glob(
+            os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+        for path in filter(None, candidates):  # a pyenv shim may name a version it lacks
+            if version not in found and _python_version(path) == version:
+                found[version] = path
+    return dict(sorted(found.items(), key=lambda item: int(item[0].split(".")[1])))
+
+
+def _python_version(python: str) -> str:
+    try:
+        done = subprocess.run([python, "-c", "import sys; print('3.%d' % sys.version_info[1])"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip()
 
 
 # ---- where a target lives ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Fixtures that start real things: an OpenSSH server, loop devices, tmpfs mounts.
+"""Fixtures that start real things: an OpenSSH server, loop devices, tmpfs mounts; and the
+strict switch (strict.py) that makes a skip for want of one of them a failure.
 
 Each family lives in a module of its own and is imported here so every test file sees it.
 """
@@ -10,3 +11,4 @@ sys.path.insert(0, os.path.dirname(__file__))
 from fixtures_sshd import *  # noqa: E402,F401,F403
 from fixtures_disk import *  # noqa: E402,F401,F403
 from fixtures_proxy import *  # noqa: E402,F401,F403
+from strict import pytest_runtest_makereport  # noqa: E402,F401

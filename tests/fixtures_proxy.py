@@ -1,14 +1,20 @@
-"""Fixtures: a TCP proxy in front of the test sshd that cuts or freezes the stream on cue.
+"""Fixtures: a TCP proxy in front of the test sshd that cuts or freezes the stream on cue, and
+counts what the client sends, with the time of each chunk.
 
 `tcp_proxy(cut_after=N)` forwards 127.0.0.1:proxy.port to the sshd and, once N bytes went from
 the client to the server, closes both sides (a cable pulled mid-transfer). `freeze_after=N`
-instead stops forwarding anything, in either direction, without closing (a peer that stops
-answering). Clients reach it with proxy.ssh_args(sshd), which keeps the sshd's host key.
+instead forwards the first N bytes and then holds the stream, in either direction, without
+closing: it reads nothing more, so the kernel's buffers fill and TCP's window closes on the
+sender, as with a peer that stops answering (reading and dropping would keep the sender's
+writes flowing, which no frozen peer does). `proxy.timeline` lists (monotonic time, bytes from
+the client so far) per chunk read. Clients reach it with proxy.ssh_args(sshd), which keeps the
+sshd's host key.
 """
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Callable, Iterator, Optional
 
 import pytest
@@ -25,6 +31,7 @@ class TcpProxy:
         self.cut_after = cut_after
         self.freeze_after = freeze_after
         self.bytes_up = 0
+        self.timeline: list[tuple[float, int]] = []
         self.cut = threading.Event()
         self.frozen = threading.Event()
         self._lock = threading.Lock()
@@ -60,25 +67,25 @@ class TcpProxy:
                     break
                 if upstream:
                     data = self._count(data)
-                if self.frozen.is_set():
-                    self.frozen.wait()  # forever: the peer stops answering
-                    continue
+                elif self.frozen.is_set():
+                    data = b""
                 dst.sendall(data)
-                if self.cut.is_set():
-                    break
+                if self.frozen.is_set():
+                    self.cut.wait()  # hold: read nothing more, until the test closes the proxy
         except OSError:
             pass
         self._close_pair(src, dst)
 
     def _count(self, data: bytes) -> bytes:
+        """What of data to forward: all of it, or the bytes before the cut or the freeze."""
         with self._lock:
             before = self.bytes_up
             self.bytes_up += len(data)
-        if self.cut_after is not None and self.bytes_up >= self.cut_after:
-            self.cut.set()
-            return data[: max(0, self.cut_after - before)]
-        if self.freeze_after is not None and self.bytes_up >= self.freeze_after:
-            self.frozen.set()
+            self.timeline.append((time.monotonic(), self.bytes_up))
+        for limit, event in ((self.cut_after, self.cut), (self.freeze_after, self.frozen)):
+            if limit is not None and self.bytes_up >= limit:
+                event.set()
+                return data[: max(0, limit - before)]
         return data
 
     def _close_pair(self, *socks: socket.socket) -> None:

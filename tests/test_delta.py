@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from clirun import (FAIL_WITHIN, KiB, MiB, Transport, assert_failed_in_one_line, bacpac,
-                    random_bytes, sha256_of, start, write_file)
+from clirun import (FAIL_WITHIN, RUN_WITHIN, KiB, MiB, Transport, assert_failed_in_one_line,
+                    bacpac, random_bytes, sha256_of, start, write_file)
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, requires_root
 
@@ -333,10 +333,12 @@ def test_dup_whose_client_was_killed_is_finished_by_delta(ssh, random_image, tmp
     target = tmp_path / "target.img"
     proc = start(*ssh.dup_args(random_image, target), stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + RUN_WITHIN
     try:
         while not target.exists() or target.stat().st_blocks * 512 < 0.3 * 64 * MiB:
             assert proc.poll() is None, "the dup ended before it could be killed"
-            time.sleep(0.002)
+            assert time.monotonic() < deadline, "no 30% of the target written"
+            time.sleep(0.002)  # polled closely: the whole dup takes about a second
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()

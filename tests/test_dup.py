@@ -166,6 +166,53 @@ def test_dup_verify_rereads_target_and_passes(transport, ext4_image, tmp_path) -
     assert result.summary["sha256"] == sha256_of(target) == sha256_of(ext4_image)
 
 
+FLIP_AT = 2 * MiB + 12345  # past the held-back head, in random data: a byte the helper writes
+
+
+def flipping_python(tmp_path: Path, target: Path) -> Path:
+    """A remote python whose helper flips one bit of the byte at FLIP_AT of `target` as it
+    writes it: a disk that corrupts what it is given. The helper's own checks see the bytes it
+    meant to write; only a re-read of the disk (--verify) sees what is there."""
+    script = tmp_path / "flipping-python"
+    script.write_text(f"""#!{sys.executable} -S
+import mmap, os, sys
+real_pwrite = os.pwrite
+def pwrite(fd, data, offset):
+    view = memoryview(data)
+    if (offset <= {FLIP_AT} < offset + len(view)
+            and os.path.realpath("/proc/self/fd/%d" % fd) == {str(target)!r}):
+        flipped = mmap.mmap(-1, len(view))  # page-aligned, as a direct write wants it
+        flipped[:] = view
+        flipped[{FLIP_AT} - offset] ^= 1
+        view = memoryview(flipped)
+    return real_pwrite(fd, view, offset)
+os.pwrite = pwrite
+code = sys.argv[sys.argv.index("-c") + 1]  # run as `python -S -c STAGE1 MARKER` would
+sys.argv = ["-c"] + sys.argv[sys.argv.index("-c") + 2:]
+exec(compile(code, "<string>", "exec"), {{"__name__": "__main__"}})
+""")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["unverified", "verify"])
+def test_dup_verify_catches_a_target_that_was_written_wrong(transport, tmp_path, verify) -> None:
+    source = write_file(tmp_path / "source.img", 4 * MiB, {0: os.urandom(4 * MiB)})
+    target = tmp_path / "copy.img"
+    result = transport.dup(source, target, "--remote-python", flipping_python(tmp_path, target),
+                           *(["--verify"] if verify else []))
+    with open(target, "rb") as written, open(source, "rb") as meant:
+        written.seek(FLIP_AT)
+        meant.seek(FLIP_AT)
+        assert written.read(1)[0] == meant.read(1)[0] ^ 1  # the disk holds the flipped bit
+    if not verify:  # every check of the helper's passes: the bytes it hashed were right
+        assert result.returncode == 0, result.stderr
+        return
+    line = result.one_error_line(1, transport.target(target), sha256_of(source), alone=False)
+    assert f"re-read of the target gave sha256 {sha256_of(target)}" in line
+    assert result.summary["status"] == "error"
+
+
 def test_dup_without_json_prints_nothing_on_stdout(tmp_path, no_helper_left) -> None:
     source = write_file(tmp_path / "source.img", MiB, {0: b"x" * 100})
     result = bacpac("dup", "--no-progress", str(source), str(tmp_path / "copy.img"))
@@ -278,16 +325,20 @@ def dup_with(python: Path, source: Path, target: Path) -> None:
 
 
 def test_the_stream_is_on_its_way_before_the_helper_has_started(tmp_path) -> None:
-    # The helper's python is made to start 1 s late, its input pipe widened to 1 MiB: what is
-    # waiting in the pipe by then, beyond the helper's own code, is the OPEN and the stream.
+    # The helper's python starts only once its input pipe, widened to 1 MiB, holds half a MiB
+    # more than the helper's own code: the OPEN and the stream, sent before any HELLO. A client
+    # that waited for the HELLO would never fill it: the probe gives up after 30 s and says so.
     source = write_file(tmp_path / "source.img", 8 * MiB, {0: os.urandom(8 * MiB)})
     waiting = tmp_path / "waiting"
-    probe = (f"import fcntl,struct,termios,time; fcntl.fcntl(0, 1031, 1 << 20); time.sleep(1); "
-             f"open('{waiting}', 'w').write(str(struct.unpack('i', fcntl.ioctl("
-             f"0, termios.FIONREAD, bytes(4)))[0]))")
+    enough = len(helper_payload()) + MiB // 2
+    probe = (f"import fcntl,struct,termios,time; fcntl.fcntl(0, 1031, 1 << 20); "
+             f"held = lambda: struct.unpack('i', fcntl.ioctl(0, termios.FIONREAD, bytes(4)))[0]; "
+             f"deadline = time.monotonic() + 30; "
+             f"exec('while held() < {enough} and time.monotonic() < deadline: time.sleep(0.01)'); "
+             f"open('{waiting}', 'w').write(str(held()))")
     python = wrapped_python(tmp_path, "late-python", f"{sys.executable} -c \"{probe}\"")
     dup_with(python, source, tmp_path / "copy.img")
-    assert int(waiting.read_text()) >= len(helper_payload()) + MiB // 2
+    assert int(waiting.read_text()) >= enough
 
 
 def test_what_a_login_script_prints_before_the_helper_starts_is_skipped(tmp_path) -> None:

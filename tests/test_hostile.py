@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import select
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import zstandard
@@ -24,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bacpac.remote import helper_argv, helper_payload
-from remote_helper import protocol
+from remote_helper import codecs, protocol
 from remote_helper.errors import ProtocolError
 from remote_helper.protocol import COPY, DATA, END, ERROR, HEADER, OPEN, READY
 from test_dup import _bare_python
@@ -591,3 +593,199 @@ def test_remote_target_equal_to_source_is_refused_and_untouched(no_helper_left, 
                  timeout=FAIL_WITHIN)
     assert_failed_in_one_line(run, str(source), "source itself", code=2)
     assert sha256_of(source) == before
+
+
+# ---- a real helper fed random frame sequences ----------------------------------------------------
+
+FUZZ_SIZE = 256 << 10
+FUZZ_CASES = 200
+FUZZ_WITHIN = 20.0  # seconds for one case: a hang guard; a case takes a fraction of a second
+# where a lying offset or size may point: the edges of the image, and far beyond them
+EDGES = [0, 1, 4096, FUZZ_SIZE // 2, FUZZ_SIZE - 1, FUZZ_SIZE, FUZZ_SIZE + 4096, 1 << 40,
+         2**63, 2**64 - 4096, 2**64 - 1]
+
+
+def _fuzz_job(rng, tmp_path: Path) -> tuple[dict, bytes, set]:
+    """A dup job of FUZZ_SIZE to tmp_path/t.img: plain, checked by frames with a saveset beside
+    it, or a delta onto an existing image. Returns the OPEN's payload, what the target held
+    before (zeros unless a delta), and the names the directory may hold afterwards."""
+    target = tmp_path / "t.img"
+    job = {"protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": str(target),
+           "size": FUZZ_SIZE, "force": False, "verify": False, "saveset": None, "delta": None,
+           "check": "sha256", "source": {}}
+    kind = rng.choice(["plain", "saveset", "delta"])
+    if kind == "saveset":
+        job.update(check="frames", codec="zstd", saveset={
+            "path": str(tmp_path / "s.bacpac"), "frame_size": 64 << 10,
+            "metadata": {"kind": "disk", "size": FUZZ_SIZE}})
+        return job, bytes(FUZZ_SIZE), {"t.img", "s.bacpac"}
+    if kind == "delta":
+        before = rng.randbytes(FUZZ_SIZE)
+        target.write_bytes(before)
+        job["delta"] = {"block": 4096, "segment": 64 << 10}
+        return job, before, {"t.img"}
+    return job, bytes(FUZZ_SIZE), {"t.img"}
+
+
+def _valid_frames(rng, job: dict, before: bytes) -> tuple[list, bytes]:
+    """A stream that would be accepted: four 64 KiB chunks (data, holes, matches), then END.
+    Each frame is [type, payload, offset, flags, size]; returns the frames and the image."""
+    frames, image = [], b""
+    for offset in range(0, FUZZ_SIZE, 64 << 10):
+        chunk = rng.choice(["random", "text", "hole", "match"] if job["delta"] else
+                           ["random", "text", "hole"])
+        if chunk == "hole":
+            frames.append([protocol.HOLE, b"", offset, 0, 64 << 10])
+            image += bytes(64 << 10)
+        elif chunk == "match":
+            frames.append([protocol.MATCH, b"", offset, 0, 64 << 10])
+            image += before[offset:offset + (64 << 10)]
+        else:
+            data = (rng.randbytes(64 << 10) if chunk == "random"
+                    else (b"fuzzed line of text\n" * 3277)[:64 << 10])
+            if job["check"] == "frames":
+                payload = zstandard.ZstdCompressor(write_checksum=True,
+                                                   write_content_size=True).compress(data)
+                frames.append([DATA, payload, offset, protocol.CODEC_ZSTD, len(data)])
+            else:
+                frames.append([DATA, data, offset, protocol.CODEC_RAW, len(data)])
+            image += data
+    end = {"bytes": FUZZ_SIZE, "sha256": hashlib.sha256(image).hexdigest()}
+    frames.append([END, json.dumps(end).encode(), 0, 0, 0])
+    return frames, image
+
+
+def _random_control(rng) -> list:
+    kind = rng.choice([OPEN, protocol.HELLO, READY, protocol.RESULT, protocol.PROGRESS,
+                       protocol.DIGESTS, END, ERROR, rng.randrange(13, 256)])
+    payload = rng.choice([b"{}", b'{"bytes": 262144, "sha256": "00"}', b"not json",
+                          b'{"kind": "x", "message": "y"}', rng.randbytes(rng.randrange(64))])
+    return [kind, payload, rng.choice(EDGES), 0, rng.choice(EDGES)]
+
+
+def _mutate(rng, frames: list) -> list:
+    """One lie: frames swapped, dropped, repeated; a header field, a type, a codec or a payload
+    changed, cut or grown (the wire's checksums made to match again); a stray frame put in."""
+    frames = [list(frame) for frame in frames]
+    # half the time the last block, at the image's end, where a lie reaches past it
+    at = max(0, len(frames) - 2) if rng.random() < 0.5 else rng.randrange(len(frames))
+    how = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 7, 8])  # payload lies twice as often
+    if how == 0 and len(frames) > 1:
+        other = rng.randrange(len(frames))
+        frames[at], frames[other] = frames[other], frames[at]
+    elif how == 1:
+        del frames[at]
+    elif how == 2:
+        frames.insert(at, list(frames[at]))
+    elif how == 3:
+        frames[at][2] = rng.choice(EDGES + [frames[at][2] + rng.choice([-1, 1, 4096])])
+    elif how == 4:
+        frames[at][4] = rng.choice(EDGES + [frames[at][4] + rng.choice([-1, 1, 4096])])
+    elif how == 5:
+        frames[at][0] = rng.choice([DATA, protocol.HOLE, protocol.MATCH, COPY, END, OPEN,
+                                    rng.randrange(256)])
+    elif how == 6:
+        frames[at][3] = rng.randrange(256)
+    elif how == 7:
+        payload = frames[at][1]
+        frames[at][1] = rng.choice([rng.randbytes(len(payload) or rng.randrange(1, 64)),
+                                    payload[:rng.randrange(len(payload) + 1)],
+                                    payload + rng.randbytes(rng.randrange(1, 8192)),
+                                    payload + rng.randbytes(rng.randrange(1, 8192))])
+    else:
+        frames.insert(at, _random_control(rng))
+    return frames
+
+
+def fuzzed_stream(seed: int, tmp_path: Path) -> tuple[dict, bytes, bytes, bool, set]:
+    """The job, then the bytes to send after OPEN: a valid stream given one to three lies, now
+    and then a header announcing more than the cap, now and then cut short. Returns the job,
+    the stream, the image a helper that accepts it must have written, whether the helper may
+    end without a word (its input ended before a whole END, or the client sent ERROR), and the
+    names the directory may hold."""
+    rng = random.Random(seed)
+    job, before, names = _fuzz_job(rng, tmp_path)
+    frames, image = _valid_frames(rng, job, before)
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):  # mostly one: the rest of the stream then holds
+        frames = _mutate(rng, frames)
+    pieces = [protocol.encode(int(t) % 256, payload, off % 2**64, flags % 256, size % 2**64)
+              for t, payload, off, flags, size in frames]
+    if rng.random() < 0.15:
+        pieces.insert(rng.randrange(len(pieces) + 1), _signed_header(
+            rng.choice([DATA, COPY, OPEN]), 0, rng.choice([2**32 - 1, protocol.MAX_PAYLOAD + 1]),
+            0, rng.choice([4096, 2**40]), 0))
+    stream = b"".join(pieces)
+    cut = rng.random() < 0.25
+    if cut:
+        stream = stream[:rng.randrange(len(stream))]
+    silent = cut or all(f[0] != END for f in frames) or any(f[0] == ERROR for f in frames)
+    return job, stream, image, silent, names
+
+
+def described_image(stream: bytes, before: Optional[bytes]) -> bytes:
+    """The image a stream describes, read up to its END as the helper reads it: DATA
+    decompressed, HOLE as zeros, MATCH as the target held it (`before`), COPY from earlier."""
+    image, decompressor = bytearray(), codecs.Decompressor()
+    for frame in _frames_of(stream):
+        if frame.type == END:
+            break
+        if frame.type == DATA:
+            image += decompressor.decompress(frame.flags, frame.payload, frame.size)
+        elif frame.type == protocol.HOLE:
+            image += bytes(frame.size)
+        elif frame.type == protocol.MATCH:
+            image += before[frame.offset:frame.offset + frame.size]
+        elif frame.type == COPY:
+            source = protocol.parse_copy(frame)[0]
+            image += image[source:source + frame.size]
+    return bytes(image)
+
+
+def _frames_of(output: bytes) -> list:
+    """The whole frames at the start of output (up to what the decoder refuses)."""
+    decoder = protocol.Decoder()
+    decoder.feed(output)
+    frames = []
+    try:
+        while (frame := decoder.next_frame()) is not None:
+            frames.append(frame)
+    except ProtocolError:
+        pass
+    return frames
+
+
+@pytest.mark.parametrize("seed", range(FUZZ_CASES))
+def test_helper_fed_a_random_frame_sequence_refuses_it_and_writes_nothing_past_the_image(
+        seed: int, tmp_path) -> None:
+    """Seeded: `pytest -k 'random_frame_sequence and [SEED]'` replays one case."""
+    job, stream, image, silent, names = fuzzed_stream(seed, tmp_path)
+    before = (tmp_path / "t.img").read_bytes() if job["delta"] else None
+    proc = subprocess.Popen(helper_argv(sys.executable, False), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(helper_payload() + protocol.encode_json(OPEN, job) + stream,
+                                    timeout=FUZZ_WITHIN)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"seed {seed}: the helper still runs {FUZZ_WITHIN:.0f} s after its input ended")
+    assert b"Traceback" not in err, err.decode(errors="replace")
+    said = _frames_of(out)
+    assert sum(protocol.HEADER_SIZE + len(f.payload) for f in said) == len(out), out[-200:]
+    assert [f.type for f in said[:2]] == [protocol.HELLO, READY], said
+    last = said[-1].type
+    if last == protocol.RESULT:  # the lies made a stream the helper could not tell from a true one
+        assert proc.returncode == 0
+        written = (tmp_path / "t.img").read_bytes()
+        assert written == described_image(stream, before), seed
+        if job["check"] == "sha256":  # then it proved the whole, not frame by frame
+            assert written == image, seed
+    elif last == ERROR:
+        assert proc.returncode == 1
+        assert said[-1].json()["message"], said[-1].json()
+    else:
+        assert silent and proc.returncode == 1, (seed, said, proc.returncode)
+    assert os.path.getsize(tmp_path / "t.img") == FUZZ_SIZE  # nothing past the image
+    assert set(os.listdir(tmp_path)) <= names
+    if last != protocol.RESULT:
+        assert not (tmp_path / "s.bacpac").exists()  # a saveset only once it is complete

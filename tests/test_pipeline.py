@@ -3,13 +3,12 @@ import gc
 import hashlib
 import os
 import threading
-import time
 
 import pytest
 
 from bacpac import pipeline
 from bacpac.pipeline import ImageStream, StreamSettings
-from clirun import MiB, write_file
+from clirun import MiB, wait_until, write_file
 from test_directio import Collect, stream
 
 
@@ -44,6 +43,15 @@ def low_entropy(size):
     return os.urandom(size).translate(bytes(b"acgt"[i % 4] for i in range(256)))
 
 
+def reader_stopped(reader) -> bool:
+    """The reader can go no further: its queue is full, or each of its 11 buffers (2 threads)
+    holds a block queued and compressed that keeps it (no early release) until it is sent."""
+    items = list(reader.items.queue)
+    return reader.items.full() or (
+        reader._buffers.empty() and reader._read.empty() and len(items) == 11
+        and all(item.compressed.done() for item in items))
+
+
 @pytest.mark.parametrize("level,make,ahead", [
     (-3, low_entropy, True),  # a fast level, small payloads: buffers go back once hashed
     (3, low_entropy, False),  # the start level: a buffer stays, for a climb's recompression
@@ -63,11 +71,9 @@ def test_small_payloads_at_fast_levels_let_the_reader_run_ahead(tmp_path, level,
         class HeldUp(Collect):
             def block(self, offset, size, flags, payload):
                 if not queued:
-                    items, before, deadline = image._reader.items, -1, time.monotonic() + 20
-                    while items.qsize() != before and time.monotonic() < deadline:
-                        before = items.qsize()
-                        time.sleep(0.3)
-                    queued.append(before)
+                    reader = image._reader
+                    wait_until(lambda: reader_stopped(reader), 20, "the reader stopped")
+                    queued.append(reader.items.qsize())
                 super().block(offset, size, flags, payload)
 
         try:

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import pytest
 from bacpac import remote
 from bacpac.channel import LocalChannel
 from bacpac.errors import TransferError
-from clirun import bacpac
+from clirun import bacpac, helper_pythons
 from remote_helper import protocol
 
 
@@ -130,26 +129,9 @@ def test_widening_leaves_what_is_not_a_pipe_alone(tmp_path) -> None:
 # --- the helper's code: compiled here, or on the target ---------------------------------------
 
 def other_pythons() -> list[str]:
-    """Interpreters of other versions on this machine (pyenv keeps several), oldest first."""
-    found = []
-    for minor in range(6, 14):
-        name = f"python3.{minor}"
-        candidates = [shutil.which(name)] + sorted(
-            str(p) for p in Path("~/.pyenv/versions").expanduser().glob(f"3.{minor}.*/bin/{name}"))
-        for path in filter(None, candidates):  # a pyenv shim may name a version it lacks
-            if run_python(path, "import sys; print(sys.version_info[:2] != (3, %d))"
-                          % sys.version_info[1]) == "True":
-                found.append(path)
-                break
-    return found
-
-
-def run_python(python: str, code: str) -> str:
-    try:
-        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
-    except OSError:
-        return ""
-    return done.stdout.strip()
+    """Interpreters of other versions than this one on this machine, oldest first."""
+    return [path for version, path in helper_pythons().items()
+            if version != "3.%d" % sys.version_info[1]]
 
 
 def helper_says(python: str) -> tuple[int, bytes, bytes]:
@@ -196,13 +178,12 @@ def test_the_helper_compiles_its_source_when_its_python_is_another(poisoned_code
 
 
 def test_a_dup_through_the_oldest_python_the_helper_supports(tmp_path, image) -> None:
-    old = [p for p in other_pythons() if run_python(p, "import sys; print(sys.version_info[1])")
-           == "6"]
-    if not old:
+    old = helper_pythons().get("3.6")
+    if old is None:
         pytest.skip("no python3.6 on this machine (pyenv install 3.6 brings one)")
     target = tmp_path / "t.img"
     image.write_bytes(image.read_bytes() * 2)  # and at level 9, the second MiB goes as a copy
-    run = bacpac("dup", "--json", "--no-progress", "--level", "9", "--remote-python", old[0],
+    run = bacpac("dup", "--json", "--no-progress", "--level", "9", "--remote-python", old,
                  image, target)
     assert run.returncode == 0, run.stderr
     assert run.summary["helper_python"].startswith("3.6.")
@@ -229,17 +210,23 @@ def test_a_payload_that_cannot_be_built_is_an_error_of_the_caller_not_a_thread(m
 
 
 class _HelperOutput:
-    """A running helper's output: `said` arrives 0.3 s after it is asked for (the race of a
-    helper that writes ERROR and exits, breaking the client's send just before the frame is
-    read); then, or when it says nothing, 5 s of silence, and the end."""
+    """A running helper's output: `said` arrives only once the client's send has broken (the
+    race of a helper that writes ERROR and exits, breaking the client's send just before the
+    frame is read); after it, or when it says nothing, silence until the test is over."""
 
-    def __init__(self, said: bytes) -> None:
+    def __init__(self, said: bytes, send_broke: threading.Event,
+                 test_over: threading.Event) -> None:
         self._said = said
+        self._send_broke = send_broke
+        self._test_over = test_over
 
     def read(self, n: int) -> bytes:
         said, self._said = self._said, b""
-        time.sleep(0.3 if said else 5)
-        return said
+        if said:
+            self._send_broke.wait(10)
+            return said
+        self._test_over.wait()
+        return b""
 
     def wait(self, timeout: float) -> int:
         return 0
@@ -248,21 +235,37 @@ class _HelperOutput:
         return ""
 
 
-def _broken_send(*args) -> None:
-    raise TransferError("host: the helper closed its input")
+@pytest.fixture
+def helper_saying():
+    """Factory: helper_saying(said) -> (a Receiver on a helper whose output is `said`, and a
+    send that breaks, as a helper's exit breaks the channel)."""
+    send_broke, test_over = threading.Event(), threading.Event()
+
+    def broken_send(*args) -> None:
+        send_broke.set()
+        raise TransferError("host: the helper closed its input")
+
+    def make(said: bytes) -> tuple:
+        output = _HelperOutput(said, send_broke, test_over)
+        receiver = remote.Receiver(remote.HelperSession(output, "host", None), "/t.img",
+                                   lambda written: None)
+        return receiver, broken_send
+
+    yield make
+    test_over.set()
 
 
-def test_a_broken_send_is_explained_by_the_helpers_error_even_when_it_arrives_later() -> None:
+def test_a_broken_send_is_explained_by_the_helpers_error_even_when_it_arrives_later(
+        helper_saying) -> None:
     said = protocol.encode_json(protocol.ERROR, {"kind": "io", "message": "No space left on device"})
-    receiver = remote.Receiver(remote.HelperSession(_HelperOutput(said), "host", None),
-                               "/t.img", lambda written: None)
+    receiver, broken_send = helper_saying(said)
     with pytest.raises(TransferError, match="^host:/t.img: No space left on device$"):
-        receiver.send(_broken_send, b"frame")
+        receiver.send(broken_send, b"frame")
 
 
-def test_a_broken_send_the_helper_does_not_explain_says_so_itself(monkeypatch) -> None:
+def test_a_broken_send_the_helper_does_not_explain_says_so_itself(monkeypatch,
+                                                                   helper_saying) -> None:
     monkeypatch.setattr(remote, "HELPER_ACCOUNT_WAIT", 0.2)
-    silent = remote.Receiver(remote.HelperSession(_HelperOutput(b""), "host", None), "/t.img",
-                             lambda written: None)
+    silent, broken_send = helper_saying(b"")
     with pytest.raises(TransferError, match="^host: the helper closed its input$"):
-        silent.send(_broken_send, b"frame")
+        silent.send(broken_send, b"frame")

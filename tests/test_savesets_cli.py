@@ -15,6 +15,7 @@ import signal
 import stat
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,12 +396,18 @@ def test_restore_refuses_the_saveset_as_its_own_target(target_side: str, small, 
 
 
 def test_restore_refusal_does_not_wait_for_the_saveset_reader(made, tmp_path, no_helper_left):
+    """Both helpers end by themselves, the reader at the end of its input: one left waiting
+    would be killed by the client 10 s on, and never log its exit."""
     target = tmp_path / "self.bacpac"
     target.write_bytes(made["local"].saveset.read_bytes())
-    started = time.monotonic()
-    result = bacpac("restore", "--no-progress", "--force", target, target)
+    exits = tmp_path / "exits"
+    python = tmp_path / "logging-python"
+    python.write_text(f"#!/bin/sh\n{sys.executable} \"$@\"\necho $? >> {exits}\n")
+    python.chmod(0o755)
+    result = bacpac("restore", "--no-progress", "--force", "--remote-python", python, target,
+                    target)
     assert result.returncode == 2, result.stderr
-    assert time.monotonic() - started < 5
+    assert exits.read_text().split() == ["1", "1"]  # the writer refused, the reader saw EOF
 
 
 def test_restore_from_corrupted_saveset_says_damaged_and_restore_from_another(
