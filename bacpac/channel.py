@@ -33,6 +33,11 @@ class Channel(Protocol):
     def close_write(self) -> None:
         """End of the helper's stdin (EOF)."""
 
+    def hang_up(self) -> None:
+        """End the helper's stdin and stop reading its stdout, so that it ends by itself
+        whether it was reading (end of input) or writing (a broken pipe): a helper blocked
+        sending what nobody will read any more is not left waiting."""
+
     def wait(self, timeout: float | None = None) -> int:
         """The helper's exit status; -1 if it did not exit within timeout."""
 
@@ -113,6 +118,10 @@ class LocalChannel:
             self._stdin.close()
         except OSError:
             pass  # the helper is gone already; wait() will say how it ended
+
+    def hang_up(self) -> None:
+        self.close_write()
+        self._stdout.close()
 
     def wait(self, timeout: float | None = None) -> int:
         try:

@@ -380,15 +380,19 @@ class HelperSession:
         said = f": {tail[-1]}" if tail else ""
         return TransferError(f"{self.host}: the helper exited unexpectedly (status {status}){said}")
 
-    def close(self, wait: float = 10.0) -> None:
-        """End the helper's input, give it `wait` seconds to exit, close the connection. A
-        helper that will not read its input again (one sending frames nobody reads any more)
-        is given none: closing the channel is what ends it."""
+    def close(self, hang_up: bool = False) -> None:
+        """End the helper's input, let it exit, close the connection. With hang_up, its output
+        is closed too: a helper blocked sending frames that nobody will read any more (a
+        restore's reader, once the restore failed) then ends at once instead of at the wait's
+        deadline."""
         if self._deadline is not None:
             self._deadline.cancel()
         try:
-            self.channel.close_write()
-            self.channel.wait(timeout=wait)
+            if hang_up:
+                self.channel.hang_up()
+            else:
+                self.channel.close_write()
+            self.channel.wait(timeout=10)
         except BacpacError:
             pass  # closing a dead channel: nothing more to learn from it
         self.channel.close()

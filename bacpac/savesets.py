@@ -78,7 +78,7 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
         finally:
             writer.close()
     except BaseException:
-        reader.close(wait=0)  # it may be blocked sending frames that nobody will read now
+        reader.close(hang_up=True)  # it may be blocked sending frames nobody will read now
         raise
     reader.close()
 

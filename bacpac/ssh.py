@@ -543,9 +543,13 @@ class SshChannel:
     def stderr_tail(self) -> str:
         return self._stderr.text()
 
-    def close(self) -> None:
+    def hang_up(self) -> None:
+        """Closing the channel makes sshd close the helper's pipes (and its status is lost)."""
         try:
             self._chan.close()
         except _TRANSFER_ERRORS:
             pass
+
+    def close(self) -> None:
+        self.hang_up()
         self._stderr.join(1.0)
