@@ -22,14 +22,19 @@ import time
 import warnings
 from typing import Any, Callable, Optional
 
-import paramiko
-
-from . import knownhosts
+from . import knownhosts, lazy
 from .channel import Buffer, StderrTail
 from .errors import AuthError, ConnectError, HostKeyError, TransferError, UsageError
-from .sshalgorithms import Transport, no_match
-from .sshdata import BatchWriter
 from .sshconfig import HostConfig, SshOptions, parse_jump, parse_o_option, resolve_host
+
+# Paramiko imports invoke for its ssh_config's `Match exec` alone, which bacpac never runs
+# (sshconfig_file.py reads ssh_config): deferred here, where bacpac first imports Paramiko.
+lazy.defer("invoke")
+
+import paramiko  # noqa: E402
+
+from .sshalgorithms import Transport, no_match  # noqa: E402
+from .sshdata import BatchWriter  # noqa: E402
 
 __all__ = ["SshOptions", "SshConnection", "SshChannel", "connect", "parse_o_option"]
 

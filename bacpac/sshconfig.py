@@ -8,19 +8,16 @@
 """
 from __future__ import annotations
 
-import getpass
 import os
-import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
 from . import sshconfig_file
 from .errors import UsageError
+from .sshconfig_file import expand, local_user
 
 
 @dataclass(frozen=True)
@@ -166,22 +163,15 @@ def _ssh_g(ssh: str, host: str, user: Optional[str], opts: SshOptions) -> dict:
 
 
 def _run_alone(command: list[str], host: str) -> tuple[int, str, str]:
-    """Run `ssh -G` in a session of its own, so that a Match exec command that outlives the
-    deadline is killed with it (it would hold the pipes open)."""
+    """Run `ssh -G` with a deadline (a Match exec command may hang)."""
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, universal_newlines=True,
-                                start_new_session=True)
+        status, out, err = sshconfig_file.run_alone(command, SSH_G_TIMEOUT)
     except OSError as e:
         raise UsageError(f"{host}: cannot run {command[0]} -G: {e.strerror}") from None
-    try:
-        out, err = proc.communicate(timeout=SSH_G_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
         raise UsageError(f"{host}: ssh -G did not print the configuration within "
                          f"{SSH_G_TIMEOUT:g} s (a Match exec command that hangs?)") from None
-    return proc.returncode, out, err
+    return status, out, err or ""
 
 
 def _ssh_arguments(user: Optional[str], opts: SshOptions) -> list[str]:
@@ -212,32 +202,24 @@ def _command_line_block(user: Optional[str], opts: SshOptions) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _local_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return pwd.getpwuid(os.getuid()).pw_name
-
-
 def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostConfig:
     hostname = found["hostname"].lower()
     port = int(found.get("port", 22))
-    user = found.get("user") or _local_user()
-    tokens = {"%d": os.path.expanduser("~"), "%u": _local_user(), "%h": hostname,
-              "%r": user, "%p": str(port), "%n": alias, "%i": str(os.getuid()), "%%": "%"}
+    user = found.get("user") or local_user()
+    tokens = sshconfig_file.tokens(alias, hostname, port, user)
 
     def flag(key: str, default: bool) -> bool:
         return _BOOLEANS[found[key].lower()] if key in found else default
 
     def files(key: str, default: str) -> tuple[str, ...]:
-        return tuple(_expand(p, tokens) for p in found.get(key, default).split())
+        return tuple(expand(p, tokens) for p in found.get(key, default).split())
 
     jump = found.get("proxyjump")
     command = found.get("proxycommand")
     timeout = int(found.get("connecttimeout", 0))
     return HostConfig(
         alias=alias, hostname=hostname, port=port, user=user,
-        identity_files=_identity_files([_expand(p, tokens) for p in found.get("identityfile", [])]),
+        identity_files=_identity_files([expand(p, tokens) for p in found.get("identityfile", [])]),
         identities_only=flag("identitiesonly", False),
         known_hosts_files=files("userknownhostsfile", "~/.ssh/known_hosts ~/.ssh/known_hosts2"),
         global_known_hosts_files=files(
@@ -250,22 +232,11 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
         alive_count_max=int(found.get("serveralivecountmax", 3)),
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
         proxy_command=(None if not command or command.lower() == "none"
-                       else _expand(command, tokens, home=False)),
+                       else expand(command, tokens, home=False)),
         password_auth=flag("passwordauthentication", True),
         batch_mode=flag("batchmode", False),
         config_file=config_file,
     )
-
-
-def _expand(text: str, tokens: dict[str, str], home: bool = True) -> str:
-    """%-tokens (%l, the local FQDN, looked up only when used: that lookup can take seconds)
-    and, in a path (`home`), a leading ~."""
-    def token(match: re.Match) -> str:
-        if match.group(0) == "%l":
-            return socket.getfqdn()
-        return tokens.get(match.group(0), match.group(0))
-    text = re.sub(r"%.", token, text)
-    return os.path.expanduser(text) if home else text
 
 
 # The keys ssh tries when none is configured, in its order; `ssh -G` lists them as if

@@ -10,12 +10,14 @@
 # all of them under the channel's lock, waits at the transport's key-exchange gate once,
 # then, holding the packetizer's write lock as Paramiko does for each packet, pads and
 # encrypts each one (advancing the GCM nonce and the sequence number) and writes them all in
-# one socket write. It works only where that is all there is to it: an AEAD cipher
-# (aes128-gcm, which ssh.py asks for first) and no compression. Anything else, or a Paramiko
-# whose internals are not the ones read here, falls back to Channel.send, so nothing depends
-# on it but speed. Everything it reads of Paramiko's is checked when it is built. Paramiko's
-# own rekey trigger is not consulted: ssh.py sets its limits so high that only OpenSSH starts
-# key exchanges, which this writer waits out at the gate as Channel.send would.
+# one socket write. It works only where that is all there is to it, and only as far as it was
+# checked: the AES-GCM ciphers at OpenSSH's framing (aes128-gcm@openssh.com, which ssh.py asks
+# for first, and aes256-gcm@openssh.com), no compression, and a Paramiko of the versions in
+# CHECKED_VERSIONS, whose private attributes it reads and writes (tests/test_sshdata.py
+# compares its bytes with Packetizer.send_message's). Anything else falls back to
+# Channel.send, so nothing depends on it but speed. Paramiko's own rekey trigger is not
+# consulted: ssh.py sets its limits so high that only OpenSSH starts key exchanges, which
+# this writer waits out at the gate as Channel.send would.
 """
 from __future__ import annotations
 
@@ -24,9 +26,14 @@ import struct
 import time
 from typing import Any, Optional
 
+import paramiko
+
 MSG_CHANNEL_DATA = 94  # RFC 4254
 BATCH = 8  # packets per socket write: 256 KiB
 _KEX_TIMEOUT = 30.0  # seconds to wait for a key exchange the server started, as Paramiko does
+
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # RFC 5647 as OpenSSH frames it
+CHECKED_VERSIONS = ((3, 5), (5, 2))  # Paramiko releases from 3.5 up to, not including, 5.2
 
 _PACKETIZER = "_Packetizer__"  # Paramiko's name-mangled private attributes
 _NEEDED = ("write_lock", "block_engine_out", "aead_out", "etm_out", "compress_engine_out",
@@ -44,13 +51,15 @@ class BatchWriter:
     @classmethod
     def for_channel(cls, transport: Any, chan: Any) -> Optional["BatchWriter"]:
         """A writer for `chan`, or None where only Channel.send will do."""
+        if not checked_version(paramiko.__version__):
+            return None
         packetizer = getattr(transport, "packetizer", None)
         if packetizer is None or not all(hasattr(packetizer, _PACKETIZER + name)
                                          for name in _NEEDED):
             return None
         if not all(hasattr(obj, name) for obj, name in (
                 (packetizer, "write_all"), (packetizer, "_inc_iv_counter"),
-                (transport, "active"), (transport, "clear_to_send"),
+                (transport, "active"), (transport, "local_cipher"), (transport, "clear_to_send"),
                 (transport, "clear_to_send_lock"),
                 (chan, "_wait_for_send_window"), (chan, "lock"), (chan, "remote_chanid"))):
             return None
@@ -60,7 +69,8 @@ class BatchWriter:
         """Whether the cipher in force is one this writer can frame (checked per write, since a
         key exchange may change it)."""
         get = self._get
-        return (get("aead_out") and not get("etm_out") and get("compress_engine_out") is None
+        return (self._transport.local_cipher in CIPHERS and bool(get("aead_out"))
+                and not get("etm_out") and get("compress_engine_out") is None
                 and get("block_engine_out") is not None)
 
     def send(self, view: memoryview) -> int:
@@ -150,6 +160,16 @@ class BatchWriter:
 
     def _set(self, name: str, value: Any) -> None:
         setattr(self._packetizer, _PACKETIZER + name, value)
+
+
+def checked_version(version: str) -> bool:
+    """Whether a Paramiko version is one this writer was checked on."""
+    try:
+        release = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    low, high = CHECKED_VERSIONS
+    return low <= release < high
 
 
 class _Message:

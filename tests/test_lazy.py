@@ -1,8 +1,8 @@
-"""Start-up: invoke is loaded only when ssh_config's `Match exec` needs it."""
+"""Start-up: invoke, which Paramiko imports for its own ssh_config reader, is deferred where
+bacpac first imports Paramiko, and importing bacpac itself changes nothing in sys.modules."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +19,16 @@ def _python(code: str, env: Optional[dict] = None) -> str:
     return done.stdout.strip()
 
 
+def test_importing_bacpac_puts_no_stand_in_into_sys_modules() -> None:
+    out = _python("""
+        import sys
+        import bacpac, bacpac.spec
+        print("invoke" in sys.modules, "paramiko" in sys.modules,
+              [n for n, m in sys.modules.items() if type(m).__name__ == "_Deferred"])
+    """)
+    assert out == "False False []"
+
+
 def test_client_start_does_not_load_invoke() -> None:
     out = _python("""
         import sys
@@ -28,26 +38,29 @@ def test_client_start_does_not_load_invoke() -> None:
     assert out == "_Deferred False"
 
 
-def shell_without_ssh(tmp_path: Path) -> Path:
-    """A directory for PATH that holds bash (invoke runs Match exec with it) and no ssh."""
-    directory = tmp_path / "bin"
-    directory.mkdir()
-    (directory / "bash").symlink_to(shutil.which("bash"))
-    return directory
-
-
-def test_match_exec_still_runs_through_the_deferred_invoke(tmp_path) -> None:
-    """Where the OpenSSH client is missing (a PATH without ssh), bacpac's own parser runs."""
+def test_match_exec_in_bacpacs_own_reader_needs_no_invoke(tmp_path) -> None:
+    """Where the OpenSSH client is missing (a PATH without ssh), bacpac's own reader runs."""
     config = tmp_path / "ssh_config"
     config.write_text("Match exec \"/bin/true\"\n    Port 2201\n"
                       "Match exec \"/bin/false\"\n    User nobody\n")
     out = _python(f"""
         import sys
+        import bacpac.ssh
         from bacpac.sshconfig import SshOptions, resolve_host
         cfg = resolve_host("somehost", None, SshOptions(config_file={str(config)!r}))
         print(cfg.port, cfg.user != "nobody", type(sys.modules["invoke"]).__name__)
-    """, env={**os.environ, "PATH": str(shell_without_ssh(tmp_path))})
-    assert out == "2201 True module"
+    """, env={**os.environ, "PATH": str(tmp_path / "no-ssh-here")})
+    assert out == "2201 True _Deferred"
+
+
+def test_a_program_that_uses_invoke_after_bacpac_gets_the_real_one() -> None:
+    out = _python("""
+        import sys
+        import bacpac.ssh
+        import invoke
+        print(invoke.run.__module__, type(sys.modules["invoke"]).__name__)
+    """)
+    assert out == "invoke module"
 
 
 def test_defer_leaves_a_missing_module_missing() -> None:

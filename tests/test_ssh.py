@@ -504,15 +504,53 @@ def test_own_parser_refuses_an_include_inside_a_host_block(tmp_path, monkeypatch
                                    "only by the OpenSSH client (ssh), which is not installed")
 
 
-def test_ssh_g_honours_match_and_tokens(tmp_path) -> None:
-    if shutil.which("ssh") is None:
-        pytest.skip("the OpenSSH client (ssh) is not installed")
+def test_match_and_tokens_are_honoured(tmp_path, config_reader) -> None:
     config = tmp_path / "config"
     config.write_text("Match originalhost lab user root\n  HostName 10.1.2.3\n"
                       f"Host *\n  UserKnownHostsFile {tmp_path}/known_%h_%p\n")
     cfg = resolve_host("lab", "root", SshOptions(config_file=str(config), port=2200))
     assert cfg.hostname == "10.1.2.3"
     assert cfg.known_hosts_files == (f"{tmp_path}/known_10.1.2.3_2200",)
+
+
+def test_match_criteria_negation_quotes_and_equals_signs(tmp_path, config_reader) -> None:
+    config = tmp_path / "config"
+    config.write_text('Host = "lab" other\n  HostName="10.1.2.3"\n'
+                      "Match !originalhost lab\n  Port 2000\n"
+                      "Match host 10.1.2.*,!10.1.2.9 localuser *\n  User second\n"
+                      'Match exec "test %n = other"\n  ConnectTimeout 7\n'
+                      'Match all\n  IdentityFile "/keys/a key"\n')
+
+    def resolved(host: str) -> tuple:
+        cfg = resolve_host(host, None, SshOptions(config_file=str(config)))
+        return cfg.hostname, cfg.port, cfg.user, cfg.connect_timeout, cfg.identity_files
+
+    local = resolve_host("x", None, SshOptions()).user
+    assert resolved("lab") == ("10.1.2.3", 22, "second", None, ("/keys/a key",))
+    assert resolved("other") == ("10.1.2.3", 2000, "second", 7.0, ("/keys/a key",))
+    assert resolved("third") == ("third", 2000, local, None, ("/keys/a key",))
+
+
+def test_own_parser_refuses_a_match_criterion_it_does_not_know(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ssh-here"))
+    config = tmp_path / "config"
+    config.write_text("Match tagged backup\n  Port 2000\n")
+    with pytest.raises(UsageError) as e:
+        resolve_host("lab", None, SshOptions(config_file=str(config)))
+    assert str(e.value) == (f"{config}: Match tagged in the line 'Match tagged backup' is read "
+                            "only by the OpenSSH client (ssh), which is not installed here: "
+                            "install it")
+
+
+def test_own_parser_ends_a_match_exec_that_hangs_at_its_deadline(tmp_path, monkeypatch) -> None:
+    import bacpac.sshconfig_file
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ssh-here"))
+    monkeypatch.setattr(bacpac.sshconfig_file, "MATCH_EXEC_TIMEOUT", 1.0)
+    config = tmp_path / "config"
+    config.write_text('Match exec "/bin/sleep 60"\n  Port 2200\n')
+    with pytest.raises(UsageError) as e:
+        resolve_host("lab", None, SshOptions(config_file=str(config)))
+    assert str(e.value) == f"{config}: Match exec '/bin/sleep 60' did not finish within 1 s"
 
 
 def test_ssh_g_that_hangs_in_match_exec_ends_at_its_deadline(tmp_path, monkeypatch) -> None:
