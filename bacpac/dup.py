@@ -26,7 +26,7 @@ from .events import Counters, JobStarted, JobSummary, Sink
 from .jobs import remote_path, run_tracked, saveset_metadata, warn, where
 from .dedup import SeenChunks
 from .delta import SegmentReader
-from .pipeline import ImageStream, StreamSettings
+from .pipeline import ExtentReader, ImageStream, Producer, StreamSettings
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
 from .spec import Endpoint
 
@@ -139,15 +139,15 @@ class _Stream:
         # In a delta run the receiver feeds this the target's digests as the helper sends them;
         # a queue of each stream's own, so a reader being stopped can never take one.
         self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
-        reader: dict
+        producer: Producer
         if self._request.delta:
-            reader = {"reader_class": SegmentReader, "digests": self.digests}
+            producer = SegmentReader(self.digests)
         elif self._request.backup:
-            reader = {}  # no COPY frames: a backup's helper has no target disk to read back
+            producer = ExtentReader()  # no COPY frames: a backup's helper has no disk to read
         else:
-            reader = {"seen": SeenChunks()}
-        return ImageStream(self._source.fd, self._source.size, settings, here=self._here,
-                           name=self._source.path, **reader)
+            producer = ExtentReader(SeenChunks())
+        return ImageStream(self._source.fd, self._source.size, settings, producer,
+                           here=self._here, name=self._source.path)
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:
