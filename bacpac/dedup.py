@@ -16,9 +16,12 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from remote_helper.devices import is_zero
+
+from .frames import Copy, Data, Frame, Hole
 
 CHUNK = 4 << 10
 MIN_RUN = 16 << 10  # shorter runs cost their frames more than they save (measured: 4-64 KiB)
@@ -28,6 +31,16 @@ KEY = 16  # bytes of a chunk's sha256 the table keys on: collisions are 2^-64 at
 ZERO_KEY = hashlib.sha256(bytes(CHUNK)).digest()[:KEY]
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Bytes lo to hi of a block: new data, or, with a source, a run the image already sent
+    from there on."""
+
+    lo: int
+    hi: int
+    source: Optional[int] = None
+
+
 class SeenChunks:
     """Where in the image each chunk sent so far went, by its digest."""
 
@@ -35,10 +48,10 @@ class SeenChunks:
         self._where: dict[bytes, int] = {}
         self._cap = cap
 
-    def plan(self, offset: int, view: memoryview) -> list[tuple]:
-        """The block at offset as ("data", lo, hi) and ("copy", lo, hi, source) segments, in
-        order, covering it; its new chunks are added to the table."""
-        segments: list[tuple] = []
+    def plan(self, offset: int, view: memoryview) -> list[Segment]:
+        """The block at offset as segments, in order, covering it; its new chunks are added
+        to the table."""
+        segments: list[Segment] = []
         data_from = 0  # start of the data not yet in a segment
         run_lo = run_source = -1  # the current run of seen chunks, if any
         whole = len(view) - len(view) % CHUNK
@@ -48,12 +61,12 @@ class SeenChunks:
                 continue  # the run goes on
             if run_lo >= 0 and pos - run_lo >= MIN_RUN:
                 if run_lo > data_from:
-                    segments.append(("data", data_from, run_lo))
-                segments.append(("copy", run_lo, pos, run_source))
+                    segments.append(Segment(data_from, run_lo))
+                segments.append(Segment(run_lo, pos, run_source))
                 data_from = pos
             run_lo, run_source = (pos, source) if source is not None else (-1, -1)
         if data_from < len(view):
-            segments.append(("data", data_from, len(view)))
+            segments.append(Segment(data_from, len(view)))
         return segments
 
     def _look_up(self, at: int, chunk: memoryview) -> Optional[int]:
@@ -67,17 +80,18 @@ class SeenChunks:
         return source
 
 
-def frames(offset: int, view: memoryview, segments: list[tuple],
-           compress: Callable[[memoryview], bytes]) -> list[tuple]:
-    """The planned block's frames: ("data", off, size, payload), ("copy", off, size, source,
-    sha256) and, for a stretch that is all zeros, ("hole", off, size)."""
-    out: list[tuple] = []
-    for kind, lo, hi, *source in segments:
-        piece = view[lo:hi]
-        if kind == "copy":
-            out.append(("copy", offset + lo, hi - lo, source[0], hashlib.sha256(piece).digest()))
+def frames(offset: int, view: memoryview, segments: list[Segment],
+           compress: Callable[[memoryview], bytes]) -> list[Frame]:
+    """The planned block's frames: a Copy for each repeated run, with its sha256, and a Data
+    for each new stretch, or a Hole for one that is all zeros."""
+    out: list[Frame] = []
+    for segment in segments:
+        at, size = offset + segment.lo, segment.hi - segment.lo
+        piece = view[segment.lo:segment.hi]
+        if segment.source is not None:
+            out.append(Copy(at, size, segment.source, hashlib.sha256(piece).digest()))
         elif is_zero(piece):
-            out.append(("hole", offset + lo, hi - lo))
+            out.append(Hole(at, size))
         else:
-            out.append(("data", offset + lo, hi - lo, compress(piece)))
+            out.append(Data(at, size, compress(piece)))
     return out

@@ -14,12 +14,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import queue
-from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
-from remote_helper.devices import data_extents, is_zero, zero_chunks
+from remote_helper.devices import is_zero, zero_chunks
 
 from .errors import ProtocolError
-from .pipeline import BlockReader, Compressor, Planned, StreamResult, StreamSettings
+from .frames import Data, Frame, Hole, Match
+from .pipeline import BlockReader, Planned
 
 
 @functools.lru_cache(maxsize=8)
@@ -27,81 +28,83 @@ def zero_digest(length: int) -> bytes:
     return hashlib.sha256(bytes(length)).digest()
 
 
-class SegmentReader(BlockReader):
-    """Reads the source segment by segment and plans each against the target's digests."""
+class SegmentReader:
+    """The Producer of a delta run (pipeline.BlockReader runs it): reads the source segment by
+    segment and plans each against the target's digests, which `digests` brings in order."""
 
-    def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: Compressor,
-                 pool: ThreadPoolExecutor, digests: "queue.Queue[tuple[int, bytes]]",
-                 name: str = "source") -> None:
-        super().__init__(fd, size, settings, compressor, pool, name)
+    def __init__(self, digests: "queue.Queue[tuple[int, bytes]]") -> None:
         self._digests = digests
-        self._delta_block = settings.delta_block
-        self._compressor = compressor
 
-    def _produce(self) -> None:
-        for offset in range(0, self._size, self._block):
-            length = min(self._block, self._size - offset)
-            buffer = self._take_buffer()
+    def produce(self, reader: BlockReader) -> None:
+        segment, size = reader.settings.block_size, reader.size
+        for offset in range(0, size, segment):
+            length = min(segment, size - offset)
+            buffer = reader.take_buffer()
             view = memoryview(buffer)[:length]
-            holes = self._read_segment(view, offset)
-            theirs = self._target_digests(offset)
+            holes = _read_segment(reader, view, offset)
+            theirs = self._target_digests(reader, offset)
             plan = functools.partial(plan_segment, offset, view, holes, theirs,
-                                     self._delta_block, self._compressor.compress)
-            self._put(Planned(buffer, length, self._pool.submit(plan)))
-        self._put(StreamResult("", self._size))
+                                     reader.settings.delta_block, reader.compressor.compress)
+            reader.put(Planned(buffer, length, reader.submit(plan)))
 
-    def _read_segment(self, view: memoryview, offset: int) -> list[tuple[int, int]]:
-        """Fill view from the source; holes are zero-filled, not read. Returns the holes."""
-        holes = []
-        for start, run, is_data in data_extents(self._fd, offset, offset + len(view)):
-            rel = start - offset
-            if is_data:
-                self._pread(view[rel:rel + run], start)
-            else:
-                holes.append((rel, run))
-                pos = rel
-                for chunk in zero_chunks(run):  # the buffer is reused: clear what it held
-                    view[pos:pos + len(chunk)] = chunk
-                    pos += len(chunk)
-        return holes
-
-    def _target_digests(self, offset: int) -> bytes:
-        item = self._wait(self._digests)
-        assert isinstance(item, tuple)
-        their_offset, digests = item
+    def _target_digests(self, reader: BlockReader, offset: int) -> bytes:
+        their_offset, digests = reader.wait_for(self._digests)
         if their_offset != offset:
             raise ProtocolError(f"target digests for offset {their_offset}, expected {offset}")
         return digests
 
 
+def _read_segment(reader: BlockReader, view: memoryview, offset: int) -> list[tuple[int, int]]:
+    """Fill view from the source; holes are zero-filled, not read. Returns the holes."""
+    holes = []
+    for start, run, is_data in reader.extents(offset, offset + len(view)):
+        rel = start - offset
+        if is_data:
+            reader.read_into(view[rel:rel + run], start)
+        else:
+            holes.append((rel, run))
+            pos = rel
+            for chunk in zero_chunks(run):  # the buffer is reused: clear what it held
+                view[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+    return holes
+
+
+Compress = Callable[[memoryview], bytes]
+
+
 def plan_segment(offset: int, view: memoryview, holes: list[tuple[int, int]], theirs: bytes,
-                 block: int, compress) -> list[tuple]:
-    """The frames for one segment: ("match"|"hole", off, size) and ("data", off, size, payload)."""
-    kinds = []
+                 block: int, compress: Compress) -> list[Frame]:
+    """The frames for one segment: a Match for each run of blocks the target holds already,
+    a Hole for each run of zeros, and a Data, compressed, for each run of the others."""
+    kinds: list[type[Frame]] = []
     for index, pos in enumerate(range(0, len(view), block)):
         piece = view[pos:pos + block]
         in_hole = any(h <= pos and pos + len(piece) <= h + n for h, n in holes)
         mine = zero_digest(len(piece)) if in_hole else hashlib.sha256(piece).digest()
         if mine == theirs[index * 32:index * 32 + 32]:
-            kinds.append("match")
+            kinds.append(Match)
         elif in_hole or is_zero(piece):
-            kinds.append("hole")
+            kinds.append(Hole)
         else:
-            kinds.append("data")
+            kinds.append(Data)
     return _runs_to_frames(offset, view, kinds, block, compress)
 
 
-def _runs_to_frames(offset: int, view: memoryview, kinds: list[str], block: int,
-                    compress) -> list[tuple]:
-    frames: list[tuple] = []
+def _runs_to_frames(offset: int, view: memoryview, kinds: list[type[Frame]], block: int,
+                    compress: Compress) -> list[Frame]:
+    frames: list[Frame] = []
     start = 0
     for index in range(1, len(kinds) + 1):
-        if index < len(kinds) and kinds[index] == kinds[start]:
+        if index < len(kinds) and kinds[index] is kinds[start]:
             continue
         lo, hi = start * block, min(index * block, len(view))
-        if kinds[start] == "data":
-            frames.append(("data", offset + lo, hi - lo, compress(view[lo:hi])))
+        kind = kinds[start]
+        if kind is Data:
+            frames.append(Data(offset + lo, hi - lo, compress(view[lo:hi])))
+        elif kind is Hole:
+            frames.append(Hole(offset + lo, hi - lo))
         else:
-            frames.append((kinds[start], offset + lo, hi - lo))
+            frames.append(Match(offset + lo, hi - lo))
         start = index
     return frames

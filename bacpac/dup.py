@@ -20,13 +20,12 @@ from remote_helper import devices, protocol
 from remote_helper.protocol import END, MATCH, OPEN
 
 from .disk import Source, close_source, open_source
-from .errors import (BacpacError, DiskFullError, TransferError, UsageError, VerifyError,
-                     interruption)
+from .errors import BacpacError, DiskFullError, TransferError, UsageError, interruption
 from .events import Counters, JobStarted, JobSummary, Sink
-from .jobs import remote_path, run_tracked, saveset_metadata, warn, where
+from .jobs import check_result, naming, remote_path, run_tracked, saveset_metadata, warn, where
 from .dedup import SeenChunks
 from .delta import SegmentReader
-from .pipeline import ImageStream, StreamSettings
+from .pipeline import ExtentReader, ImageStream, Producer, StreamSettings
 from .remote import ConnectOptions, HelperSession, Receiver, open_session
 from .spec import Endpoint
 
@@ -63,28 +62,41 @@ class DupRequest:
         return remote_path(dataclasses.replace(self.target, path=self.saveset))
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One dup or backup under way: what was asked, how to reach the target, and where it
+    reports (its events, under its name, and its summary, filled in as it goes)."""
+
+    request: DupRequest
+    options: ConnectOptions
+    sink: Sink
+    name: str
+    summary: JobSummary
+
+
 def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSummary:
     """Run one dup or backup; emits its events; returns its summary or raises its error."""
-    job = f"{request.source} → {request.target}"
+    name = f"{request.source} → {request.target}"
     summary = JobSummary(command=request.command, source=request.source,
                          target=str(request.target), saveset=request.saveset_path)
-    return run_tracked(sink, job, summary,
-                       lambda s: _dup(request, options, sink, job, s))
+    return run_tracked(sink, name, summary,
+                       lambda s: _dup(_Job(request, options, sink, name, s)))
 
 
-def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
-         summary: JobSummary) -> None:
+def _dup(job: _Job) -> None:
+    request = job.request
     source = open_source(request.source)
     try:
-        summary.bytes_total = source.size
+        job.summary.bytes_total = source.size
         if source.rw_mount:
-            warn(sink, job, summary, _mounted_warning(request.source, *source.rw_mount))
+            warn(job.sink, job.name, job.summary,
+                 _mounted_warning(request.source, *source.rw_mount))
         stream = _Stream(request, source, request.stream)  # works while we connect
         try:
             try:
-                _with_helper(request, source, stream, options, sink, job, summary, request.stream)
+                _with_helper(job, stream, request.stream)
             except _Renegotiate as again:  # that helper refused the stream before writing a byte
-                _with_helper(request, source, stream, options, sink, job, summary, again.settings)
+                _with_helper(job, stream, again.settings)
         finally:
             stream.close()
     finally:
@@ -106,15 +118,13 @@ class _Renegotiate(TransferError):
         self.settings = settings
 
 
-def _with_helper(request: DupRequest, source: Source, stream: "_Stream",
-                 options: ConnectOptions, sink: Sink, job: str, summary: JobSummary,
-                 settings: StreamSettings) -> None:
+def _with_helper(job: _Job, stream: "_Stream", settings: StreamSettings) -> None:
     """The transfer through a helper of its own, with the stream begun in `settings` before
     its HELLO is read (HelperSession.start). The requested settings first: every helper with
     zstd decodes them; one without refuses them, and the next helper is sent what it can."""
-    session = open_session(request.target, options, hello=False, on_route=stream.route)
+    session = open_session(job.request.target, job.options, hello=False, on_route=stream.route)
     try:
-        _transfer(request, source, stream, session, sink, job, summary, settings)
+        _transfer(job, stream, session, settings)
     finally:
         session.close()
 
@@ -125,7 +135,7 @@ class _Stream:
 
     def __init__(self, request: DupRequest, source: Source, settings: StreamSettings) -> None:
         self._request = request
-        self._source = source
+        self.source = source
         self._here = request.target.is_local  # the helper runs on this host
         self.image = self._start(settings)
 
@@ -139,15 +149,15 @@ class _Stream:
         # In a delta run the receiver feeds this the target's digests as the helper sends them;
         # a queue of each stream's own, so a reader being stopped can never take one.
         self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
-        reader: dict
+        producer: Producer
         if self._request.delta:
-            reader = {"reader_class": SegmentReader, "digests": self.digests}
+            producer = SegmentReader(self.digests)
         elif self._request.backup:
-            reader = {}  # no COPY frames: a backup's helper has no target disk to read back
+            producer = ExtentReader()  # no COPY frames: a backup's helper has no disk to read
         else:
-            reader = {"seen": SeenChunks()}
-        return ImageStream(self._source.fd, self._source.size, settings, here=self._here,
-                           name=self._source.path, **reader)
+            producer = ExtentReader(SeenChunks())
+        return ImageStream(self.source.fd, self.source.size, settings, producer,
+                           here=self._here, name=self.source.path)
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:
@@ -159,11 +169,12 @@ class _Stream:
         self.image.close()
 
 
-def _transfer(request: DupRequest, source: Source, stream: _Stream, session: HelperSession,
-              sink: Sink, job: str, summary: JobSummary, settings: StreamSettings) -> None:
+def _transfer(job: _Job, stream: _Stream, session: HelperSession,
+              settings: StreamSettings) -> None:
+    request, source, summary = job.request, stream.source, job.summary
     image = stream.use(settings)
     path = remote_path(request.target)
-    counters = Counters(job, sink)
+    counters = Counters(job.name, job.sink)
     receiver = Receiver(session, path, counters.set_written,
                         lambda frame: stream.digests.put((frame.offset, frame.payload)),
                         functools.partial(_agrees, request, settings, session.host))
@@ -172,10 +183,10 @@ def _transfer(request: DupRequest, source: Source, stream: _Stream, session: Hel
     # refuses it, with nothing written, by an ERROR that the receiver reads in READY's place.
     receiver.send(session.send_json, OPEN, _open_frame(request, source, settings))
     if settings == request.stream:  # not again for a helper that refused them
-        sink.emit(JobStarted(job, request.command, request.source, str(request.target),
-                             request.saveset_path, source.size))
+        job.sink.emit(JobStarted(job.name, request.command, request.source,
+                                 str(request.target), request.saveset_path, source.size))
     try:
-        result = _stream(request, image, session, receiver, counters, summary)
+        result = _stream(job, image, session, receiver, counters)
     except BacpacError as e:
         if request.backup or (e is receiver.error and not receiver.ready):
             raise  # a backup writes no target; a refused OPEN wrote nothing
@@ -297,8 +308,9 @@ class SessionSender:
         return self._receiver.helper_idle
 
 
-def _stream(request: DupRequest, image: ImageStream, session: HelperSession,
-            receiver: Receiver, counters: Counters, summary: JobSummary) -> dict:
+def _stream(job: _Job, image: ImageStream, session: HelperSession, receiver: Receiver,
+            counters: Counters) -> dict:
+    request, summary = job.request, job.summary
     sender = SessionSender(session, receiver, counters, image.settings.delta_block,
                            request.delta)
     try:
@@ -322,28 +334,3 @@ def partly_written(error: BacpacError) -> str:
     """What to tell of a target left half written by `error`: --delta finishes it, unless a
     disk is full, which a second run would only fill again."""
     return PARTLY if isinstance(error, DiskFullError) else PARTLY_WRITTEN
-
-
-def naming(message: str, host: str, where: str) -> str:
-    """ "host: cause" (what the SSH layer says) as "host:path: cause", naming the target."""
-    if message.startswith(f"{host}: "):
-        return f"{where}: {message[len(host) + 2:]}"
-    return message
-
-
-def check_result(verify: bool, where: str, result: dict, check: str = "sha256") -> str:
-    """The source's sha256, once the helper proved the copy the way it was asked to (its own
-    sha256 equal to the source's, or every frame's checksum) and a --verify re-read agrees."""
-    sha256 = str(result["source_sha256"])
-    if result.get("check", "sha256") != check:
-        raise VerifyError(f"{where}: the helper checked the copy by {result.get('check')}, "
-                          f"not by {check} as asked")
-    if check == "sha256" and result.get("sha256") != sha256:
-        raise VerifyError(f"{where}: the target's sha256 {result.get('sha256')} differs from the "
-                          f"source's {sha256}")
-    if verify and "verify_sha256" not in result:
-        raise VerifyError(f"{where}: --verify was asked, but the helper did not re-read the target")
-    if verify and result["verify_sha256"] != sha256:
-        raise VerifyError(f"{where}: re-read of the target gave sha256 "
-                          f"{result.get('verify_sha256')}, the source's is {sha256}")
-    return sha256

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ class RunFailed:
     exit_code: int
 
 
-Event = Any  # one of the dataclasses above
+# What a sink receives: one of the dataclasses above, and nothing else.
+Event = Union[JobStarted, JobProgress, JobMessage, JobFinished, RunFailed]
 
 
 class Sink(Protocol):

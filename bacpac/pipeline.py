@@ -11,8 +11,10 @@
 # Hashing has a thread of its own because it is the longest serial step: between the reader's
 # reads it left the disk idle, and in the sender it held up the sends. Memory is the pool (a few
 # blocks) plus the compressed blocks in flight: bounded by configuration, never by the disk.
-# On a slow link the reader also finds content the image already sent (dedup.py) and plans the
-# block as COPY frames and the DATA frames between them.
+# What is read, and how it is planned, is the reader's Producer: ExtentReader here, for a full
+# copy; delta.SegmentReader for a delta run. On a slow link ExtentReader also finds content the
+# image already sent (dedup.py) and plans the block as COPY frames and the DATA frames between
+# them. Planned frames are the typed values of frames.py, which the sender dispatches on.
 # zstandard, zlib, hashlib and pread all release the GIL, so the two cores are both kept busy.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, TypeVar, Union
+from typing import Callable, Iterator, Optional, Protocol, TypeVar, Union
 
 import zstandard
 
@@ -38,6 +40,7 @@ from remote_helper.devices import data_extents, is_zero, zero_chunks
 
 from . import dedup
 from .errors import TransferError
+from .frames import Copy, Data, Frame, Hole
 from .pacing import LOCAL_LEVEL, START_LEVEL, Pacer
 
 T = TypeVar("T")
@@ -97,12 +100,6 @@ class StreamResult:
 
 
 @dataclass(frozen=True)
-class _Hole:
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
 class _Block:
     offset: int
     size: int
@@ -118,16 +115,15 @@ class _Block:
 
 @dataclass(frozen=True)
 class Planned:
-    """A buffer whose frames were worked out on the pool: ("data", offset, size, payload),
-    ("hole", offset, size), ("match", offset, size) or ("copy", offset, size, source, sha256)
-    tuples, in order. Its first `size` bytes are the segment's content, holes included."""
+    """A buffer whose frames were worked out on the pool, in order. Its first `size` bytes are
+    the segment's content, holes included."""
 
     buffer: mmap.mmap
     size: int
-    frames: "Future[list[tuple]]"
+    frames: "Future[list[Frame]]"
 
 
-_Item = Union[_Hole, _Block, Planned, StreamResult, BaseException]
+_Item = Union[Hole, _Block, Planned, StreamResult, BaseException]
 
 
 class Compressor:
@@ -159,36 +155,41 @@ class Compressor:
         return level, cctx.compress(data)
 
 
-class BlockReader:
-    """The reader thread: extents → blocks and zero runs, queued in stream order; and the
-    hashing thread, which passes them on to `items` once hashed.
+class Producer(Protocol):
+    """What the reader thread runs: it walks the source and hands `reader.put` its holes,
+    blocks and planned buffers, in stream order (ExtentReader, delta.SegmentReader)."""
 
-    Subclasses (delta.SegmentReader) override _produce() and reuse the buffers and the queues.
-    With `seen`, blocks read while the level is dedup.LEVEL or more are planned against it.
-    A read error is a TransferError naming the source (`name`), the offset and the cause.
+    def produce(self, reader: "BlockReader") -> None: ...
+
+
+class BlockReader:
+    """The reader thread, which runs a Producer over the source, and the hashing thread, which
+    passes what it queued on to `items` once hashed.
+
+    The Producer decides what is read and how it is planned, through the public methods
+    below; this owns the threads, the queues, the buffers and the reads. A read error is a
+    TransferError naming the source (`name`), the offset and the cause.
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings, compressor: "Compressor",
-                 pool: ThreadPoolExecutor, name: str = "source",
-                 seen: Optional[dedup.SeenChunks] = None) -> None:
+                 pool: ThreadPoolExecutor, producer: Producer, name: str = "source") -> None:
         self._fd = fd
         self._name = name
-        self._seen = seen
-        self._size = size
-        self._block = settings.block_size
-        self._compressor = compressor
+        self.size = size
+        self.settings = settings
+        self.compressor = compressor
         self._pool = pool
+        self._producer = producer
         depth = 2 * settings.threads + 2
         self._read: queue.Queue[_Item] = queue.Queue(2)  # read, not yet hashed
         # Hashed, for the sender. Those still holding their buffers are bounded by the buffers.
         self.items: queue.Queue[_Item] = queue.Queue(BACKLOG)
         self._buffers: queue.Queue[mmap.mmap] = queue.Queue()
         for _ in range(depth + settings.threads + 3):
-            self._buffers.put(directio.buffer(self._block))
+            self._buffers.put(directio.buffer(settings.block_size))
         # Aligned reads go through this O_DIRECT twin of fd: no page-cache copy (directio.py).
         self._direct = directio.reopen(fd, os.O_RDONLY)
         self._stop = threading.Event()
-        self._hole: Optional[_Hole] = None
         self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
         self._hasher = threading.Thread(target=self._hash_all, name="hasher", daemon=True)
 
@@ -200,16 +201,35 @@ class BlockReader:
         self._stop.set()
 
     def release(self, buffer: mmap.mmap) -> None:
+        """Give a buffer back to the pool the reads take theirs from."""
         self._buffers.put(buffer)
+
+    def take_buffer(self) -> mmap.mmap:
+        """A free buffer of settings.block_size bytes, once one is given back."""
+        return self.wait_for(self._buffers)
+
+    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, is_data) runs of the source between start and end."""
+        return data_extents(self._fd, start, end)
+
+    def submit(self, work: Callable[..., T], *args: object) -> "Future[T]":
+        """Run work(*args) on the compressor pool."""
+        return self._pool.submit(work, *args)
+
+    def put(self, item: _Item) -> None:
+        """Queue the producer's next item for the hashing thread, unless the sender gives up
+        first."""
+        self._put(item, self._read)
 
     def _run(self) -> None:
         try:
-            self._produce()
+            self._producer.produce(self)
+            self.put(StreamResult("", self.size))
         except _Stopped:
             return  # the sender gave up first and knows why
         except BaseException as e:  # handed on to the sending thread, which raises it
             try:
-                self._put(self._read_error(e) if isinstance(e, OSError) else e)
+                self.put(self._read_error(e) if isinstance(e, OSError) else e)
             except _Stopped:
                 return
         finally:
@@ -220,8 +240,8 @@ class BlockReader:
         digest = hashlib.sha256()
         try:
             while True:
-                item = self._wait(self._read)
-                if isinstance(item, _Hole):
+                item = self.wait_for(self._read)
+                if isinstance(item, Hole):
                     # Its frame needs nothing of the hash: sent at once, hashed after. The
                     # sample image ends in an 895 MiB hole, 0.6 s of sha256 the helper's
                     # final fsync now runs under instead of after.
@@ -260,43 +280,7 @@ class BlockReader:
         if level < EARLY_BELOW and 2 * len(payload) <= size and claim.acquire(blocking=False):
             self.release(buffer)
 
-    def _produce(self) -> None:
-        for offset, length, is_data in data_extents(self._fd, 0, self._size):
-            if is_data:
-                self._read_extent(offset, length)
-            else:
-                self._zero_run(offset, length)
-        self._flush_hole()
-        self._put(StreamResult("", self._size))
-
-    def _read_extent(self, offset: int, length: int) -> None:
-        end = offset + length
-        while offset < end:
-            # Blocks stay on the block-size grid, so a block never straddles two extents' worth
-            # of reads and frames line up from run to run.
-            size = min(end, (offset // self._block + 1) * self._block) - offset
-            buffer = self._take_buffer()
-            view = memoryview(buffer)[:size]
-            self._pread(view, offset)
-            if is_zero(view):
-                self.release(buffer)
-                self._zero_run(offset, size)
-            else:
-                self._flush_hole()
-                self._put(self._compress(offset, buffer, view))
-            offset += size
-
-    def _compress(self, offset: int, buffer: mmap.mmap, view: memoryview) -> _Item:
-        """The block on its way to the pool: as copies and data where it repeats the image."""
-        if self._seen is not None and self._compressor.level >= dedup.LEVEL:
-            segments = self._seen.plan(offset, view)
-            if len(segments) > 1 or segments[0][0] != "data":
-                return Planned(buffer, len(view), self._pool.submit(
-                    dedup.frames, offset, view, segments, self._compressor.compress))
-        compressed = self._pool.submit(self._compressor.compress_block, view)
-        return _Block(offset, len(view), buffer, compressed)
-
-    def _pread(self, view: memoryview, offset: int) -> None:
+    def read_into(self, view: memoryview, offset: int) -> None:
         """Fill view from the source at offset: directly where aligned, else buffered."""
         done = 0
         try:
@@ -305,7 +289,7 @@ class BlockReader:
                 n = os.preadv(self._fd, [view[done:]], offset + done)
                 if n == 0:
                     raise TransferError(f"{self._name}: ended at byte {offset + done}, before "
-                                        f"its size of {self._size} bytes (did it shrink?)")
+                                        f"its size of {self.size} bytes (did it shrink?)")
                 done += n
         except OSError as e:
             raise self._read_error(e, offset + done) from None
@@ -339,19 +323,7 @@ class BlockReader:
             done += n
         return done
 
-    def _zero_run(self, offset: int, length: int) -> None:
-        if self._hole is not None and self._hole.offset + self._hole.size == offset:
-            self._hole = _Hole(self._hole.offset, self._hole.size + length)
-        else:
-            self._flush_hole()
-            self._hole = _Hole(offset, length)
-
-    def _flush_hole(self) -> None:
-        if self._hole is not None:
-            self._put(self._hole)
-            self._hole = None
-
-    def _wait(self, source: "queue.Queue[object]") -> object:
+    def wait_for(self, source: "queue.Queue[T]") -> T:
         """The next item of `source`, unless the sender gives up first."""
         while not self._stop.is_set():
             try:
@@ -360,21 +332,76 @@ class BlockReader:
                 continue
         raise _Stopped()
 
-    def _take_buffer(self) -> mmap.mmap:
-        buffer = self._wait(self._buffers)
-        assert isinstance(buffer, mmap.mmap)
-        return buffer
-
-    def _put(self, item: _Item, to: "Optional[queue.Queue[_Item]]" = None) -> None:
-        """Queue item for the hashing thread (or `to`), unless the sender gives up first."""
-        target = self._read if to is None else to
+    def _put(self, item: _Item, to: "queue.Queue[_Item]") -> None:
+        """Queue item on `to`, unless the sender gives up first."""
         while not self._stop.is_set():
             try:
-                target.put(item, timeout=0.2)
+                to.put(item, timeout=0.2)
                 return
             except queue.Full:
                 continue
         raise _Stopped()
+
+
+class ExtentReader:
+    """The Producer of a full copy: the source's data extents, read as blocks on the
+    block-size grid, and its holes and all-zero blocks as zero runs.
+
+    With `seen`, blocks read while the level is dedup.LEVEL or more are planned against the
+    content already sent. One is made for each stream: it keeps the zero run under way.
+    """
+
+    def __init__(self, seen: Optional[dedup.SeenChunks] = None) -> None:
+        self._seen = seen
+        self._hole: Optional[Hole] = None
+
+    def produce(self, reader: BlockReader) -> None:
+        for offset, length, is_data in reader.extents(0, reader.size):
+            if is_data:
+                self._read_extent(reader, offset, length)
+            else:
+                self._zero_run(reader, offset, length)
+        self._flush_hole(reader)
+
+    def _read_extent(self, reader: BlockReader, offset: int, length: int) -> None:
+        block, end = reader.settings.block_size, offset + length
+        while offset < end:
+            # Blocks stay on the block-size grid, so a block never straddles two extents' worth
+            # of reads and frames line up from run to run.
+            size = min(end, (offset // block + 1) * block) - offset
+            buffer = reader.take_buffer()
+            view = memoryview(buffer)[:size]
+            reader.read_into(view, offset)
+            if is_zero(view):
+                reader.release(buffer)
+                self._zero_run(reader, offset, size)
+            else:
+                self._flush_hole(reader)
+                reader.put(self._compress(reader, offset, buffer, view))
+            offset += size
+
+    def _compress(self, reader: BlockReader, offset: int, buffer: mmap.mmap,
+                  view: memoryview) -> _Item:
+        """The block on its way to the pool: as copies and data where it repeats the image."""
+        compressor = reader.compressor
+        if self._seen is not None and compressor.level >= dedup.LEVEL:
+            segments = self._seen.plan(offset, view)
+            if any(segment.source is not None for segment in segments):
+                return Planned(buffer, len(view), reader.submit(
+                    dedup.frames, offset, view, segments, compressor.compress))
+        return _Block(offset, len(view), buffer, reader.submit(compressor.compress_block, view))
+
+    def _zero_run(self, reader: BlockReader, offset: int, length: int) -> None:
+        if self._hole is not None and self._hole.offset + self._hole.size == offset:
+            self._hole = Hole(self._hole.offset, self._hole.size + length)
+        else:
+            self._flush_hole(reader)
+            self._hole = Hole(offset, length)
+
+    def _flush_hole(self, reader: BlockReader) -> None:
+        if self._hole is not None:
+            reader.put(self._hole)
+            self._hole = None
 
 
 class _Stopped(Exception):
@@ -389,19 +416,19 @@ class ImageStream:
     Only the queue's few blocks are done ahead, at the start level, so a slow link, whose level
     climbs once sending shows it slow, pays for no more than before. With here (the target is
     known to be on this host from the start), they are done at pacing.LOCAL_LEVEL. `name`
-    is the source's, for messages.
+    is the source's, for messages; `producer` reads and plans it (an ExtentReader by default).
     """
 
     def __init__(self, fd: int, size: int, settings: StreamSettings,
-                 reader_class: type = BlockReader, here: bool = False, name: str = "source",
-                 **reader_args: object) -> None:
+                 producer: Optional[Producer] = None, here: bool = False,
+                 name: str = "source") -> None:
         self.settings = settings
         self._compressor = Compressor(settings.codec, settings.level)
         if here:
             self.to_this_host()
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
-        self._reader = reader_class(fd, size, settings, self._compressor, self._pool,
-                                    name=name, **reader_args)
+        self._reader = BlockReader(fd, size, settings, self._compressor, self._pool,
+                                   producer or ExtentReader(), name)
         self._reader.start()
 
     def to_this_host(self) -> None:
@@ -479,7 +506,7 @@ def _result(future: "Future[T]", sender: FrameSender) -> T:
 
 def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: FrameSender,
           pacer: Pacer) -> None:
-    if isinstance(item, _Hole):
+    if isinstance(item, Hole):
         sender.hole(item.offset, item.size)
     elif isinstance(item, _Block):
         if item.again:  # a wait chosen for fewer bytes on a slow link, not a CPU short of time
@@ -494,13 +521,17 @@ def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: Fr
         frames = pacer.compressed(lambda: _result(item.frames, sender))
         reader.release(item.buffer)
         for frame in frames:
-            if frame[0] == "data":
-                data = frame
-                pacer.send(lambda: sender.block(data[1], data[2], compressor.flags, data[3]),
-                           len(data[3]))
-            elif frame[0] == "hole":
-                sender.hole(frame[1], frame[2])
-            elif frame[0] == "copy":
-                sender.copy(*frame[1:])
-            else:
-                sender.match(frame[1], frame[2])
+            _send_planned(frame, compressor, sender, pacer)
+
+
+def _send_planned(frame: Frame, compressor: "Compressor", sender: FrameSender,
+                  pacer: Pacer) -> None:
+    if isinstance(frame, Data):
+        pacer.send(lambda: sender.block(frame.offset, frame.size, compressor.flags,
+                                        frame.payload), len(frame.payload))
+    elif isinstance(frame, Hole):
+        sender.hole(frame.offset, frame.size)
+    elif isinstance(frame, Copy):
+        sender.copy(frame.offset, frame.size, frame.source, frame.digest)
+    else:
+        sender.match(frame.offset, frame.size)

@@ -10,8 +10,9 @@ import subprocess
 import pytest
 
 from bacpac import dedup
-from bacpac.dedup import CHUNK, MIN_RUN, SeenChunks
-from bacpac.pipeline import StreamSettings
+from bacpac.dedup import CHUNK, MIN_RUN, SeenChunks, Segment
+from bacpac.frames import Copy, Data, Hole
+from bacpac.pipeline import ExtentReader, StreamSettings
 from clirun import MiB, bacpac, random_bytes, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import requires_root
@@ -27,17 +28,17 @@ def block_of(*pieces: bytes) -> memoryview:
 def test_a_repeated_run_in_a_later_block_becomes_one_copy_of_where_it_first_went() -> None:
     seen = SeenChunks()
     a, b, c = random_bytes(64 * KiB, 1), random_bytes(32 * KiB, 2), random_bytes(32 * KiB, 3)
-    assert seen.plan(4 * MiB, block_of(a, b)) == [("data", 0, 96 * KiB)]
+    assert seen.plan(4 * MiB, block_of(a, b)) == [Segment(0, 96 * KiB)]
     assert seen.plan(8 * MiB, block_of(c, a[16 * KiB:], c)) == [
-        ("data", 0, 32 * KiB), ("copy", 32 * KiB, 80 * KiB, 4 * MiB + 16 * KiB),
-        ("copy", 80 * KiB, 112 * KiB, 8 * MiB)]  # c, the second time
+        Segment(0, 32 * KiB), Segment(32 * KiB, 80 * KiB, source=4 * MiB + 16 * KiB),
+        Segment(80 * KiB, 112 * KiB, source=8 * MiB)]  # c, the second time
 
 
 def test_a_repeat_within_one_block_copies_from_earlier_in_it() -> None:
     a = random_bytes(MIN_RUN, 4)
     assert SeenChunks().plan(0, block_of(a, a, a)) == [
-        ("data", 0, MIN_RUN), ("copy", MIN_RUN, 2 * MIN_RUN, 0),
-        ("copy", 2 * MIN_RUN, 3 * MIN_RUN, 0)]
+        Segment(0, MIN_RUN), Segment(MIN_RUN, 2 * MIN_RUN, source=0),
+        Segment(2 * MIN_RUN, 3 * MIN_RUN, source=0)]
 
 
 def test_runs_shorter_than_the_minimum_and_broken_runs_stay_data() -> None:
@@ -47,33 +48,33 @@ def test_runs_shorter_than_the_minimum_and_broken_runs_stay_data() -> None:
     short = a[:MIN_RUN - CHUNK]
     # each half of `broken` is seen, but from places that are not one run
     broken = a[MIN_RUN:MIN_RUN + MIN_RUN // 2] + a[:MIN_RUN // 2]
-    assert seen.plan(MiB, block_of(short, broken)) == [("data", 0, len(short) + len(broken))]
+    assert seen.plan(MiB, block_of(short, broken)) == [Segment(0, len(short) + len(broken))]
 
 
 def test_zero_chunks_are_never_copied_nor_copied_from() -> None:
     seen = SeenChunks()
     zeros = bytes(4 * MIN_RUN)
-    assert seen.plan(0, block_of(zeros)) == [("data", 0, len(zeros))]
-    assert seen.plan(MiB, block_of(zeros)) == [("data", 0, len(zeros))]
+    assert seen.plan(0, block_of(zeros)) == [Segment(0, len(zeros))]
+    assert seen.plan(MiB, block_of(zeros)) == [Segment(0, len(zeros))]
 
 
 def test_an_unaligned_tail_is_data_and_a_full_table_adds_nothing_more() -> None:
     seen = SeenChunks(cap=4)
     a, b = random_bytes(MIN_RUN, 6), random_bytes(MIN_RUN, 7)
-    assert seen.plan(0, block_of(a, b, b"tail")) == [("data", 0, 2 * MIN_RUN + 4)]
+    assert seen.plan(0, block_of(a, b, b"tail")) == [Segment(0, 2 * MIN_RUN + 4)]
     # only a's four chunks made the table: b is looked up, never found
-    assert seen.plan(MiB, block_of(b, a)) == [("data", 0, MIN_RUN),
-                                             ("copy", MIN_RUN, 2 * MIN_RUN, 0)]
+    assert seen.plan(MiB, block_of(b, a)) == [Segment(0, MIN_RUN),
+                                             Segment(MIN_RUN, 2 * MIN_RUN, source=0)]
 
 
 def test_frames_carry_each_copys_sha256_and_make_zero_stretches_holes() -> None:
     a = random_bytes(MIN_RUN, 8)
     view = block_of(a, bytes(MIN_RUN), a)
-    segments = [("data", 0, MIN_RUN), ("data", MIN_RUN, 2 * MIN_RUN),
-                ("copy", 2 * MIN_RUN, 3 * MIN_RUN, 0)]
+    segments = [Segment(0, MIN_RUN), Segment(MIN_RUN, 2 * MIN_RUN),
+                Segment(2 * MIN_RUN, 3 * MIN_RUN, source=0)]
     frames = dedup.frames(MiB, view, segments, lambda piece: b"z" + bytes(piece))
-    assert frames == [("data", MiB, MIN_RUN, b"z" + a), ("hole", MiB + MIN_RUN, MIN_RUN),
-                      ("copy", MiB + 2 * MIN_RUN, MIN_RUN, 0, hashlib.sha256(a).digest())]
+    assert frames == [Data(MiB, MIN_RUN, b"z" + a), Hole(MiB + MIN_RUN, MIN_RUN),
+                      Copy(MiB + 2 * MIN_RUN, MIN_RUN, 0, hashlib.sha256(a).digest())]
 
 
 class CollectCopies(Collect):
@@ -92,7 +93,7 @@ def test_the_reader_looks_for_repeats_only_from_its_level_on(tmp_path, level, co
     a = random_bytes(2 * MiB, 9)
     source = write_file(tmp_path / "s.img", 16 * MiB, {MiB: a, 9 * MiB + 3 * CHUNK: a})
     sink, result = stream(source, StreamSettings(threads=2, level=level, adaptive=False),
-                          sink=CollectCopies, seen=SeenChunks())
+                          sink=CollectCopies, producer=ExtentReader(SeenChunks()))
     assert getattr(sink, "copied", 0) == copied
     assert bytes(sink.image) == source.read_bytes()
     assert result.sha256 == sha256_of(source)

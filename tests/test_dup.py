@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bacpac.dup import check_result
+from bacpac.jobs import check_result
 from bacpac.errors import VerifyError
 from bacpac.pacing import LOCAL_LEVEL, START_LEVEL
 from bacpac.remote import helper_payload
