@@ -74,7 +74,7 @@ def test_parse_header_accepts_only_lengths_under_the_cap(head: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pieces=st.lists(st.one_of(headers, st.binary(max_size=64),
+@given(pieces=st.lists(st.one_of(headers, st.binary(min_size=1, max_size=64),
                                  st.sampled_from([protocol.encode_json(OPEN, {"a": 1}),
                                                   protocol.encode_hole(0, 4096),
                                                   protocol.encode(DATA, b"x" * 100, 0, 0, 100)])),
@@ -84,7 +84,8 @@ def test_decoder_fed_signed_headers_and_garbage_raises_only_protocol_error(
         pieces: list, eof: bool) -> None:
     """Valid frames, garbage and well-signed lying headers in any mix: frames or
     RemoteProtocolError, and the decoder never holds more than it was fed (no allocation from a
-    header's word)."""
+    header's word). No piece is empty: b"" is end of input, and feeding more after it is a
+    LocalProtocolError."""
     decoder = protocol.Decoder()
     fed = 0
     try:
