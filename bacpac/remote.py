@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from remote_helper import protocol
+from remote_helper.errors import RemoteProtocolError
 from remote_helper.protocol import DIGESTS, ERROR, PROGRESS, READY, RESULT, Frame
 
 from .channel import Channel, LocalChannel
@@ -178,7 +179,7 @@ def _hello_at(data: bytes) -> Optional[int]:
         try:
             if protocol.parse_header(data[at:at + protocol.HEADER_SIZE])[0] == protocol.HELLO:
                 return at
-        except protocol.ProtocolError:
+        except RemoteProtocolError:
             pass
         at = data.find(protocol.MAGIC, at + 1)
     return None
@@ -274,7 +275,7 @@ class HelperSession:
         if frame.type != protocol.HELLO:
             raise TransferError(f"{self.host}: expected HELLO from the helper, "
                                 f"got {protocol.type_name(frame.type)}")
-        hello = frame.json()
+        hello = self.json(frame)
         if hello.get("protocol") != protocol.PROTOCOL_VERSION:
             raise TransferError(f"{self.host}: the helper speaks protocol version "
                                 f"{hello.get('protocol')}, this client {protocol.PROTOCOL_VERSION}")
@@ -348,14 +349,26 @@ class HelperSession:
         while True:
             try:
                 frame = self._decoder.next_frame()
-            except protocol.ProtocolError as e:
-                raise ProtocolError(f"{self.host}: {e.message}")
+            except RemoteProtocolError as e:
+                raise self._broke_protocol(e) from None
             if frame is not None:
                 return frame
             data = self.channel.read(1 << 16)
             self._decoder.feed(data)
             if not data and self._decoder.at_eof:
                 raise self._died()
+
+    def json(self, frame: Frame) -> dict:
+        """The payload of a control frame from the helper, decoded."""
+        try:
+            return frame.json()
+        except RemoteProtocolError as e:
+            raise self._broke_protocol(e) from None
+
+    def _broke_protocol(self, error: RemoteProtocolError) -> ProtocolError:
+        """The codec's error for bytes the helper sent, naming it (a LocalProtocolError, our
+        own misuse of the codec, is a bug and goes on as it is)."""
+        return ProtocolError(f"{self.host}: the helper broke the protocol: {error.message}")
 
     def request(self, frame_type: int, obj: dict, reply: int, where: str) -> dict:
         """Send one control frame and wait for the reply; an ERROR reply raises."""
@@ -365,11 +378,11 @@ class HelperSession:
 
     def expect(self, frame: Frame, reply: int, where: str) -> dict:
         if frame.type == ERROR:
-            raise self.rebuild(frame.json(), where)
+            raise self.rebuild(self.json(frame), where)
         if frame.type != reply:
             raise ProtocolError(f"{self.host}: expected {protocol.type_name(reply)}, "
                                 f"got {protocol.type_name(frame.type)}")
-        return frame.json()
+        return self.json(frame)
 
     def rebuild(self, error: dict, where: str) -> BacpacError:
         return from_remote(str(error.get("kind")), str(error.get("message")), self.host, where)
@@ -434,7 +447,7 @@ class Receiver:
             while True:
                 frame = self._session.recv()
                 if frame.type == PROGRESS:
-                    progress = frame.json()
+                    progress = self._session.json(frame)
                     self.helper_idle = float(progress.get("idle", 0.0))
                     self._on_progress(int(progress.get("written", 0)))
                     continue

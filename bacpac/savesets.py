@@ -129,11 +129,11 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
                           frame.payload)
             counters.add(read=frame.size, sent=len(frame.payload))
         elif frame.type == END:
-            end = frame.json()
+            end = reader.json(frame)
             receiver.send(writer.send_json, END, end)
             break
         elif frame.type == ERROR:
-            raise _SavesetFailed(reader.rebuild(frame.json(), ""))
+            raise _SavesetFailed(reader.rebuild(reader.json(frame), ""))
         else:
             raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
                                 "while reading the saveset")

@@ -41,6 +41,16 @@ class ProtocolError(HelperError):
     kind = "ProtocolError"
 
 
+class LocalProtocolError(ProtocolError):
+    """This side misused the codec (a payload over the cap, bytes fed after end of input): a
+    bug here, not a fault of the peer (after h11)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the wire format: each end names its peer when it says so
+    (after h11)."""
+
+
 class IntegrityError(HelperError):
     """Data arrived intact on the wire but does not match what was promised (sha256, sizes)."""
 
@@ -51,8 +61,9 @@ def as_helper_error(error, context=None):
     # type: (BaseException, object) -> HelperError
     """error as a HelperError, for an ERROR frame. A HelperError says where it happened
     already; any other is led by `context` (the path, what was being done), so that even an
-    unexpected error, in any thread, reaches the client as one line it can place."""
-    if isinstance(error, HelperError):
+    unexpected error, in any thread, reaches the client as one line it can place. A misuse
+    of the codec is a bug, and is told as one."""
+    if isinstance(error, HelperError) and not isinstance(error, LocalProtocolError):
         return error
     lead = "%s: " % context if context else ""
     if isinstance(error, OSError):

@@ -19,7 +19,7 @@ import threading
 import time
 
 from . import codecs, devices, protocol, zstdframe
-from .errors import IntegrityError, ProtocolError, as_helper_error
+from .errors import IntegrityError, ProtocolError, RemoteProtocolError, as_helper_error
 from .delta import TargetSegments
 from .protocol import COPY, DATA, END, ERROR, HOLE, MATCH, OPEN, PROGRESS, READY, RESULT
 from .saveset_jobs import run_info, run_read_saveset, run_verify
@@ -91,28 +91,33 @@ class Output(object):
 
 
 class Input(object):
-    """Frames from stdin: exact reads of a header, then of its payload (no extra copy)."""
+    """Frames from stdin, through the codec the client uses too. Each read asks for exactly the
+    bytes the frame still needs, so a payload arrives as one bytes object, which the decoder
+    hands back as it is: no copy beyond the read itself."""
 
     def __init__(self, stream):
         # type: (object) -> None
         self._stream = stream
+        self._decoder = protocol.Decoder()
         self.idle = 0.0  # seconds spent waiting for input: the client paces itself by it
 
     def next(self):
         # type: () -> protocol.Frame
-        head = self._read_exact(protocol.HEADER_SIZE)
-        frame_type, flags, length, offset, size, crc = protocol.parse_header(head)
-        payload = self._read_exact(length) if length else b""
-        protocol.check_payload(frame_type, payload, crc)
-        return protocol.Frame(frame_type, flags, offset, size, payload)
+        """The next frame; ClientGone if input ends between frames (before END), the
+        decoder's RemoteProtocolError if it ends inside one."""
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            if self._decoder.at_eof:
+                raise ClientGone()  # before END, so the client or the link died
+            self._decoder.feed(self._read(self._decoder.needed))
 
-    def _read_exact(self, n):
+    def _read(self, n):
         # type: (int) -> bytes
         start = time.monotonic()
         data = self._stream.read(n)  # a buffered read: blocks until n bytes or end of input
         self.idle += time.monotonic() - start
-        if len(data) != n:
-            raise ClientGone()  # before END, so the client or the link died
         return data
 
 
@@ -318,6 +323,8 @@ def serve(inp, out):
 
 def error_frame(error):
     # type: (BaseException) -> dict
+    if isinstance(error, RemoteProtocolError):  # the codec names no peer: here, the client
+        error = ProtocolError("protocol violation by the client: %s" % error.message)
     where = (error.filename or "target") if isinstance(error, OSError) else None
     return as_helper_error(error, where).to_dict()
 

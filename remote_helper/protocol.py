@@ -8,15 +8,17 @@
 # payload and one of the header itself, so a corrupt length is caught before we trust it.
 # Control payloads are small JSON objects; data payloads are compressed blocks. The Decoder is
 # fed whatever bytes arrive, in any pieces, and hands back whole frames; b"" marks end of
-# input, after which a partial frame is an error.
+# input, after which a partial frame is an error. Bytes that break the format raise
+# RemoteProtocolError (each end names its peer when it tells the user), a misuse of the codec
+# LocalProtocolError (a bug on this side).
 # Nothing here touches a file, a socket, a thread or a clock (after h11).
 """
 import json
 import struct
 import zlib
-from collections import namedtuple
+from collections import deque, namedtuple
 
-from .errors import ProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_VERSION = 1
 
@@ -70,9 +72,9 @@ class Frame(namedtuple("Frame", "type flags offset size payload")):
         try:
             value = json.loads(bytes(self.payload).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise ProtocolError("bad %s payload: %s" % (type_name(self.type), e))
+            raise RemoteProtocolError("bad %s payload: %s" % (type_name(self.type), e))
         if not isinstance(value, dict):
-            raise ProtocolError("bad %s payload: not an object" % type_name(self.type))
+            raise RemoteProtocolError("bad %s payload: not an object" % type_name(self.type))
         return value
 
 
@@ -86,7 +88,8 @@ def header(frame_type, payload, offset=0, flags=0, size=0):
     """The 32-byte header for `payload`; send it, then the payload, with no concatenation."""
     length = len(payload)
     if length > MAX_PAYLOAD:
-        raise ProtocolError("payload of %d bytes is over the %d-byte cap" % (length, MAX_PAYLOAD))
+        raise LocalProtocolError("payload of %d bytes is over the %d-byte cap"
+                                 % (length, MAX_PAYLOAD))
     crc = zlib.crc32(payload) & 0xFFFFFFFF
     head = HEADER.pack(MAGIC, frame_type, flags, length, offset, size, crc, 0)[:-4]
     return head + struct.pack(">I", zlib.crc32(head) & 0xFFFFFFFF)
@@ -117,11 +120,11 @@ def parse_copy(frame):
     # type: (Frame) -> tuple
     """(source offset, sha256) of a COPY frame, which must copy from strictly before itself."""
     if len(frame.payload) != COPY_PAYLOAD.size:
-        raise ProtocolError("COPY frame of %d bytes, not %d" % (len(frame.payload),
+        raise RemoteProtocolError("COPY frame of %d bytes, not %d" % (len(frame.payload),
                                                                  COPY_PAYLOAD.size))
     source, digest = COPY_PAYLOAD.unpack(frame.payload)
     if source + frame.size > frame.offset:
-        raise ProtocolError("COPY of %d bytes to offset %d from offset %d: not from before it"
+        raise RemoteProtocolError("COPY of %d bytes to offset %d from offset %d: not from before it"
                             % (frame.size, frame.offset, source))
     return source, digest
 
@@ -131,17 +134,17 @@ def parse_header(head, max_payload=MAX_PAYLOAD):
     """Check a 32-byte header; returns (type, flags, length, offset, size, payload_crc)."""
     magic, frame_type, flags, length, offset, size, crc, head_crc = HEADER.unpack(head)
     if magic != MAGIC:
-        raise ProtocolError("bad frame magic %r: not a bacpac stream" % magic)
+        raise RemoteProtocolError("bad frame magic %r: not a bacpac stream" % magic)
     if zlib.crc32(head[:-4]) & 0xFFFFFFFF != head_crc:
-        raise ProtocolError("corrupt frame header (checksum mismatch)")
+        raise RemoteProtocolError("corrupt frame header (checksum mismatch)")
     if frame_type not in TYPE_NAMES:
-        raise ProtocolError("unknown frame type %d" % frame_type)
+        raise RemoteProtocolError("unknown frame type %d" % frame_type)
     cap = MAX_CONTROL if frame_type in CONTROL_TYPES else max_payload
     if length > cap:
-        raise ProtocolError(
+        raise RemoteProtocolError(
             "%s frame of %d bytes is over the %d-byte cap" % (type_name(frame_type), length, cap))
     if size > max_payload and frame_type in (DATA, COPY):  # both are held in memory whole
-        raise ProtocolError("%s frame of %d bytes is over the %d-byte cap"
+        raise RemoteProtocolError("%s frame of %d bytes is over the %d-byte cap"
                             % (type_name(frame_type), size, max_payload))
     return frame_type, flags, length, offset, size, crc
 
@@ -149,64 +152,99 @@ def parse_header(head, max_payload=MAX_PAYLOAD):
 def check_payload(frame_type, payload, crc):
     # type: (int, bytes, int) -> None
     if zlib.crc32(payload) & 0xFFFFFFFF != crc:
-        raise ProtocolError("corrupt %s payload (checksum mismatch)" % type_name(frame_type))
+        raise RemoteProtocolError("corrupt %s payload (checksum mismatch)" % type_name(frame_type))
 
 
 class Decoder(object):
-    """Feed bytes in any pieces with feed(); next_frame() returns a Frame or None (need data)."""
+    """Feed bytes in any pieces with feed(); next_frame() returns a Frame or None (need data).
+
+    The fed pieces are kept as they came, not copied into one growing buffer: a frame's
+    header and payload are each taken out whole. A piece that is exactly the next header or
+    the next payload is handed on as it is, with no copy: a reader that reads `needed` bytes at
+    a time and feeds each read as it came gets every payload that way. Other payloads are
+    joined from their pieces, with one copy.
+    """
 
     def __init__(self, max_payload=MAX_PAYLOAD):
         # type: (int) -> None
-        self._buf = bytearray()
-        self._pos = 0
+        self._pieces = deque()  # type: deque
+        self._skip = 0  # bytes of the first piece already taken
+        self._buffered = 0
         self._eof = False
         self._head = None  # the parsed header of the frame being assembled
         self._max_payload = max_payload
 
     def feed(self, data):
         # type: (bytes) -> None
-        """Add received bytes; b"" means end of input."""
+        """Add received bytes (kept, not copied: a mutable buffer is copied once); b"" means end
+        of input."""
         if self._eof and data:
-            raise ProtocolError("data after end of input")
+            raise LocalProtocolError("data fed to the decoder after end of input")
         if not data:
             self._eof = True
             return
-        if self._pos > (1 << 20) and self._pos * 2 > len(self._buf):
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        self._pieces.append(data if isinstance(data, bytes) else bytes(data))
+        self._buffered += len(data)
 
     @property
     def buffered(self):
         # type: () -> int
-        return len(self._buf) - self._pos
+        """Bytes fed and not yet taken out in a frame (a parsed header counts as taken)."""
+        return self._buffered
+
+    @property
+    def needed(self):
+        # type: () -> int
+        """Bytes still missing, once next_frame() returned None: of the next header, or, once
+        that was parsed, of its payload. Reading that many at a time never reads past a frame."""
+        wanted = HEADER_SIZE if self._head is None else self._head[2]
+        return max(wanted - self._buffered, 0)
 
     def next_frame(self):
         # type: () -> object
         """The next whole frame, or None when more bytes are needed."""
         if self._head is None:
-            if self.buffered < HEADER_SIZE:
+            if self._buffered < HEADER_SIZE:
                 return self._need_data("frame header")
-            end = self._pos + HEADER_SIZE
-            self._head = parse_header(bytes(self._buf[self._pos:end]), self._max_payload)
-            self._pos = end
+            self._head = parse_header(self._take(HEADER_SIZE), self._max_payload)
         frame_type, flags, length, offset, size, crc = self._head
-        if self.buffered < length:
+        if self._buffered < length:
             return self._need_data("%s payload" % type_name(frame_type))
-        payload = bytes(self._buf[self._pos:self._pos + length])
-        self._pos += length
+        payload = self._take(length)
         self._head = None
         check_payload(frame_type, payload, crc)
         return Frame(frame_type, flags, offset, size, payload)
 
+    def _take(self, n):
+        # type: (int) -> bytes
+        """The next n buffered bytes (n <= buffered): a piece of exactly n bytes as it is."""
+        if not n:
+            return b""
+        self._buffered -= n
+        first = self._pieces[0]
+        if not self._skip and len(first) == n:
+            self._pieces.popleft()
+            return first
+        parts = []
+        while n:
+            piece = self._pieces[0]
+            end = min(len(piece), self._skip + n)
+            parts.append(memoryview(piece)[self._skip:end])
+            n -= end - self._skip
+            self._skip = end
+            if end == len(piece):
+                self._pieces.popleft()
+                self._skip = 0
+        return b"".join(parts)
+
     def _need_data(self, what):
         # type: (str) -> None
-        if self._eof and (self.buffered or self._head is not None):
-            raise ProtocolError("stream truncated in the middle of a %s" % what)
+        if self._eof and (self._buffered or self._head is not None):
+            raise RemoteProtocolError("stream truncated in the middle of a %s" % what)
         return None
 
     @property
     def at_eof(self):
         # type: () -> bool
         """True once end of input was fed and every whole frame was taken."""
-        return self._eof and self._head is None and not self.buffered
+        return self._eof and self._head is None and not self._buffered

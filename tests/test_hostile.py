@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 from bacpac.remote import helper_argv, helper_payload
 from remote_helper import codecs, protocol
-from remote_helper.errors import ProtocolError
+from remote_helper.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from remote_helper.helper import error_frame
 from remote_helper.protocol import COPY, DATA, END, ERROR, HEADER, OPEN, READY
 from test_dup import _bare_python
 from clirun import (FAIL_WITHIN, SLOW, MiB, assert_failed_in_one_line, bacpac, bacpac_env,
@@ -64,7 +65,7 @@ headers = st.builds(_signed_header, st.integers(0, 255), st.integers(0, 255),
 def test_parse_header_accepts_only_lengths_under_the_cap(head: bytes) -> None:
     try:
         frame_type, _, length, _, size, _ = protocol.parse_header(head)
-    except ProtocolError:
+    except RemoteProtocolError:
         return
     cap = protocol.MAX_PAYLOAD if frame_type == DATA else protocol.MAX_CONTROL
     assert length <= cap
@@ -73,7 +74,7 @@ def test_parse_header_accepts_only_lengths_under_the_cap(head: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pieces=st.lists(st.one_of(headers, st.binary(max_size=64),
+@given(pieces=st.lists(st.one_of(headers, st.binary(min_size=1, max_size=64),
                                  st.sampled_from([protocol.encode_json(OPEN, {"a": 1}),
                                                   protocol.encode_hole(0, 4096),
                                                   protocol.encode(DATA, b"x" * 100, 0, 0, 100)])),
@@ -81,8 +82,10 @@ def test_parse_header_accepts_only_lengths_under_the_cap(head: bytes) -> None:
        eof=st.booleans())
 def test_decoder_fed_signed_headers_and_garbage_raises_only_protocol_error(
         pieces: list, eof: bool) -> None:
-    """Valid frames, garbage and well-signed lying headers in any mix: frames or ProtocolError,
-    and the decoder never holds more than it was fed (no allocation from a header's word)."""
+    """Valid frames, garbage and well-signed lying headers in any mix: frames or
+    RemoteProtocolError, and the decoder never holds more than it was fed (no allocation from a
+    header's word). No piece is empty: b"" is end of input, and feeding more after it is a
+    LocalProtocolError."""
     decoder = protocol.Decoder()
     fed = 0
     try:
@@ -95,14 +98,14 @@ def test_decoder_fed_signed_headers_and_garbage_raises_only_protocol_error(
         if eof:
             decoder.feed(b"")
             decoder.next_frame()
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
 
 
 def test_header_announcing_4_gib_is_rejected_before_any_payload_arrives() -> None:
     decoder = protocol.Decoder()
     decoder.feed(_signed_header(DATA, 0, 2**32 - 1, 0, 4 * MiB, 0))
-    with pytest.raises(ProtocolError, match="cap"):
+    with pytest.raises(RemoteProtocolError, match="cap"):
         decoder.next_frame()
 
 
@@ -132,7 +135,10 @@ class LocalHelper:
             ready, _, _ = select.select([self.proc.stdout], [], [], max(0, left))
             if not ready:
                 pytest.fail(f"no frame from the helper within {timeout} s")
-            self._decoder.feed(os.read(self.proc.stdout.fileno(), 65536))
+            data = os.read(self.proc.stdout.fileno(), 65536)
+            if not data:  # else select() says ready at once, for ever
+                pytest.fail("the helper ended its output without a whole frame")
+            self._decoder.feed(data)
 
     def open_dup(self, path: Path, size: int, check: str = "sha256") -> None:
         self.send(open_frame(path, size, check))
@@ -199,6 +205,46 @@ def test_helper_rejects_frames_outside_the_image_with_protocol_error(
     assert error["kind"] == "ProtocolError", error
     assert os.path.getsize(target) == SIZE  # never extended past the image
     assert target.read_bytes() == bytes(SIZE)  # the head is held back: nothing of it written
+
+
+def test_helper_fed_a_corrupt_header_names_it_a_protocol_violation_by_the_client(
+        helper: LocalHelper, tmp_path) -> None:
+    helper.open_dup(tmp_path / "t.img", SIZE)
+    corrupt = bytearray(raw(0, b"h" * 4096))
+    corrupt[10] ^= 0x40  # in the offset: the header's own checksum no longer matches
+    helper.send(bytes(corrupt))
+    error = helper.refusal()
+    assert error == {"kind": "ProtocolError", "errno": 0, "message": "protocol violation by the "
+                     "client: corrupt frame header (checksum mismatch)"}
+
+
+def test_helper_whose_input_ends_inside_a_frame_names_it_a_protocol_violation_by_the_client(
+        helper: LocalHelper, tmp_path) -> None:
+    helper.open_dup(tmp_path / "t.img", SIZE)
+    helper.send(raw(0, b"h" * 4096)[:1000])
+    helper.proc.stdin.close()
+    error = helper.refusal()
+    assert error["message"] == ("protocol violation by the client: stream truncated in the "
+                                "middle of a DATA payload")
+
+
+def test_helper_whose_input_ends_between_frames_exits_without_a_word(helper: LocalHelper,
+                                                                     tmp_path) -> None:
+    helper.open_dup(tmp_path / "t.img", SIZE)
+    helper.send(raw(0, b"h" * 4096))
+    helper.proc.stdin.close()
+    assert helper.proc.wait(timeout=10) == 1
+    said = _frames_of(helper.proc.stdout.read())
+    assert ERROR not in [frame.type for frame in said], said  # the client is gone: nobody to tell
+
+
+def test_helper_tells_a_misuse_of_its_own_codec_as_a_bug_not_as_the_clients_fault() -> None:
+    with pytest.raises(LocalProtocolError) as misuse:
+        protocol.header(DATA, memoryview(bytearray(protocol.MAX_PAYLOAD + 1)))
+    said = error_frame(misuse.value)
+    assert said["kind"] == "TransferError", said
+    assert said["message"].startswith("helper failed: LocalProtocolError: payload of "), said
+    assert "(protocol.py:" in said["message"] and "client" not in said["message"]
 
 
 def test_a_helper_that_cannot_decompress_the_stream_refuses_it_before_opening_anything(

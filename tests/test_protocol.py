@@ -1,5 +1,6 @@
 """The frame codec: every frame type round trips, fed whole or a byte at a time, and any
-corruption, truncation or hostile length is a ProtocolError, never a wrong frame."""
+corruption, truncation or hostile length is a RemoteProtocolError, never a wrong frame; a
+misuse of the codec itself is a LocalProtocolError."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remote_helper import protocol
-from remote_helper.errors import ProtocolError
+from remote_helper.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from remote_helper.protocol import (
     CODEC_ZSTD, COPY, DATA, DIGESTS, END, ERROR, HEADER, HEADER_SIZE, HELLO, HOLE, MATCH, MAX_CONTROL,
     MAX_PAYLOAD, OPEN, PROGRESS, READY, RESULT, Decoder, Frame)
@@ -101,7 +102,7 @@ def test_flipped_header_byte_is_protocol_error(index: int) -> None:
         decoder = Decoder()
         decoder.feed(bytes(corrupt))
         decoder.feed(b"")
-        with pytest.raises(ProtocolError):
+        with pytest.raises(RemoteProtocolError):
             decoder.next_frame()
 
 
@@ -112,7 +113,7 @@ def test_flipped_payload_byte_is_protocol_error() -> None:
         corrupt[index] ^= 0x10
         decoder = Decoder()
         decoder.feed(bytes(corrupt))
-        with pytest.raises(ProtocolError, match="corrupt DATA payload"):
+        with pytest.raises(RemoteProtocolError, match="corrupt DATA payload"):
             decoder.next_frame()
 
 
@@ -123,7 +124,7 @@ def test_end_of_input_mid_frame_is_protocol_error(cut: int) -> None:
     decoder.feed(encoded[:cut])
     assert decoder.next_frame() is None  # not yet an error: more may come
     decoder.feed(b"")
-    with pytest.raises(ProtocolError, match="truncated"):
+    with pytest.raises(RemoteProtocolError, match="truncated"):
         decoder.next_frame()
     assert not decoder.at_eof
 
@@ -139,10 +140,10 @@ def test_end_of_input_at_frame_boundary_is_eof() -> None:
     assert decoder.at_eof
 
 
-def test_data_after_end_of_input_is_protocol_error() -> None:
+def test_feeding_after_end_of_input_is_a_local_misuse() -> None:
     decoder = Decoder()
     decoder.feed(b"")
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         decoder.feed(b"more")
 
 
@@ -158,37 +159,37 @@ def raw_header(frame_type: int, length: int, size: int = 0, magic: bytes = b"BK"
 def test_oversize_length_rejected_on_header_alone(frame_type: int, length: int) -> None:
     decoder = Decoder()
     decoder.feed(raw_header(frame_type, length))  # no payload follows: nothing is waited for
-    with pytest.raises(ProtocolError, match="cap"):
+    with pytest.raises(RemoteProtocolError, match="cap"):
         decoder.next_frame()
 
 
 def test_oversize_decompressed_size_rejected() -> None:
     decoder = Decoder()
     decoder.feed(raw_header(DATA, 10, size=MAX_PAYLOAD + 1))
-    with pytest.raises(ProtocolError, match="cap"):
+    with pytest.raises(RemoteProtocolError, match="cap"):
         decoder.next_frame()
 
 
 def test_decoder_cap_is_configurable() -> None:
     decoder = Decoder(max_payload=1000)
     decoder.feed(protocol.encode(DATA, b"x" * 1001, size=1001))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
 
 
-def test_encoder_refuses_oversize_payload() -> None:
-    with pytest.raises(ProtocolError):
+def test_encoding_a_payload_over_the_cap_is_a_local_misuse() -> None:
+    with pytest.raises(LocalProtocolError):
         protocol.header(DATA, memoryview(bytearray(MAX_PAYLOAD + 1)))
 
 
 def test_bad_magic_is_protocol_error() -> None:
     decoder = Decoder()
     decoder.feed(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")  # e.g. a login banner on stdout
-    with pytest.raises(ProtocolError, match="magic"):
+    with pytest.raises(RemoteProtocolError, match="magic"):
         decoder.next_frame()
     decoder = Decoder()
     decoder.feed(raw_header(DATA, 0, magic=b"XX"))
-    with pytest.raises(ProtocolError, match="magic"):
+    with pytest.raises(RemoteProtocolError, match="magic"):
         decoder.next_frame()
 
 
@@ -196,25 +197,78 @@ def test_bad_magic_is_protocol_error() -> None:
 def test_unknown_frame_type_is_protocol_error(frame_type: int) -> None:
     decoder = Decoder()
     decoder.feed(raw_header(frame_type, 0))
-    with pytest.raises(ProtocolError, match="unknown frame type"):
+    with pytest.raises(RemoteProtocolError, match="unknown frame type"):
         decoder.next_frame()
 
 
 @pytest.mark.parametrize("payload", [b"{not json", b"\xff\xfe", b"[1, 2]", b"42", b""])
 def test_bad_json_in_control_frame_is_protocol_error(payload: bytes) -> None:
     (frame,) = decode_all(protocol.encode(OPEN, payload))
-    with pytest.raises(ProtocolError, match="OPEN"):
+    with pytest.raises(RemoteProtocolError, match="OPEN"):
         frame.json()
 
 
 def test_large_stream_in_small_pieces_keeps_buffer_bounded() -> None:
     block = protocol.encode(DATA, b"z" * 60000, size=60000)
+    stream = block * 200  # 12 MB through, taken out as it arrives
     decoder = Decoder()
-    for _ in range(200):  # 12 MB through, taken out as it arrives
-        decoder.feed(block)
-        assert decoder.next_frame().payload == b"z" * 60000
+    for at in range(0, len(stream), 4096):
+        decoder.feed(stream[at:at + 4096])
+        while (frame := decoder.next_frame()) is not None:
+            assert frame.payload == b"z" * 60000
+        assert decoder.buffered < len(block)
     assert decoder.buffered == 0
-    assert len(decoder._buf) < 4 << 20
+
+
+def read_as_the_helper_does(stream: bytes) -> tuple[list[Frame], list[bytes]]:
+    """Decode stream feeding it `needed` bytes at a time; the frames and the pieces fed."""
+    decoder, frames, pieces = Decoder(), [], []
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            frames.append(frame)
+        elif len(b"".join(pieces)) == len(stream):
+            return frames, pieces
+        else:
+            at = sum(map(len, pieces))
+            assert decoder.needed > 0
+            pieces.append(stream[at:at + decoder.needed])
+            decoder.feed(pieces[-1])
+
+
+def test_needed_is_the_rest_of_the_header_then_the_payload() -> None:
+    decoder = Decoder()
+    assert decoder.needed == HEADER_SIZE
+    encoded = protocol.encode(DATA, b"p" * 1000, size=1000)
+    decoder.feed(encoded[:10])
+    assert decoder.next_frame() is None and decoder.needed == HEADER_SIZE - 10
+    decoder.feed(encoded[10:HEADER_SIZE + 1])
+    assert decoder.next_frame() is None and decoder.needed == 999
+    decoder.feed(encoded[HEADER_SIZE + 1:])
+    assert decoder.next_frame().payload == b"p" * 1000 and decoder.needed == HEADER_SIZE
+
+
+def test_a_reader_taking_needed_bytes_gets_each_payload_as_it_read_it() -> None:
+    """No copy: the payload handed back is the very bytes object that was fed."""
+    samples = sample_frames()
+    frames, pieces = read_as_the_helper_does(b"".join(encoded for encoded, _ in samples))
+    assert frames == [frame for _, frame in samples]
+    payloads = [frame.payload for frame in frames if frame.payload]
+    assert payloads and all(any(p is piece for piece in pieces) for p in payloads)
+
+
+def test_a_mutable_buffer_fed_is_copied_so_reusing_it_changes_no_frame() -> None:
+    encoded = bytearray(protocol.encode(DATA, b"q" * 100, size=100))
+    decoder = Decoder()
+    decoder.feed(encoded)
+    encoded[HEADER_SIZE:] = b"r" * 100
+    assert decoder.next_frame().payload == b"q" * 100
+
+
+@pytest.mark.parametrize("error", [LocalProtocolError, RemoteProtocolError])
+def test_both_kinds_of_protocol_error_are_protocol_errors_for_the_client(error) -> None:
+    assert issubclass(error, ProtocolError)
+    assert error("x").to_dict()["kind"] == "ProtocolError"
 
 
 @settings(max_examples=300, deadline=None)
@@ -228,7 +282,7 @@ def test_random_bytes_never_crash_the_decoder(data: bytes, piece: int) -> None:
                 pass
         decoder.feed(b"")
         decoder.next_frame()
-    except ProtocolError:
+    except RemoteProtocolError:
         pass
 
 
@@ -238,5 +292,5 @@ def test_any_changed_byte_in_a_valid_stream_is_protocol_error(data) -> None:
     stream = bytearray(b"".join(encoded for encoded, _ in sample_frames()))
     index = data.draw(st.integers(0, len(stream) - 1))
     stream[index] ^= data.draw(st.integers(1, 255))
-    with pytest.raises(ProtocolError):  # a CRC-32 catches every change within 32 bits
+    with pytest.raises(RemoteProtocolError):  # a CRC-32 catches every change within 32 bits
         decode_all(bytes(stream), data.draw(st.integers(0, 50)))

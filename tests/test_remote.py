@@ -51,6 +51,28 @@ def test_helper_of_another_protocol_version_is_refused_naming_both(tmp_path, ima
     assert not (tmp_path / "t.img").exists()
 
 
+HELLO = {"protocol": protocol.PROTOCOL_VERSION, "python": "3.6.15", "codecs": ["zstd", "zlib"],
+         "zstd": "zstandard", "uid": 0, "hostname": "standby-1", "boot_id": "b", "pid": 1}
+BROKEN_STREAMS = {
+    "corrupt_header": (protocol.encode_json(protocol.HELLO, HELLO)
+                       + b"BK" + bytes(30), "corrupt frame header (checksum mismatch)"),
+    "hello_not_json": (protocol.encode(protocol.HELLO, b"{protocol: 1"), "bad HELLO payload"),
+    "cut_inside_a_frame": (protocol.encode_json(protocol.HELLO, HELLO)
+                           + protocol.encode_json(protocol.READY, {"kind": "file"})[:40],
+                           "stream truncated in the middle of a READY payload"),
+}
+
+
+@pytest.mark.parametrize("said,why", BROKEN_STREAMS.values(), ids=list(BROKEN_STREAMS))
+def test_a_helper_that_breaks_the_protocol_is_named_as_the_one_that_broke_it(
+        tmp_path, image, said: bytes, why: str) -> None:
+    python = fake_python(tmp_path, said)
+    run = bacpac("dup", "--no-progress", "--remote-python", python, image, tmp_path / "t.img")
+    line = run.one_error_line(1, alone=False)
+    assert f"localhost: the helper broke the protocol: {why}" in line
+    assert not (tmp_path / "t.img").exists()
+
+
 def test_a_helper_that_never_says_hello_is_told_by_what_it_printed(tmp_path, image) -> None:
     python = fake_python(tmp_path, b"Welcome to standby-1!\n" + b"x" * 64)
     run = bacpac("dup", "--no-progress", "--remote-python", python, image, tmp_path / "t.img")
