@@ -75,20 +75,20 @@ def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSumm
 def _dup(request: DupRequest, options: ConnectOptions, sink: Sink, job: str,
          summary: JobSummary) -> None:
     source = open_source(request.source)
+    stream: Optional[_Stream] = None
     try:
         summary.bytes_total = source.size
         if source.rw_mount:
             warn(sink, job, summary, _mounted_warning(request.source, *source.rw_mount))
         stream = _Stream(request, source, request.stream)  # works while we connect
         try:
-            try:
-                _with_helper(request, source, stream, options, sink, job, summary, request.stream)
-            except _Renegotiate as again:  # that helper refused the stream before writing a byte
-                _with_helper(request, source, stream, options, sink, job, summary, again.settings)
-        finally:
-            stream.close()
+            _with_helper(request, source, stream, options, sink, job, summary, request.stream)
+        except _Renegotiate as again:  # that helper refused the stream before writing a byte
+            _with_helper(request, source, stream, options, sink, job, summary, again.settings)
     finally:
-        close_source(source)
+        # Never under a reader still running: the number could go to the next file opened.
+        if stream is None or stream.close():
+            close_source(source)
 
 
 def _mounted_warning(path: str, device: str, mountpoint: str) -> str:
@@ -127,6 +127,7 @@ class _Stream:
         self._request = request
         self._source = source
         self._here = request.target.is_local  # the helper runs on this host
+        self._stopped = True  # every stream replaced so far stopped its threads
         self.image = self._start(settings)
 
     def route(self, here: bool) -> None:
@@ -151,12 +152,14 @@ class _Stream:
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:
-            self.image.close()
+            self._stopped = self.image.close() and self._stopped
             self.image = self._start(settings)
         return self.image
 
-    def close(self) -> None:
-        self.image.close()
+    def close(self) -> bool:
+        """Stop the stream's threads; whether all of them, and those of every stream it
+        replaced, stopped: until then the source stays open."""
+        return self.image.close() and self._stopped
 
 
 def _transfer(request: DupRequest, source: Source, stream: _Stream, session: HelperSession,
