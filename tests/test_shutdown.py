@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from bacpac import cli, dup, pipeline
+from rich.console import Console
+
+from bacpac import cli, dup, pipeline, threads
+from bacpac.display import RichSink
+from bacpac.events import JobFinished, JobStarted, JobSummary
 from clirun import TRANSPORTS, MiB, Transport, random_image, sha256_of, transport_for
 from fixtures_leaks import Leftovers
 from fixtures_sshd import helper_pids
@@ -117,6 +121,27 @@ def after_the_first_block(monkeypatch, action) -> None:
             action()
 
     monkeypatch.setattr(dup.SessionSender, "block", block)
+
+
+def test_the_live_display_stops_its_refresh_thread(no_leaks: Leftovers) -> None:
+    sink = RichSink(Console(file=io.StringIO(), force_terminal=True))
+    sink.emit(JobStarted("job", "dup", "source.img", "target.img", None, MiB))
+    sink.emit(JobFinished("job", JobSummary("dup", "source.img", "target.img", status="ok")))
+    sink.close()
+
+
+def test_a_thread_that_does_not_stop_in_time_is_told_on_stderr(capsys) -> None:
+    stop = threading.Event()
+    stuck = threading.Thread(target=stop.wait, name="stuck")
+    stuck.start()
+    try:
+        assert not threads.join([stuck], "the test", within=0.05)
+    finally:
+        stop.set()
+        stuck.join()
+    assert capsys.readouterr().err == (
+        "bacpac: warning: the test: the stuck thread did not stop within 0.05 s; its "
+        "descriptors stay open until bacpac exits\n")
 
 
 # ---- the check can fail ------------------------------------------------------------------------
