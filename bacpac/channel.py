@@ -46,8 +46,9 @@ class Channel(Protocol):
         """The last lines the helper wrote to stderr."""
 
     def close(self) -> None:
-        """Tear everything down, the helper first, then the threads reading it, then the
-        descriptors; safe to call twice, and from another thread than a reader's."""
+        """Tear everything down: the helper first, so that every read of it ends, then the
+        channel's own threads, then its descriptors; safe to call twice, and from another
+        thread than a reader's."""
 
 
 class StderrTail:

@@ -472,7 +472,7 @@ class SshConnection:
             probe = threading.Thread(target=self._transport.global_request, daemon=True,
                                      args=("keepalive@openssh.com",), kwargs={"wait": True},
                                      name=f"ssh-keepalive-{self.host}")
-            self._probes.append(probe)
+            self._probes = [p for p in self._probes if p.is_alive()] + [probe]
             probe.start()
 
     def close(self) -> None:
