@@ -14,6 +14,7 @@ import subprocess
 import threading
 from typing import IO, Protocol, Sequence, Union
 
+from . import threads
 from .errors import TransferError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -45,7 +46,9 @@ class Channel(Protocol):
         """The last lines the helper wrote to stderr."""
 
     def close(self) -> None:
-        """Tear everything down; safe to call twice."""
+        """Tear everything down: the helper first, so that every read of it ends, then the
+        channel's own threads, then its descriptors; safe to call twice, and from another
+        thread than a reader's."""
 
 
 class StderrTail:
@@ -74,7 +77,12 @@ class StderrTail:
             self._lines.append(pending.decode("utf-8", "replace"))
 
     def join(self, timeout: float) -> None:
+        """Let the drain catch up with the end of the stream, for a complete tail."""
         self._thread.join(timeout)
+
+    def finish(self, what: str) -> bool:
+        """Join the drain, whose stream the caller has ended; whether it stopped in time."""
+        return threads.join((self._thread,), what)
 
     def text(self) -> str:
         return "\n".join(self._lines)
@@ -95,15 +103,19 @@ class LocalChannel:
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr
         self._stdin: IO[bytes] = self._proc.stdin
         self._stdout: IO[bytes] = self._proc.stdout
+        # Held while reading stdout, so that it is never closed under a read (a deadline's
+        # close runs on another thread): its number could go to the next file opened.
+        self._reading = threading.Lock()
         self._stderr = StderrTail(self._proc.stderr.read)
 
     def read(self, n: int) -> bytes:
-        try:
-            return os.read(self._stdout.fileno(), n)
-        except ValueError:  # closed by another thread (a deadline)
-            raise TransferError("localhost: reading from the helper: the channel is closed")
-        except OSError as e:
-            raise TransferError(f"localhost: reading from the helper: {e.strerror}")
+        with self._reading:
+            if self._stdout.closed:
+                raise TransferError("localhost: reading from the helper: the channel is closed")
+            try:
+                return os.read(self._stdout.fileno(), n)
+            except OSError as e:
+                raise TransferError(f"localhost: reading from the helper: {e.strerror}")
 
     def write(self, data: Buffer) -> None:
         try:
@@ -121,7 +133,18 @@ class LocalChannel:
 
     def hang_up(self) -> None:
         self.close_write()
-        self._stdout.close()
+        self._close_stdout()
+
+    def _close_stdout(self) -> None:
+        """Close stdout once no read is under way (one ends when the helper writes or exits)."""
+        if not self._reading.acquire(timeout=threads.STOP_WITHIN):
+            threads.warn("localhost: a read from the helper did not end within "
+                         f"{threads.STOP_WITHIN:g} s; its descriptor stays open until bacpac exits")
+            return
+        try:
+            self._stdout.close()
+        finally:
+            self._reading.release()
 
     def wait(self, timeout: float | None = None) -> int:
         try:
@@ -138,6 +161,11 @@ class LocalChannel:
         self.close_write()
         if self._proc.poll() is None:
             self._proc.kill()
-        self._proc.wait()
-        self._stdout.close()
-        self._stderr.join(1.0)
+        try:
+            self._proc.wait(threads.STOP_WITHIN)
+        except subprocess.TimeoutExpired:  # killed, and still there: stuck in the kernel
+            pass
+        self._close_stdout()
+        if self._stderr.finish("localhost: the helper's stderr"):
+            assert self._proc.stderr
+            self._proc.stderr.close()

@@ -2,8 +2,9 @@
 
 # Strategy: imported only when stderr is a terminal (rich costs a command's start-up some 40
 # ms, which log lines and JSON do not need). emit() only stores counters under the sink's
-# short lock; rich's refresh thread pulls them just before each render, and the lock is never
-# held while calling into rich.
+# short lock; the display's refresh thread pulls them just before each render, and the lock is
+# never held while calling into rich. That thread is ours, not rich's (whose Live.stop() does
+# not join its own): close() stops and joins it before the display stops.
 """
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
 from rich.table import Column
 from rich.text import Text
 
+from . import threads
 from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted
 from .report import Clock, status_mark, blocks_text, describe, human_size, result_line
+
+
+REFRESH_PER_SECOND = 4
 
 
 @dataclass
@@ -57,6 +62,25 @@ class _SyncedProgress(Progress):
         yield from super().get_renderables()
 
 
+class _Refresher:
+    """Redraws the display every interval on a thread of its own, until stop() joins it."""
+
+    def __init__(self, refresh: Callable[[], None], per_second: float) -> None:
+        self._refresh = refresh
+        self._interval = 1 / per_second
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="display", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        threads.join((self._thread,), "the progress display")
+
+
 class RichSink:
     """A live display on a terminal: one row per running job, a result line per finished one."""
 
@@ -72,7 +96,7 @@ class RichSink:
         self._lock = threading.Lock()  # guards _rows; innermost, see the strategy above
         self._start_lock = threading.Lock()
         self._rows: dict[str, _Row] = {}
-        self._started = False
+        self._refresher: Optional[_Refresher] = None  # while the display is started
         # No stdout/stderr redirection: other threads' writes and the JSON on stdout must
         # not be captured by a display that only some commands start.
         self._progress = _SyncedProgress(
@@ -86,7 +110,7 @@ class RichSink:
             TimeRemainingColumn(),
             console=console,
             get_time=clock,
-            refresh_per_second=4,
+            auto_refresh=False,  # _Refresher does it
             transient=True,
             redirect_stdout=False,
             redirect_stderr=False,
@@ -114,9 +138,10 @@ class RichSink:
     def close(self) -> None:
         """Stop the display; the result lines already printed stay."""
         with self._start_lock:
-            if self._started:
+            if self._refresher is not None:
+                self._refresher.stop()
+                self._refresher = None
                 self._progress.stop()
-                self._started = False
 
     def _store(self, event: JobProgress) -> None:
         with self._lock:
@@ -146,9 +171,9 @@ class RichSink:
 
     def _start_job(self, event: JobStarted) -> None:
         with self._start_lock:
-            if not self._started:
+            if self._refresher is None:
                 self._progress.start()
-                self._started = True
+                self._refresher = _Refresher(self._progress.refresh, REFRESH_PER_SECOND)
         total = event.bytes_total or None  # unknown size: a pulsing bar, no ETA
         task_id = self._progress.add_task(
             describe(event.source, event.target), total=total, sent=0, blocks="")

@@ -86,6 +86,7 @@ def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSumm
 def _dup(job: _Job) -> None:
     request = job.request
     source = open_source(request.source)
+    stream: Optional[_Stream] = None
     try:
         job.summary.bytes_total = source.size
         if source.rw_mount:
@@ -93,14 +94,13 @@ def _dup(job: _Job) -> None:
                  _mounted_warning(request.source, *source.rw_mount))
         stream = _Stream(request, source, request.stream)  # works while we connect
         try:
-            try:
-                _with_helper(job, stream, request.stream)
-            except _Renegotiate as again:  # that helper refused the stream before writing a byte
-                _with_helper(job, stream, again.settings)
-        finally:
-            stream.close()
+            _with_helper(job, stream, request.stream)
+        except _Renegotiate as again:  # that helper refused the stream before writing a byte
+            _with_helper(job, stream, again.settings)
     finally:
-        close_source(source)
+        # Never under a reader still running: the number could go to the next file opened.
+        if stream is None or stream.close():
+            close_source(source)
 
 
 def _mounted_warning(path: str, device: str, mountpoint: str) -> str:
@@ -137,6 +137,7 @@ class _Stream:
         self._request = request
         self.source = source
         self._here = request.target.is_local  # the helper runs on this host
+        self._stopped = True  # every stream replaced so far stopped its threads
         self.image = self._start(settings)
 
     def route(self, here: bool) -> None:
@@ -161,12 +162,14 @@ class _Stream:
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:
-            self.image.close()
+            self._stopped = self.image.close() and self._stopped
             self.image = self._start(settings)
         return self.image
 
-    def close(self) -> None:
-        self.image.close()
+    def close(self) -> bool:
+        """Stop the stream's threads; whether all of them, and those of every stream it
+        replaced, stopped: until then the source stays open."""
+        return self.image.close() and self._stopped
 
 
 def _transfer(job: _Job, stream: _Stream, session: HelperSession,

@@ -38,7 +38,7 @@ import zstandard
 from remote_helper import directio, protocol
 from remote_helper.devices import data_extents, is_zero, zero_chunks
 
-from . import dedup
+from . import dedup, threads
 from .errors import TransferError
 from .frames import Copy, Data, Frame, Hole
 from .pacing import LOCAL_LEVEL, START_LEVEL, Pacer
@@ -197,8 +197,12 @@ class BlockReader:
         self._thread.start()
         self._hasher.start()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop both threads and join them; whether they stopped within threads.STOP_WITHIN
+        (each polls the flag while it waits; a read under way ends first). The reader closes
+        its O_DIRECT descriptor as it ends; the caller may close `fd` once this is true."""
         self._stop.set()
+        return threads.join((self._thread, self._hasher), self._name)
 
     def release(self, buffer: mmap.mmap) -> None:
         """Give a buffer back to the pool the reads take theirs from."""
@@ -426,7 +430,9 @@ class ImageStream:
         self._compressor = Compressor(settings.codec, settings.level)
         if here:
             self.to_this_host()
-        self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress")
+        self._workers: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="compress",
+                                        initializer=_enlist, initargs=(self._workers,))
         self._reader = BlockReader(fd, size, settings, self._compressor, self._pool,
                                    producer or ExtentReader(), name)
         self._reader.start()
@@ -477,10 +483,19 @@ class ImageStream:
                                    compressed=self._pool.submit(
                                        self._compressor.compress_block, view))
 
-    def close(self) -> None:
-        """Stop reading; blocks queued for compression are dropped, not waited for."""
-        self._reader.stop()
+    def close(self) -> bool:
+        """Stop reading and join every thread: blocks queued for compression are dropped, the
+        one each pool thread is at is finished. Whether all stopped within the deadline: until
+        then the source's descriptor must stay open."""
+        stopped = self._reader.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        return threads.join(self._workers, "the compressor pool") and stopped
+
+
+def _enlist(workers: list[threading.Thread]) -> None:
+    """Run by each pool thread as it starts, so that ImageStream.close() can join it (a
+    function, not a method: the pool holding the stream would be a reference cycle)."""
+    workers.append(threading.current_thread())
 
 
 def _next_item(reader: BlockReader, sender: FrameSender) -> _Item:

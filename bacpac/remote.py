@@ -30,6 +30,7 @@ from remote_helper import protocol
 from remote_helper.errors import RemoteProtocolError
 from remote_helper.protocol import DIGESTS, ERROR, PROGRESS, READY, RESULT, Frame
 
+from . import threads
 from .channel import Channel, LocalChannel
 from .errors import BacpacError, ProtocolError, TransferError, from_remote
 from .spec import Endpoint
@@ -159,9 +160,12 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
         return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN)
-    prepare_payload()  # while the connection is made
-    conn = connect(endpoint.host or "", endpoint.user, options.ssh,
-                   interactive=options.interactive, on_route=on_route)
+    payload = prepare_payload()  # while the connection is made
+    try:
+        conn = connect(endpoint.host or "", endpoint.user, options.ssh,
+                       interactive=options.interactive, on_route=on_route)
+    finally:
+        threads.join((payload,), "the helper's payload")
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
@@ -203,6 +207,7 @@ class HelperSession:
         self._decoder = protocol.Decoder()
         self._head = b""  # the first bytes on stdout, to show if no HELLO comes
         self._deadline: Optional[threading.Timer] = None
+        self._readers: list[threading.Thread] = []  # threads reading the channel (Receiver)
         self._hello_lock = threading.Lock()
         self._hello_seen = False
         self._within = HELLO_WITHIN
@@ -247,8 +252,14 @@ class HelperSession:
     def _watch_hello(self, within: float) -> None:
         self._within = within
         self._deadline = threading.Timer(within, self._hello_overdue)
+        self._deadline.name = "hello-deadline"
         self._deadline.daemon = True
         self._deadline.start()
+
+    def owns(self, reader: threading.Thread) -> None:
+        """A thread that reads this session's channel: close() joins it before the
+        connection is closed."""
+        self._readers.append(reader)
 
     def _hello_overdue(self) -> None:
         """No HELLO in time: close the channel, which ends every wait on it (a read for the
@@ -397,9 +408,12 @@ class HelperSession:
         """End the helper's input, let it exit, close the connection. With hang_up, its output
         is closed too: a helper blocked sending frames that nobody will read any more (a
         restore's reader, once the restore failed) then ends at once instead of at the wait's
-        deadline."""
+        deadline. Every thread of the session is joined: the deadline's (its close of the
+        channel comes first, if it is at it), then the readers, which the channel's close ends,
+        before the connection goes."""
         if self._deadline is not None:
             self._deadline.cancel()
+            threads.join((self._deadline,), f"{self.host}: the HELLO deadline")
         try:
             if hang_up:
                 self.channel.hang_up()
@@ -409,6 +423,7 @@ class HelperSession:
         except BacpacError:
             pass  # closing a dead channel: nothing more to learn from it
         self.channel.close()
+        threads.join(self._readers, f"{self.host}: the helper's session")
         if self.conn is not None:
             self.conn.close()
 
@@ -436,6 +451,7 @@ class Receiver:
         self.helper_idle: Optional[float] = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        session.owns(self._thread)  # joined by the session's close()
         self._thread.start()
 
     def _run(self) -> None:

@@ -22,7 +22,7 @@ import time
 import warnings
 from typing import Any, Callable, Optional
 
-from . import knownhosts, lazy
+from . import knownhosts, lazy, threads
 from .channel import Buffer, StderrTail
 from .errors import AuthError, ConnectError, HostKeyError, TransferError, UsageError
 from .sshconfig import HostConfig, SshOptions, parse_jump, parse_o_option, resolve_host
@@ -73,7 +73,7 @@ def _connect(cfg: HostConfig, config_file: Optional[str], interactive: bool,
         return SshConnection(cfg, transport, sock, jump)
     except BaseException as e:
         if transport is not None:
-            transport.close()
+            _close_transport(transport, cfg.alias)
         if jump is not None:
             jump.close()
         if isinstance(e, _TRANSFER_ERRORS):
@@ -195,15 +195,22 @@ def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transpor
     try:
         transport.start_client(timeout=timeout)
     except (paramiko.SSHException, EOFError, OSError) as e:
-        transport.close()
+        _close_transport(transport, cfg.alias)
         raise ConnectError(f"{where} failed: {no_match(transport) or _reason(e)}") from None
     if not transport.completion_event.is_set():
         # start_client() returns quietly when its timeout passes: a server that accepted the
         # connection and never spoke would surface later as "No existing session".
-        transport.close()
+        _close_transport(transport, cfg.alias)
         raise ConnectError(f"{where} timed out after {timeout:g} s (the server accepted the "
                            "connection but did not answer)")
     return transport
+
+
+def _close_transport(transport: paramiko.Transport, host: str) -> None:
+    """Close the transport and join its thread, which Paramiko's close() does not wait for
+    (it stops waiting once it has closed the socket)."""
+    transport.close()
+    threads.join((transport,), f"{host}: the SSH transport")
 
 
 # ---- host keys ---------------------------------------------------------------------------
@@ -409,9 +416,12 @@ class SshConnection:
         self._jump = jump
         self._lost: Optional[str] = None
         self._closing = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
+        self._probes: list[threading.Thread] = []  # keepalives sent by the watchdog
         if cfg.alive_interval > 0:
-            threading.Thread(target=self._watchdog, args=(sock, cfg), daemon=True,
-                             name=f"ssh-alive-{self.host}").start()
+            self._watcher = threading.Thread(target=self._watchdog, args=(sock, cfg),
+                                             daemon=True, name=f"ssh-alive-{self.host}")
+            self._watcher.start()
 
     def __enter__(self) -> SshConnection:
         return self
@@ -464,13 +474,21 @@ class SshConnection:
                 return
             missed += 1
             # want_reply=True, so even OpenSSH's refusal counts as a sign of life.
-            threading.Thread(target=self._transport.global_request, daemon=True,
-                             args=("keepalive@openssh.com",), kwargs={"wait": True}).start()
+            probe = threading.Thread(target=self._transport.global_request, daemon=True,
+                                     args=("keepalive@openssh.com",), kwargs={"wait": True},
+                                     name=f"ssh-keepalive-{self.host}")
+            self._probes = [p for p in self._probes if p.is_alive()] + [probe]
+            probe.start()
 
     def close(self) -> None:
-        """Close the transport (and the jump host's); safe to call twice."""
+        """Close the transport (and the jump host's) and join every thread of the connection
+        (a keepalive's wait ends with the transport); safe to call twice."""
         self._closing.set()
-        self._transport.close()
+        _close_transport(self._transport, self.host)
+        if self._watcher is not None:
+            threads.join((self._watcher,), f"{self.host}: the keepalive watchdog")
+        # Complete once the watchdog is gone: it alone starts them.
+        threads.join(self._probes, f"{self.host}: the keepalives")
         if self._jump is not None:
             self._jump.close()
 
@@ -557,4 +575,4 @@ class SshChannel:
 
     def close(self) -> None:
         self.hang_up()
-        self._stderr.join(1.0)
+        self._stderr.finish(f"{self.name}: the helper's stderr")

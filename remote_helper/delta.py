@@ -47,10 +47,12 @@ class TargetSegments(object):
         self._thread.start()
 
     def stop(self):
-        # type: () -> None
-        """Stop reading, and let a read under way end: the caller closes the target next."""
+        # type: () -> bool
+        """Stop reading, and let a read under way end; whether it did within STOP_WAIT: the
+        caller closes the target only then."""
         self._stop.set()
         self._thread.join(STOP_WAIT)
+        return not self._thread.is_alive()
 
     def _run(self):
         # type: () -> None

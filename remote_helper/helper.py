@@ -157,7 +157,7 @@ def run_dup(job, inp, out):
     path = None if job.get("path") is None else os.path.expanduser(job["path"])
     source = job.get("source") or {}
     saveset = open_output(job.get("saveset"), path, source)
-    target = segments = None
+    target = segments = writer = None
     try:
         if path is None:
             target = NullTarget(size)
@@ -169,19 +169,38 @@ def run_dup(job, inp, out):
         if delta:
             segments = TargetSegments(target, int(delta["block"]), int(delta["segment"]),
                                       out.send, out.fail)
-        result = write_image(job, inp, out, target, saveset, segments)
-        out.send_json(RESULT, result)
+        writer = image_writer(job, inp, out, target, saveset, segments)
+        out.send_json(RESULT, write_image(job, inp, writer, target, saveset))
+    except ClientGone:
+        raise
+    except Exception as e:
+        out.fail(e)  # now: stopping the writer below may take a while
+        raise
     finally:
-        if segments is not None:
-            segments.stop()
-        if target is not None:
-            target.close()
-        if saveset is not None:
-            saveset.discard()  # harmless after commit: only a temporary file is ever removed
+        # The writer first (it may wait for a segment of the target's), and both joined
+        # before the files they write and read are closed. A thread that will not stop keeps
+        # them open until the helper exits, at once: closed under it, their descriptors could
+        # be reused, and it would write into another file.
+        stopped = writer is None or writer.abandon()
+        stopped = (segments is None or segments.stop()) and stopped
+        if stopped:
+            close_outputs(target, saveset)
+        else:
+            sys.stderr.write("bacpac helper: a thread did not stop in time; the target and "
+                             "the saveset stay open until the helper exits\n")
 
 
-def write_image(job, inp, out, target, saveset, segments):
-    # type: (dict, Input, Output, object, object, object) -> dict
+def close_outputs(target, saveset):
+    # type: (object, object) -> None
+    if target is not None:
+        target.close()
+    if saveset is not None:
+        saveset.discard()  # harmless after commit: only a temporary file is ever removed
+
+
+def image_writer(job, inp, out, target, saveset, segments):
+    # type: (dict, Input, Output, object, object, object) -> ImageWriter
+    """The thread that writes the image, reporting PROGRESS as it goes."""
     last = [time.monotonic(), inp.idle]  # when the previous PROGRESS went, and idle by then
 
     def progress(written):
@@ -193,14 +212,15 @@ def write_image(job, inp, out, target, saveset, segments):
         last[:] = [now, idle]
         out.send_json(PROGRESS, {"written": written, "idle": round(min(share, 1.0), 3)})
 
+    return ImageWriter(target, progress, out.fail, saveset, segments,
+                       hash_stream=job.get("check", "sha256") == "sha256")
+
+
+def write_image(job, inp, writer, target, saveset):
+    # type: (dict, Input, ImageWriter, object, object) -> dict
+    """Receive the image into the writer, prove it, and finish the target and the saveset."""
     check = job.get("check", "sha256")
-    writer = ImageWriter(target, progress, out.fail, saveset, segments,
-                         hash_stream=check == "sha256")
-    try:
-        end = receive_image(inp, writer, target, check == "frames")
-    except ClientGone:
-        writer.abandon()
-        raise
+    end = receive_image(inp, writer, target, check == "frames")
     written, sha256 = writer.drain()
     where = target.path or (saveset.path if saveset else "stream")
     result = {"bytes_written": written, "check": check}

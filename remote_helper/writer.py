@@ -117,16 +117,19 @@ class ImageWriter(object):
         return drained
 
     def abandon(self, timeout=30.0):
-        # type: (float) -> None
-        """The client is gone: write out the blocks already received, for a later --delta to
-        keep, but not the held-back head, so the target still will not mount. A writer that
-        failed, or is still stuck at the deadline, is left as it is."""
+        # type: (float) -> bool
+        """Stop the thread, after a drain() or when the job failed or the client is gone:
+        write out the blocks already received, for a later --delta to keep, but not the
+        held-back head, so the target still will not mount. Whether the thread ended within
+        the deadline (a writer that failed has ended, or is telling why)."""
         deadline = time.monotonic() + timeout
-        try:
-            self._put(None, deadline)
-        except Exception:  # its failure, already told, or queue.Full at the deadline
-            return
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            try:
+                self._put(None, deadline)
+            except Exception:  # its failure, already told, or queue.Full at the deadline
+                pass
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
 
     def _put(self, item, deadline=None):
         # type: (object, object) -> None
