@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from bacpac import dedup
-from bacpac.dedup import CHUNK, MIN_RUN, SeenChunks
-from bacpac.pipeline import StreamSettings
+from bacpac.engine import dedup
+from bacpac.engine.dedup import CHUNK, MIN_RUN, SeenChunks
+from bacpac.engine.pipeline import StreamSettings
 from clirun import MiB, bacpac, random_bytes, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import requires_root

@@ -43,7 +43,7 @@ def test_match_exec_still_runs_through_the_deferred_invoke(tmp_path) -> None:
                       "Match exec \"/bin/false\"\n    User nobody\n")
     out = _python(f"""
         import sys
-        from bacpac.sshconfig import SshOptions, resolve_host
+        from bacpac.transport.ssh.config import SshOptions, resolve_host
         cfg = resolve_host("somehost", None, SshOptions(config_file={str(config)!r}))
         print(cfg.port, cfg.user != "nobody", type(sys.modules["invoke"]).__name__)
     """, env={**os.environ, "PATH": str(shell_without_ssh(tmp_path))})

@@ -8,7 +8,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from bacpac.events import (
+from bacpac.ui.events import (
     Counters,
     JobFinished,
     JobMessage,
@@ -16,8 +16,8 @@ from bacpac.events import (
     JobStarted,
     JobSummary,
 )
-from bacpac.display import RichSink
-from bacpac.report import (
+from bacpac.ui.live import RichSink
+from bacpac.ui.sinks import (
     JsonSink,
     LogSink,
     TeeSink,

@@ -10,9 +10,9 @@ from typing import Iterator
 import paramiko
 import pytest
 
-import bacpac.ssh
-from bacpac.ssh import SshOptions, connect
-from bacpac.sshdata import BatchWriter
+import bacpac.transport.ssh.connection
+from bacpac.transport.ssh.connection import SshOptions, connect
+from bacpac.transport.ssh.packets import BatchWriter
 from fixtures_sshd import SshServer, start_sshd
 
 SHA256_STDIN = "sha256sum -b | cut -d' ' -f1"
@@ -76,7 +76,7 @@ def test_batched_writes_survive_key_exchanges_the_server_starts(
 
 
 def test_other_ciphers_fall_back_to_channel_send(sshd, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bacpac.ssh, "PREFERRED_CIPHER", "aes128-ctr")
+    monkeypatch.setattr(bacpac.transport.ssh.connection, "PREFERRED_CIPHER", "aes128-ctr")
     data = os.urandom(4 << 20)
     digest, batched = _send_and_hash(sshd, data, 1 << 20)
     assert not batched
