@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import remote_helper
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import DIGESTS, ERROR, PROGRESS, READY, RESULT, Frame
 
@@ -75,10 +76,10 @@ class Loader(object):  # importlib.abc's base classes cost 20 ms of imports: the
 class Finder(object):
     def find_spec(self, name, path=None, target=None):
         if name in M["modules"]:
-            return importlib.util.spec_from_loader(name, Loader(), is_package=name == "remote_helper")
+            return importlib.util.spec_from_loader(name, Loader(), is_package=name in M["packages"])
 sys.meta_path.insert(0, Finder())
 from remote_helper.jobs import server
-status = helper.main()
+status = server.main()
 for stream in (sys.stdout, sys.stderr):
     try:
         stream.flush()
@@ -127,12 +128,16 @@ def helper_payload() -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def _payload() -> bytes:
-    package = Path(protocol.__file__).parent
-    modules = {}
-    for file in sorted(package.glob("*.py")):
-        name = "remote_helper" if file.stem == "__init__" else f"remote_helper.{file.stem}"
+    root = Path(remote_helper.__file__).parent
+    modules, packages = {}, []
+    for file in sorted(root.rglob("*.py")):  # sorted: the same payload, byte for byte, each run
+        parts = ("remote_helper",) + file.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+            packages.append(".".join(parts))
+        name = ".".join(parts)
         modules[name] = (file.read_text(), _module_code(name, file))
-    stage2 = {"magic": importlib.util.MAGIC_NUMBER, "modules": modules}
+    stage2 = {"magic": importlib.util.MAGIC_NUMBER, "modules": modules, "packages": packages}
     return zlib.compress(marshal.dumps((STAGE2, stage2), 4), 6)
 
 
