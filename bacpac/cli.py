@@ -17,7 +17,8 @@ from .ui.events import RunFailed, Sink
 from .engine.pacing import START_LEVEL, parse_rate
 from .engine.pipeline import StreamSettings
 from .transport.helper import ConnectOptions
-from .ui.sinks import human_size, make_sink
+from .ui.sinks import make_sink
+from .ui.text import human_size
 from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import parse_endpoint
 from .transport.ssh.connection import SshOptions, parse_o_option

@@ -22,12 +22,9 @@ from bacpac.ui.sinks import (
     LogSink,
     TeeSink,
     WarningSink,
-    human_duration,
-    human_rate,
-    human_size,
     make_sink,
-    result_line,
 )
+from bacpac.ui.text import human_duration, human_rate, human_size, result_line
 
 GIB = 1024**3
 MIB = 1024**2

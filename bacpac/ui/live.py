@@ -19,7 +19,7 @@ from rich.table import Column
 from rich.text import Text
 
 from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted
-from .sinks import Clock, status_mark, blocks_text, describe, human_size, result_line
+from .text import Clock, status_mark, blocks_text, describe, human_size, result_line
 
 
 @dataclass
