@@ -10,17 +10,18 @@ import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
 from . import __version__
-from .dup import DupRequest, run_dup
+from .commands.dup import DupRequest, run_dup
 from .errors import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, BacpacError, Signalled, UsageError,
                      internal_error, interruption)
-from .events import RunFailed, Sink
-from .pacing import START_LEVEL, parse_rate
-from .pipeline import StreamSettings
-from .remote import ConnectOptions
-from .report import human_size, make_sink
-from .savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
+from .ui.events import RunFailed, Sink
+from .engine.pacing import START_LEVEL, parse_rate
+from .engine.pipeline import StreamSettings
+from .transport.helper import ConnectOptions
+from .ui.sinks import make_sink
+from .ui.text import human_size
+from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import parse_endpoint
-from .ssh import SshOptions, parse_o_option
+from .transport.ssh.connection import SshOptions, parse_o_option
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tools"))
 
-from bacpac.ssh import SshOptions, connect  # noqa: E402
+from bacpac.transport.ssh.connection import SshOptions, connect  # noqa: E402
 from loopback_sshd import SshServer, start_sshd  # noqa: E402
 from sample import parse_size  # noqa: E402
 

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from bacpac import cli
-from bacpac.events import JobSummary, Sink
-from bacpac.jobs import run_tracked
+from bacpac.ui.events import JobSummary, Sink
+from bacpac.commands.jobs import run_tracked
 from clirun import bacpac, start
 
 

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from bacpac import dedup
-from bacpac.dedup import CHUNK, MIN_RUN, SeenChunks, Segment
-from bacpac.frames import Copy, Data, Hole
-from bacpac.pipeline import ExtentReader, StreamSettings
+from bacpac.engine import dedup
+from bacpac.engine.dedup import CHUNK, MIN_RUN, SeenChunks, Segment
+from bacpac.engine.frames import Copy, Data, Hole
+from bacpac.engine.pipeline import ExtentReader, StreamSettings
 from clirun import MiB, bacpac, random_bytes, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import requires_root

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 
-from bacpac.disk import close_source, open_source
+from bacpac.engine.source import close_source, open_source
 from bacpac.errors import EXIT_USAGE, UsageError
 from clirun import MiB, write_file
 from fixtures_disk import mkfs_and_mount, partition_disk, requires_root, run
-from remote_helper import devices
+from remote_helper.target import devices
 
 # Holes and data are placed on 64 KiB boundaries: any SEEK_HOLE granularity up to that (4 KiB
 # on ext4 and tmpfs here) then gives exact extents.
@@ -417,6 +417,6 @@ def test_open_source_reports_permission_denied(tmp_path, monkeypatch):
     def denied(path, flags, mode=0o777):
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
-    monkeypatch.setattr("bacpac.disk.os.open", denied)
+    monkeypatch.setattr("bacpac.engine.source.os.open", denied)
     path = str(tmp_path / "secret.img")
     expect_usage_error(path, "%s: Permission denied" % path)

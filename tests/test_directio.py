@@ -12,11 +12,11 @@ import pytest
 import zstandard
 
 from bacpac.errors import TransferError
-from bacpac.pipeline import ImageStream, StreamSettings
+from bacpac.engine.pipeline import ImageStream, StreamSettings
 from clirun import MiB, write_file
-from remote_helper import devices, directio
+from remote_helper.target import devices, directio
 from remote_helper.errors import HelperError
-from remote_helper.target import open_target
+from remote_helper.target.target import open_target
 
 SOURCE = {"boot_id": "", "identity": {}}
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from bacpac.jobs import check_result
+from bacpac.commands.jobs import check_result
 from bacpac.errors import VerifyError
-from bacpac.pacing import LOCAL_LEVEL, START_LEVEL
-from bacpac.remote import helper_payload
+from bacpac.engine.pacing import LOCAL_LEVEL, START_LEVEL
+from bacpac.transport.helper import helper_payload
 from clirun import MiB, allocated, bacpac, bacpac_env, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
-from remote_helper.zstdframe import USUAL_PLACES
+from remote_helper.wire.zstdframe import USUAL_PLACES
 from fixtures_disk import make_ext4_image, mkfs_and_mount, partition_disk, requires_root, run
 
 

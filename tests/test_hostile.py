@@ -25,11 +25,11 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bacpac.remote import helper_argv, helper_payload
-from remote_helper import codecs, protocol
+from bacpac.transport.helper import helper_argv, helper_payload
+from remote_helper.wire import codecs, protocol
 from remote_helper.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from remote_helper.helper import error_frame
-from remote_helper.protocol import COPY, DATA, END, ERROR, HEADER, OPEN, READY
+from remote_helper.jobs.server import error_frame
+from remote_helper.wire.protocol import COPY, DATA, END, ERROR, HEADER, OPEN, READY
 from test_dup import _bare_python
 from clirun import (FAIL_WITHIN, SLOW, MiB, assert_failed_in_one_line, bacpac, bacpac_env,
                     finish, random_image, sha256_of, start, wait_until)

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from bacpac.knownhosts import CERT_AUTHORITY, REVOKED, lookup
+from bacpac.transport.ssh.knownhosts import CERT_AUTHORITY, REVOKED, lookup
 
 BLOB = base64.b64encode(b"\0\0\0\x0bssh-ed25519" + b"k" * 36).decode()
 

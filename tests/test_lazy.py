@@ -45,8 +45,8 @@ def test_match_exec_in_bacpacs_own_reader_needs_no_invoke(tmp_path) -> None:
                       "Match exec \"/bin/false\"\n    User nobody\n")
     out = _python(f"""
         import sys
-        import bacpac.ssh
-        from bacpac.sshconfig import SshOptions, resolve_host
+        import bacpac.transport.ssh.connection
+        from bacpac.transport.ssh.config import SshOptions, resolve_host
         cfg = resolve_host("somehost", None, SshOptions(config_file={str(config)!r}))
         print(cfg.port, cfg.user != "nobody", type(sys.modules["invoke"]).__name__)
     """, env={**os.environ, "PATH": str(tmp_path / "no-ssh-here")})

@@ -13,8 +13,8 @@ import os
 import pytest
 import zstandard
 
-from bacpac.pacing import HIGHEST, LOCAL_LEVEL, LOWEST, Pacer, _step, parse_rate
-from bacpac.pipeline import RECOMPRESS_AT, ImageStream, StreamSettings
+from bacpac.engine.pacing import HIGHEST, LOCAL_LEVEL, LOWEST, Pacer, _step, parse_rate
+from bacpac.engine.pipeline import RECOMPRESS_AT, ImageStream, StreamSettings
 from clirun import MiB, bacpac, sha256_of, wait_until, write_file
 from test_directio import Collect, stream
 

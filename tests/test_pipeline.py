@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from bacpac import pipeline
-from bacpac.pipeline import ImageStream, StreamSettings
+from bacpac.engine import pipeline
+from bacpac.engine.pipeline import ImageStream, StreamSettings
 from clirun import MiB, wait_until, write_file
 from test_directio import Collect, stream
 
@@ -25,7 +25,7 @@ def test_a_hole_is_sent_before_its_zeros_are_hashed(tmp_path, mocker):
         assert sent.wait(10), "the hole was held back until its zeros were hashed"
         return real(size)
 
-    mocker.patch("bacpac.pipeline.zero_chunks", side_effect=zeros_once_sent)
+    mocker.patch("bacpac.engine.pipeline.zero_chunks", side_effect=zeros_once_sent)
 
     class Sink(Collect):
         def hole(self, offset, size):

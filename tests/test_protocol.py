@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remote_helper import protocol
+from remote_helper.wire import protocol
 from remote_helper.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from remote_helper.protocol import (
+from remote_helper.wire.protocol import (
     CODEC_ZSTD, COPY, DATA, DIGESTS, END, ERROR, HEADER, HEADER_SIZE, HELLO, HOLE, MATCH, MAX_CONTROL,
     MAX_PAYLOAD, OPEN, PROGRESS, READY, RESULT, Decoder, Frame)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from bacpac import remote
-from bacpac.channel import LocalChannel
+from bacpac.transport import helper
+from bacpac.transport.channel import LocalChannel
 from bacpac.errors import TransferError
 from clirun import bacpac, helper_pythons
-from remote_helper import protocol
+from remote_helper.wire import protocol
 
 
 def fake_python(tmp_path: Path, stdout: bytes) -> Path:
@@ -87,7 +87,7 @@ def test_a_command_that_never_says_hello_is_ended_at_the_deadline() -> None:
     channel = LocalChannel(["/bin/sh", "-c", "echo busy >&2; exec sleep 60"])
     with pytest.raises(TransferError, match=r"^localhost: the helper never started: no HELLO "
                        r"within 1 s, and the command is still running; stderr: busy$"):
-        remote.HelperSession.start(channel, "localhost", None, hello_within=1)
+        helper.HelperSession.start(channel, "localhost", None, hello_within=1)
     assert channel.wait(10) != -1  # ended, not left behind
 
 
@@ -126,7 +126,7 @@ F_GETPIPE_SZ = 1032
 
 
 def test_the_helper_widens_its_input_pipe_to_a_mebibyte() -> None:
-    from remote_helper.helper import PIPE_SIZE, widen_pipe
+    from remote_helper.jobs.server import PIPE_SIZE, widen_pipe
     import fcntl
     read_end, write_end = os.pipe()
     try:
@@ -142,7 +142,7 @@ def test_the_helper_widens_its_input_pipe_to_a_mebibyte() -> None:
 
 
 def test_widening_leaves_what_is_not_a_pipe_alone(tmp_path) -> None:
-    from remote_helper.helper import widen_pipe
+    from remote_helper.jobs.server import widen_pipe
     with open(tmp_path / "f", "wb") as f:
         widen_pipe(f.fileno())  # a file: no pipe size to set, and no error
     widen_pipe(9999)  # not even open: nothing to do either
@@ -160,7 +160,7 @@ def helper_says(python: str) -> tuple[int, bytes, bytes]:
     """Start the helper with `python` as bacpac does and end its input at once: (exit status,
     stdout, stderr). A helper that started says HELLO, then, its input ended before any job,
     exits 1 without a word."""
-    done = subprocess.run(remote.helper_argv(python, False), input=remote.helper_payload(),
+    done = subprocess.run(helper.helper_argv(python, False), input=helper.helper_payload(),
                           capture_output=True, timeout=60)
     return done.returncode, done.stdout, done.stderr
 
@@ -168,17 +168,17 @@ def helper_says(python: str) -> tuple[int, bytes, bytes]:
 @pytest.fixture
 def poisoned_code(monkeypatch):
     """A payload whose compiled code for remote_helper.errors exits 42 when it is run."""
-    real = remote._module_code
+    real = helper._module_code
 
     def module_code(name: str, file: Path) -> bytes:
         if name == "remote_helper.errors":
             return marshal.dumps(compile("raise SystemExit(42)", "poison", "exec"))
         return real(name, file)
 
-    remote._payload.cache_clear()
-    monkeypatch.setattr(remote, "_module_code", module_code)
+    helper._payload.cache_clear()
+    monkeypatch.setattr(helper, "_module_code", module_code)
     yield
-    remote._payload.cache_clear()
+    helper._payload.cache_clear()
 
 
 def test_the_helper_runs_the_code_compiled_here_when_its_python_is_this_one(poisoned_code):
@@ -219,15 +219,15 @@ def test_a_payload_that_cannot_be_built_is_an_error_of_the_caller_not_a_thread(m
 
     raised_in_threads = []
     monkeypatch.setattr(threading, "excepthook", raised_in_threads.append)  # else: a traceback
-    remote._payload.cache_clear()
-    monkeypatch.setattr(remote, "_module_code", unreadable)
+    helper._payload.cache_clear()
+    monkeypatch.setattr(helper, "_module_code", unreadable)
     try:
-        thread = remote.prepare_payload()
+        thread = helper.prepare_payload()
         with pytest.raises(OSError, match="Permission denied"):
-            remote.helper_payload()  # waits for the thread's try, then fails on its own
+            helper.helper_payload()  # waits for the thread's try, then fails on its own
         thread.join()
     finally:
-        remote._payload.cache_clear()
+        helper._payload.cache_clear()
     assert raised_in_threads == []
 
 
@@ -269,7 +269,7 @@ def helper_saying():
 
     def make(said: bytes) -> tuple:
         output = _HelperOutput(said, send_broke, test_over)
-        receiver = remote.Receiver(remote.HelperSession(output, "host", None), "/t.img",
+        receiver = helper.Receiver(helper.HelperSession(output, "host", None), "/t.img",
                                    lambda written: None)
         return receiver, broken_send
 
@@ -287,7 +287,7 @@ def test_a_broken_send_is_explained_by_the_helpers_error_even_when_it_arrives_la
 
 def test_a_broken_send_the_helper_does_not_explain_says_so_itself(monkeypatch,
                                                                    helper_saying) -> None:
-    monkeypatch.setattr(remote, "HELPER_ACCOUNT_WAIT", 0.2)
+    monkeypatch.setattr(helper, "HELPER_ACCOUNT_WAIT", 0.2)
     silent, broken_send = helper_saying(b"")
     with pytest.raises(TransferError, match="^host: the helper closed its input$"):
         silent.send(broken_send, b"frame")

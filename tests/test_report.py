@@ -8,7 +8,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from bacpac.events import (
+from bacpac.ui.events import (
     Counters,
     JobFinished,
     JobMessage,
@@ -16,18 +16,15 @@ from bacpac.events import (
     JobStarted,
     JobSummary,
 )
-from bacpac.display import RichSink
-from bacpac.report import (
+from bacpac.ui.live import RichSink
+from bacpac.ui.sinks import (
     JsonSink,
     LogSink,
     TeeSink,
     WarningSink,
-    human_duration,
-    human_rate,
-    human_size,
     make_sink,
-    result_line,
 )
+from bacpac.ui.text import human_duration, human_rate, human_size, result_line
 
 GIB = 1024**3
 MIB = 1024**2

@@ -11,13 +11,13 @@ import pytest
 import zstandard
 
 from clirun import MiB
-from remote_helper import zstdframe
+from remote_helper.wire import zstdframe
 from remote_helper.errors import HelperError
-from remote_helper.atomic import AtomicFile, MissingDirectory
-from remote_helper.saveset import NotASaveset, SavesetCorrupt, SavesetWriter
-from remote_helper.zstdframe import (compress_frame, decompress_frame, frame_content_size,
+from remote_helper.saveset.atomic import AtomicFile, MissingDirectory
+from remote_helper.saveset.format import NotASaveset, SavesetCorrupt, SavesetWriter
+from remote_helper.wire.zstdframe import (compress_frame, decompress_frame, frame_content_size,
                                      frame_has_checksum)
-from remote_helper.saveset_reader import SavesetReader, info, verify
+from remote_helper.saveset.reader import SavesetReader, info, verify
 
 FRAME = MiB
 XXH64_EMPTY_LOW = 0x51D8E999
@@ -563,7 +563,7 @@ def test_an_empty_image_makes_a_valid_saveset(tmp_path):
 
 def test_saveset_output_starts_writeback_as_it_grows_and_commits_a_valid_saveset(tmp_path,
                                                                                  mocker):
-    from remote_helper import saveset_output
+    from remote_helper.saveset import output as saveset_output
     started = []
     mocker.patch.object(saveset_output.libc, "start_writeback",
                         side_effect=lambda fd, offset, length: started.append((offset, length)))

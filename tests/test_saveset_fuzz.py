@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from clirun import KiB, Result, bacpac, sha256_of, transport_for
 from remote_helper.errors import HelperError
-from remote_helper.saveset import SavesetWriter
-from remote_helper.saveset_reader import SavesetReader, info, verify
-from remote_helper.zstdframe import compress_frame, decompress_frame
+from remote_helper.saveset.format import SavesetWriter
+from remote_helper.saveset.reader import SavesetReader, info, verify
+from remote_helper.wire.zstdframe import compress_frame, decompress_frame
 
 V1_SAVESET = Path(__file__).parent / "data" / "saveset-v1.bacpac"  # made by bacpac 0.1.0
 FRAME = 64 * KiB

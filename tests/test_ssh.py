@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from bacpac.errors import AuthError, ConnectError, HostKeyError, UsageError
-from bacpac.ssh import SshOptions, _WatchedSocket, connect, over_loopback, parse_o_option
-from bacpac.sshconfig import parse_jump, resolve_host
+from bacpac.transport.ssh.connection import (SshOptions, _WatchedSocket, connect, over_loopback,
+                                             parse_o_option)
+from bacpac.transport.ssh.config import parse_jump, resolve_host
 from clirun import FAIL_WITHIN
 from fixtures_sshd import helper_pids
 
@@ -556,8 +557,8 @@ def test_own_parser_ends_a_match_exec_that_hangs_at_its_deadline(tmp_path, monke
 def test_ssh_g_that_hangs_in_match_exec_ends_at_its_deadline(tmp_path, monkeypatch) -> None:
     if shutil.which("ssh") is None:
         pytest.skip("the OpenSSH client (ssh) is not installed")
-    import bacpac.sshconfig
-    monkeypatch.setattr(bacpac.sshconfig, "SSH_G_TIMEOUT", 1.0)
+    import bacpac.transport.ssh.config
+    monkeypatch.setattr(bacpac.transport.ssh.config, "SSH_G_TIMEOUT", 1.0)
     config = tmp_path / "config"
     config.write_text('Match exec "sleep 60"\n  Port 2200\n')
     with pytest.raises(UsageError, match=r"^lab: ssh -G did not print the configuration within 1 s"):

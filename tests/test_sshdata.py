@@ -13,8 +13,8 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bacpac.ssh import SshOptions, connect
-from bacpac.sshdata import CIPHERS, BatchWriter, checked_version
+from bacpac.transport.ssh.connection import SshOptions, connect
+from bacpac.transport.ssh.packets import CIPHERS, BatchWriter, checked_version
 from clirun import Transport
 from fixtures_sshd import SshServer, start_sshd
 

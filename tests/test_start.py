@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from bacpac.sshalgorithms import no_match
+from bacpac.transport.ssh.algorithms import no_match
 from clirun import FAIL_WITHIN, MiB, assert_failed_in_one_line, bacpac, random_image, sha256_of
 
 

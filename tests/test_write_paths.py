@@ -20,7 +20,7 @@ import pytest
 from clirun import MiB, Result, Transport, bacpac, random_image, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import mkfs_and_mount, partition_disk, requires_root, run
-from remote_helper import checks
+from remote_helper.target import checks
 from remote_helper.errors import Refused
 
 

@@ -1,0 +1,340 @@
+"""bacpac dup and backup: a disk or image onto a target and/or a saveset, proven end to end.
+
+The client hashes the whole source (the sha256 it reports and a saveset's trailer holds). The
+helper proves what it received frame by frame: every zstd frame carries its content checksum,
+which decompression verifies, and frames must be contiguous, in order and complete, so holes
+cost the helper nothing; zlib frames, which have no strong checksum, are hashed whole instead.
+--verify re-reads the target from its disk and compares sha256s. A backup is a dup with no
+target disk: the helper writes only the saveset, from the same frames.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import queue
+from dataclasses import dataclass, field
+from typing import Optional
+
+from remote_helper.target import devices
+from remote_helper.wire import protocol
+from remote_helper.wire.protocol import END, MATCH, OPEN
+
+from ..engine.source import Source, close_source, open_source
+from ..errors import BacpacError, DiskFullError, TransferError, UsageError, interruption
+from ..ui.events import Counters, JobStarted, JobSummary, Sink
+from .jobs import check_result, naming, remote_path, run_tracked, saveset_metadata, warn, where
+from ..engine.dedup import SeenChunks
+from ..engine.delta import SegmentReader
+from ..engine.pipeline import ExtentReader, ImageStream, Producer, StreamSettings
+from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
+from ..spec import Endpoint
+
+PARTLY = "; the target was partly written and does not hold a usable copy"
+PARTLY_WRITTEN = PARTLY + ": run the same command again with --delta to finish it"
+
+
+@dataclass(frozen=True)
+class DupRequest:
+    """One dup (target disk, optional saveset) or backup (saveset only), validated.
+
+    For a backup, `target` names the saveset and `saveset` is None.
+    """
+
+    source: str
+    target: Endpoint
+    saveset: Optional[str] = None
+    backup: bool = False
+    force: bool = False
+    verify: bool = False
+    delta: bool = False
+    stream: StreamSettings = field(default_factory=StreamSettings)
+
+    @property
+    def command(self) -> str:
+        return "backup" if self.backup else "dup"
+
+    @property
+    def saveset_path(self) -> Optional[str]:
+        if self.backup:
+            return remote_path(self.target)
+        if self.saveset is None:
+            return None
+        return remote_path(dataclasses.replace(self.target, path=self.saveset))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One dup or backup under way: what was asked, how to reach the target, and where it
+    reports (its events, under its name, and its summary, filled in as it goes)."""
+
+    request: DupRequest
+    options: ConnectOptions
+    sink: Sink
+    name: str
+    summary: JobSummary
+
+
+def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSummary:
+    """Run one dup or backup; emits its events; returns its summary or raises its error."""
+    name = f"{request.source} → {request.target}"
+    summary = JobSummary(command=request.command, source=request.source,
+                         target=str(request.target), saveset=request.saveset_path)
+    return run_tracked(sink, name, summary,
+                       lambda s: _dup(_Job(request, options, sink, name, s)))
+
+
+def _dup(job: _Job) -> None:
+    request = job.request
+    source = open_source(request.source)
+    stream: Optional[_Stream] = None
+    try:
+        job.summary.bytes_total = source.size
+        if source.rw_mount:
+            warn(job.sink, job.name, job.summary,
+                 _mounted_warning(request.source, *source.rw_mount))
+        stream = _Stream(request, source, request.stream)  # works while we connect
+        try:
+            _with_helper(job, stream, request.stream)
+        except _Renegotiate as again:  # that helper refused the stream before writing a byte
+            _with_helper(job, stream, again.settings)
+    finally:
+        # Never under a reader still running: the number could go to the next file opened.
+        if stream is None or stream.close():
+            close_source(source)
+
+
+def _mounted_warning(path: str, device: str, mountpoint: str) -> str:
+    """Names the device that is mounted: the source itself, or a partition or loop device of
+    it, which is the one to unmount."""
+    subject = path if os.path.realpath(path) == device else f"{path}: {device}"
+    return f"{subject} is mounted read-write on {mountpoint}: the copy may be inconsistent"
+
+
+class _Renegotiate(TransferError):
+    """The helper's HELLO came after the stream was begun with settings it cannot decode."""
+
+    def __init__(self, host: str, settings: StreamSettings) -> None:
+        super().__init__(f"{host}: the helper's codecs changed between two starts")
+        self.settings = settings
+
+
+def _with_helper(job: _Job, stream: "_Stream", settings: StreamSettings) -> None:
+    """The transfer through a helper of its own, with the stream begun in `settings` before
+    its HELLO is read (HelperSession.start). The requested settings first: every helper with
+    zstd decodes them; one without refuses them, and the next helper is sent what it can."""
+    session = open_session(job.request.target, job.options, hello=False, on_route=stream.route)
+    try:
+        _transfer(job, stream, session, settings)
+    finally:
+        session.close()
+
+
+class _Stream:
+    """The image's stream, begun before the helper is reached: remade if the helper's codecs
+    make the negotiated settings differ from the ones it was begun with."""
+
+    def __init__(self, request: DupRequest, source: Source, settings: StreamSettings) -> None:
+        self._request = request
+        self.source = source
+        self._here = request.target.is_local  # the helper runs on this host
+        self._stopped = True  # every stream replaced so far stopped its threads
+        self.image = self._start(settings)
+
+    def route(self, here: bool) -> None:
+        """Told by the connection, before its handshake, whether it stays on this host."""
+        self._here = here
+        if here:
+            self.image.to_this_host()
+
+    def _start(self, settings: StreamSettings) -> ImageStream:
+        # In a delta run the receiver feeds this the target's digests as the helper sends them;
+        # a queue of each stream's own, so a reader being stopped can never take one.
+        self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
+        producer: Producer
+        if self._request.delta:
+            producer = SegmentReader(self.digests)
+        elif self._request.backup:
+            producer = ExtentReader()  # no COPY frames: a backup's helper has no disk to read
+        else:
+            producer = ExtentReader(SeenChunks())
+        return ImageStream(self.source.fd, self.source.size, settings, producer,
+                           here=self._here, name=self.source.path)
+
+    def use(self, settings: StreamSettings) -> ImageStream:
+        if settings != self.image.settings:
+            self._stopped = self.image.close() and self._stopped
+            self.image = self._start(settings)
+        return self.image
+
+    def close(self) -> bool:
+        """Stop the stream's threads; whether all of them, and those of every stream it
+        replaced, stopped: until then the source stays open."""
+        return self.image.close() and self._stopped
+
+
+def _transfer(job: _Job, stream: _Stream, session: HelperSession,
+              settings: StreamSettings) -> None:
+    request, source, summary = job.request, stream.source, job.summary
+    image = stream.use(settings)
+    path = remote_path(request.target)
+    counters = Counters(job.name, job.sink)
+    receiver = Receiver(session, path, counters.set_written,
+                        lambda frame: stream.digests.put((frame.offset, frame.payload)),
+                        functools.partial(_agrees, request, settings, session.host))
+    receiver.send(session.ship)
+    # Sent without waiting for READY: the helper checks the OPEN before it reads on, and
+    # refuses it, with nothing written, by an ERROR that the receiver reads in READY's place.
+    receiver.send(session.send_json, OPEN, _open_frame(request, source, settings))
+    if settings == request.stream:  # not again for a helper that refused them
+        job.sink.emit(JobStarted(job.name, request.command, request.source,
+                                 str(request.target), request.saveset_path, source.size))
+    try:
+        result = _stream(job, image, session, receiver, counters)
+    except BacpacError as e:
+        if request.backup or (e is receiver.error and not receiver.ready):
+            raise  # a backup writes no target; a refused OPEN wrote nothing
+        raise type(e)(naming(str(e), session.host, where(request.target, path))
+                      + partly_written(e)) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
+        hint = "" if request.backup else PARTLY_WRITTEN
+        raise interruption(e, where(request.target, path), hint) from None
+    finally:  # what was done, whether or not the run got to the end
+        summary.bytes_read = counters.bytes_read
+        summary.bytes_sent = counters.bytes_sent
+        summary.bytes_written = counters.bytes_written  # as the helper's PROGRESS said
+    verify = request.verify and not request.backup
+    summary.sha256 = check_result(verify, where(request.target, path), result,
+                                  _check(settings))
+    summary.extra.update(codec=settings.codec, zstd=session.hello.get("zstd"),
+                         cipher=session.cipher, helper_python=session.hello.get("python"),
+                         verified=verify, check=_check(settings))
+    summary.bytes_written = int(result.get("bytes_written", 0))
+
+
+def _negotiate(request: DupRequest, hello: dict, host: str) -> StreamSettings:
+    codecs = hello.get("codecs") or []
+    stream = request.stream
+    if stream.codec in codecs:
+        return stream
+    if request.saveset_path is not None:
+        raise UsageError(f"{host}: a saveset needs zstd on the target: install "
+                         "python3-zstandard or the zstd tool there")
+    if "zlib" in codecs:
+        return dataclasses.replace(stream, codec="zlib", level=min(max(stream.level, 1), 9))
+    raise UsageError(f"{host}: the helper offers no codec this client speaks ({codecs})")
+
+
+def _agrees(request: DupRequest, settings: StreamSettings, host: str, hello: dict) -> None:
+    """A HELLO read while the stream is on its way: its helper must decode what it is sent, or
+    it refuses the OPEN, and the dup starts again with a helper told what it can decode."""
+    wanted = _negotiate(request, hello, host)
+    if wanted != settings:
+        raise _Renegotiate(host, wanted)
+
+
+def _check(settings: StreamSettings) -> str:
+    """How the helper proves the stream: by zstd's frame checksums, else by hashing it."""
+    return "frames" if settings.codec == "zstd" else "sha256"
+
+
+def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -> dict:
+    saveset = None
+    if request.saveset_path is not None:
+        saveset = {"path": request.saveset_path, "frame_size": settings.block_size,
+                   "metadata": saveset_metadata("disk", request.source, source.size,
+                                                settings.block_size)}
+    return {
+        "protocol": protocol.PROTOCOL_VERSION,
+        "job": "dup",
+        "path": None if request.backup else remote_path(request.target),
+        "size": source.size,
+        "force": request.force,
+        "verify": request.verify,
+        "check": _check(settings),
+        "codec": settings.codec,  # refused at once by a helper that cannot decode it
+        "saveset": saveset,
+        "delta": ({"block": settings.delta_block, "segment": settings.block_size}
+                  if request.delta else None),
+        "source": {"boot_id": devices.boot_id(), "identity": source.identity},
+    }
+
+
+class SessionSender:
+    """Puts the pipeline's frames on the helper's channel and counts them."""
+
+    def __init__(self, session: HelperSession, receiver: Receiver, counters: Counters,
+                 delta_block: int, delta: bool) -> None:
+        self._session = session
+        self._receiver = receiver
+        self._counters = counters
+        self._delta_block = delta_block
+        self._delta = delta  # blocks are counted, and shown, only when they were compared
+        self.blocks_sent = 0
+        self.blocks_matched = 0
+        self.bytes_copied = 0
+
+    def block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
+        self._receiver.send(self._session.send_block, offset, size, flags, payload)
+        self._count(size, len(payload), sent=True)
+
+    def hole(self, offset: int, size: int) -> None:
+        self._receiver.send(self._session.send, protocol.encode_hole(offset, size))
+        self._count(size, 0, sent=True)
+
+    def match(self, offset: int, size: int) -> None:
+        self._receiver.send(self._session.send, protocol.encode(MATCH, b"", offset, 0, size))
+        self._count(size, 0, sent=False)
+
+    def copy(self, offset: int, size: int, source: int, digest: bytes) -> None:
+        frame = protocol.encode_copy(offset, size, source, digest)
+        self._receiver.send(self._session.send, frame)
+        self._count(size, len(frame) - protocol.HEADER_SIZE, sent=True)
+        self.bytes_copied += size
+
+    def _count(self, size: int, payload: int, sent: bool) -> None:
+        if not self._delta:
+            self._counters.add(read=size, sent=payload)
+            return
+        blocks = -(-size // self._delta_block)
+        if sent:
+            self.blocks_sent += blocks
+        else:
+            self.blocks_matched += blocks
+        self._counters.add(read=size, sent=payload, compared=blocks,
+                           blocks_sent=blocks if sent else 0)
+
+    def check(self) -> None:
+        if self._receiver.failed:
+            self._receiver.wait()  # raises the helper's error
+
+    def helper_idle(self) -> Optional[float]:
+        return self._receiver.helper_idle
+
+
+def _stream(job: _Job, image: ImageStream, session: HelperSession, receiver: Receiver,
+            counters: Counters) -> dict:
+    request, summary = job.request, job.summary
+    sender = SessionSender(session, receiver, counters, image.settings.delta_block,
+                           request.delta)
+    try:
+        streamed = image.send(sender)
+        receiver.send(session.send_json, END,
+                      {"bytes": streamed.bytes_read, "sha256": streamed.sha256})
+    except BacpacError:
+        sender.check()  # the helper's own account of why the channel broke is the better message
+        raise
+    result = receiver.wait()
+    result["source_sha256"] = streamed.sha256
+    summary.extra["levels"] = streamed.levels
+    summary.extra["bytes_copied"] = sender.bytes_copied
+    if request.delta:
+        summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
+                             block_size=image.settings.delta_block)
+    return result
+
+
+def partly_written(error: BacpacError) -> str:
+    """What to tell of a target left half written by `error`: --delta finishes it, unless a
+    disk is full, which a second run would only fill again."""
+    return PARTLY if isinstance(error, DiskFullError) else PARTLY_WRITTEN

@@ -1,0 +1,110 @@
+"""The source side of a delta dup: compare block digests, send only the blocks that differ.
+
+# Strategy: the helper reads the target and sends the sha256 of each block, a segment (one
+# pipeline buffer, 4 MiB) at a time; this reader reads the same segment of the source at the
+# same moment, so the run takes one read of each disk, side by side. On the compressor pool,
+# each block of the segment is hashed and compared; runs of equal blocks become MATCH frames,
+# runs that are zero in the source HOLE frames, and the rest is compressed into DATA frames.
+# Blocks that are holes in the source are never read and hashed from a cached zero digest.
+# sha256 is collision-safe and, with this machine's SHA extensions, the fastest digest
+# hashlib has (1.75 GB/s against blake2b's 0.9).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import queue
+from typing import Callable
+
+from remote_helper.target.devices import is_zero, zero_chunks
+
+from ..errors import ProtocolError
+from .frames import Data, Frame, Hole, Match
+from .pipeline import BlockReader, Planned
+
+
+@functools.lru_cache(maxsize=8)
+def zero_digest(length: int) -> bytes:
+    return hashlib.sha256(bytes(length)).digest()
+
+
+class SegmentReader:
+    """The Producer of a delta run (pipeline.BlockReader runs it): reads the source segment by
+    segment and plans each against the target's digests, which `digests` brings in order."""
+
+    def __init__(self, digests: "queue.Queue[tuple[int, bytes]]") -> None:
+        self._digests = digests
+
+    def produce(self, reader: BlockReader) -> None:
+        segment, size = reader.settings.block_size, reader.size
+        for offset in range(0, size, segment):
+            length = min(segment, size - offset)
+            buffer = reader.take_buffer()
+            view = memoryview(buffer)[:length]
+            holes = _read_segment(reader, view, offset)
+            theirs = self._target_digests(reader, offset)
+            plan = functools.partial(plan_segment, offset, view, holes, theirs,
+                                     reader.settings.delta_block, reader.compressor.compress)
+            reader.put(Planned(buffer, length, reader.submit(plan)))
+
+    def _target_digests(self, reader: BlockReader, offset: int) -> bytes:
+        their_offset, digests = reader.wait_for(self._digests)
+        if their_offset != offset:
+            raise ProtocolError(f"target digests for offset {their_offset}, expected {offset}")
+        return digests
+
+
+def _read_segment(reader: BlockReader, view: memoryview, offset: int) -> list[tuple[int, int]]:
+    """Fill view from the source; holes are zero-filled, not read. Returns the holes."""
+    holes = []
+    for start, run, is_data in reader.extents(offset, offset + len(view)):
+        rel = start - offset
+        if is_data:
+            reader.read_into(view[rel:rel + run], start)
+        else:
+            holes.append((rel, run))
+            pos = rel
+            for chunk in zero_chunks(run):  # the buffer is reused: clear what it held
+                view[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+    return holes
+
+
+Compress = Callable[[memoryview], bytes]
+
+
+def plan_segment(offset: int, view: memoryview, holes: list[tuple[int, int]], theirs: bytes,
+                 block: int, compress: Compress) -> list[Frame]:
+    """The frames for one segment: a Match for each run of blocks the target holds already,
+    a Hole for each run of zeros, and a Data, compressed, for each run of the others."""
+    kinds: list[type[Frame]] = []
+    for index, pos in enumerate(range(0, len(view), block)):
+        piece = view[pos:pos + block]
+        in_hole = any(h <= pos and pos + len(piece) <= h + n for h, n in holes)
+        mine = zero_digest(len(piece)) if in_hole else hashlib.sha256(piece).digest()
+        if mine == theirs[index * 32:index * 32 + 32]:
+            kinds.append(Match)
+        elif in_hole or is_zero(piece):
+            kinds.append(Hole)
+        else:
+            kinds.append(Data)
+    return _runs_to_frames(offset, view, kinds, block, compress)
+
+
+def _runs_to_frames(offset: int, view: memoryview, kinds: list[type[Frame]], block: int,
+                    compress: Compress) -> list[Frame]:
+    frames: list[Frame] = []
+    start = 0
+    for index in range(1, len(kinds) + 1):
+        if index < len(kinds) and kinds[index] is kinds[start]:
+            continue
+        lo, hi = start * block, min(index * block, len(view))
+        kind = kinds[start]
+        if kind is Data:
+            frames.append(Data(offset + lo, hi - lo, compress(view[lo:hi])))
+        elif kind is Hole:
+            frames.append(Hole(offset + lo, hi - lo))
+        else:
+            frames.append(Match(offset + lo, hi - lo))
+        start = index
+    return frames

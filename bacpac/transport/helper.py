@@ -1,0 +1,507 @@
+"""Ships the helper down a channel, starts it, and talks to it in frames.
+
+# Strategy (after mitogen): the remote command is a tiny first stage, `python3 -S -c STAGE1`,
+# that reads an exact number of bytes from stdin, inflates them and runs them. That payload
+# holds a loader and, for every remote_helper module, its source and its code compiled here;
+# the loader imports them from memory (running the code where the target's Python is this
+# one, compiling the source elsewhere), so nothing is written on the target. The same stdin
+# then carries the frames. The first stage's code carries the marker "bacpac_stage1", by which
+# the tests find helpers left behind. -S keeps the target's .pth files out of the helper: any
+# of them may be slow (on the benchmark's host they took a third of the helper's start) or
+# print on stdout, which carries frames. The site-packages directories are still searched,
+# for zstandard; only where it is not found there does the full site setup run, in case a
+# .pth file is what puts it on the path.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import importlib.util
+import marshal
+import shlex
+import sys
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import remote_helper
+from remote_helper.errors import RemoteProtocolError
+from remote_helper.wire import protocol
+from remote_helper.wire.protocol import DIGESTS, ERROR, PROGRESS, READY, RESULT, Frame
+
+from . import threads
+from .channel import Channel, LocalChannel
+from ..errors import BacpacError, ProtocolError, TransferError, from_remote
+from ..spec import Endpoint
+from .ssh.connection import SshConnection, SshOptions, connect
+
+MARKER = "bacpac_stage1"
+HELPER_ACCOUNT_WAIT = 5.0  # seconds a failed send waits for the helper to say why
+NOISE_LIMIT = 64 << 20  # bytes of a login script's output skipped before the helper's HELLO
+# Seconds from the remote command's start to the helper's HELLO, where ConnectTimeout does not
+# set them: a loaded host's python may take seconds to start, a command that runs in the
+# helper's place (a ForceCommand) and reads its input would be waited for for ever.
+HELLO_WITHIN = 30.0
+SHOWN = 80  # characters of what a command in the helper's place wrote on stdout, shown
+STAGE1 = (
+    "import marshal,os,sys,zlib #" + MARKER + "\n"
+    "n=%d;b=b''\n"
+    "while len(b)<n:\n"
+    " c=os.read(0,n-len(b))\n"
+    " if not c:sys.exit(1)\n"
+    " b+=c\n"
+    "S,M=marshal.loads(zlib.decompress(b))\n"
+    "exec(S)"
+)
+STAGE2 = '''
+import importlib.util, os, site, sys
+def path(name):
+    return "<bacpac>/" + name.replace(".", "/") + ".py"
+try:
+    user = [site.getusersitepackages()] if site.check_enableusersite() else []
+    sys.path.extend(p for p in user + site.getsitepackages() if p not in sys.path)
+    import zstandard
+except Exception:
+    site.main()
+class Loader(object):  # importlib.abc's base classes cost 20 ms of imports: the protocol suffices
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        source, code = M["modules"][module.__name__]
+        if M["magic"] == importlib.util.MAGIC_NUMBER:
+            code = marshal.loads(code)
+        else:
+            code = compile(source, path(module.__name__), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+class Finder(object):
+    def find_spec(self, name, path=None, target=None):
+        if name in M["modules"]:
+            return importlib.util.spec_from_loader(name, Loader(), is_package=name in M["packages"])
+sys.meta_path.insert(0, Finder())
+from remote_helper.jobs import server
+status = server.main()
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except Exception:  # the client is gone: nobody is left to read it
+        pass
+os._exit(status)  # the work is done and said: skip the interpreter's teardown
+'''
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How to reach the helper: SSH settings, sudo, and which python to run it with."""
+
+    ssh: SshOptions = SshOptions()
+    sudo: bool = False
+    remote_python: Optional[str] = None  # default: python3 remotely, this interpreter locally
+    interactive: bool = False  # may we prompt on the terminal for passwords?
+
+
+def prepare_payload() -> threading.Thread:
+    """Build the helper's payload on a thread of its own, while the connection is made."""
+    thread = threading.Thread(target=_prepare, name="payload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _prepare() -> None:
+    try:
+        helper_payload()
+    except Exception:  # said once, by the caller who needs it, not as a thread's traceback
+        pass
+
+
+_payload_lock = threading.Lock()
+
+
+def helper_payload() -> bytes:
+    """The second stage and, for each remote_helper module, its source and its code as this
+    interpreter compiled it. Marshal's basic types read alike in every Python 3, its code
+    objects only in the version that wrote them: the helper runs them where its MAGIC_NUMBER
+    is ours (compiling was 20 ms of its 0.15 s start on the benchmark's host), and compiles
+    the source elsewhere. The code costs the wire 60 KB more."""
+    with _payload_lock:  # prepare_payload's thread may be building it: wait, do not build twice
+        return _payload()
+
+
+@functools.lru_cache(maxsize=1)
+def _payload() -> bytes:
+    root = Path(remote_helper.__file__).parent
+    modules, packages = {}, []
+    for file in sorted(root.rglob("*.py")):  # sorted: the same payload, byte for byte, each run
+        parts = ("remote_helper",) + file.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+            packages.append(".".join(parts))
+        name = ".".join(parts)
+        modules[name] = (file.read_text(), _module_code(name, file))
+    stage2 = {"magic": importlib.util.MAGIC_NUMBER, "modules": modules, "packages": packages}
+    return zlib.compress(marshal.dumps((STAGE2, stage2), 4), 6)
+
+
+def _module_code(name: str, file: Path) -> bytes:
+    """The module's code, marshalled; the loader compiles as an import would, from the .pyc
+    cache where it is fresh (an installed bacpac has one)."""
+    return marshal.dumps(importlib.machinery.SourceFileLoader(name, str(file)).get_code(name))
+
+
+def helper_argv(python: str, sudo: bool) -> list[str]:
+    argv = [python, "-S", "-c", STAGE1 % len(helper_payload()), MARKER]
+    return ["sudo", "-n", "--"] + argv if sudo else argv
+
+
+def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True,
+                 on_route: Optional[Callable[[bool], None]] = None) -> "HelperSession":
+    """Connect (or spawn locally), ship and start the helper, and read its HELLO (with
+    hello=False, leave both to the caller: see HelperSession.start). on_route, if given, is
+    told as early as can be whether the helper runs on this host (ssh.over_loopback)."""
+    if endpoint.is_local:
+        if on_route is not None:
+            on_route(True)
+        python = options.remote_python or sys.executable
+        channel: Channel = LocalChannel(helper_argv(python, options.sudo))
+        return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN)
+    payload = prepare_payload()  # while the connection is made
+    try:
+        conn = connect(endpoint.host or "", endpoint.user, options.ssh,
+                       interactive=options.interactive, on_route=on_route)
+    finally:
+        threads.join((payload,), "the helper's payload")
+    try:
+        argv = helper_argv(options.remote_python or "python3", options.sudo)
+        channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
+        return HelperSession.start(channel, endpoint.host or "", conn, hello,
+                                   conn.connect_timeout or HELLO_WITHIN)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _hello_at(data: bytes) -> Optional[int]:
+    """Where in data a HELLO frame's header begins, if one does."""
+    at = data.find(protocol.MAGIC)
+    while 0 <= at <= len(data) - protocol.HEADER_SIZE:
+        try:
+            if protocol.parse_header(data[at:at + protocol.HEADER_SIZE])[0] == protocol.HELLO:
+                return at
+        except RemoteProtocolError:
+            pass
+        at = data.find(protocol.MAGIC, at + 1)
+    return None
+
+
+def _printable(data: bytes) -> str:
+    """data quoted on one line, what is not printable escaped, cut after SHOWN characters."""
+    shown = repr(data.decode("utf-8", "replace"))[1:-1]
+    return f"'{shown[:SHOWN]}'" + ("..." if len(shown) > SHOWN else "")
+
+
+class HelperSession:
+    """One running helper: send frames to it, receive frames from it."""
+
+    def __init__(self, channel: Channel, host: str, conn: Optional[SshConnection]) -> None:
+        self.channel = channel
+        self.host = host
+        self.conn = conn
+        self.hello: dict = {}
+        self.noise = 0  # bytes a login script printed on stdout before the helper's HELLO
+        self._decoder = protocol.Decoder()
+        self._head = b""  # the first bytes on stdout, to show if no HELLO comes
+        self._deadline: Optional[threading.Timer] = None
+        self._readers: list[threading.Thread] = []  # threads reading the channel (Receiver)
+        self._hello_lock = threading.Lock()
+        self._hello_seen = False
+        self._within = HELLO_WITHIN
+        self._late = False  # the deadline passed with no HELLO: the channel is closed
+
+    @classmethod
+    def start(cls, channel: Channel, host: str, conn: Optional[SshConnection],
+              hello: bool = True, hello_within: float = HELLO_WITHIN) -> "HelperSession":
+        """Ship the helper and read its HELLO; with hello=False, neither: the caller starts a
+        Receiver, which reads the HELLO as it comes (a login script may print first, more than
+        a pipe holds, so its output is read while the helper is shipped), then ship()s the
+        helper and sends its OPEN and first frames at once. The channel's window (2 MiB from
+        OpenSSH) carries them while the target's login shell and Python start, which on a slow
+        link is time the link would otherwise stand idle. Either way, a HELLO that has not
+        come within `hello_within` seconds ends the channel, and the wait for it."""
+        session = cls(channel, host, conn)
+        session._watch_hello(hello_within)
+        if not hello:
+            return session
+        try:
+            try:
+                session.ship()
+            except TransferError as closed:
+                # What ran in the helper's place may have exited before reading its input:
+                # what it wrote, or its exit status, says more than the broken pipe.
+                session.read_hello()
+                raise closed
+            session.read_hello()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def ship(self) -> None:
+        """The helper's code, which the first stage reads from stdin."""
+        self.channel.write(helper_payload())
+
+    @property
+    def cipher(self) -> Optional[str]:
+        return self.conn.cipher if self.conn else None
+
+    def _watch_hello(self, within: float) -> None:
+        self._within = within
+        self._deadline = threading.Timer(within, self._hello_overdue)
+        self._deadline.name = "hello-deadline"
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def owns(self, reader: threading.Thread) -> None:
+        """A thread that reads this session's channel: close() joins it before the
+        connection is closed."""
+        self._readers.append(reader)
+
+    def _hello_overdue(self) -> None:
+        """No HELLO in time: close the channel, which ends every wait on it (a read for the
+        HELLO, a write blocked on a full window), each then raising _never_started."""
+        with self._hello_lock:
+            if self._hello_seen:
+                return
+            self._late = True
+        self.channel.close()
+
+    def _hello_arrived(self) -> None:
+        with self._hello_lock:
+            if self._late:  # in the same moment as the deadline, which closed the channel
+                raise self._never_started(ended=False)
+            self._hello_seen = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def read_hello(self) -> dict:
+        """The helper's first frame, into self.hello. What a login script printed on stdout
+        before the helper started comes first: it is skipped (self.noise counts it)."""
+        self._skip_noise()
+        frame = self.recv()
+        if frame.type != protocol.HELLO:
+            raise TransferError(f"{self.host}: expected HELLO from the helper, "
+                                f"got {protocol.type_name(frame.type)}")
+        hello = self.json(frame)
+        if hello.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise TransferError(f"{self.host}: the helper speaks protocol version "
+                                f"{hello.get('protocol')}, this client {protocol.PROTOCOL_VERSION}")
+        self.hello = hello
+        return hello
+
+    def _skip_noise(self) -> None:
+        """Feed the decoder from the helper's HELLO on, once its header is found (its magic and
+        its header checksum). The helper says HELLO before it reads its job, so output that
+        ends with none, or goes on past NOISE_LIMIT or the deadline without one, comes from
+        something else that ran in its place, and is sure to have written nothing."""
+        data = b""  # what may still hold a header: the last chunk, and the bytes before it
+        while self.noise < NOISE_LIMIT:
+            at = _hello_at(data)
+            if at is not None:
+                self._hello_arrived()
+                self.noise += at
+                self._decoder.feed(data[at:])
+                return
+            keep = data[-(protocol.HEADER_SIZE - 1):]
+            self.noise += len(data) - len(keep)
+            chunk = self._read_before_hello()
+            if not chunk:
+                raise self._never_started(ended=True)
+            self._head += chunk[:4 * SHOWN - len(self._head)]  # up to 4 UTF-8 bytes a character
+            data = keep + chunk
+        raise self._never_started(ended=False)
+
+    def _read_before_hello(self) -> bytes:
+        """The next bytes of stdout; b"" at its end, or once the deadline closed the channel."""
+        try:
+            chunk = self.channel.read(1 << 16)
+        except TransferError:
+            if self._late:
+                return b""
+            raise
+        return b"" if self._late else chunk
+
+    def _never_started(self, ended: bool) -> TransferError:
+        """What ran in the helper's place, which never said HELLO: how it ended (or that it
+        did not), the last line it wrote on stderr and the first bytes it wrote on stdout."""
+        if self._late:
+            how = f"no HELLO within {self._within:g} s, and the command is still running"
+        elif ended:
+            status = self.channel.wait(timeout=5)
+            how = (f"the command exited with status {status}" if status != -1
+                   else "the command closed its output")
+        else:
+            how = f"no HELLO in the first {NOISE_LIMIT >> 20} MiB of the command's output"
+        lines = [line for line in self.channel.stderr_tail().splitlines() if line.strip()]
+        said = ([f"stderr: {lines[-1].strip()}"] if lines else []) + (
+            [f"stdout began {_printable(self._head)}"] if self._head else [])
+        hint = (" (does the server run a command of its own, a ForceCommand or an "
+                "authorized_keys command=?)" if self._late and self.conn is not None else "")
+        return TransferError(f"{self.host}: the helper never started: {how}; "
+                             f"{'; '.join(said) or 'it wrote nothing'}{hint}")
+
+    def send(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def send_json(self, frame_type: int, obj: dict) -> None:
+        self.channel.write(protocol.encode_json(frame_type, obj))
+
+    def send_block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
+        """A DATA frame: the header, then the payload as is (no concatenation copy)."""
+        self.channel.write(protocol.header(protocol.DATA, payload, offset, flags, size))
+        self.channel.write(payload)
+
+    def recv(self) -> Frame:
+        """The next frame from the helper; a dead helper raises with what it said on stderr."""
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+            except RemoteProtocolError as e:
+                raise self._broke_protocol(e) from None
+            if frame is not None:
+                return frame
+            data = self.channel.read(1 << 16)
+            self._decoder.feed(data)
+            if not data and self._decoder.at_eof:
+                raise self._died()
+
+    def json(self, frame: Frame) -> dict:
+        """The payload of a control frame from the helper, decoded."""
+        try:
+            return frame.json()
+        except RemoteProtocolError as e:
+            raise self._broke_protocol(e) from None
+
+    def _broke_protocol(self, error: RemoteProtocolError) -> ProtocolError:
+        """The codec's error for bytes the helper sent, naming it (a LocalProtocolError, our
+        own misuse of the codec, is a bug and goes on as it is)."""
+        return ProtocolError(f"{self.host}: the helper broke the protocol: {error.message}")
+
+    def request(self, frame_type: int, obj: dict, reply: int, where: str) -> dict:
+        """Send one control frame and wait for the reply; an ERROR reply raises."""
+        self.send_json(frame_type, obj)
+        frame = self.recv()
+        return self.expect(frame, reply, where)
+
+    def expect(self, frame: Frame, reply: int, where: str) -> dict:
+        if frame.type == ERROR:
+            raise self.rebuild(self.json(frame), where)
+        if frame.type != reply:
+            raise ProtocolError(f"{self.host}: expected {protocol.type_name(reply)}, "
+                                f"got {protocol.type_name(frame.type)}")
+        return self.json(frame)
+
+    def rebuild(self, error: dict, where: str) -> BacpacError:
+        return from_remote(str(error.get("kind")), str(error.get("message")), self.host, where)
+
+    def _died(self) -> TransferError:
+        status = self.channel.wait(timeout=5)
+        tail = self.channel.stderr_tail().strip().splitlines()
+        said = f": {tail[-1]}" if tail else ""
+        return TransferError(f"{self.host}: the helper exited unexpectedly (status {status}){said}")
+
+    def close(self, hang_up: bool = False) -> None:
+        """End the helper's input, let it exit, close the connection. With hang_up, its output
+        is closed too: a helper blocked sending frames that nobody will read any more (a
+        restore's reader, once the restore failed) then ends at once instead of at the wait's
+        deadline. Every thread of the session is joined: the deadline's (its close of the
+        channel comes first, if it is at it), then the readers, which the channel's close ends,
+        before the connection goes."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            threads.join((self._deadline,), f"{self.host}: the HELLO deadline")
+        try:
+            if hang_up:
+                self.channel.hang_up()
+            else:
+                self.channel.close_write()
+            self.channel.wait(timeout=10)
+        except BacpacError:
+            pass  # closing a dead channel: nothing more to learn from it
+        self.channel.close()
+        threads.join(self._readers, f"{self.host}: the helper's session")
+        if self.conn is not None:
+            self.conn.close()
+
+
+class Receiver:
+    """Reads the helper's frames during a transfer: progress, then RESULT or ERROR.
+
+    With on_hello, the client sent its OPEN without waiting (HelperSession.start): the helper's
+    HELLO comes first, for on_hello to accept or refuse by raising, then its READY, or the
+    ERROR that refuses the OPEN before anything is written; `ready` says which it was.
+    """
+
+    def __init__(self, session: HelperSession, where: str, on_progress: Callable[[int], None],
+                 on_digests: Optional[Callable[[Frame], None]] = None,
+                 on_hello: Optional[Callable[[dict], None]] = None) -> None:
+        self._session = session
+        self._where = where
+        self._on_progress = on_progress
+        self._on_digests = on_digests
+        self._on_hello = on_hello
+        self.ready = on_hello is None  # the helper accepted the OPEN
+        self.result: Optional[dict] = None
+        self.error: Optional[BaseException] = None
+        # the share of its latest PROGRESS interval the helper spent waiting for input
+        self.helper_idle: Optional[float] = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        session.owns(self._thread)  # joined by the session's close()
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self._on_hello is not None:
+                self._on_hello(self._session.read_hello())
+                self._session.expect(self._session.recv(), READY, self._where)
+                self.ready = True
+            while True:
+                frame = self._session.recv()
+                if frame.type == PROGRESS:
+                    progress = self._session.json(frame)
+                    self.helper_idle = float(progress.get("idle", 0.0))
+                    self._on_progress(int(progress.get("written", 0)))
+                    continue
+                if frame.type == DIGESTS and self._on_digests is not None:
+                    self._on_digests(frame)
+                    continue
+                self.result = self._session.expect(frame, RESULT, self._where)
+                return
+        except BaseException as e:  # handed to the sending thread, which raises it
+            self.error = e
+        finally:
+            self._done.set()
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def send(self, put: Callable[..., None], *args: Any) -> None:
+        """put(*args) on the helper's channel. A broken channel usually means the helper
+        stopped, and its ERROR frame, or its exit status, says why, but may still be on its way
+        when the send fails: wait for it a moment, and raise it rather than the broken pipe."""
+        try:
+            put(*args)
+        except TransferError:
+            self._done.wait(HELPER_ACCOUNT_WAIT)
+            if self.error is None:
+                raise
+            raise self.error from None
+
+    def wait(self) -> dict:
+        """The helper's RESULT, once it came; its error if it failed."""
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
