@@ -1,4 +1,5 @@
-"""bacpac.ssh against a real OpenSSH server: config, host keys, auth, the channel, errors."""
+"""bacpac.transport.ssh against a real OpenSSH server: config, host keys, auth, the channel,
+errors."""
 from __future__ import annotations
 
 import concurrent.futures

@@ -1,6 +1,6 @@
-"""Batched channel writes (bacpac/sshdata.py) against a real OpenSSH server: the bytes arrive
-whole with aes128-gcm, across key exchanges the server starts, and other ciphers fall back to
-Paramiko's own Channel.send."""
+"""Batched channel writes (bacpac/transport/ssh/packets.py) against a real OpenSSH server: the
+bytes arrive whole with aes128-gcm, across key exchanges the server starts, and other ciphers
+fall back to Paramiko's own Channel.send."""
 from __future__ import annotations
 
 import hashlib

@@ -2,7 +2,7 @@
 
 # Strategy: where the OpenSSH client is installed, OpenSSH itself resolves the configuration:
 # `ssh -G` prints every option as ssh would apply it to the host (Include, Match, % tokens,
-# canonical names, its defaults), one "key value" line each. Without it, sshconfig_file.py
+# canonical names, its defaults), one "key value" line each. Without it, config_file.py
 # reads the files the same way, as far as it can. Either way, the result is validated once
 # into a frozen HostConfig; nothing below this reads ssh_config.
 """

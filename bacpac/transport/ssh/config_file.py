@@ -1,4 +1,4 @@
-"""ssh_config read here, for hosts without the OpenSSH client (sshconfig.py asks `ssh -G` first).
+"""ssh_config read here, for hosts without the OpenSSH client (config.py asks `ssh -G` first).
 
 # Strategy: paramiko.SSHConfig only parses, so the command line (-l, -p, -i, -o) is written as
 # a block of global lines *ahead of* the config files' text and the whole is parsed as one

@@ -11,10 +11,10 @@
 # then, holding the packetizer's write lock as Paramiko does for each packet, pads and
 # encrypts each one (advancing the GCM nonce and the sequence number) and writes them all in
 # one socket write. It works only where that is all there is to it: an AEAD cipher
-# (aes128-gcm, which ssh.py asks for first) and no compression. Anything else, or a Paramiko
+# (aes128-gcm, which connection.py asks for first) and no compression. Anything else, or a Paramiko
 # whose internals are not the ones read here, falls back to Channel.send, so nothing depends
 # on it but speed. Everything it reads of Paramiko's is checked when it is built. Paramiko's
-# own rekey trigger is not consulted: ssh.py sets its limits so high that only OpenSSH starts
+# own rekey trigger is not consulted: connection.py sets its limits so high that only OpenSSH starts
 # key exchanges, which this writer waits out at the gate as Channel.send would.
 """
 from __future__ import annotations
