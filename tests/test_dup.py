@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bacpac.commands.dup import check_result
+from bacpac.commands.jobs import check_result
 from bacpac.errors import VerifyError
 from bacpac.engine.pacing import LOCAL_LEVEL, START_LEVEL
 from bacpac.transport.helper import helper_payload

@@ -21,10 +21,10 @@ from remote_helper.wire import protocol
 from remote_helper.wire.protocol import END, MATCH, OPEN
 
 from ..engine.source import Source, close_source, open_source
-from ..errors import (BacpacError, DiskFullError, TransferError, UsageError, VerifyError,
-                     interruption)
+from ..errors import BacpacError, DiskFullError, TransferError, UsageError, interruption
 from ..ui.events import Counters, JobStarted, JobSummary, Sink
-from .jobs import remote_path, run_tracked, saveset_metadata, warn, where
+from .jobs import (check_result, naming, remote_path, run_tracked, saveset_metadata, warn,
+                   where)
 from ..engine.dedup import SeenChunks
 from ..engine.delta import SegmentReader
 from ..engine.pipeline import ImageStream, StreamSettings
@@ -323,28 +323,3 @@ def partly_written(error: BacpacError) -> str:
     """What to tell of a target left half written by `error`: --delta finishes it, unless a
     disk is full, which a second run would only fill again."""
     return PARTLY if isinstance(error, DiskFullError) else PARTLY_WRITTEN
-
-
-def naming(message: str, host: str, where: str) -> str:
-    """ "host: cause" (what the SSH layer says) as "host:path: cause", naming the target."""
-    if message.startswith(f"{host}: "):
-        return f"{where}: {message[len(host) + 2:]}"
-    return message
-
-
-def check_result(verify: bool, where: str, result: dict, check: str = "sha256") -> str:
-    """The source's sha256, once the helper proved the copy the way it was asked to (its own
-    sha256 equal to the source's, or every frame's checksum) and a --verify re-read agrees."""
-    sha256 = str(result["source_sha256"])
-    if result.get("check", "sha256") != check:
-        raise VerifyError(f"{where}: the helper checked the copy by {result.get('check')}, "
-                          f"not by {check} as asked")
-    if check == "sha256" and result.get("sha256") != sha256:
-        raise VerifyError(f"{where}: the target's sha256 {result.get('sha256')} differs from the "
-                          f"source's {sha256}")
-    if verify and "verify_sha256" not in result:
-        raise VerifyError(f"{where}: --verify was asked, but the helper did not re-read the target")
-    if verify and result["verify_sha256"] != sha256:
-        raise VerifyError(f"{where}: re-read of the target gave sha256 "
-                          f"{result.get('verify_sha256')}, the source's is {sha256}")
-    return sha256

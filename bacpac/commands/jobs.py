@@ -1,4 +1,5 @@
-"""What every command's job shares: its summary, its timing, its JobFinished event."""
+"""What every command's job shares: its summary, its timing, its JobFinished event, and how a
+helper's result and errors are checked and named."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from typing import Callable
 from remote_helper.target.checks import absolute
 
 from .. import __version__
-from ..errors import BacpacError, internal_error, interruption
+from ..errors import BacpacError, VerifyError, internal_error, interruption
 from ..ui.events import JobFinished, JobMessage, JobSummary, Sink
 from ..spec import Endpoint
 
@@ -60,3 +61,28 @@ def saveset_metadata(kind: str, source_path: str, size: int, frame_size: int) ->
     return {"kind": kind, "size": size, "frame_size": frame_size,
             "source_host": socket.gethostname(), "source_path": os.path.abspath(source_path),
             "bacpac_version": __version__}
+
+
+def naming(message: str, host: str, where: str) -> str:
+    """ "host: cause" (what the SSH layer says) as "host:path: cause", naming the target."""
+    if message.startswith(f"{host}: "):
+        return f"{where}: {message[len(host) + 2:]}"
+    return message
+
+
+def check_result(verify: bool, where: str, result: dict, check: str = "sha256") -> str:
+    """The source's sha256, once the helper proved the copy the way it was asked to (its own
+    sha256 equal to the source's, or every frame's checksum) and a --verify re-read agrees."""
+    sha256 = str(result["source_sha256"])
+    if result.get("check", "sha256") != check:
+        raise VerifyError(f"{where}: the helper checked the copy by {result.get('check')}, "
+                          f"not by {check} as asked")
+    if check == "sha256" and result.get("sha256") != sha256:
+        raise VerifyError(f"{where}: the target's sha256 {result.get('sha256')} differs from the "
+                          f"source's {sha256}")
+    if verify and "verify_sha256" not in result:
+        raise VerifyError(f"{where}: --verify was asked, but the helper did not re-read the target")
+    if verify and result["verify_sha256"] != sha256:
+        raise VerifyError(f"{where}: re-read of the target gave sha256 "
+                          f"{result.get('verify_sha256')}, the source's is {sha256}")
+    return sha256

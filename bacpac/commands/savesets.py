@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
-from .dup import check_result, naming
 from ..errors import BacpacError, ProtocolError, VerifyError, interruption
 from ..ui.events import Counters, JobStarted, JobSummary, Sink
-from .jobs import remote_path, run_tracked, where
+from .jobs import check_result, naming, remote_path, run_tracked, where
 from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
 from ..spec import Endpoint
 
