@@ -149,3 +149,11 @@ def test_paramiko_is_imported_only_by_the_ssh_package() -> None:
     importers = sorted(m for m, imported in GRAPH.items()
                        if any(name.split(".")[0] == "paramiko" for name in imported))
     assert importers and all(m.startswith("bacpac.transport.ssh.") for m in importers), importers
+
+
+def test_a_command_imports_no_other_command_only_what_they_share() -> None:
+    shared = {"bacpac.commands.jobs", "bacpac.commands.__init__"}
+    for module, imported in GRAPH.items():
+        if module.startswith("bacpac.commands."):
+            others = {m for m in imported if m.startswith("bacpac.commands.")} - shared - {module}
+            assert not others, f"{module} imports {sorted(others)}"
