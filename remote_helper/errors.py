@@ -12,6 +12,10 @@ import traceback
 DISK_FULL = (_errno.ENOSPC, _errno.EDQUOT)
 
 
+class ClientGone(Exception):
+    """stdin ended (or the client sent ERROR) before the job was complete."""
+
+
 class HelperError(Exception):
     """A failure on the target; `kind` names the client error class it becomes."""
 

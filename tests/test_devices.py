@@ -1,4 +1,5 @@
-"""remote_helper.devices and bacpac.disk against real files, loop devices, mounts and swap."""
+"""remote_helper.target.devices and bacpac.engine.source against real files, loop devices,
+mounts and swap."""
 import errno
 import os
 import shutil

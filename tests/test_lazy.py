@@ -56,7 +56,7 @@ def test_match_exec_in_bacpacs_own_reader_needs_no_invoke(tmp_path) -> None:
 def test_a_program_that_uses_invoke_after_bacpac_gets_the_real_one() -> None:
     out = _python("""
         import sys
-        import bacpac.ssh
+        import bacpac.transport.ssh.connection
         import invoke
         print(invoke.run.__module__, type(sys.modules["invoke"]).__name__)
     """)

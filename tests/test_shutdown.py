@@ -18,13 +18,16 @@ import pytest
 
 from rich.console import Console
 
-from bacpac import cli, dup, pipeline, threads
-from bacpac.display import RichSink
-from bacpac.events import JobFinished, JobStarted, JobSummary
+from bacpac import cli, threads
+from bacpac.commands import dup
+from bacpac.engine import pipeline
+from bacpac.ui.live import RichSink
+from bacpac.ui.events import JobFinished, JobStarted, JobSummary
 from clirun import TRANSPORTS, MiB, Transport, random_image, sha256_of, transport_for
 from fixtures_leaks import Leftovers
 from fixtures_sshd import helper_pids
-from remote_helper import helper, protocol, zstdframe
+from remote_helper.jobs import dup as helper_dup, server
+from remote_helper.wire import protocol, zstdframe
 
 SLICED = ("--block-size", "1M")  # several blocks, so that a run can be cut between two
 
@@ -225,7 +228,7 @@ def test_the_helper_joins_its_writer_before_closing_a_target_it_refuses_midway(
            "codec": "zstd", "source": {}}
     with open(tmp_path / "frames.out", "wb") as sent:
         before = Leftovers.now()
-        with pytest.raises(helper.ProtocolError, match="expected offset"):
-            helper.run_dup(job, helper.Input(io.BytesIO(frames)), helper.Output(sent.fileno()))
+        with pytest.raises(server.ProtocolError, match="expected offset"):
+            helper_dup.run_dup(job, server.Input(io.BytesIO(frames)), server.Output(sent.fileno()))
         assert before.leftovers() == []
     assert (tmp_path / "frames.out").read_bytes().startswith(protocol.MAGIC)

@@ -1,4 +1,5 @@
-"""bacpac.ssh against a real OpenSSH server: config, host keys, auth, the channel, errors."""
+"""bacpac.transport.ssh against a real OpenSSH server: config, host keys, auth, the channel,
+errors."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -544,9 +545,9 @@ def test_own_parser_refuses_a_match_criterion_it_does_not_know(tmp_path, monkeyp
 
 
 def test_own_parser_ends_a_match_exec_that_hangs_at_its_deadline(tmp_path, monkeypatch) -> None:
-    import bacpac.sshconfig_file
+    import bacpac.transport.ssh.config_file
     monkeypatch.setenv("PATH", str(tmp_path / "no-ssh-here"))
-    monkeypatch.setattr(bacpac.sshconfig_file, "MATCH_EXEC_TIMEOUT", 1.0)
+    monkeypatch.setattr(bacpac.transport.ssh.config_file, "MATCH_EXEC_TIMEOUT", 1.0)
     config = tmp_path / "config"
     config.write_text('Match exec "/bin/sleep 60"\n  Port 2200\n')
     with pytest.raises(UsageError) as e:

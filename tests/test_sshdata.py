@@ -1,4 +1,4 @@
-"""Batched channel writes (bacpac/sshdata.py): the very bytes Paramiko's own Channel.send and
+"""Batched channel writes (bacpac/transport/ssh/packets.py): the very bytes Paramiko's own Channel.send and
 Packetizer.send_message put on the socket for the same data and cipher state; against a real
 OpenSSH server, whole with AES-GCM and across key exchanges the server starts; and off, with
 the copy still exact, for any other cipher or a Paramiko it was not checked on."""

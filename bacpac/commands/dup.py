@@ -23,7 +23,8 @@ from remote_helper.wire.protocol import END, MATCH, OPEN
 from ..engine.source import Source, close_source, open_source
 from ..errors import BacpacError, DiskFullError, TransferError, UsageError, interruption
 from ..ui.events import Counters, JobStarted, JobSummary, Sink
-from .jobs import check_result, naming, remote_path, run_tracked, saveset_metadata, warn, where
+from .jobs import (check_result, naming, remote_path, run_tracked, saveset_metadata, warn,
+                   where)
 from ..engine.dedup import SeenChunks
 from ..engine.delta import SegmentReader
 from ..engine.pipeline import ExtentReader, ImageStream, Producer, StreamSettings

@@ -1,5 +1,5 @@
-"""What every command's job shares: its summary, its timing, its JobFinished event, and how
-it names its target and checks the helper's RESULT."""
+"""What every command's job shares: its summary, its timing, its JobFinished event, and how a
+helper's result and errors are checked and named."""
 from __future__ import annotations
 
 import os

@@ -2,7 +2,7 @@
 
 # Strategy: a reader thread walks the source's data extents (SEEK_DATA/SEEK_HOLE, so holes are
 # never read), reads each block into a buffer from a fixed pool (by direct I/O where it can:
-# remote_helper/directio.py) and sorts it: an all-zero block joins the current zero run, any
+# remote_helper/target/directio.py) and sorts it: an all-zero block joins the current zero run, any
 # other goes to the compressor pool. A hashing thread takes the blocks next, in stream order,
 # for the sha256 of the whole image (holes hashed as zeros), while the pool compresses them;
 # the sending thread then writes each as one DATA frame and gives its buffer back to the pool

@@ -31,7 +31,7 @@ from remote_helper.errors import RemoteProtocolError
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import DIGESTS, ERROR, PROGRESS, READY, RESULT, Frame
 
-from . import threads
+from .. import threads
 from .channel import Channel, LocalChannel
 from ..errors import BacpacError, ProtocolError, TransferError, from_remote
 from ..spec import Endpoint

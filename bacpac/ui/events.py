@@ -1,7 +1,7 @@
 """Progress events and the sink interface; nothing here knows how events are shown.
 
 Jobs call a Sink from any thread (the reader, the sender, the thread that reads the helper's
-PROGRESS frames); sinks in report.py render them as a rich display, log lines or JSON.
+PROGRESS frames); sinks in sinks.py and live.py render them as a rich display, log lines or JSON.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
 from rich.table import Column
 from rich.text import Text
 
-from . import threads
+from .. import threads
 from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted
 from .text import Clock, status_mark, blocks_text, describe, human_size, result_line
 

@@ -1,7 +1,7 @@
 """The helper's jobs on an existing saveset: read it out (restore), verify it, describe it.
 
 All three open the saveset through the one SavesetReader, so they agree on what is damaged and
-say it in the same words (saveset_reader.py); every error names the saveset's path.
+say it in the same words (saveset/reader.py); every error names the saveset's path.
 """
 import contextlib
 import os

@@ -23,7 +23,7 @@
 #             the image), and from version 2 metadata_sha256: the sha256 of the whole metadata
 #             frame, header included, so that no byte of the metadata goes unchecked.
 # Version 1 (bacpac before the metadata digest) has no metadata_sha256; it is still read, and
-# the reader says its metadata is unchecked (saveset_reader.py holds the checks).
+# the reader says its metadata is unchecked (reader.py holds the checks).
 """
 import hashlib
 import json
@@ -31,7 +31,7 @@ import struct
 import time
 
 from ..errors import HelperError, IntegrityError
-# re-exported: saveset_output.py needs one import
+# re-exported: output.py needs one import
 from ..wire.zstdframe import compress_frame, require_zstd  # noqa: F401
 from ..wire.zstdframe import BadFrame, check_single_frame, parse_header, skippable_frame, u32
 

@@ -77,7 +77,7 @@ class SavesetOutput(object):
 def open_output(spec, target, source):
     # type: (object, object, dict) -> object
     """The SavesetOutput an OPEN frame's "saveset" entry asks for, or None; its path checked
-    first against the `target` path (None for a backup) and the `source` (see checks.py)."""
+    first against the `target` path (None for a backup) and the `source` (see target/checks.py)."""
     if not spec:
         return None
     path = checks.absolute(os.path.expanduser(spec["path"]))

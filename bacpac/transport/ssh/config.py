@@ -2,7 +2,7 @@
 
 # Strategy: where the OpenSSH client is installed, OpenSSH itself resolves the configuration:
 # `ssh -G` prints every option as ssh would apply it to the host (Include, Match, % tokens,
-# canonical names, its defaults), one "key value" line each. Without it, sshconfig_file.py
+# canonical names, its defaults), one "key value" line each. Without it, config_file.py
 # reads the files the same way, as far as it can. Either way, the result is validated once
 # into a frozen HostConfig; nothing below this reads ssh_config.
 """
@@ -165,7 +165,7 @@ def _ssh_g(ssh: str, host: str, user: Optional[str], opts: SshOptions) -> dict:
 def _run_alone(command: list[str], host: str) -> tuple[int, str, str]:
     """Run `ssh -G` with a deadline (a Match exec command may hang)."""
     try:
-        status, out, err = sshconfig_file.run_alone(command, SSH_G_TIMEOUT)
+        status, out, err = config_file.run_alone(command, SSH_G_TIMEOUT)
     except OSError as e:
         raise UsageError(f"{host}: cannot run {command[0]} -G: {e.strerror}") from None
     except subprocess.TimeoutExpired:
@@ -206,7 +206,7 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
     hostname = found["hostname"].lower()
     port = int(found.get("port", 22))
     user = found.get("user") or local_user()
-    tokens = sshconfig_file.tokens(alias, hostname, port, user)
+    tokens = config_file.tokens(alias, hostname, port, user)
 
     def flag(key: str, default: bool) -> bool:
         return _BOOLEANS[found[key].lower()] if key in found else default

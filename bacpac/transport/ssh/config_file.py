@@ -1,4 +1,4 @@
-"""ssh_config read here, for hosts without the OpenSSH client (sshconfig.py asks `ssh -G` first).
+"""ssh_config read here, for hosts without the OpenSSH client (config.py asks `ssh -G` first).
 
 # Strategy: the command line (-l, -p, -i, -o) is written as a block of global lines *ahead of*
 # the config files' text, and the whole is read as one file of ssh_config(5): "Keyword
@@ -7,7 +7,7 @@
 # the first value of every keyword and every IdentityFile in turn: OpenSSH's rule. Match
 # knows all, canonical (never true: no canonicalisation here), final, host, originalhost,
 # user, localuser and exec; anything else is refused rather than misread. Values are
-# returned as written, but for %h in HostName and %h/%p/%r in ProxyJump: sshconfig.py expands
+# returned as written, but for %h in HostName and %h/%p/%r in ProxyJump: config.py expands
 # the tokens of the keys it uses, with expand() here, which Match exec uses too. A global
 # Include (before any Host or Match line, or under "Host *") is replaced by the text of the
 # files it names, as OpenSSH reads them (relative to ~/.ssh, or /etc/ssh for the system file;
@@ -279,7 +279,7 @@ def _tokens(host: str, found: dict) -> dict[str, str]:
                   found.get("user") or local_user())
 
 
-# ---- tokens and processes, shared with sshconfig.py --------------------------------------
+# ---- tokens and processes, shared with config.py -------------------------------------------
 
 def tokens(alias: str, hostname: str, port: int, user: str) -> dict[str, str]:
     """ssh_config(5)'s %-tokens for one host, but for %l (see expand)."""

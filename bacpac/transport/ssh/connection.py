@@ -1,12 +1,12 @@
 """SSH with Paramiko, and Paramiko only here: connect, check the host key, log in, run commands.
 
 # Strategy: connect() walks the steps OpenSSH walks, each mapping its failures to one bacpac
-# error that names the host: resolve the options (sshconfig.py), open a TCP socket (or a
+# error that names the host: resolve the options (config.py), open a TCP socket (or a
 # direct-tcpip channel through a ProxyJump host), negotiate a tuned transport, check the host
 # key against known_hosts before anything else is sent, then authenticate (agent, key files,
 # keys with passphrases, password). The transport is tuned for one long upload: aes128-gcm
 # first, no Paramiko compression, a large window, and rekey limits so high that OpenSSH starts
-# the rekeys (Paramiko's own rekey stalls the sender). SshChannel is the Channel of channel.py
+# the rekeys (Paramiko's own rekey stalls the sender). SshChannel is the Channel of ../channel.py
 # over an exec channel; any Paramiko or socket error there becomes a TransferError.
 """
 from __future__ import annotations
@@ -29,13 +29,13 @@ from ...errors import AuthError, ConnectError, HostKeyError, TransferError, Usag
 from .config import HostConfig, SshOptions, parse_jump, parse_o_option, resolve_host
 
 # Paramiko imports invoke for its ssh_config's `Match exec` alone, which bacpac never runs
-# (sshconfig_file.py reads ssh_config): deferred here, where bacpac first imports Paramiko.
+# (config_file.py reads ssh_config): deferred here, where bacpac first imports Paramiko.
 lazy.defer("invoke")
 
 import paramiko  # noqa: E402
 
-from .sshalgorithms import Transport, no_match  # noqa: E402
-from .sshdata import BatchWriter  # noqa: E402
+from .algorithms import Transport, no_match  # noqa: E402
+from .packets import BatchWriter  # noqa: E402
 
 __all__ = ["SshOptions", "SshConnection", "SshChannel", "connect", "parse_o_option"]
 
@@ -495,7 +495,7 @@ class SshConnection:
 
 
 class SshChannel:
-    """The Channel protocol of channel.py over an SSH exec channel."""
+    """The Channel protocol of ../channel.py over an SSH exec channel."""
 
     def __init__(self, conn: SshConnection, chan: paramiko.Channel,
                  batch: Optional[BatchWriter] = None) -> None:
@@ -507,7 +507,7 @@ class SshChannel:
 
     @property
     def batched(self) -> bool:
-        """Whether writes go out in batches of packets (sshdata.py) rather than one by one."""
+        """Whether writes go out in batches of packets (packets.py) rather than one by one."""
         return self._batch is not None and self._batch.usable()
 
     def read(self, n: int) -> bytes:

@@ -11,12 +11,12 @@
 # then, holding the packetizer's write lock as Paramiko does for each packet, pads and
 # encrypts each one (advancing the GCM nonce and the sequence number) and writes them all in
 # one socket write. It works only where that is all there is to it, and only as far as it was
-# checked: the AES-GCM ciphers at OpenSSH's framing (aes128-gcm@openssh.com, which ssh.py asks
-# for first, and aes256-gcm@openssh.com), no compression, and a Paramiko of the versions in
+# checked: the AES-GCM ciphers at OpenSSH's framing (aes128-gcm@openssh.com, which connection.py
+# asks for first, and aes256-gcm@openssh.com), no compression, and a Paramiko of the versions in
 # CHECKED_VERSIONS, whose private attributes it reads and writes (tests/test_sshdata.py
 # compares its bytes with Packetizer.send_message's). Anything else falls back to
 # Channel.send, so nothing depends on it but speed. Paramiko's own rekey trigger is not
-# consulted: ssh.py sets its limits so high that only OpenSSH starts key exchanges, which
+# consulted: connection.py sets its limits so high that only OpenSSH starts key exchanges, which
 # this writer waits out at the gate as Channel.send would.
 """
 from __future__ import annotations

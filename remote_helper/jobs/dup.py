@@ -1,0 +1,213 @@
+"""The dup job (a backup is a dup with no target path): the stream of blocks written into the
+target and the saveset, and proven by sha256 or frame by frame.
+"""
+import hashlib
+import os
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import ClientGone, IntegrityError, ProtocolError
+from ..saveset.output import open_output
+from ..target import devices
+from ..target.delta import TargetSegments
+from ..target.target import NullTarget, open_target
+from ..target.writer import ImageWriter
+from ..wire import codecs, protocol, zstdframe
+from ..wire.protocol import COPY, DATA, END, ERROR, HOLE, MATCH, PROGRESS, READY, RESULT
+
+if TYPE_CHECKING:  # for the type comments only: the server imports this module
+    from .server import Input, Output  # noqa: F401
+
+VERIFY_CHUNK = 4 << 20
+# How the helper proves what it received (the job's "check"): "sha256" hashes the whole stream
+# and compares it with END's; "frames" requires every DATA frame to be one zstd frame carrying
+# its content checksum, which decompression verifies, so the bytes are proven frame by frame
+# and holes need no hashing. A restore must prove its saveset's trailer, so it asks for sha256.
+CHECKS = ("sha256", "frames")
+
+
+def run_dup(job, inp, out):
+    # type: (dict, Input, Output) -> None
+    """Check and open the target and the saveset, write the stream into them, prove it by sha256.
+
+    A backup is a dup with no target path: only the saveset is written. A delta run keeps the
+    target's content and first sends the digests of its blocks (see delta.py).
+    """
+    size = int(job["size"])
+    delta = job.get("delta")
+    if job.get("check", "sha256") not in CHECKS:
+        raise ProtocolError("unknown check %r" % (job.get("check"),))
+    # The client may have sent this OPEN, and the stream behind it, before it read our HELLO:
+    # frames this host cannot decompress are refused before anything is opened.
+    codec = job.get("codec")
+    if codec is not None and codec not in codecs.available():
+        raise ProtocolError("the stream is in %s, which this host cannot decompress (it has %s)"
+                            % (codec, ", ".join(codecs.available())))
+    # The saveset first: a saveset that cannot be written refuses the job before the target
+    # is opened, let alone truncated.
+    path = None if job.get("path") is None else os.path.expanduser(job["path"])
+    source = job.get("source") or {}
+    saveset = open_output(job.get("saveset"), path, source)
+    target = segments = writer = None
+    try:
+        if path is None:
+            target = NullTarget(size)
+        else:
+            target = open_target(path, size, bool(job.get("force")), source, keep=bool(delta))
+        out.send_json(READY, {"kind": "block" if target.is_block else "file",
+                              "created": target.created,
+                              "saveset": saveset.path if saveset else None})
+        if delta:
+            segments = TargetSegments(target, int(delta["block"]), int(delta["segment"]),
+                                      out.send, out.fail)
+        writer = image_writer(job, inp, out, target, saveset, segments)
+        out.send_json(RESULT, write_image(job, inp, writer, target, saveset))
+    except ClientGone:
+        raise
+    except Exception as e:
+        out.fail(e)  # now: stopping the writer below may take a while
+        raise
+    finally:
+        # The writer first (it may wait for a segment of the target's), and both joined
+        # before the files they write and read are closed. A thread that will not stop keeps
+        # them open until the helper exits, at once: closed under it, their descriptors could
+        # be reused, and it would write into another file.
+        stopped = writer is None or writer.abandon()
+        stopped = (segments is None or segments.stop()) and stopped
+        if stopped:
+            close_outputs(target, saveset)
+        else:
+            sys.stderr.write("bacpac helper: a thread did not stop in time; the target and "
+                             "the saveset stay open until the helper exits\n")
+
+
+def close_outputs(target, saveset):
+    # type: (object, object) -> None
+    if target is not None:
+        target.close()
+    if saveset is not None:
+        saveset.discard()  # harmless after commit: only a temporary file is ever removed
+
+
+def image_writer(job, inp, out, target, saveset, segments):
+    # type: (dict, Input, Output, object, object, object) -> ImageWriter
+    """The thread that writes the image, reporting PROGRESS as it goes."""
+    last = [time.monotonic(), inp.idle]  # when the previous PROGRESS went, and idle by then
+
+    def progress(written):
+        # type: (int) -> None
+        """Bytes written, and the share of the time since the last PROGRESS spent waiting for
+        input: measured here, so the client's pacing never reads a stale or skewed figure."""
+        now, idle = time.monotonic(), inp.idle
+        share = (idle - last[1]) / max(now - last[0], 1e-6)
+        last[:] = [now, idle]
+        out.send_json(PROGRESS, {"written": written, "idle": round(min(share, 1.0), 3)})
+
+    return ImageWriter(target, progress, out.fail, saveset, segments,
+                       hash_stream=job.get("check", "sha256") == "sha256")
+
+
+def write_image(job, inp, writer, target, saveset):
+    # type: (dict, Input, ImageWriter, object, object) -> dict
+    """Receive the image into the writer, prove it, and finish the target and the saveset."""
+    check = job.get("check", "sha256")
+    end = receive_image(inp, writer, target, check == "frames")
+    written, sha256 = writer.drain()
+    where = target.path or (saveset.path if saveset else "stream")
+    result = {"bytes_written": written, "check": check}
+    if check == "frames":
+        sha256 = end.get("sha256")  # the source's, for the saveset's trailer and --verify
+        if not _is_sha256(sha256):
+            raise ProtocolError("END carries no sha256 of the source: %r" % (sha256,))
+    elif end.get("sha256") != sha256:
+        raise IntegrityError("%s: sha256 of what was written (%s) differs from the source's (%s)"
+                             % (where, sha256, end.get("sha256")))
+    else:
+        result["sha256"] = sha256
+    writer.finish()  # the head last, once the image is proven: else the target will not mount
+    if job.get("verify") and target.path is not None:
+        result["verify_sha256"] = reread_sha256(target)
+    if saveset is not None:
+        saveset.commit(sha256, written)
+        result["saveset"] = saveset.path
+    return result
+
+
+def _is_sha256(value):
+    # type: (object) -> bool
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def receive_image(inp, writer, target, checked_frames=False):
+    # type: (Input, ImageWriter, object, bool) -> dict
+    """DATA, HOLE, MATCH and COPY frames, contiguous and in order, up to END; returns END's
+    payload.
+
+    With checked_frames, a DATA frame must be exactly one zstd frame with a content checksum.
+    """
+    decompressor = codecs.Decompressor()
+    expected = 0
+    whole = False  # finished before END: every byte came, in frames proven one by one
+    while True:
+        frame = inp.next()
+        if frame.type in (DATA, HOLE, MATCH, COPY):
+            if whole:
+                raise ProtocolError("%s frame after the last byte of the image"
+                                    % protocol.type_name(frame.type))
+            if frame.offset != expected or frame.offset + frame.size > target.size:
+                raise ProtocolError("block at offset %d of %d bytes: expected offset %d within %d"
+                                    % (frame.offset, frame.size, expected, target.size))
+            if frame.type == DATA:
+                if checked_frames:
+                    _require_checksum(frame)
+                data = decompressor.decompress(frame.flags, frame.payload, frame.size)
+                writer.put_data(frame.offset, data, frame.payload)
+            elif frame.type == HOLE:
+                writer.put_hole(frame.offset, frame.size)
+            elif frame.type == COPY:
+                if not target.readable:
+                    raise ProtocolError("COPY frame with no target disk to copy from")
+                writer.put_copy(frame.offset, frame.size, *protocol.parse_copy(frame))
+            elif writer.delta:
+                writer.put_match(frame.offset, frame.size)
+            else:
+                raise ProtocolError("MATCH frame outside a delta run")
+            expected += frame.size
+            if checked_frames and expected == target.size:
+                # Every byte is here, each frame proven by its own checksum: the image is
+                # whole. Its fsync (a second on a fast disk) runs while the client finishes
+                # hashing a trailing hole, instead of after its END.
+                writer.finish()
+                whole = True
+        elif frame.type == END:
+            end = frame.json()
+            if expected != target.size or end.get("bytes") != target.size:
+                raise IntegrityError("stream ended at byte %d of %d" % (expected, target.size))
+            return end
+        elif frame.type == ERROR:
+            raise ClientGone()
+        else:
+            raise ProtocolError("unexpected %s frame" % protocol.type_name(frame.type))
+
+
+def _require_checksum(frame):
+    # type: (protocol.Frame) -> None
+    if frame.flags != protocol.CODEC_ZSTD:
+        raise ProtocolError("block at offset %d: codec %d where a checked zstd frame was expected"
+                            % (frame.offset, frame.flags))
+    zstdframe.check_single_frame(frame.payload)
+    if not zstdframe.frame_has_checksum(frame.payload):
+        raise ProtocolError("block at offset %d: zstd frame without its content checksum"
+                            % frame.offset)
+
+
+def reread_sha256(target):
+    # type: (object) -> str
+    """Read the target back from the disk, not the page cache, and hash it (--verify)."""
+    devices.drop_cache(target.fd)
+    digest = hashlib.sha256()
+    for offset in range(0, target.size, VERIFY_CHUNK):
+        digest.update(target.read_back(offset, min(VERIFY_CHUNK, target.size - offset)))
+    return digest.hexdigest()
