@@ -2,9 +2,9 @@
 
 Paramiko imports invoke at start-up, for `Match exec` in its ssh_config reader alone, which
 bacpac does not use; invoke brings in asyncio, unittest.mock and a YAML parser, a large part
-of the client's start. defer("invoke"), called in transport/ssh/connection.py just before its import of paramiko,
-puts a stand-in module in its place, which imports the real one on the first attribute asked
-of it: a program that imports bacpac's SSH layer and uses invoke (or Paramiko's SSHConfig)
+of the client's start. defer("invoke"), called in transport/ssh/connection.py just before its
+import of paramiko, puts a stand-in module in its place, which imports the real one on the
+first attribute asked of it: a program that imports bacpac's SSH layer and uses invoke (or Paramiko's SSHConfig)
 still gets the real one, and bacpac never pays.
 (importlib's LazyLoader does not do here: on Python 3.11 the import statement itself reads
 the module's __spec__, which loads it.)
