@@ -202,7 +202,7 @@ def _command_line_block(user: Optional[str], opts: SshOptions) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostConfig:
+def _host_config(alias: str, found: dict, read_from: Optional[str]) -> HostConfig:
     hostname = found["hostname"].lower()
     port = int(found.get("port", 22))
     user = found.get("user") or local_user()
@@ -235,7 +235,7 @@ def _host_config(alias: str, found: dict, config_file: Optional[str]) -> HostCon
                        else expand(command, tokens, home=False)),
         password_auth=flag("passwordauthentication", True),
         batch_mode=flag("batchmode", False),
-        config_file=config_file,
+        config_file=read_from,
     )
 
 
