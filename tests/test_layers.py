@@ -19,7 +19,8 @@ PACKAGES = ("bacpac", "remote_helper")
 # is named here); each layer lists the layers it may import, itself included.
 LAYER_OF_TOP_MODULE = {
     "bacpac.__init__": "base", "bacpac.errors": "base", "bacpac.spec": "base",
-    "bacpac.lazy": "base", "bacpac.cli": "cli", "bacpac.__main__": "cli",
+    "bacpac.lazy": "base", "bacpac.threads": "base",
+    "bacpac.cli": "cli", "bacpac.__main__": "cli",
     "remote_helper.__init__": "errors", "remote_helper.errors": "errors",
 }
 MAY_IMPORT = {

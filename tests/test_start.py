@@ -7,10 +7,10 @@ must end within seconds, with one line that says what the server did.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
-
-import subprocess
 
 import pytest
 
@@ -83,7 +83,8 @@ def test_no_match_names_the_host_key_types_of_both_sides() -> None:
 
 # ---- a remote command in the helper's place ---------------------------------------------------
 
-@pytest.mark.parametrize("command", ["cat > /dev/null", "/bin/sleep 90"],
+# The sleep's length is this test run's own, so that ending it ends no other run's.
+@pytest.mark.parametrize("command", ["cat > /dev/null", f"/bin/sleep 90.{os.getpid()}"],
                          ids=["swallows_its_input", "reads_nothing"])
 def test_a_command_that_never_exits_in_the_helpers_place_fails_at_the_connect_timeout(
         sshd_with, image, tmp_path, command: str) -> None:
