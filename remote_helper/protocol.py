@@ -15,6 +15,7 @@ import json
 import struct
 import zlib
 from collections import namedtuple
+from typing import Optional, Tuple
 
 from .errors import ProtocolError
 
@@ -127,7 +128,7 @@ def parse_copy(frame):
 
 
 def parse_header(head, max_payload=MAX_PAYLOAD):
-    # type: (bytes, int) -> tuple
+    # type: (bytes, int) -> Tuple[int, int, int, int, int, int]
     """Check a 32-byte header; returns (type, flags, length, offset, size, payload_crc)."""
     magic, frame_type, flags, length, offset, size, crc, head_crc = HEADER.unpack(head)
     if magic != MAGIC:
@@ -160,7 +161,7 @@ class Decoder(object):
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
-        self._head = None  # the parsed header of the frame being assembled
+        self._head = None  # type: Optional[Tuple[int, int, int, int, int, int]]  # the parsed header of the frame being assembled
         self._max_payload = max_payload
 
     def feed(self, data):
@@ -182,7 +183,7 @@ class Decoder(object):
         return len(self._buf) - self._pos
 
     def next_frame(self):
-        # type: () -> object
+        # type: () -> Optional[Frame]
         """The next whole frame, or None when more bytes are needed."""
         if self._head is None:
             if self.buffered < HEADER_SIZE:
@@ -200,7 +201,7 @@ class Decoder(object):
         return Frame(frame_type, flags, offset, size, payload)
 
     def _need_data(self, what):
-        # type: (str) -> None
+        # type: (str) -> Optional[Frame]
         if self._eof and (self.buffered or self._head is not None):
             raise ProtocolError("stream truncated in the middle of a %s" % what)
         return None
