@@ -161,7 +161,8 @@ class Decoder(object):
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
-        self._head = None  # type: Optional[Tuple[int, int, int, int, int, int]]  # the parsed header of the frame being assembled
+        # the parsed header of the frame being assembled
+        self._head = None  # type: Optional[Tuple[int, int, int, int, int, int]]
         self._max_payload = max_payload
 
     def feed(self, data):

@@ -38,7 +38,8 @@ class Target(object):
         self.sparse = not is_block  # truncated file: unwritten ranges already read as zeros
         self._direct = directio.reopen(fd, os.O_WRONLY)
         self._writeback = libc.Writeback(fd)
-        self._scratch = None  # type: Optional[mmap.mmap]  # the aligned buffer direct writes are copied into
+        # the aligned buffer direct writes are copied into
+        self._scratch = None  # type: Optional[mmap.mmap]
 
     def pwrite(self, offset, data):
         # type: (int, memoryview) -> None

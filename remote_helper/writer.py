@@ -75,7 +75,7 @@ class ImageWriter(object):
         self._next_progress = time.monotonic() + FIRST_PROGRESS
         self._head_zeroed = False
         self._head_changed = False  # new bytes (not MATCHed ones) went into the held-back head
-        self._drained = None  # type: Optional[Tuple[int, Optional[str]]]  # drain()'s result, once it returned
+        self._drained = None  # type: Optional[Tuple[int, Optional[str]]]  # drain()'s, once done
         self._finished = False  # the head is written and the target synced
         self._thread = threading.Thread(target=self._run, name="writer")
         self._thread.daemon = True
