@@ -17,6 +17,7 @@ import stat
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Optional  # type comments
 
 from . import codecs, devices, protocol, zstdframe
 from .errors import IntegrityError, ProtocolError, as_helper_error
@@ -24,8 +25,11 @@ from .delta import TargetSegments
 from .protocol import COPY, DATA, END, ERROR, HOLE, MATCH, OPEN, PROGRESS, READY, RESULT
 from .saveset_jobs import run_info, run_read_saveset, run_verify
 from .saveset_output import open_output
-from .target import NullTarget, open_target
+from .target import NullTarget, Target, open_target
 from .writer import ImageWriter
+
+if TYPE_CHECKING:
+    from .writer import AnyTarget, Saveset, Segments
 
 READ_BUFFER = 1 << 20
 # stdin's pipe from sshd: 64 KiB by default, so sshd had to wake us, and be woken, every 64 KiB
@@ -94,7 +98,7 @@ class Input(object):
     """Frames from stdin: exact reads of a header, then of its payload (no extra copy)."""
 
     def __init__(self, stream):
-        # type: (object) -> None
+        # type: (BinaryIO) -> None
         self._stream = stream
         self.idle = 0.0  # seconds spent waiting for input: the client paces itself by it
 
@@ -152,7 +156,8 @@ def run_dup(job, inp, out):
     path = None if job.get("path") is None else os.path.expanduser(job["path"])
     source = job.get("source") or {}
     saveset = open_output(job.get("saveset"), path, source)
-    target = segments = None
+    target = None  # type: Optional[AnyTarget]
+    segments = None  # type: Optional[TargetSegments]
     try:
         if path is None:
             target = NullTarget(size)
@@ -162,7 +167,9 @@ def run_dup(job, inp, out):
                               "created": target.created,
                               "saveset": saveset.path if saveset else None})
         if delta:
-            segments = TargetSegments(target, int(delta["block"]), int(delta["segment"]),
+            # the client asks for a delta only with a target path: target is a Target
+            segments = TargetSegments(target,  # type: ignore[arg-type]
+                                      int(delta["block"]), int(delta["segment"]),
                                       out.send, out.fail)
         result = write_image(job, inp, out, target, saveset, segments)
         out.send_json(RESULT, result)
@@ -176,7 +183,7 @@ def run_dup(job, inp, out):
 
 
 def write_image(job, inp, out, target, saveset, segments):
-    # type: (dict, Input, Output, object, object, object) -> dict
+    # type: (dict, Input, Output, AnyTarget, Saveset, Segments) -> dict
     last = [time.monotonic(), inp.idle]  # when the previous PROGRESS went, and idle by then
 
     def progress(written):
@@ -212,7 +219,8 @@ def write_image(job, inp, out, target, saveset, segments):
     if job.get("verify") and target.path is not None:
         result["verify_sha256"] = reread_sha256(target)
     if saveset is not None:
-        saveset.commit(sha256, written)
+        # sha256 is not None here: the writer's hash (check sha256) or END's, proven above
+        saveset.commit(sha256, written)  # type: ignore[arg-type]
         result["saveset"] = saveset.path
     return result
 
@@ -224,7 +232,7 @@ def _is_sha256(value):
 
 
 def receive_image(inp, writer, target, checked_frames=False):
-    # type: (Input, ImageWriter, object, bool) -> dict
+    # type: (Input, ImageWriter, AnyTarget, bool) -> dict
     """DATA, HOLE, MATCH and COPY frames, contiguous and in order, up to END; returns END's
     payload.
 
@@ -287,7 +295,7 @@ def _require_checksum(frame):
 
 
 def reread_sha256(target):
-    # type: (object) -> str
+    # type: (Target) -> str
     """Read the target back from the disk, not the page cache, and hash it (--verify)."""
     devices.drop_cache(target.fd)
     digest = hashlib.sha256()
@@ -297,7 +305,7 @@ def reread_sha256(target):
 
 
 JOBS = {"dup": run_dup, "read_saveset": run_read_saveset, "verify": run_verify,
-        "info": run_info}
+        "info": run_info}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
 
 
 def serve(inp, out):
