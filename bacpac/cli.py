@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(self, message)
 
 
-def _ssh_parent() -> argparse.ArgumentParser:
+def _ssh_parent() -> _Parser:
     parent = _Parser(add_help=False)
     ssh = parent.add_argument_group("SSH (as OpenSSH's ssh)")
     ssh.add_argument("-F", dest="ssh_config", metavar="FILE", help="ssh_config file "

@@ -7,6 +7,7 @@ RPC errors). The helper knows nothing of the client's classes beyond these names
 import errno as _errno
 import os
 import traceback
+from typing import Optional  # for the type comments
 
 # Whatever failed, a full disk is told as such: running again would only fill it again.
 DISK_FULL = (_errno.ENOSPC, _errno.EDQUOT)
@@ -22,7 +23,7 @@ class HelperError(Exception):
     kind = "TransferError"
 
     def __init__(self, message, errno=0):
-        # type: (str, int) -> None
+        # type: (str, Optional[int]) -> None
         Exception.__init__(self, message)
         self.message = message
         self.errno = errno
@@ -62,7 +63,7 @@ class IntegrityError(HelperError):
 
 
 def as_helper_error(error, context=None):
-    # type: (BaseException, object) -> HelperError
+    # type: (BaseException, Optional[str]) -> HelperError
     """error as a HelperError, for an ERROR frame. A HelperError says where it happened
     already; any other is led by `context` (the path, what was being done), so that even an
     unexpected error, in any thread, reaches the client as one line it can place. A misuse

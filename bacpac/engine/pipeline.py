@@ -306,7 +306,7 @@ class BlockReader:
         if self._direct is None or not directio.aligned(offset, whole):
             return 0
         try:
-            return self._pread_direct(view[:whole], offset)
+            return self._pread_direct(self._direct, view[:whole], offset)
         except OSError as e:
             if not directio.refused(e):
                 raise
@@ -318,12 +318,12 @@ class BlockReader:
         at = f" at byte {offset}" if offset is not None else ""
         return TransferError(f"{self._name}: read error{at}: {error.strerror or error}")
 
-    def _pread_direct(self, view: memoryview, offset: int) -> int:
+    def _pread_direct(self, fd: int, view: memoryview, offset: int) -> int:
         """Read what direct I/O can of view; returns the bytes read (short at the end of the
         source: the buffered loop then says what is missing)."""
         done = 0
         while done < len(view) and done % directio.ALIGN == 0:
-            n = os.preadv(self._direct, [view[done:]], offset + done)
+            n = os.preadv(fd, [view[done:]], offset + done)
             if n == 0:
                 break
             done += n

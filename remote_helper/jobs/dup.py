@@ -5,7 +5,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional  # for the type comments
 
 from ..errors import ClientGone, IntegrityError, ProtocolError
 from ..saveset.output import open_output
@@ -18,6 +18,8 @@ from ..wire.protocol import COPY, DATA, END, ERROR, HOLE, MATCH, PROGRESS, READY
 
 if TYPE_CHECKING:  # for the type comments only: the server imports this module
     from .server import Input, Output  # noqa: F401
+    from ..target.target import Target
+    from ..target.writer import AnyTarget, Saveset, Segments
 
 VERIFY_CHUNK = 4 << 20
 # How the helper proves what it received (the job's "check"): "sha256" hashes the whole stream
@@ -49,7 +51,9 @@ def run_dup(job, inp, out):
     path = None if job.get("path") is None else os.path.expanduser(job["path"])
     source = job.get("source") or {}
     saveset = open_output(job.get("saveset"), path, source)
-    target = segments = writer = None
+    target = None  # type: Optional[AnyTarget]
+    segments = None  # type: Optional[TargetSegments]
+    writer = None  # type: Optional[ImageWriter]
     try:
         if path is None:
             target = NullTarget(size)
@@ -59,7 +63,9 @@ def run_dup(job, inp, out):
                               "created": target.created,
                               "saveset": saveset.path if saveset else None})
         if delta:
-            segments = TargetSegments(target, int(delta["block"]), int(delta["segment"]),
+            # the client asks for a delta only with a target path: target is a Target
+            segments = TargetSegments(target,  # type: ignore[arg-type]
+                                      int(delta["block"]), int(delta["segment"]),
                                       out.send, out.fail)
         writer = image_writer(job, inp, out, target, saveset, segments)
         out.send_json(RESULT, write_image(job, inp, writer, target, saveset))
@@ -83,7 +89,7 @@ def run_dup(job, inp, out):
 
 
 def close_outputs(target, saveset):
-    # type: (object, object) -> None
+    # type: (Optional[AnyTarget], Saveset) -> None
     if target is not None:
         target.close()
     if saveset is not None:
@@ -91,7 +97,7 @@ def close_outputs(target, saveset):
 
 
 def image_writer(job, inp, out, target, saveset, segments):
-    # type: (dict, Input, Output, object, object, object) -> ImageWriter
+    # type: (dict, Input, Output, AnyTarget, Saveset, Segments) -> ImageWriter
     """The thread that writes the image, reporting PROGRESS as it goes."""
     last = [time.monotonic(), inp.idle]  # when the previous PROGRESS went, and idle by then
 
@@ -109,7 +115,7 @@ def image_writer(job, inp, out, target, saveset, segments):
 
 
 def write_image(job, inp, writer, target, saveset):
-    # type: (dict, Input, ImageWriter, object, object) -> dict
+    # type: (dict, Input, ImageWriter, AnyTarget, Saveset) -> dict
     """Receive the image into the writer, prove it, and finish the target and the saveset."""
     check = job.get("check", "sha256")
     end = receive_image(inp, writer, target, check == "frames")
@@ -129,7 +135,8 @@ def write_image(job, inp, writer, target, saveset):
     if job.get("verify") and target.path is not None:
         result["verify_sha256"] = reread_sha256(target)
     if saveset is not None:
-        saveset.commit(sha256, written)
+        # sha256 is not None here: the writer's hash (check sha256) or END's, proven above
+        saveset.commit(sha256, written)  # type: ignore[arg-type]
         result["saveset"] = saveset.path
     return result
 
@@ -141,7 +148,7 @@ def _is_sha256(value):
 
 
 def receive_image(inp, writer, target, checked_frames=False):
-    # type: (Input, ImageWriter, object, bool) -> dict
+    # type: (Input, ImageWriter, AnyTarget, bool) -> dict
     """DATA, HOLE, MATCH and COPY frames, contiguous and in order, up to END; returns END's
     payload.
 
@@ -204,7 +211,7 @@ def _require_checksum(frame):
 
 
 def reread_sha256(target):
-    # type: (object) -> str
+    # type: (Target) -> str
     """Read the target back from the disk, not the page cache, and hash it (--verify)."""
     devices.drop_cache(target.fd)
     digest = hashlib.sha256()

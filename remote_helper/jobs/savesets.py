@@ -5,6 +5,7 @@ say it in the same words (saveset/reader.py); every error names the saveset's pa
 """
 import contextlib
 import os
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator  # for the type comments
 
 from ..target import devices
 from ..wire import protocol
@@ -13,10 +14,13 @@ from ..wire.protocol import DATA, END, READY, RESULT
 from ..saveset.reader import SavesetReader, info, verify
 from ..wire.zstdframe import decompress_frame, require_zstd
 
+if TYPE_CHECKING:  # server.py imports this module
+    from .server import Input, Output
+
 
 @contextlib.contextmanager
 def _saveset_errors(path):
-    # type: (str) -> object
+    # type: (str) -> Iterator[None]
     """Every failure inside names the saveset: "PATH: cause"."""
     try:
         yield
@@ -29,14 +33,14 @@ def _saveset_errors(path):
 
 
 def _open(path):
-    # type: (str) -> object
+    # type: (str) -> BinaryIO
     """The saveset at `path` as the client named it (relative to the home directory)."""
     with _saveset_errors(path):
         return open(os.path.expanduser(path), "rb")
 
 
 def run_read_saveset(job, inp, out):
-    # type: (dict, object, object) -> None
+    # type: (dict, Input, Output) -> None
     """Send a saveset's frames as DATA frames, each once proven as verify proves it, then END.
 
     A fault in the ends is found before READY, so before the client opens the target; a fault
@@ -68,7 +72,7 @@ def run_read_saveset(job, inp, out):
 
 
 def _query(job, out, read):
-    # type: (dict, object, object) -> None
+    # type: (dict, Output, Callable[[BinaryIO], dict]) -> None
     """RESULT: read(file) of the saveset at job["path"], its errors naming that path."""
     path = job["path"]
     with _open(path) as f, _saveset_errors(path):
@@ -77,10 +81,10 @@ def _query(job, out, read):
 
 
 def run_verify(job, inp, out):
-    # type: (dict, object, object) -> None
+    # type: (dict, Input, Output) -> None
     _query(job, out, verify)
 
 
 def run_info(job, inp, out):
-    # type: (dict, object, object) -> None
+    # type: (dict, Input, Output) -> None
     _query(job, out, info)

@@ -16,6 +16,7 @@ import stat
 import sys
 import threading
 import time
+from typing import Any, BinaryIO, Callable, Dict  # for the type comments
 
 from ..wire import codecs, protocol
 from ..target import devices
@@ -83,7 +84,7 @@ class Input(object):
     hands back as it is: no copy beyond the read itself."""
 
     def __init__(self, stream):
-        # type: (object) -> None
+        # type: (BinaryIO) -> None
         self._stream = stream
         self._decoder = protocol.Decoder()
         self.idle = 0.0  # seconds spent waiting for input: the client paces itself by it
@@ -123,7 +124,7 @@ def hello():
 
 
 JOBS = {"dup": run_dup, "read_saveset": run_read_saveset, "verify": run_verify,
-        "info": run_info}
+        "info": run_info}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
 
 
 def serve(inp, out):

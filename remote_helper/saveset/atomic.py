@@ -9,6 +9,7 @@
 import binascii
 import errno
 import os
+from typing import Optional, Tuple  # for the type comments
 
 
 class MissingDirectory(FileNotFoundError):
@@ -31,14 +32,14 @@ class AtomicFile(object):
         if not os.path.isdir(self._directory):
             raise MissingDirectory(errno.ENOENT, "directory does not exist", self._directory)
         self._committed = False
-        self.temp_path = None  # type: object
+        self.temp_path = None  # type: Optional[str]
         fd = self._open_unnamed()
         if fd is None:
             self.temp_path, fd = self._open_named()
         self.fileobj = os.fdopen(fd, "wb")
 
     def _open_unnamed(self):
-        # type: () -> object
+        # type: () -> Optional[int]
         flag = getattr(os, "O_TMPFILE", 0)
         if not flag:
             return None
@@ -50,7 +51,7 @@ class AtomicFile(object):
             raise
 
     def _open_named(self):
-        # type: () -> tuple
+        # type: () -> Tuple[str, int]
         for _ in range(100):
             temp_path = self._temp_name()
             try:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import struct
 import time
+from typing import BinaryIO  # for the type comments
 
 from ..errors import HelperError, IntegrityError
 # re-exported: output.py needs one import
@@ -95,9 +96,9 @@ class SavesetWriter(object):
     """Writes a saveset to `fileobj`: metadata now, frames as they come, trailer on finish()."""
 
     def __init__(self, fileobj, metadata):
-        # type: (object, dict) -> None
+        # type: (BinaryIO, dict) -> None
         self._f = fileobj
-        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # type: dict
         meta.update(metadata)
         meta.update({"format": FORMAT, "version": VERSION, "type": "metadata"})
         head = skippable_frame(META_MAGIC, canonical_json(meta))

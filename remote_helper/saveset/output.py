@@ -9,6 +9,7 @@ what was added: the target itself is written by direct I/O, so the saveset's wou
 the only dirty pages, all left for commit()'s fsync, in series at the end of the run.
 """
 import os
+from typing import Optional  # for the type comments
 
 from ..target import checks, libc
 from ..errors import HelperError
@@ -75,7 +76,7 @@ class SavesetOutput(object):
 
 
 def open_output(spec, target, source):
-    # type: (object, object, dict) -> object
+    # type: (Optional[dict], Optional[str], dict) -> Optional[SavesetOutput]
     """The SavesetOutput an OPEN frame's "saveset" entry asks for, or None; its path checked
     first against the `target` path (None for a backup) and the `source` (see target/checks.py)."""
     if not spec:

@@ -21,6 +21,7 @@
 import hashlib
 import json
 import os
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple  # for the type comments
 
 from .format import (CHECKSUM_FLAG, EMPTY_CHECKSUM, ENTRY, FOOTER, FORMAT, KINDS, MAX_JSON,
                       META_MAGIC, READABLE_VERSIONS, RESERVED_BITS, SEEK_TABLE_MAGIC,
@@ -31,6 +32,7 @@ from ..wire.zstdframe import (BadFrame, Truncated, decompress_frame, frame_lengt
 
 _OURS = b'"' + FORMAT.encode("ascii") + b'"'  # a damaged metadata frame of ours still has it
 _PROBE = 4096  # how far into a metadata frame that is not JSON to look for it
+Decompress = Callable[[bytes, int], bytes]  # (frame, content_size) -> content
 
 
 def _is_count(value):
@@ -52,13 +54,14 @@ def _is_sha256(value):
 METADATA_FIELDS = {
     "version": lambda v: v in READABLE_VERSIONS, "kind": lambda v: v in KINDS,
     "size": _is_count, "frame_size": lambda v: _is_count(v) and v > 0, "created": _is_text,
-    "source_host": _is_text, "source_path": _is_text, "bacpac_version": _is_text}
+    "source_host": _is_text, "source_path": _is_text, "bacpac_version": _is_text,
+}  # type: Dict[str, Callable[[Any], bool]]
 TRAILER_FIELDS = {"frames": _is_count, "bytes": _is_count, "sha256": _is_sha256}
 DIGEST_FIELD = "metadata_sha256"  # in the trailer from version 2
 
 
 def _parse_json(payload, kind):
-    # type: (bytes, str) -> object
+    # type: (bytes, str) -> Optional[dict]
     """The object, if `payload` is a canonical JSON object of this `kind` and format, else None."""
     try:
         value = json.loads(payload.decode("utf-8"))
@@ -71,7 +74,7 @@ def _parse_json(payload, kind):
 
 
 def _field_fault(obj, fields, known):
-    # type: (dict, dict, set) -> object
+    # type: (dict, dict, set) -> Optional[str]
     """What is wrong with the fields of a metadata or trailer object, or None."""
     for key in sorted(fields):
         if key not in obj or not fields[key](obj[key]):
@@ -92,7 +95,7 @@ class SavesetReader(object):
     """
 
     def __init__(self, fileobj):
-        # type: (object) -> None
+        # type: (BinaryIO) -> None
         self._f = fileobj
         self._f.seek(0, os.SEEK_END)
         self.file_size = self._f.tell()
@@ -109,7 +112,7 @@ class SavesetReader(object):
     # --- step 1: the ends -----------------------------------------------------------------
 
     def _read_metadata(self):
-        # type: () -> tuple
+        # type: () -> Tuple[dict, bytes]
         head = self.read_at(0, 8)
         if len(head) < 8 or u32(head) != META_MAGIC:
             raise NotASaveset("not a bacpac saveset")
@@ -134,11 +137,11 @@ class SavesetReader(object):
         return meta, head + payload
 
     def _read_ends(self):
-        # type: () -> tuple
+        # type: () -> Tuple[list, int, dict]
         try:
             table, table_offset = self._read_seek_table()
-        except SavesetCorrupt as fault:
-            raise self._located(fault, None)
+        except SavesetCorrupt as e:
+            raise self._located(e, None)
         entries = table[1:-1]
         fault = self._table_fault(table, table_offset)
         trailer_offset = table_offset - table[-1][0]
@@ -151,7 +154,7 @@ class SavesetReader(object):
         return entries, trailer_offset, trailer
 
     def _read_seek_table(self):
-        # type: () -> tuple
+        # type: () -> Tuple[list, int]
         footer_at = self.file_size - FOOTER.size
         footer = self.read_at(footer_at, FOOTER.size) if footer_at >= 0 else b""
         if len(footer) < FOOTER.size or FOOTER.unpack(footer)[2] != SEEKABLE_MAGIC:
@@ -174,7 +177,7 @@ class SavesetReader(object):
         return entries, table_offset
 
     def _table_fault(self, table, table_offset):
-        # type: (list, int) -> object
+        # type: (list, int) -> Optional[str]
         where = "seek table at byte %d" % table_offset
         if table[0] != (self.data_offset, 0, EMPTY_CHECKSUM):
             return "%s: its first entry does not describe the metadata frame" % where
@@ -204,7 +207,7 @@ class SavesetReader(object):
         return trailer
 
     def _count_fault(self, trailer, entries, trailer_offset):
-        # type: (dict, list, int) -> object
+        # type: (dict, list, int) -> Optional[str]
         where = "trailer at byte %d" % trailer_offset
         if trailer["frames"] != len(entries):
             return "%s: it counts %d data frames, the seek table lists %d" % (
@@ -229,7 +232,7 @@ class SavesetReader(object):
                                  "%d bytes" % (self.metadata["size"], trailer["bytes"]))
 
     def _located(self, fault, entries):
-        # type: (SavesetCorrupt, object) -> SavesetCorrupt
+        # type: (SavesetCorrupt, Optional[list]) -> SavesetCorrupt
         """The first frame that disagrees with `entries` (or where the file was cut), found by
         walking the frame headers; `fault` itself when the walk finds nothing wrong."""
         try:
@@ -243,7 +246,7 @@ class SavesetReader(object):
     # --- steps 2 and 3: the frames and the whole ------------------------------------------
 
     def proven_frames(self, decompress):
-        # type: (object) -> object
+        # type: (Decompress) -> Iterator[Tuple[int, int, bytes]]
         """Yield (index, offset, frame) of each data frame once it is proven; after the last,
         the content's sha256 is held against the trailer's. SavesetCorrupt at the first fault.
 
@@ -252,8 +255,9 @@ class SavesetReader(object):
         digest = hashlib.sha256()
         for index, offset, length in self._walk(self.entries):
             frame = self.read_at(offset, length)
+            # with decompress, _check_frame returns the content or raises: never None here
             digest.update(self._check_frame(self.entries, index, offset, length, frame,
-                                            decompress))
+                                            decompress))  # type: ignore[arg-type]
             yield index, offset, frame
         if digest.hexdigest() != self.trailer["sha256"]:
             raise SavesetCorrupt("trailer at byte %d: sha256 %s, but the content's is %s"
@@ -261,7 +265,7 @@ class SavesetReader(object):
                                     digest.hexdigest()))
 
     def _walk(self, entries):
-        # type: (object) -> object
+        # type: (Optional[list]) -> Iterator[Tuple[int, int, int]]
         """Yield (index, offset, length) of each data frame, found from its own headers, up to
         the first skippable frame (the trailer); with `entries`, their count must agree."""
         index, offset = 0, self.data_offset
@@ -287,7 +291,7 @@ class SavesetReader(object):
             index, offset = index + 1, offset + length
 
     def _check_frame(self, entries, index, offset, length, frame=None, decompress=None):
-        # type: (list, int, int, int, object, object) -> object
+        # type: (list, int, int, int, Optional[bytes], Optional[Decompress]) -> Optional[bytes]
         """Hold a data frame against its table entry: its header's content size and its
         checksum field (read alone when `frame` is None), then with `decompress` its content,
         which zstd checks against that checksum; returns the content (None without)."""
@@ -300,7 +304,7 @@ class SavesetReader(object):
         tail = frame[-4:] if frame is not None else self.read_at(offset + length - 4, 4)
         found, entry = (length, declared, u32(tail)), tuple(entries[index])
         content = None
-        if decompress is not None and found[:2] == entry[:2]:
+        if decompress is not None and frame is not None and found[:2] == entry[:2]:
             try:
                 content = decompress(frame, declared)
             except BadFrame as e:
@@ -329,7 +333,7 @@ class SavesetReader(object):
 
 
 def verify(fileobj, decompressor=None):
-    # type: (object, object) -> dict
+    # type: (BinaryIO, Optional[Decompress]) -> dict
     """Steps 1 to 3 over every frame; SavesetCorrupt names the first fault.
 
     `decompressor(frame, content_size) -> bytes` raises BadFrame on a damaged frame; by default
@@ -344,7 +348,7 @@ def verify(fileobj, decompressor=None):
 
 
 def info(fileobj):
-    # type: (object) -> dict
+    # type: (BinaryIO) -> dict
     """Metadata, trailer and sizes, from the ends of the file only (step 1)."""
     reader = SavesetReader(fileobj)
     summary = reader.summary()

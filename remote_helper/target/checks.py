@@ -11,6 +11,7 @@
 import errno
 import os
 import stat
+from typing import Optional  # for the type comments
 
 from . import devices
 from ..errors import Refused
@@ -72,7 +73,7 @@ def require_directory(path):
 
 
 def check_saveset(path, target, source):
-    # type: (str, object, dict) -> None
+    # type: (str, Optional[str], dict) -> None
     """Refuse a saveset path that is not a file the saveset may replace: a directory, a device
     or other special file, a file behind a loop device or swap, the source, the target."""
     if path.endswith("/"):
@@ -110,7 +111,7 @@ def _same_path(a, b):
 
 
 def _mode(path):
-    # type: (str) -> object
+    # type: (str) -> Optional[int]
     """The st_mode of what path names, following symlinks, or None when nothing is there."""
     try:
         return os.stat(path).st_mode
@@ -121,6 +122,6 @@ def _mode(path):
 
 
 def _identity(path):
-    # type: (str) -> object
+    # type: (str) -> Optional[dict]
     """devices.identity(path), or None when nothing is there."""
     return devices.identity(path) if _mode(path) is not None else None

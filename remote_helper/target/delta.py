@@ -12,10 +12,14 @@
 import hashlib
 import queue
 import threading
+from typing import TYPE_CHECKING, Callable, Optional, Tuple  # for the type comments
 
 from ..wire import protocol
 from .devices import data_extents
-from ..errors import as_helper_error
+from ..errors import HelperError, as_helper_error
+
+if TYPE_CHECKING:  # target.py is not needed to run this module
+    from .target import Target
 
 DEPTH = 8  # segments read ahead of the writer
 STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the target closes
@@ -32,16 +36,16 @@ class TargetSegments(object):
     """Reads the target ahead of the writer, announcing each segment's block digests."""
 
     def __init__(self, target, block, segment, send, fail):
-        # type: (object, int, int, object, object) -> None
+        # type: (Target, int, int, Callable[[bytes], None], Callable[[BaseException], None]) -> None
         self._target = target
         self._block = block
         self._segment = segment
         self._send = send
         self._fail = fail
-        self._queue = queue.Queue(DEPTH)
-        self._current = None  # (offset, bytearray) of the segment the writer is in
+        self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Tuple[int, bytearray]]]
+        self._current = None  # type: Optional[Tuple[int, bytearray]]  # the writer's segment
         self._stop = threading.Event()
-        self.error = None
+        self.error = None  # type: Optional[HelperError]
         self._thread = threading.Thread(target=self._run, name="delta-reader")
         self._thread.daemon = True
         self._thread.start()
@@ -72,7 +76,7 @@ class TargetSegments(object):
             self._put(None)  # the writer raises self.error when it next needs a segment
 
     def _put(self, item):
-        # type: (object) -> bool
+        # type: (Optional[Tuple[int, bytearray]]) -> bool
         """Queue item for the writer, unless stop() comes first; whether it was queued."""
         while not self._stop.is_set():
             try:
@@ -111,10 +115,11 @@ class TargetSegments(object):
             self._segment_at(offset + length - 1)
 
     def _segment_at(self, offset):
-        # type: (int) -> tuple
+        # type: (int) -> Tuple[int, bytearray]
         while self._current is None or offset >= self._current[0] + len(self._current[1]):
             item = self._queue.get()
             if item is None:
+                assert self.error is not None  # _run sets it before it queues the None
                 raise self.error
             self._current = item
         return self._current

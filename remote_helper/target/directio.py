@@ -15,6 +15,7 @@
 import errno
 import mmap
 import os
+from typing import Optional
 
 ALIGN = 4096  # every device's logical block size divides this; page-aligned buffers meet it
 O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -33,7 +34,7 @@ def aligned(offset, length):
 
 
 def reopen(fd, flags):
-    # type: (int, int) -> object
+    # type: (int, int) -> Optional[int]
     """A second descriptor of fd's file, with O_DIRECT, or None where the platform or the
     file system has no direct I/O."""
     if not O_DIRECT:
@@ -64,7 +65,7 @@ def refused(error):
 
 
 def close(fd):
-    # type: (object) -> None
+    # type: (Optional[int]) -> None
     if fd is not None:
         try:
             os.close(fd)

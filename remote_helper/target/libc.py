@@ -3,6 +3,8 @@
 Each is None where it cannot be had safely (no ctypes, no such symbol), and callers fall back.
 Writeback paces sync_file_range over a file written front to back (the target, the saveset).
 """
+from typing import Any, Callable, Optional  # for the type comments
+
 try:
     import ctypes
 except ImportError:  # some minimal Pythons are built without _ctypes
@@ -13,7 +15,7 @@ WRITEBACK_EVERY = 32 << 20  # bytes written, then the kernel is asked to start w
 
 
 def _libc():
-    # type: () -> object
+    # type: () -> Optional[ctypes.CDLL]
     if ctypes is None:
         return None
     try:
@@ -24,7 +26,7 @@ def _libc():
 
 
 def _function(libc, names, argtypes):
-    # type: (object, tuple, list) -> object
+    # type: (Optional[ctypes.CDLL], tuple, list) -> Optional[Callable[..., int]]
     """The first of `names` libc has, typed; 64-bit offsets only where off_t is 64-bit."""
     if libc is None:
         return None
@@ -59,7 +61,7 @@ class Writeback(object):
     little left to do. `flush`, if given, empties a user-space buffer first."""
 
     def __init__(self, fd, flush=None):
-        # type: (int, object) -> None
+        # type: (int, Optional[Callable[[], Any]]) -> None
         self._fd = fd
         self._flush = flush
         self._from = 0  # start of the range written since the last writeback

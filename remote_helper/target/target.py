@@ -11,8 +11,10 @@
 """
 import errno
 import fcntl
+import mmap  # for the type comments
 import os
 import stat
+from typing import Optional  # for the type comments
 
 from . import checks, devices, directio, libc
 from ..errors import HelperError, Refused
@@ -36,7 +38,8 @@ class Target(object):
         self.sparse = not is_block  # truncated file: unwritten ranges already read as zeros
         self._direct = directio.reopen(fd, os.O_WRONLY)
         self._writeback = libc.Writeback(fd)
-        self._scratch = None  # the aligned buffer direct writes are copied into
+        # the aligned buffer direct writes are copied into
+        self._scratch = None  # type: Optional[mmap.mmap]
 
     def pwrite(self, offset, data):
         # type: (int, memoryview) -> None
@@ -45,7 +48,7 @@ class Target(object):
         try:
             whole = len(view) - len(view) % directio.ALIGN  # an unaligned tail: buffered
             if self._direct is not None and directio.aligned(offset, whole):
-                done = self._pwrite_direct(offset, view[:whole])
+                done = self._pwrite_direct(self._direct, offset, view[:whole])
                 view, offset = view[done:], offset + done
             while view:
                 done = os.pwrite(self.fd, view, offset)
@@ -54,8 +57,8 @@ class Target(object):
         except OSError as e:
             raise HelperError("%s: %s" % (self.path, e.strerror), e.errno)
 
-    def _pwrite_direct(self, offset, view):
-        # type: (int, memoryview) -> int
+    def _pwrite_direct(self, fd, offset, view):
+        # type: (int, int, memoryview) -> int
         """Write view through the O_DIRECT descriptor, a scratch buffer's worth at a time;
         returns the bytes written (0 once the file system refuses direct I/O: the caller then
         writes them buffered, as it will everything after)."""
@@ -69,7 +72,7 @@ class Target(object):
                 scratch[:n] = view[done:done + n]  # a memcpy: cheap beside the kernel's copy
                 written = 0
                 while written < n:
-                    written += os.pwrite(self._direct, scratch[written:n], offset + done + written)
+                    written += os.pwrite(fd, scratch[written:n], offset + done + written)
                 done += n
         except OSError as e:
             if not directio.refused(e):

@@ -18,6 +18,7 @@
 import hashlib
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union  # for the type comments
 
 import queue
 
@@ -26,6 +27,15 @@ from ..wire.protocol import COPY, DATA, HOLE, MATCH
 from .devices import is_zero, zero_chunks
 from ..wire.zstdframe import compress_frame
 from .target import HEAD
+
+if TYPE_CHECKING:  # the types of what the helper hands in, not needed to run this module
+    from .delta import TargetSegments
+    from ..saveset.output import SavesetOutput
+    from .target import NullTarget, Target
+    AnyTarget = Union[Target, NullTarget]
+    OnError = Callable[[BaseException], None]
+    Saveset = Optional[SavesetOutput]
+    Segments = Optional[TargetSegments]
 
 SPARSE_CHUNK = 128 << 10  # zero runs shorter than this inside a block are written anyway
 PROGRESS_EVERY = 0.25  # seconds between PROGRESS frames (the client's pacing reads them)
@@ -51,21 +61,21 @@ class ImageWriter(object):
 
     def __init__(self, target, on_progress, on_error, saveset=None, segments=None,
                  depth=QUEUE_DEPTH, hash_stream=True):
-        # type: (object, object, object, object, object, int, bool) -> None
+        # type: (AnyTarget, Callable[[int], None], OnError, Saveset, Segments, int, bool) -> None
         self._target = target
         self._saveset = saveset
         self._segments = segments  # delta.TargetSegments in a delta run
         self._on_progress = on_progress
         self._on_error = on_error
-        self._queue = queue.Queue(depth)
+        self._queue = queue.Queue(depth)  # type: queue.Queue[Optional[tuple]]
         self._hash = hashlib.sha256() if hash_stream else None
         self._head = bytearray(min(HEAD, target.size))
         self._written = 0
-        self._error = None
+        self._error = None  # type: Optional[BaseException]
         self._next_progress = time.monotonic() + FIRST_PROGRESS
         self._head_zeroed = False
         self._head_changed = False  # new bytes (not MATCHed ones) went into the held-back head
-        self._drained = None  # drain()'s result, once it returned
+        self._drained = None  # type: Optional[Tuple[int, Optional[str]]]  # drain()'s, once done
         self._finished = False  # the head is written and the target synced
         self._thread = threading.Thread(target=self._run, name="writer")
         self._thread.daemon = True
@@ -93,7 +103,7 @@ class ImageWriter(object):
         self._put((COPY, offset, (source, digest), length, None))
 
     def drain(self):
-        # type: () -> tuple
+        # type: () -> Tuple[int, Optional[str]]
         """Wait for every block to be written (not the held-back head); (bytes, sha256 hex)."""
         if self._drained is None:
             self._put(None)
@@ -104,7 +114,7 @@ class ImageWriter(object):
         return self._drained
 
     def finish(self):
-        # type: () -> tuple
+        # type: () -> Tuple[int, Optional[str]]
         """drain(), then write the held-back head and fsync, once: the image is proven whole.
         Returns drain()'s (bytes, sha256 hex)."""
         drained = self.drain()
@@ -132,7 +142,7 @@ class ImageWriter(object):
         return not self._thread.is_alive()
 
     def _put(self, item, deadline=None):
-        # type: (object, object) -> None
+        # type: (Optional[tuple], Optional[float]) -> None
         while True:
             self._raise_error()
             try:
@@ -161,9 +171,10 @@ class ImageWriter(object):
             self._on_error(e)
 
     def _write(self, kind, offset, data, length, frame):
-        # type: (int, int, object, int, object) -> None
+        # type: (int, int, Any, int, Optional[bytes]) -> None
         if kind == MATCH:
-            self._keep(offset, self._segments.take(offset, length))
+            # receive_image refuses MATCH outside a delta run: there are segments here
+            self._keep(offset, self._segments.take(offset, length))  # type: ignore[union-attr]
         else:
             if self._segments is not None:
                 self._segments.skip(offset, length)
@@ -185,7 +196,7 @@ class ImageWriter(object):
         self._save(offset, old, None)
 
     def _save(self, offset, view, frame):
-        # type: (int, memoryview, object) -> None
+        # type: (int, memoryview, Optional[bytes]) -> None
         """Into the saveset, if any: the block's wire frame, or, for bytes that crossed the wire
         as no frame (a MATCH, a COPY), one made here."""
         if self._saveset is None:
@@ -204,7 +215,8 @@ class ImageWriter(object):
         cut = max(0, min(length, len(self._head) - source))
         view[:cut] = self._head[source:source + cut]
         if cut < length:
-            self._target.read_into(view[cut:], source + cut)
+            # receive_image refuses COPY unless target.readable: a Target, not a NullTarget
+            self._target.read_into(view[cut:], source + cut)  # type: ignore[union-attr]
         if hashlib.sha256(view).digest() != digest:
             raise IntegrityError("%s: the %d bytes at offset %d, copied for offset %d, differ "
                                  "from the source's" % (self._target.path, length, source, offset))
@@ -224,7 +236,7 @@ class ImageWriter(object):
             self._target.zero(start, offset + length - start)
 
     def _replace(self, offset, view, frame):
-        # type: (int, memoryview, object) -> None
+        # type: (int, memoryview, Optional[bytes]) -> None
         self._save(offset, view, frame)
         self._digest(view)
         rest = self._hold_head(offset, view)

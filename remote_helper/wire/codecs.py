@@ -12,7 +12,7 @@ from .protocol import CODEC_RAW, CODEC_ZLIB, CODEC_ZSTD
 try:
     import zstandard
 except ImportError:  # a bare standby host: the zstd tool, or zlib frames
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]  # mypy types the name as the module
 
 
 def available():

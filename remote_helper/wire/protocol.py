@@ -17,6 +17,7 @@ import json
 import struct
 import zlib
 from collections import deque, namedtuple
+from typing import Optional, Tuple
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 
@@ -130,7 +131,7 @@ def parse_copy(frame):
 
 
 def parse_header(head, max_payload=MAX_PAYLOAD):
-    # type: (bytes, int) -> tuple
+    # type: (bytes, int) -> Tuple[int, int, int, int, int, int]
     """Check a 32-byte header; returns (type, flags, length, offset, size, payload_crc)."""
     magic, frame_type, flags, length, offset, size, crc, head_crc = HEADER.unpack(head)
     if magic != MAGIC:
@@ -171,7 +172,8 @@ class Decoder(object):
         self._skip = 0  # bytes of the first piece already taken
         self._buffered = 0
         self._eof = False
-        self._head = None  # the parsed header of the frame being assembled
+        # the parsed header of the frame being assembled
+        self._head = None  # type: Optional[Tuple[int, int, int, int, int, int]]
         self._max_payload = max_payload
 
     def feed(self, data):
@@ -201,7 +203,7 @@ class Decoder(object):
         return max(wanted - self._buffered, 0)
 
     def next_frame(self):
-        # type: () -> object
+        # type: () -> Optional[Frame]
         """The next whole frame, or None when more bytes are needed."""
         if self._head is None:
             if self._buffered < HEADER_SIZE:
@@ -238,7 +240,7 @@ class Decoder(object):
         return b"".join(parts)
 
     def _need_data(self, what):
-        # type: (str) -> None
+        # type: (str) -> Optional[Frame]
         if self._eof and (self._buffered or self._head is not None):
             raise RemoteProtocolError("stream truncated in the middle of a %s" % what)
         return None

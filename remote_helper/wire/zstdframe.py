@@ -13,13 +13,14 @@ import os
 import shutil
 import struct
 import subprocess
+from typing import Callable, Optional, Tuple  # for the type comments
 
 from ..errors import ProtocolError, Refused
 
 try:
     import zstandard
 except ImportError:  # an old standby host; the zstd CLI may still be there
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]  # mypy types the name as the module
 
 _ZSTD_ERRORS = (zstandard.ZstdError,) if zstandard is not None else ()
 
@@ -65,7 +66,7 @@ def skippable_frame(magic, payload):
 
 
 def parse_header(head):
-    # type: (bytes) -> tuple
+    # type: (bytes) -> Tuple[int, Optional[int], bool]
     """(header_size, content_size or None, has_checksum) of the frame that `head` starts."""
     if len(head) < 5:
         raise Truncated("zstd frame header cut short")
@@ -87,7 +88,7 @@ def parse_header(head):
 
 
 def frame_content_size(frame):
-    # type: (bytes) -> object
+    # type: (bytes) -> Optional[int]
     """The content size a zstd frame's header declares, or None when it declares none."""
     return parse_header(frame[:18])[1]
 
@@ -99,16 +100,16 @@ def frame_has_checksum(frame):
 
 
 def frame_length(read_at, start):
-    # type: (object, int) -> int
+    # type: (Callable[[int, int], bytes], int) -> int
     """Length of the frame (zstd or skippable) at `start`, found from its headers alone."""
     magic_bytes = read_at(start, 4)
     if len(magic_bytes) < 4:
         raise Truncated("frame cut short at byte %d" % (start + len(magic_bytes)))
     if is_skippable(u32(magic_bytes)):
-        size = read_at(start + 4, 4)
-        if len(size) < 4:
+        length = read_at(start + 4, 4)
+        if len(length) < 4:
             raise Truncated("skippable frame header cut short")
-        return 8 + u32(size)
+        return 8 + u32(length)
     header_size, _, has_checksum = parse_header(read_at(start, 18))
     pos = start + header_size
     last = False
@@ -125,7 +126,7 @@ def frame_length(read_at, start):
 
 
 def memory_reader(buf):
-    # type: (bytes) -> object
+    # type: (bytes) -> Callable[[int, int], bytes]
     """A read_at callable over bytes or a memoryview."""
     return lambda pos, count: buf[pos:pos + count]
 

@@ -177,8 +177,9 @@ def _run_alone(command: list[str], host: str) -> tuple[int, str, str]:
 def _ssh_arguments(user: Optional[str], opts: SshOptions) -> list[str]:
     """The command line as ssh's own options; a user in user@host beats -l, as with ssh."""
     args = ["-F", opts.config_file] if opts.config_file is not None else []
-    if user or opts.login_name:
-        args += ["-l", user or opts.login_name]
+    login = user or opts.login_name
+    if login:
+        args += ["-l", login]
     if opts.port is not None:
         args += ["-p", str(opts.port)]
     for path in opts.identity_files:

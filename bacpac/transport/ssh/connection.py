@@ -524,7 +524,7 @@ class SshChannel:
         view = memoryview(data).cast("B")
         # Checked once a write: a key exchange that changes the cipher later on is handled by
         # the batch writer itself.
-        send = self._batch.send if self.batched else self._chan.send
+        send = self._batch.send if self._batch is not None and self.batched else self._chan.send
         pos = 0
         while pos < len(view):
             try:

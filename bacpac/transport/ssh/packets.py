@@ -91,7 +91,8 @@ class BatchWriter:
 
     def _take_window(self, wanted: int) -> list[int]:
         """Packet sizes for up to BATCH packets of the window; blocks only for the first."""
-        chan, sizes = self._chan, []
+        chan = self._chan
+        sizes: list[int] = []
         with chan.lock:
             while wanted > 0 and len(sizes) < BATCH:
                 if sizes and chan.out_window_size == 0:
