@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import ipaddress
 import logging
@@ -209,7 +210,11 @@ def _start_transport(cfg: HostConfig, sock: _WatchedSocket) -> paramiko.Transpor
 
 def _close_transport(transport: paramiko.Transport, host: str) -> None:
     """Close the transport and join its thread, which Paramiko's close() does not wait for
-    (it stops waiting once it has closed the socket)."""
+    (it stops waiting once it has closed the socket). The socket is shut down first: the
+    thread's read then returns at once, instead of at the end of its 0.1 s poll, which every
+    run would otherwise wait out."""
+    with contextlib.suppress(OSError, EOFError):
+        transport.sock.shutdown(socket.SHUT_RDWR)
     transport.close()
     threads.join((transport,), f"{host}: the SSH transport")
 
