@@ -283,10 +283,10 @@ def _raise_signalled(signum: int, frame: object) -> None:
 
 def _end(code: int) -> NoReturn:
     """End the process at once with `code`. The interpreter's own teardown (the objects of
-    every module, paramiko's and cryptography's among them, freed one by one) took 0.10-0.15 s
-    after every job on this machine, with nothing of bacpac's left to finish: the job is done,
-    the display closed, no file of ours is open for writing. So stdout and stderr are flushed,
-    and that is all."""
+    every module, paramiko's and cryptography's among them, freed one by one) was a noticeable
+    wait after every job (docs/performance.md), with nothing of bacpac's left to finish: the
+    job is done, the display closed, no file of ours is open for writing. So stdout and stderr
+    are flushed, and that is all."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

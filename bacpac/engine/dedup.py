@@ -8,10 +8,10 @@
 # whose earlier bytes are also one run becomes a COPY frame: the helper reads those bytes back
 # from the target and checks them against the run's sha256 before it writes them. The rest of
 # the block is compressed as before, a DATA frame for each stretch between copies. A sha256 a
-# chunk costs 4.4 us of the reader's time: on loopback, where the CPU is the limit, it would cost
-# more than the bytes it saves, so the reader only looks once the level is LEVEL or more: the
-# pacer climbs there when the link is the limit, or --level asked for bytes over CPU. The table
-# is bounded: once it holds TABLE_CAP chunks, later chunks are looked up but not added.
+# chunk costs the reader time: on loopback, where the CPU is the limit, it would cost more than
+# the bytes it saves (docs/performance.md), so the reader only looks once the level is LEVEL or
+# more: the pacer climbs there when the link is the limit, or --level asked for bytes over CPU.
+# The table is bounded: once it holds TABLE_CAP chunks, later chunks are looked up but not added.
 """
 from __future__ import annotations
 

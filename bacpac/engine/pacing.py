@@ -14,8 +14,8 @@
 # A target on this very host (a local path, or a connection through the loopback device)
 # starts at the lowest level instead: its link is memory, and the helper, sshd and the
 # compressors share the same cores, so any CPU the compressor spends is taken from the
-# receiving end. Coming down from 3 to there took the pacer 2.5 s, half of the benchmark's
-# loopback dup.
+# receiving end. Coming down from 3 to there took the pacer a large share of a loopback dup
+# (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ T = TypeVar("T")
 
 DECIDE_EVERY = 0.3  # seconds between decisions
 # zstd's own default. The blocks compressed before the first decision (the queue's depth, 7
-# on 2 cores) go out at this level: from 1, a 100 Mbit/s link carried 2 MiB more of the
-# benchmark's disk than from 3, while loopback, which settles at -3..1, loses only a few
-# hundred ms of faster levels on the way down.
+# on 2 cores) go out at this level: from 1, a slow link carried more bytes of the
+# benchmark's disk than from 3, while loopback, which settles at -3..1, loses only a little
+# of faster levels on the way down (docs/performance.md).
 START_LEVEL = 3
 # Above 9, zstd's contexts grow past 40 MiB and its speed falls, for a few % fewer bytes.
 LOWEST, HIGHEST = -3, 9

@@ -49,16 +49,18 @@ T = TypeVar("T")
 
 # A block compressed RECOMPRESS_GAP levels or more below the current level is compressed again,
 # once the level is RECOMPRESS_AT or more: a level the pacer reaches only on a slow link, where
-# the CPU has time to spare (on the benchmark's 100 Mbit/s link, the client used 0.6 of a core).
+# the CPU has time to spare (on a slow link the client's cores wait on the wire;
+# docs/performance.md).
 RECOMPRESS_AT = 6
 RECOMPRESS_GAP = 3
 # Below the start level (the CPU is short, or the target is on this host), a block compressed
 # to half its size or less gives its 4 MiB buffer back as soon as it is hashed, and waits for
 # the sender as its payload alone: up to BACKLOG blocks wait in all (at most 64 MiB of
-# payloads). The reader and the hasher so run further ahead of the sender and reach the end
-# of the image sooner: the sample disk ends in an 895 MiB hole, 0.6 s of sha256 that used to
-# start with the last 11 blocks still unsent. At the start level and above (a slow link) a
-# buffer stays with its block until it is sent, for the blocks compressed again after a climb.
+# payloads). The reader and the hasher so run further ahead of the sender and reach the end of
+# the image sooner: an image that ends in a long hole has its zeros hashed after its last block,
+# and that hashing used to start with blocks still unsent (docs/performance.md). At the start
+# level and above (a slow link) a buffer stays with its block until it is sent, for the blocks
+# compressed again after a climb.
 EARLY_BELOW = START_LEVEL
 BACKLOG = 32
 
@@ -248,8 +250,8 @@ class BlockReader:
             while True:
                 item = self.wait_for(self._read)
                 if isinstance(item, Hole):
-                    # Its frame needs nothing of the hash: sent at once, hashed after. The
-                    # sample image ends in an 895 MiB hole, 0.6 s of sha256 the helper's
+                    # Its frame needs nothing of the hash: sent at once, hashed after. An
+                    # image's long trailing hole is a long sha256, which the helper's
                     # final fsync now runs under instead of after.
                     self._put(item, self.items)
                     for chunk in zero_chunks(item.size):

@@ -7,7 +7,7 @@
 # one, compiling the source elsewhere), so nothing is written on the target. The same stdin
 # then carries the frames. The first stage's code carries the marker "bacpac_stage1", by which
 # the tests find helpers left behind. -S keeps the target's .pth files out of the helper: any
-# of them may be slow (on the benchmark's host they took a third of the helper's start) or
+# of them may be slow (a large share of the helper's start; docs/performance.md) or
 # print on stdout, which carries frames. The site-packages directories are still searched,
 # for zstandard; only where it is not found there does the full site setup run, in case a
 # .pth file is what puts it on the path.
@@ -65,7 +65,7 @@ try:
     import zstandard
 except Exception:
     site.main()
-class Loader(object):  # importlib.abc's base classes cost 20 ms of imports: the protocol suffices
+class Loader(object):  # importlib.abc's base classes cost imports at start: the protocol suffices
     def create_module(self, spec):
         return None
     def exec_module(self, module):
@@ -122,7 +122,7 @@ def helper_payload() -> bytes:
     """The second stage and, for each remote_helper module, its source and its code as this
     interpreter compiled it. Marshal's basic types read alike in every Python 3, its code
     objects only in the version that wrote them: the helper runs them where its MAGIC_NUMBER
-    is ours (compiling was 20 ms of its 0.15 s start on the benchmark's host), and compiles
+    is ours (compiling was a good part of its start; docs/performance.md), and compiles
     the source elsewhere. The code costs the wire 60 KB more."""
     with _payload_lock:  # prepare_payload's thread may be building it: wait, do not build twice
         return _payload()

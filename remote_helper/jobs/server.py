@@ -27,8 +27,8 @@ from .savesets import run_info, run_read_saveset, run_verify
 
 READ_BUFFER = 1 << 20
 # stdin's pipe from sshd: 64 KiB by default, so sshd had to wake us, and be woken, every 64 KiB
-# of a stream of hundreds of MB. 1 MiB (Linux's pipe-max-size for unprivileged users) took a
-# tenth of the loopback dup's CPU away, and a seventh of the time its sends were blocked.
+# of a stream of hundreds of MB. 1 MiB (Linux's pipe-max-size for unprivileged users) takes
+# those wake-ups away, and with them CPU and blocked sends (docs/performance.md).
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # in fcntl from Python 3.10; Linux's number
 

@@ -1,12 +1,12 @@
 """Direct I/O: disk blocks moved to and from our own buffers, not through the page cache.
 
-# Strategy: a buffered read or write of a disk copies every byte between the page cache and
-# the process, and on a 2-core machine that copy is not free: about 1 s of kernel time per GiB
-# read and 2 s per GiB written (allocation, LRU and writeback included), the same order as
-# compressing it. O_DIRECT lets the device move the bytes itself, as `dd iflag=direct
-# oflag=direct` does, and a copy of a whole disk has no use for the cache anyway: it would
-# only push out what the host's real work keeps there. Direct I/O wants offset, length and
-# memory address aligned, so the caller's ordinary descriptor stays, and a second descriptor
+# Strategy: a buffered read or write of a disk copies every byte between the page cache and the
+# process, and on a 2-core machine that copy is not free: kernel time for every GiB read and
+# more for every GiB written (allocation, LRU and writeback included), the same order as
+# compressing it (docs/performance.md). O_DIRECT lets the device move the bytes itself, as `dd
+# iflag=direct oflag=direct` does, and a copy of a whole disk has no use for the cache anyway:
+# it would only push out what the host's real work keeps there. Direct I/O wants offset, length
+# and memory address aligned, so the caller's ordinary descriptor stays, and a second descriptor
 # of the same file, opened with O_DIRECT, takes every aligned transfer. The rest (an image's
 # unaligned tail), and everything on a file system that refuses O_DIRECT (EINVAL at open or at
 # the first transfer), goes the buffered way: slower, never wrong. The kernel keeps the two

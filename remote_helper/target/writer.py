@@ -43,10 +43,9 @@ PROGRESS_EVERY = 0.25  # seconds between PROGRESS frames (the client's pacing re
 # already knows whether this helper waits on the link.
 FIRST_PROGRESS = 0.1
 # Decompressed blocks waiting for the writing thread (4 MiB each). A direct write ends in the
-# storage's cache, and now and then one waits for it: 0.29 s for one 4 MiB write on the
-# benchmark's VM, against 11 ms usually. With 4 waiting, such a wait stopped the whole stream
-# back to the client's reader; 16 let it run on, and the writer catches up after: a loopback
-# dup 4.88 -> 4.70 s (medians of three sets of interleaved rounds), for up to 48 MiB more here.
+# storage's cache, and now and then one waits for it, far longer than usual. With 4 waiting,
+# such a wait stopped the whole stream back to the client's reader; 16 let it run on, and the
+# writer catches up after, for up to 48 MiB more here (docs/performance.md).
 QUEUE_DEPTH = 16
 
 

@@ -150,7 +150,8 @@ class _WatchedSocket:
     On a TCP socket it also acknowledges every read at once. sshd leaves Nagle's algorithm on for
     a session without a terminal, so a small reply that follows another small one waits for the
     first one's ACK, and Linux delays that ACK up to 40 ms: the first channel open after
-    authentication took 42-47 ms here instead of 2. TCP_QUICKACK is not sticky, hence per read.
+    authentication waited that delay out (docs/performance.md). TCP_QUICKACK is not sticky,
+    hence per read.
     """
 
     def __init__(self, sock: Any) -> None:

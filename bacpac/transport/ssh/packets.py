@@ -2,9 +2,10 @@
 
 # Strategy: Paramiko sends a channel's data one packet (32 KiB, OpenSSH's limit for a session
 # channel) at a time, each through a Message, the transport's key-exchange gate, the
-# packetizer's padding, encryption and a socket send of its own: about 110 µs of the sending
-# thread per packet here, 1.1 s of CPU for the 300 MB a 2 GiB disk puts on the wire, on a
-# machine whose two cores are the limit on loopback. AES-GCM itself is 19 µs of it. This
+# packetizer's padding, encryption and a socket send of its own: a cost in the sending thread
+# for every packet, which adds up over the hundreds of MB a disk puts on the wire, on a
+# machine whose two cores are the limit on loopback; AES-GCM itself is a small part of it
+# (docs/performance.md). This
 # writer does what Channel.send does, packet for packet the same bytes on the wire (RFC 4253
 # packets, RFC 5647 AES-GCM), for up to BATCH packets at a time: it takes the send window for
 # all of them under the channel's lock, waits at the transport's key-exchange gate once,
