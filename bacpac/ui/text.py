@@ -14,22 +14,20 @@ _DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
 
 def human_size(size: float) -> str:
     """Binary units, one decimal: "512 B", "1.5 GiB" (rich only exposes decimal units)."""
-    value = float(size)
-    for unit in _BINARY_UNITS[:-1]:
-        if abs(value) < 1024:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} {_BINARY_UNITS[-1]}"
+    return _scaled(float(size), _BINARY_UNITS, 1024)
 
 
 def human_rate(bytes_per_second: float) -> str:
     """Decimal units per second, as network and disk rates are quoted: "330.0 MB/s"."""
-    value = float(bytes_per_second)
-    for unit in _DECIMAL_UNITS[:-1]:
-        if abs(value) < 1000:
-            return f"{int(value)} {unit}/s" if unit == "B" else f"{value:.1f} {unit}/s"
-        value /= 1000
-    return f"{value:.1f} {_DECIMAL_UNITS[-1]}/s"
+    return _scaled(float(bytes_per_second), _DECIMAL_UNITS, 1000, "/s")
+
+
+def _scaled(value: float, units: tuple[str, ...], base: int, suffix: str = "") -> str:
+    for unit in units[:-1]:
+        if abs(value) < base:
+            return f"{int(value)} {unit}{suffix}" if unit == "B" else f"{value:.1f} {unit}{suffix}"
+        value /= base
+    return f"{value:.1f} {units[-1]}{suffix}"
 
 
 def human_duration(seconds: float) -> str:
