@@ -48,7 +48,7 @@ def reopen(fd, flags):
 def pread_into(fd, view, offset):
     # type: (int, memoryview, int) -> int
     """Read into view from offset; returns the bytes read, 0 at the end of the file. Where
-    os.preadv is missing (Python 3.6), os.pread and one copy."""
+    the os module has no preadv (Python 3.6), os.pread and one copy."""
     preadv = getattr(os, "preadv", None)
     if preadv is not None:
         return preadv(fd, [view], offset)
