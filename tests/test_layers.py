@@ -36,12 +36,13 @@ MAY_IMPORT = {
         "errors": {"errors"},
         "wire": {"wire", "errors"},
         "target": {"target", "wire", "errors"},
-        "saveset": {"saveset", "target", "wire", "errors"},
-        "jobs": {"jobs", "saveset", "target", "wire", "errors"},
+        "tree": {"tree", "target", "wire", "errors"},
+        "saveset": {"saveset", "tree", "target", "wire", "errors"},
+        "jobs": {"jobs", "saveset", "tree", "target", "wire", "errors"},
     },
 }
 # What the client may use of the helper's code: the codec and the target's facts, not its jobs.
-CLIENT_MAY_IMPORT = {"errors", "wire", "target", "saveset"}
+CLIENT_MAY_IMPORT = {"errors", "wire", "target", "tree", "saveset"}
 
 
 def module_files() -> dict[str, Path]:

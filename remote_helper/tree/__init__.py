@@ -1,0 +1,1 @@
+"""Trees of files: the entry record, the walker, the writer and the pax tar codec."""
