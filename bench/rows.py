@@ -3,8 +3,11 @@
 # Strategy: a row function does its untimed preparation (a fresh target, or the old copy a
 # delta starts from) and returns a Job: the command to time, how to read its wire bytes, and
 # the files that must then hold the expected content. A row for a bacpac flag that does not
-# exist yet raises Skipped, so the table says so instead of failing. Adding a row (a tree copy
-# against `rsync -aH`, say) is one more function under @row.
+# exist yet raises Skipped, so the table says so instead of failing. Adding a row is one more
+# function under @row; its group names the comparison it belongs to (GROUPS: the table's
+# sections), and bacpac's row of a group is what that group's stock rows are measured
+# against. The rows of issues 19-21 live beside this module: rows_disk.py (delta variants,
+# small and sparse disks), rows_tree.py (bacpac copy) and rows_fleet.py (simultaneous dups).
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from sample import Sample, sha256_file
 
 CIPHER = "aes128-gcm@openssh.com"
+LINKS = ("loopback", "100mbit")
 
 
 class Skipped(Exception):
@@ -35,10 +39,25 @@ class Context:
     sample: Sample
     target_dir: str
     bacpac_flags: frozenset[str]
-    wire_cache: dict[str, int] = field(compare=False)
+    wire_cache: dict[str, Any] = field(compare=False)
+    inputs: Inputs = field(compare=False)  # the other rows' inputs, built on demand
 
     def path(self, name: str) -> str:
         return os.path.join(self.target_dir, name)
+
+
+class Inputs:
+    """What the rows beyond the first sample read, built (and cached under --work) only when a
+    selected row asks: the smaller disk, the 1 MiB image, the sparse disks, the tree."""
+
+    def __init__(self, args: Any) -> None:
+        self.args = args
+        self._built: dict[str, Any] = {}
+
+    def get(self, name: str, build: Callable[[Any], Any]) -> Any:
+        if name not in self._built:
+            self._built[name] = build(self.args)
+        return self._built[name]
 
 
 @dataclass(frozen=True)
@@ -46,27 +65,36 @@ class Job:
     """One timed command, and how to judge it."""
 
     argv: list[str]
-    wire_bytes: Callable[[str], int]       # from the command's stdout
+    wire_bytes: Callable[[str], int | None]  # from the command's stdout; None: not known
     outputs: dict[str, Callable[[], str]]  # name → sha256 of what the run produced
     expect_sha: str
+    data_bytes: int = 0        # what the run copies, for MB/s and CPU per GiB (0: the sample)
+    warm: tuple[str, ...] = ()  # read these into the page cache instead of dropping it
+    evict: tuple[str, ...] = ()  # drop only these from the page cache, not the whole cache
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
-    kind: str        # "full" or "delta": a tool row is compared with bacpac's row of its kind
+    kind: str        # its group (GROUPS): a tool row is compared with bacpac's row of its group
     ours: bool
     prepare: Callable[[Context], Job]
+    links: tuple[str, ...] = LINKS
 
 
 ROWS: list[Row] = []
+GROUPS: dict[str, str] = {
+    "full": "full copy of the disk",
+    "delta": "delta of the disk, 1% changed, page cache dropped",
+}
 
 
-def row(name: str, kind: str, ours: bool = False) -> Callable[[Callable[[Context], Job]],
-                                                             Callable[[Context], Job]]:
+def row(name: str, kind: str, ours: bool = False,
+        links: tuple[str, ...] = LINKS) -> Callable[[Callable[[Context], Job]],
+                                                    Callable[[Context], Job]]:
     """Register a row function, in table order."""
     def register(fn: Callable[[Context], Job]) -> Callable[[Context], Job]:
-        ROWS.append(Row(name, kind, ours, fn))
+        ROWS.append(Row(name, kind, ours, fn, links))
         return fn
     return register
 
@@ -94,9 +122,10 @@ def _fresh(path: str) -> str:
     return path
 
 
-def _old_copy(ctx: Context, path: str) -> str:
-    """The original image at `path`: what a delta run starts from."""
-    subprocess.run(["cp", "--sparse=always", ctx.sample.original, _fresh(path)], check=True)
+def _old_copy(ctx: Context, path: str, old: str = "") -> str:
+    """A copy of `old` (default: the original image) at `path`: what a delta run starts from."""
+    subprocess.run(["cp", "--sparse=always", old or ctx.sample.original, _fresh(path)],
+                   check=True)
     return path
 
 
@@ -202,21 +231,35 @@ def zstd1_ssh_synced(ctx: Context) -> Job:
     return _zstd_ssh(ctx, 1, synced=True)
 
 
+def delta_job(ctx: Context, sample: Sample, name: str, *flags: str, old: str = "",
+              warm: bool = False) -> Job:
+    """`bacpac dup --delta` of the sample's changed image onto `old` (default: the original)."""
+    _require(ctx, "--delta")
+    target = _old_copy(ctx, ctx.path(name), old or sample.original)
+    return Job(_dup(ctx, sample.changed, target, "--delta", *flags), _bytes_sent,
+               {"target": _sha_of(target)}, sample.sha_changed, sample.size,
+               (sample.changed, target) if warm else ())
+
+
+def rsync_job(ctx: Context, sample: Sample, name: str, old: str = "",
+              warm: bool = False) -> Job:
+    """rsync's delta of the sample's changed image onto `old` (default: the original)."""
+    target = _old_copy(ctx, ctx.path(name), old or sample.original)
+    # -I: compare content even if size and mtime happen to match the old copy's
+    argv = ["rsync", "--inplace", "--no-whole-file", "-I", "--stats", "-e", _ssh(ctx),
+            sample.changed, f"testhost:{target}"]
+    return Job(argv, _rsync_sent, {"target": _sha_of(target)}, sample.sha_changed, sample.size,
+               (sample.changed, target) if warm else ())
+
+
 @row("bacpac dup --delta (1% changed)", "delta", ours=True)
 def bacpac_delta(ctx: Context) -> Job:
-    _require(ctx, "--delta")
-    target = _old_copy(ctx, ctx.path("delta.img"))
-    return Job(_dup(ctx, ctx.sample.changed, target, "--delta"), _bytes_sent,
-               {"target": _sha_of(target)}, ctx.sample.sha_changed)
+    return delta_job(ctx, ctx.sample, "delta.img")
 
 
 @row("rsync --inplace --no-whole-file (1% changed)", "delta")
 def rsync_delta(ctx: Context) -> Job:
-    target = _old_copy(ctx, ctx.path("rsync.img"))
-    # -I: compare content even if size and mtime happen to match the old copy's
-    argv = ["rsync", "--inplace", "--no-whole-file", "-I", "--stats", "-e", _ssh(ctx),
-            ctx.sample.changed, f"testhost:{target}"]
-    return Job(argv, _rsync_sent, {"target": _sha_of(target)}, ctx.sample.sha_changed)
+    return rsync_job(ctx, ctx.sample, "rsync.img")
 
 
 def _rsync_sent(stdout: str) -> int:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tools"))
@@ -29,9 +29,12 @@ sys.path.insert(0, str(HERE.parent / "tools"))
 from loopback_sshd import SshdError, SshServer, start_sshd  # noqa: E402
 from measure import run_timed  # noqa: E402
 from netns import NetnsError, rate_limited_netns  # noqa: E402
-from rows import ROWS, Context, Job, Row, Skipped, bacpac_flags  # noqa: E402
+from rows import GROUPS, ROWS, Context, Inputs, Job, Row, Skipped, bacpac_flags  # noqa: E402
+import rows_disk  # noqa: E402,F401  (registers its rows, after rows.py's)
+import rows_tree  # noqa: E402,F401
+import rows_fleet  # noqa: E402,F401
 from sample import Sample, make_sample, parse_size  # noqa: E402
-from table import Outcome, Results, facts_list, link_table  # noqa: E402
+from table import Outcome, Results, facts_list, link_tables  # noqa: E402
 
 TOOLS = ["ssh", "zstd", "rsync", "mke2fs", "dumpe2fs", "bash"]
 
@@ -56,8 +59,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size", type=parse_size, default=2 << 30,
                    help="sample image size on the loopback host (default 2G)")
     p.add_argument("--slow-size", type=parse_size, default=512 << 20,
-                   help="sample image size on the 100 Mbit/s host (default 512M: a 2G cat | ssh "
-                        "takes three minutes a round there)")
+                   help="the smaller disk: the sample on the 100 Mbit/s host (default 512M: a 2G "
+                        "cat | ssh takes three minutes a round there), and the loopback host's "
+                        "smaller-disk delta rows and fleet rows")
+    p.add_argument("--tiny-size", type=parse_size, default=1 << 20,
+                   help="the image of the fixed-cost rows (default 1M)")
+    p.add_argument("--sparse-sizes", type=_two_sizes, default=(16 << 30, 64 << 30),
+                   metavar="A,B", help="the sparse disks A and B (default 16G,64G)")
+    p.add_argument("--sparse-data", type=parse_size, default=600 << 20,
+                   help="the sample disk whose content both sparse disks hold (default 600M: "
+                        "about 300 MiB of data)")
+    p.add_argument("--tree-files", type=int, default=50_000,
+                   help="files in the tree rows' tree, at least (default 50000)")
+    p.add_argument("--tree-size", type=parse_size, default=1 << 30,
+                   help="content of that tree, at least (default 1G)")
     p.add_argument("--rounds", type=int, default=5,
                    help="rounds of every row (default 5: medians of 3 moved by 10%% between runs)")
     p.add_argument("--link", choices=["loopback", "100mbit", "both"], default="both")
@@ -65,16 +80,57 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                  "a partial table must not stand in for the full one)")
     p.add_argument("--work", default=str(HERE / "out"), help="images and targets (gitignored)")
     p.add_argument("--only", action="append", metavar="PREFIX",
-                   help="run only the rows whose name starts with PREFIX (repeatable), for "
-                        "trying one change against one tool; the README's table needs them all")
+                   help="run only the rows whose name starts with PREFIX, or whose group is "
+                        "PREFIX (e.g. tree-first, delta-small-warm; repeatable), for trying one "
+                        "change against one tool; the README's table needs them all")
     args = p.parse_args(argv)
-    names = [r.name for r in ROWS]
     for prefix in args.only or []:
-        if not any(name.startswith(prefix) for name in names):
-            p.error(f"--only {prefix!r} matches no row; the rows are: {', '.join(names)}")
+        if not selected_rows([prefix]):
+            p.error(f"--only {prefix!r} matches no row or group; the groups are: "
+                    f"{', '.join(GROUPS)}; the rows: {', '.join(r.name for r in ROWS)}")
     if args.out is None and not args.only:
         args.out = str(HERE / "results.md")
     return args
+
+
+def _two_sizes(text: str) -> tuple[int, int]:
+    sizes = tuple(parse_size(t) for t in text.split(","))
+    if len(sizes) != 2:
+        raise ValueError(f"not two sizes: {text!r} (e.g. 16G,64G)")
+    return sizes[0], sizes[1]
+
+
+def size_label(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} bytes"
+
+
+def labels(args: argparse.Namespace) -> dict[str, str]:
+    """The sizes the group headings name."""
+    return {"small": size_label(args.slow_size), "tiny": size_label(args.tiny_size),
+            "sparse_a": size_label(args.sparse_sizes[0]),
+            "sparse_b": size_label(args.sparse_sizes[1]),
+            "sparse_data": size_label(args.sparse_data),
+            "tree": f"{args.tree_files} files and {size_label(args.tree_size)} or more"}
+
+
+def warm_up(paths: tuple[str, ...]) -> None:
+    """Write dirty pages out, then read `paths` into the page cache."""
+    subprocess.run(["sync"], check=False)
+    subprocess.run(["cat", *paths], stdout=subprocess.DEVNULL, check=True)
+
+
+def evict(paths: tuple[str, ...]) -> None:
+    """Write dirty pages out, then drop `paths` alone from the page cache."""
+    subprocess.run(["sync"], check=False)
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def drop_caches() -> bool:
@@ -126,7 +182,12 @@ def run_once(link: Link, row: Row, ctx: Context, results: Results, tmp: Path) ->
     except Skipped as e:
         results.skipped[key] = str(e)
         return f"{row.name}: skipped ({e})"
-    drop_caches()
+    if job.warm:
+        warm_up(job.warm)
+    elif job.evict:
+        evict(job.evict)
+    else:
+        drop_caches()
     timed = run_timed(job.argv, link.sshd_pid, str(tmp))
     wrong = _wrong(job, timed.returncode, timed.stderr)
     if wrong:
@@ -134,7 +195,8 @@ def run_once(link: Link, row: Row, ctx: Context, results: Results, tmp: Path) ->
         print(f"bench: {link.name}: {row.name}: INVALID: {wrong}", file=sys.stderr)
         return ""
     outcome = Outcome(timed.seconds, job.wire_bytes(timed.stdout), timed.client_rss,
-                      timed.helper_rss)
+                      timed.helper_rss, job.data_bytes or link.sample.size, timed.client_cpu,
+                      timed.target_cpu, timed.target_read)
     results.runs.setdefault(key, []).append(outcome)
     return f"{row.name}: {timed.seconds:.2f} s"
 
@@ -153,19 +215,24 @@ def _wrong(job: Job, returncode: int, stderr: str) -> str:
 
 def _clear(directory: str) -> None:
     for entry in os.scandir(directory):
-        os.unlink(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
-def run_rounds(links: list[Link], rounds: int, tmp: Path, rows: list[Row]) -> Results:
-    """Every row on every link, once per round, in the same order each round."""
+def run_rounds(links: list[Link], rounds: int, tmp: Path, rows: list[Row],
+               inputs: Inputs) -> Results:
+    """Every row on every link it runs on, once per round, in the same order each round."""
     results = Results({}, {}, {})
     flags = bacpac_flags()
-    wire_cache: dict[str, int] = {}  # compressed sizes, measured once per image and level
+    wire_cache: dict[str, Any] = {}  # compressed sizes, measured once per image and level
     for n in range(1, rounds + 1):
         for link in links:
             target_dir = _mkdir(tmp / f"targets-{link.name}-{n}")
-            ctx = Context(link.server.config_path, link.sample, target_dir, flags, wire_cache)
-            for row in rotated(rows, n - 1):
+            ctx = Context(link.server.config_path, link.sample, target_dir, flags, wire_cache,
+                          inputs)
+            for row in rotated([r for r in rows if link.name in r.links], n - 1):
                 line = run_once(link, row, ctx, results, tmp)
                 if line:
                     print(f"bench: round {n}/{rounds} {link.name}: {line}", file=sys.stderr)
@@ -186,7 +253,7 @@ def rotated(rows: list[Row], by: int) -> list[Row]:
 def selected_rows(prefixes: list[str] | None) -> list[Row]:
     if not prefixes:
         return ROWS
-    return [r for r in ROWS if any(r.name.startswith(p) for p in prefixes)]
+    return [r for r in ROWS if any(r.name.startswith(p) or r.kind == p for p in prefixes)]
 
 
 def _version(argv: list[str]) -> str:
@@ -250,17 +317,25 @@ NOTES = [
     "bacpac runs as `python3 -m bacpac` with `--remote-python` naming the interpreter itself: "
     "on this machine `bacpac` and `python3` on PATH are pyenv's bash shims, which add about "
     "0.15 s each to every start (a packaged install has neither).",
-    "Ratios are bacpac's median ÷ the tool's, on the same link: the full-copy rows against "
-    "`bacpac dup`, the rsync row against `bacpac dup --delta`. Below 1, bacpac is faster or "
-    "sends less.",
+    "Ratios are bacpac's median ÷ the tool's, on the same link, against the bacpac row of the "
+    "same table. Below 1, bacpac is faster, sends less or spends less CPU.",
+    "CPU s/GiB: user + system seconds per GiB of what the row copies (the disk's nominal size, "
+    "the tree's content, N disks for the fleet). Client: the command and everything it reaped "
+    "(wait4). Target: every session of the target's sshd, its ciphers included (the listening "
+    "sshd's cutime + cstime across the run, read once it has reaped them).",
+    "VmHWM: the client's is ru_maxrss from wait4 (its largest process); the target's is polled.",
+    "Target read MiB: the read_bytes of /proc/PID/io of the target side's processes (bacpac's "
+    "helper, rsync's receiver), last seen by the 50 ms poll: what they read from disk, the "
+    "page cache's hits not counted.",
 ]
 
 
-def render(links: list[Link], results: Results, facts: dict[str, str]) -> str:
+def render(links: list[Link], results: Results, facts: dict[str, str],
+           sizes: dict[str, str]) -> str:
     lines = ["# bacpac benchmark", "", f"Run on {time.strftime('%Y-%m-%d %H:%M %Z')} with "
              f"`python3 bench/run.py {' '.join(sys.argv[1:])}`.", "", *facts_list(facts)]
     for link in links:
-        lines += link_table(results, link.name, link.title, link.sample.size)
+        lines += link_tables(results, link.name, link.title, sizes)
     lines += ["", "Notes:", "", *[f"- {n}" for n in NOTES]]
     return "\n".join(lines) + "\n"
 
@@ -277,8 +352,10 @@ def bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="run-", dir=args.work) as tmp_name:
         tmp = Path(tmp_name)
         with open_links(args, tmp) as links:
-            results = run_rounds(links, args.rounds, tmp, selected_rows(args.only))
-    report = render(links, results, machine_facts(links, args.rounds, drop_caches(), revision))
+            results = run_rounds(links, args.rounds, tmp, selected_rows(args.only),
+                                 Inputs(args))
+    report = render(links, results, machine_facts(links, args.rounds, drop_caches(), revision),
+                    labels(args))
     print(report)
     if args.out:
         Path(args.out).write_text(report)

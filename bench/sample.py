@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 SOURCE_GLOBS = ["/usr/share/doc", "/usr/lib/python3*", "/root/.pyenv/versions/*/lib/python3*"]
 CONTENT_SHARE = 0.40    # of the image size; ext4's metadata and block rounding bring it to ~half
@@ -96,11 +96,13 @@ def _source_files() -> Iterator[tuple[Path, Path]]:
                     yield Path(root), Path(dirpath) / name
 
 
-def _stage(stage: Path, budget: int) -> tuple[int, int]:
-    """Link source files under `stage` until their content reaches `budget`; (files, bytes)."""
+def _stage(stage: Path, budget: int, files_wanted: int = 0,
+           place: Callable[[Path, Path], object] | None = None) -> tuple[int, int]:
+    """Link source files under `stage` (or `place` them, e.g. copy) until their content reaches
+    `budget` and their number `files_wanted`; (files, bytes)."""
     files = total = 0
     for root, path in _source_files():
-        if total >= budget:
+        if total >= budget and files >= files_wanted:
             break
         dest = stage / root.relative_to("/") / path.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +111,7 @@ def _stage(stage: Path, budget: int) -> tuple[int, int]:
             continue
         if not path.is_file():
             continue
-        _link_or_copy(path, dest)
+        (place or _link_or_copy)(path, dest)
         files += 1
         total += dest.stat().st_size
     return files, total

@@ -1,12 +1,19 @@
-"""The benchmark's report: medians per row and link, ratios against bacpac, and machine facts."""
+"""The benchmark's report: medians per row and link, ratios against bacpac, and machine facts.
+
+# Strategy: one Markdown table per link and group (rows.GROUPS: what is compared), so each
+# stock row's ratios are read against the bacpac row just above it. Sizes and CPU are per
+# GiB of what the row copies (the disk's nominal size, the tree's content, N disks for the
+# fleet), so rows of different sizes read alike.
+"""
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
 
-from rows import ROWS, Row
+from rows import GROUPS, ROWS, Row
 
 MiB = 1 << 20
+GiB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -14,9 +21,13 @@ class Outcome:
     """One verified run."""
 
     seconds: float
-    wire_bytes: int
+    wire_bytes: int | None
     client_rss: int
     helper_rss: int
+    data_bytes: int = 0
+    client_cpu: float = 0.0
+    target_cpu: float = 0.0
+    target_read: int = 0
 
 
 @dataclass
@@ -28,48 +39,82 @@ class Results:
     skipped: dict[tuple[str, str], str]
 
 
-def _median(outcomes: list[Outcome], attr: str) -> float:
-    return float(statistics.median(getattr(o, attr) for o in outcomes))
+def _median(outcomes: list[Outcome], attr: str) -> float | None:
+    values = [getattr(o, attr) for o in outcomes]
+    if any(v is None for v in values):
+        return None
+    return float(statistics.median(values))
+
+
+def _per_gib(outcomes: list[Outcome], attr: str) -> float:
+    return float(statistics.median(getattr(o, attr) / (o.data_bytes / GiB) for o in outcomes))
 
 
 def _ours_for(row: Row) -> Row:
     return next(r for r in ROWS if r.ours and r.kind == row.kind)
 
 
-def _ratio(results: Results, link: str, row: Row, attr: str) -> str:
+def _ratio(results: Results, link: str, row: Row, value: str) -> str:
     """bacpac's median ÷ this row's, for a stock tool's row with both measured."""
     if row.ours:
         return ""
     mine, theirs = results.runs.get((link, _ours_for(row).name)), results.runs.get((link, row.name))
-    if not mine or not theirs or not _median(theirs, attr):
+    if not mine or not theirs:
         return "n/a"
-    return f"{_median(mine, attr) / _median(theirs, attr):.2f}"
+    measure = _per_gib if value.endswith("_cpu") else _median
+    a, b = measure(mine, value), measure(theirs, value)
+    if a is None or not b:
+        return "n/a"
+    return f"{a / b:.2f}"
 
 
-def _row_line(results: Results, link: str, row: Row, size: int) -> str:
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value / MiB:.1f}"
+
+
+COLUMNS = ["row", "median s", "MB/s", "wire MiB", "client CPU s/GiB", "target CPU s/GiB",
+           "client VmHWM MiB", "target VmHWM MiB", "target read MiB",
+           "bacpac ÷ this, time", "bacpac ÷ this, wire", "bacpac ÷ this, client CPU"]
+
+
+def _row_line(results: Results, link: str, row: Row) -> str:
     key, name = (link, row.name), row.name.replace("|", "\\|")  # a pipe would split the cell
+    gap = "|" * (len(COLUMNS) - 1)
     if key in results.invalid:
-        return f"| {name} | **INVALID: {results.invalid[key]}** |||||||"
+        return f"| {name} | **INVALID: {results.invalid[key]}** {gap}"
     if key in results.skipped:
-        return f"| {name} | skipped: {results.skipped[key]} |||||||"
+        return f"| {name} | skipped: {results.skipped[key]} {gap}"
     runs = results.runs.get(key)
     if not runs:
-        return f"| {name} | not run |||||||"
-    secs = _median(runs, "seconds")
-    helper = _median(runs, "helper_rss")
-    return (f"| {name} | {secs:.2f} | {size / secs / 1e6:.0f} "
-            f"| {_median(runs, 'wire_bytes') / MiB:.1f} | {_median(runs, 'client_rss') / MiB:.0f} "
-            f"| {helper / MiB:.0f} | {_ratio(results, link, row, 'seconds')} "
-            f"| {_ratio(results, link, row, 'wire_bytes')} |")
+        return f"| {name} | not run {gap}"
+    secs = _median(runs, "seconds") or 0.0
+    size = _median(runs, "data_bytes") or 0.0
+    cells = [name, f"{secs:.2f}", f"{size / secs / 1e6:.0f}", _mib(_median(runs, "wire_bytes")),
+             f"{_per_gib(runs, 'client_cpu'):.2f}", f"{_per_gib(runs, 'target_cpu'):.2f}",
+             f"{(_median(runs, 'client_rss') or 0) / MiB:.0f}",
+             f"{(_median(runs, 'helper_rss') or 0) / MiB:.0f}",
+             _mib(_median(runs, "target_read")),
+             *(_ratio(results, link, row, v) for v in ("seconds", "wire_bytes", "client_cpu"))]
+    return "| " + " | ".join(cells) + " |"
 
 
-def link_table(results: Results, link: str, title: str, size: int) -> list[str]:
-    """The Markdown table of one link."""
-    head = ["", f"### {title}", "",
-            "| row | median s | MB/s | wire MiB | client peak RSS MiB | target peak RSS MiB "
-            "| bacpac ÷ this, time | bacpac ÷ this, wire |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    return head + [_row_line(results, link, row, size) for row in ROWS]
+def link_tables(results: Results, link: str, title: str, labels: dict[str, str]) -> list[str]:
+    """The Markdown tables of one link: one per group of rows that ran there."""
+    lines = ["", f"### {title}"]
+    for group, heading in GROUPS.items():
+        rows = [r for r in ROWS if r.kind == group and any(k == (link, r.name) for k in
+                                                           _keys(results))]
+        if not rows:
+            continue
+        lines += ["", f"#### {heading.format(**labels)}", "",
+                  "| " + " | ".join(COLUMNS) + " |",
+                  "| --- |" + " ---: |" * (len(COLUMNS) - 1)]
+        lines += [_row_line(results, link, r) for r in rows]
+    return lines
+
+
+def _keys(results: Results) -> set[tuple[str, str]]:
+    return {*results.runs, *results.invalid, *results.skipped}
 
 
 def facts_list(facts: dict[str, str]) -> list[str]:
