@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import stat
@@ -113,8 +114,8 @@ def _copy_of(source: str, dest: str, change: bool) -> None:
 
 
 def _bacpac_copy(ctx: Context, name: str, prepared: str = "") -> Job:
-    if "copy" not in ctx.wire_cache.setdefault("commands", _commands()):
-        raise Skipped("this bacpac has no `copy` command yet")
+    if not re.search(r"^\s+copy\s", ctx.wire_cache.setdefault("commands", _commands()), re.M):
+        raise Skipped("`bacpac --help` lists no copy command yet")
     source, digest, size = _tree(ctx)
     dest = _dest(ctx, name)
     if prepared:
