@@ -178,21 +178,15 @@ def _tar_sparse(ctx: Context, which: int) -> Job:
     return Job(argv, lambda _: None, {"target": lambda: content_digest(target)}, digest, size)
 
 
-@row("bacpac dup, sparse disk A", "sparse-a", ours=True, links=LOOPBACK)
-def bacpac_sparse_a(ctx: Context) -> Job:
-    return _bacpac_sparse(ctx, 0)
+def _sparse_rows(which: int) -> None:
+    """The pair of rows of one sparse disk: bacpac dup and tar -S."""
+    letter = "AB"[which]
+    group = f"sparse-{letter.lower()}"
+    row(f"bacpac dup, sparse disk {letter}", group, ours=True, links=LOOPBACK)(
+        lambda ctx: _bacpac_sparse(ctx, which))
+    row(f"tar -S | ssh | tar -x, sparse disk {letter}", group, links=LOOPBACK)(
+        lambda ctx: _tar_sparse(ctx, which))
 
 
-@row("tar -S | ssh | tar -x, sparse disk A", "sparse-a", links=LOOPBACK)
-def tar_sparse_a(ctx: Context) -> Job:
-    return _tar_sparse(ctx, 0)
-
-
-@row("bacpac dup, sparse disk B", "sparse-b", ours=True, links=LOOPBACK)
-def bacpac_sparse_b(ctx: Context) -> Job:
-    return _bacpac_sparse(ctx, 1)
-
-
-@row("tar -S | ssh | tar -x, sparse disk B", "sparse-b", links=LOOPBACK)
-def tar_sparse_b(ctx: Context) -> Job:
-    return _tar_sparse(ctx, 1)
+_sparse_rows(0)
+_sparse_rows(1)

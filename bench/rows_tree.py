@@ -168,21 +168,12 @@ def rsync_tree_first(ctx: Context) -> Job:
     return _rsync(ctx, "tree-rsync")
 
 
-@row("bacpac copy, unchanged rerun", "tree-rerun", ours=True)
-def bacpac_tree_rerun(ctx: Context) -> Job:
-    return _bacpac_copy(ctx, "tree-bacpac", "same")
+def _reruns(group: str, what: str, prepared: str) -> None:
+    """The pair of rows of one rerun: bacpac copy and rsync -aH onto a prepared copy."""
+    row(f"bacpac copy, {what}", group, ours=True)(
+        lambda ctx: _bacpac_copy(ctx, "tree-bacpac", prepared))
+    row(f"rsync -aH, {what}", group)(lambda ctx: _rsync(ctx, "tree-rsync", prepared))
 
 
-@row("rsync -aH, unchanged rerun", "tree-rerun")
-def rsync_tree_rerun(ctx: Context) -> Job:
-    return _rsync(ctx, "tree-rsync", "same")
-
-
-@row("bacpac copy, 1% of files changed", "tree-changed", ours=True)
-def bacpac_tree_changed(ctx: Context) -> Job:
-    return _bacpac_copy(ctx, "tree-bacpac", "changed")
-
-
-@row("rsync -aH, 1% of files changed", "tree-changed")
-def rsync_tree_changed(ctx: Context) -> Job:
-    return _rsync(ctx, "tree-rsync", "changed")
+_reruns("tree-rerun", "unchanged rerun", "same")
+_reruns("tree-changed", "1% of files changed", "changed")
