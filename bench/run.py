@@ -304,11 +304,11 @@ def machine_facts(links: list[Link], rounds: int, dropped: bool,
 NOTES = [
     "Wire bytes: bacpac's `bytes_sent` (payload on the channel), rsync's `Total bytes sent`; "
     "for the pipelines, the bytes the producer writes into ssh (the image size for `cat`, "
-    "the output of the same `zstd` command measured once, untimed). SSH's own framing is in none "
-    "of them.",
-    "Client peak RSS: ru_maxrss from os.wait4 — for bacpac, its process; for a pipeline or "
+    "the output of the same `zstd` command measured once, untimed); `–` where not known "
+    "(`tar -S`). SSH's own framing is in none of them.",
+    "Client VmHWM (peak RSS): ru_maxrss from os.wait4 — for bacpac, its process; for a pipeline or "
     "rsync, the largest of its processes (ssh, zstd, cat, rsync).",
-    "Target peak RSS: the largest VmHWM, polled every 50 ms, of the processes the target's sshd "
+    "Target VmHWM: the largest VmHWM, polled every 50 ms, of the processes the target's sshd "
     "spawned, sshd's own session processes excluded: bacpac's helper, `zstd -d`, `cat`, rsync's "
     "receiver.",
     "bacpac fsyncs the target before it reports success; the pipelines and rsync do not (their "
@@ -323,7 +323,6 @@ NOTES = [
     "the tree's content, N disks for the fleet). Client: the command and everything it reaped "
     "(wait4). Target: every session of the target's sshd, its ciphers included (the listening "
     "sshd's cutime + cstime across the run, read once it has reaped them).",
-    "VmHWM: the client's is ru_maxrss from wait4 (its largest process); the target's is polled.",
     "Target read MiB: the read_bytes of /proc/PID/io of the target side's processes (bacpac's "
     "helper, rsync's receiver), last seen by the 50 ms poll: what they read from disk, the "
     "page cache's hits not counted.",
