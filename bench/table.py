@@ -110,6 +110,22 @@ def link_tables(results: Results, link: str, title: str, labels: dict[str, str])
                   "| " + " | ".join(COLUMNS) + " |",
                   "| --- |" + " ---: |" * (len(COLUMNS) - 1)]
         lines += [_row_line(results, link, r) for r in rows]
+        lines += _scaling(results, link, group)
+    return lines
+
+
+# (group, its bacpac row, the bacpac row it is set against): how a cost grows with the size
+SCALING = [("sparse-b", "bacpac dup, sparse disk B", "bacpac dup, sparse disk A")]
+
+
+def _scaling(results: Results, link: str, group: str) -> list[str]:
+    """A line under the table: this group's bacpac time ÷ a smaller input's (same data)."""
+    lines = []
+    for name, bigger, smaller in SCALING:
+        big, small = results.runs.get((link, bigger)), results.runs.get((link, smaller))
+        if name == group and big and small:
+            ratio = (_median(big, "seconds") or 0.0) / (_median(small, "seconds") or 1.0)
+            lines += ["", f"{bigger} ÷ {smaller}, time: {ratio:.2f}"]
     return lines
 
 
