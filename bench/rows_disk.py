@@ -153,9 +153,11 @@ def _sparse(ctx: Context, which: int) -> tuple[str, str, int]:
         size = args.sparse_sizes[which]
         data = make_sample(Path(args.work), args.sparse_data)
         path = Path(args.work).resolve() / f"sparse-{size}-{args.sparse_data}.img"
-        if not path.exists():
-            subprocess.run(["cp", "--sparse=always", data.original, str(path)], check=True)
-            os.truncate(path, size)
+        if not path.exists():  # built under another name first: a cut build is not reused
+            part = path.with_suffix(".part")
+            subprocess.run(["cp", "--sparse=always", data.original, str(part)], check=True)
+            os.truncate(part, size)
+            part.rename(path)
         return str(path), content_digest(str(path)), size
     return ctx.inputs.get(f"sparse-{which}", build)
 
