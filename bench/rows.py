@@ -214,6 +214,15 @@ def _zstd_ssh(ctx: Context, level: int, synced: bool = False) -> Job:
                ctx.sample.sha_original)
 
 
+def _counted_pipeline(ctx: Context, producer: str, remote: str) -> list[str]:
+    """_pipeline with the producer's output counted on the way (its size depends on the run,
+    as zstd --adapt's does on the link): the count is the command's last line of stdout."""
+    remote_cmd = shlex.quote(remote)
+    script = (f"{producer} | tee >(wc -c >&3) | {_ssh(ctx)} testhost {remote_cmd}; "
+              "s=$?; exec 3>&-; wait; exit $s")
+    return ["bash", "-o", "pipefail", "-c", f"{{ {script}; }} 3>&1"]
+
+
 @row("zstd -1 -T0 | ssh | zstd -d", "full")
 def zstd1_ssh(ctx: Context) -> Job:
     return _zstd_ssh(ctx, 1)
@@ -222,6 +231,29 @@ def zstd1_ssh(ctx: Context) -> Job:
 @row("zstd -6 -T0 | ssh | zstd -d", "full")
 def zstd6_ssh(ctx: Context) -> Job:
     return _zstd_ssh(ctx, 6)
+
+
+@row("zstd -3 -T0 | ssh | zstd -d", "full")
+def zstd3_ssh(ctx: Context) -> Job:
+    return _zstd_ssh(ctx, 3)
+
+
+@row("zstd --adapt -T0 | ssh | zstd -d", "full")
+def zstd_adapt_ssh(ctx: Context) -> Job:
+    """zstd's own adaptive level, which follows how fast its output is taken (the link)."""
+    target = _fresh(ctx.path("zstd-adapt.img"))
+    producer = f"zstd --adapt -T0 -q -c {shlex.quote(ctx.sample.original)}"
+    argv = _counted_pipeline(ctx, producer, f"zstd -d -q --sparse -f -o {target}")
+    return Job(argv, lambda out: int(out.split()[-1]), {"target": _sha_of(target)},
+               ctx.sample.sha_original)
+
+
+@row("rsync -z (full copy)", "full")
+def rsync_z(ctx: Context) -> Job:
+    target = _fresh(ctx.path("rsync-z.img"))
+    argv = ["rsync", "-z", "--sparse", "--stats", "-e", _ssh(ctx), ctx.sample.original,
+            f"testhost:{target}"]
+    return Job(argv, _rsync_sent, {"target": _sha_of(target)}, ctx.sample.sha_original)
 
 
 @row("zstd -1 -T0 | ssh | zstd -d && sync", "full")

@@ -38,6 +38,18 @@ def test_client_start_does_not_load_invoke() -> None:
     assert out == "_Deferred False"
 
 
+def test_client_start_loads_no_display_and_no_yaml_parser() -> None:
+    """What a run without a terminal never uses stays out of its start: the rich live view
+    (ui/live.py, loaded only on a terminal) and any YAML parser (invoke's vendored one)."""
+    out = _python("""
+        import sys
+        import bacpac.cli
+        print(sorted(name for name in sys.modules if name.split(".")[0] in ("rich", "yaml")
+                     or name in ("bacpac.ui.live", "invoke.vendor.yaml")))
+    """)
+    assert out == "[]"
+
+
 def test_match_exec_in_bacpacs_own_reader_needs_no_invoke(tmp_path) -> None:
     """Where the OpenSSH client is missing (a PATH without ssh), bacpac's own reader runs."""
     config = tmp_path / "ssh_config"

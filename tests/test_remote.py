@@ -213,6 +213,21 @@ def test_a_dup_through_the_oldest_python_the_helper_supports(tmp_path, image) ->
     assert target.read_bytes() == image.read_bytes()
 
 
+def test_the_helper_command_is_ready_before_its_payload_is_built(monkeypatch) -> None:
+    """The payload's length travels on stdin ahead of it, not in the command: the command can
+    go out while the payload is still being built."""
+    def not_yet(name: str, file: Path) -> bytes:
+        raise AssertionError("the command waited for the payload")
+
+    helper._payload.cache_clear()
+    monkeypatch.setattr(helper, "_module_code", not_yet)
+    try:
+        argv = helper.helper_argv(sys.executable, False)
+    finally:
+        helper._payload.cache_clear()
+    assert argv[-1] == helper.MARKER and helper.STAGE1 in argv
+
+
 def test_a_payload_that_cannot_be_built_is_an_error_of_the_caller_not_a_thread(monkeypatch):
     def unreadable(name: str, file: Path) -> bytes:
         raise OSError(13, "Permission denied", str(file))

@@ -1,7 +1,9 @@
 """Ships the helper down a channel, starts it, and talks to it in frames.
 
 # Strategy (after mitogen): the remote command is a tiny first stage, `python3 -S -c STAGE1`,
-# that reads an exact number of bytes from stdin, inflates them and runs them. That payload
+# that reads a length and then that many bytes from stdin, inflates them and runs them. The
+# length travels on stdin, not in the command, so the command goes out before the payload is
+# built: its build overlaps the channel's opening and the target's login shell. That payload
 # holds a loader and, for every remote_helper module, its source and its code compiled here;
 # the loader imports them from memory (running the code where the target's Python is this
 # one, compiling the source elsewhere), so nothing is written on the target. The same stdin
@@ -47,12 +49,14 @@ HELLO_WITHIN = 30.0
 SHOWN = 80  # characters of what a command in the helper's place wrote on stdout, shown
 STAGE1 = (
     "import marshal,os,sys,zlib #" + MARKER + "\n"
-    "n=%d;b=b''\n"
-    "while len(b)<n:\n"
-    " c=os.read(0,n-len(b))\n"
-    " if not c:sys.exit(1)\n"
-    " b+=c\n"
-    "S,M=marshal.loads(zlib.decompress(b))\n"
+    "def r(n):\n"
+    " b=b''\n"
+    " while len(b)<n:\n"
+    "  c=os.read(0,n-len(b))\n"
+    "  if not c:sys.exit(1)\n"
+    "  b+=c\n"
+    " return b\n"
+    "S,M=marshal.loads(zlib.decompress(r(int.from_bytes(r(4),'big'))))\n"
     "exec(S)"
 )
 STAGE2 = '''
@@ -119,7 +123,8 @@ _payload_lock = threading.Lock()
 
 
 def helper_payload() -> bytes:
-    """The second stage and, for each remote_helper module, its source and its code as this
+    """What the first stage reads from stdin: its length in 4 bytes (big-endian), then the
+    second stage and, for each remote_helper module, its source and its code as this
     interpreter compiled it. Marshal's basic types read alike in every Python 3, its code
     objects only in the version that wrote them: the helper runs them where its MAGIC_NUMBER
     is ours (compiling was a good part of its start; docs/performance.md), and compiles
@@ -140,7 +145,10 @@ def _payload() -> bytes:
         name = ".".join(parts)
         modules[name] = (file.read_text(), _module_code(name, file))
     stage2 = {"magic": importlib.util.MAGIC_NUMBER, "modules": modules, "packages": packages}
-    return zlib.compress(marshal.dumps((STAGE2, stage2), 4), 6)
+    # Level 1: it is built at every start, on the way to the connection; level 6 took twice the
+    # CPU for a payload an eighth smaller (docs/performance.md).
+    payload = zlib.compress(marshal.dumps((STAGE2, stage2), 4), 1)
+    return len(payload).to_bytes(4, "big") + payload
 
 
 def _module_code(name: str, file: Path) -> bytes:
@@ -150,7 +158,7 @@ def _module_code(name: str, file: Path) -> bytes:
 
 
 def helper_argv(python: str, sudo: bool) -> list[str]:
-    argv = [python, "-S", "-c", STAGE1 % len(helper_payload()), MARKER]
+    argv = [python, "-S", "-c", STAGE1, MARKER]
     return ["sudo", "-n", "--"] + argv if sudo else argv
 
 
@@ -159,18 +167,26 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
     """Connect (or spawn locally), ship and start the helper, and read its HELLO (with
     hello=False, leave both to the caller: see HelperSession.start). on_route, if given, is
     told as early as can be whether the helper runs on this host (ssh.over_loopback)."""
+    payload = prepare_payload()  # while the connection is made and the helper's command starts
+    try:
+        session = _start_session(endpoint, options, hello, on_route)
+    except BaseException:
+        threads.join((payload,), "the helper's payload")
+        raise
+    session.owns(payload)
+    return session
+
+
+def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
+                   on_route: Optional[Callable[[bool], None]]) -> "HelperSession":
     if endpoint.is_local:
         if on_route is not None:
             on_route(True)
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
         return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN)
-    payload = prepare_payload()  # while the connection is made
-    try:
-        conn = connect(endpoint.host or "", endpoint.user, options.ssh,
-                       interactive=options.interactive, on_route=on_route)
-    finally:
-        threads.join((payload,), "the helper's payload")
+    conn = connect(endpoint.host or "", endpoint.user, options.ssh,
+                   interactive=options.interactive, on_route=on_route)
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
@@ -212,7 +228,7 @@ class HelperSession:
         self._decoder = protocol.Decoder()
         self._head = b""  # the first bytes on stdout, to show if no HELLO comes
         self._deadline: Optional[threading.Timer] = None
-        self._readers: list[threading.Thread] = []  # threads reading the channel (Receiver)
+        self._readers: list[threading.Thread] = []  # the Receiver's, the payload's: owns()
         self._hello_lock = threading.Lock()
         self._hello_seen = False
         self._within = HELLO_WITHIN
@@ -261,10 +277,10 @@ class HelperSession:
         self._deadline.daemon = True
         self._deadline.start()
 
-    def owns(self, reader: threading.Thread) -> None:
-        """A thread that reads this session's channel: close() joins it before the
-        connection is closed."""
-        self._readers.append(reader)
+    def owns(self, thread: threading.Thread) -> None:
+        """A thread of this session (one that reads its channel, or the payload's builder):
+        close() joins it before the connection is closed."""
+        self._readers.append(thread)
 
     def _hello_overdue(self) -> None:
         """No HELLO in time: close the channel, which ends every wait on it (a read for the
