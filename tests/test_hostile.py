@@ -140,6 +140,14 @@ class LocalHelper:
                 pytest.fail("the helper ended its output without a whole frame")
             self._decoder.feed(data)
 
+    def answer(self, timeout: float = 10) -> protocol.Frame:
+        """The next frame that is not PROGRESS: the helper sends PROGRESS on its own clock, so
+        one may come before any answer on a loaded machine."""
+        while True:
+            frame = self.recv(timeout)
+            if frame.type != protocol.PROGRESS:
+                return frame
+
     def open_dup(self, path: Path, size: int, check: str = "sha256") -> None:
         self.send(open_frame(path, size, check))
         assert self.recv().type == READY
@@ -147,7 +155,7 @@ class LocalHelper:
     def refusal(self) -> dict:
         """The ERROR frame's payload, from a helper that then exited with status 1 (with stdin
         still open: it must not wait for more input)."""
-        frame = self.recv()
+        frame = self.answer()
         status = self.proc.wait(timeout=10)
         assert frame.type == ERROR and status == 1, (frame, status)
         return frame.json()
@@ -304,7 +312,7 @@ def test_helper_copies_from_the_held_back_head_and_beyond_it(helper: LocalHelper
                                        size - len(written) - len(piece))
                 + protocol.encode_json(END, {"bytes": size,
                                              "sha256": hashlib.sha256(content).hexdigest()}))
-    result = helper.recv()
+    result = helper.answer()
     assert result.type == protocol.RESULT, result.json()
     assert target.read_bytes() == content
 
@@ -388,7 +396,7 @@ def test_helper_checking_frames_proves_blocks_without_hashing_the_stream(
     helper.send(zstd_block(0, BLOCK) + protocol.encode_hole(len(BLOCK), SIZE - len(BLOCK))
                 + protocol.encode_json(END, {"bytes": SIZE,
                                              "sha256": hashlib.sha256(content).hexdigest()}))
-    result = helper.recv()
+    result = helper.answer()
     assert result.type == protocol.RESULT, result
     assert result.json() == {"bytes_written": SIZE, "check": "frames"}
     assert target.read_bytes() == content
@@ -405,7 +413,7 @@ def test_helper_checking_frames_finishes_the_image_before_its_end(helper: LocalH
     wait_until(lambda: target.read_bytes() == content, 10, "head written before END")
     helper.send(protocol.encode_json(END, {"bytes": SIZE,
                                            "sha256": hashlib.sha256(content).hexdigest()}))
-    assert helper.recv().type == protocol.RESULT
+    assert helper.answer().type == protocol.RESULT
     assert target.read_bytes() == content
 
 
