@@ -214,7 +214,7 @@ def steady_rate(timeline: list[tuple[float, int]], total: int) -> float:
 
 def test_bwlimit_holds_the_bytes_on_the_wire_to_the_cap(sshd, tcp_proxy, tmp_path,
                                                        no_helper_left) -> None:
-    """What crosses a TCP proxy between the client and sshd, over time: within 10% of the cap.
+    """What crosses a TCP proxy between the client and sshd, over time: never 10% over the cap.
     Random data, so compression cannot make the payload smaller than the image; 256 KiB blocks,
     so that the pacer's steps are fine beside the stretch measured."""
     size = 16 * MiB
@@ -227,4 +227,8 @@ def test_bwlimit_holds_the_bytes_on_the_wire_to_the_cap(sshd, tcp_proxy, tmp_pat
     assert sha256_of(target) == sha256_of(source)
     assert proxy.bytes_up >= size  # incompressible: every byte of the image crossed
     rate = steady_rate(proxy.timeline, proxy.bytes_up)
-    assert abs(rate - CAP) <= 0.1 * CAP, f"{rate / MiB:.2f} MiB/s on the wire, cap 4 MiB/s"
+    # Over the cap is the fault this test exists for, and is never the machine's doing; under
+    # it, a loaded CI machine may simply not keep up, so only a pacer that holds the link to
+    # half its cap fails.
+    assert rate <= 1.1 * CAP, f"{rate / MiB:.2f} MiB/s on the wire, cap 4 MiB/s"
+    assert rate >= 0.5 * CAP, f"{rate / MiB:.2f} MiB/s on the wire, cap 4 MiB/s"
