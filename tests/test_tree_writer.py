@@ -466,3 +466,40 @@ def test_root_entry_sets_the_mode_and_mtime_of_dest_itself(tmp_path):
     assert stat.S_IMODE(os.stat(dest / "sub").st_mode) == 0o500
     assert os.stat(dest / "sub").st_mtime_ns == MTIME + 1
     assert os.stat(dest / "sub" / "f").st_mtime_ns == MTIME + 2
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_deep_tree_is_written_and_deleted_without_leaking_descriptors(tmp_path):
+    src = tmp_path / "src"
+    deep = src
+    for i in range(300):
+        deep = deep / f"d{i % 10}"
+    deep.mkdir(parents=True)
+    (deep / "bottom").write_bytes(b"at the bottom")
+    before = open_descriptors()
+    copy(src, tmp_path / "dest")
+    assert open_descriptors() == before
+    same_tree(src, tmp_path / "dest")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    gone = []
+    counts = copy(empty, tmp_path / "dest", delete=True, on_delete=lambda p, k: gone.append(p))
+    assert counts["deleted"] == 301 and gone[0].endswith(b"/bottom") and gone[-1] == b"d0"
+    assert os.listdir(tmp_path / "dest") == [] and open_descriptors() == before
+
+
+def test_an_aborted_sink_and_a_failed_commit_release_their_descriptors(tmp_path):
+    before = open_descriptors()
+    writer = TreeWriter(os.fsencode(str(tmp_path / "dest")), True, False, False)
+    for _ in range(3):
+        sink = writer.add(entry(b"f", FILE, size=4))
+        sink.write(0, b"ab")
+        with pytest.raises(IntegrityError):
+            sink.commit()
+        writer.add(entry(b"g", FILE, size=1)).abort()
+    writer.close()
+    assert open_descriptors() == before
+    assert os.listdir(tmp_path / "dest") == []
