@@ -503,3 +503,71 @@ def test_an_aborted_sink_and_a_failed_commit_release_their_descriptors(tmp_path)
     writer.close()
     assert open_descriptors() == before
     assert os.listdir(tmp_path / "dest") == []
+
+
+# The writer runs in the helper, on the target's Python: 3.6 and up. A copy loop in the
+# oldest syntax, with a walk of its own, run by the oldest Python this machine has.
+OLD_PYTHON_COPY = r"""
+import os, stat, sys
+sys.path.insert(0, sys.argv[1])
+from remote_helper.tree.entry import entry, ROOT, DIR, FILE, SYMLINK, HARDLINK
+from remote_helper.tree.writer import TreeWriter, CONTENT, SAME
+src, dest = os.fsencode(sys.argv[2]), os.fsencode(sys.argv[3])
+kinds = {stat.S_IFDIR: DIR, stat.S_IFREG: FILE, stat.S_IFLNK: SYMLINK}
+links = {}
+def one(path):
+    full = src if path == ROOT else src + b"/" + path
+    st = os.lstat(full)
+    kind = kinds[stat.S_IFMT(st.st_mode)]
+    if kind == FILE and st.st_nlink > 1:
+        if st.st_ino in links:
+            return entry(path, HARDLINK, target=links[st.st_ino]), full
+        links[st.st_ino] = path
+    target = os.readlink(full) if kind == SYMLINK else b""
+    size = st.st_size if kind == FILE else 0
+    return entry(path, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, "", "", size,
+                 st.st_mtime_ns, target), full
+def walk(path):
+    e, full = one(path)
+    yield e, full
+    if e.kind == DIR:
+        for name in sorted(os.listdir(full)):
+            for item in walk(name if path == ROOT else path + b"/" + name):
+                yield item
+w = TreeWriter(dest, True, False, False)
+for e, full in walk(ROOT):
+    verdict = w.compare(e)
+    if e.kind == FILE and verdict == CONTENT:
+        sink = w.add(e)
+        with open(full, "rb") as f:
+            sink.write(0, f.read())
+        sink.commit()
+    elif verdict != SAME:
+        w.update(e)
+print(w.finish()["files"])
+w.close()
+"""
+
+
+def test_the_writer_runs_on_the_oldest_helper_python(tmp_path):
+    from clirun import helper_pythons
+    version, python = next(iter(helper_pythons().items()))
+    if version != "3.6":
+        pytest.skip(f"no Python 3.6 here (oldest: {version}); pyenv install 3.6 brings one")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "sub dir").mkdir(mode=0o750)
+    (src / "sub dir" / "f").write_bytes(b"written by python 3.6")
+    os.link(src / "sub dir" / "f", src / "hard")
+    os.symlink("sub dir/f", src / "link")
+    with open(os.path.join(os.fsencode(str(src)), b"\xff name"), "wb") as f:
+        f.write(os.urandom(5000))
+    for path in sorted(src.rglob("*"), reverse=True):
+        os.utime(path, ns=(MTIME, MTIME), follow_symlinks=False)
+    root = str(Path(__file__).resolve().parent.parent)
+    run = subprocess.run([python, "-c", OLD_PYTHON_COPY, root, str(src), str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "2"
+    same_tree(src, tmp_path / "d")
+    assert inode_groups(src) == inode_groups(tmp_path / "d")
