@@ -3,6 +3,7 @@ with find, diff and stat, not with the writer's own word), and nothing it is fed
 write outside DEST."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -571,3 +572,45 @@ def test_the_writer_runs_on_the_oldest_helper_python(tmp_path):
     assert run.stdout.strip() == "2"
     same_tree(src, tmp_path / "d")
     assert inode_groups(src) == inode_groups(tmp_path / "d")
+
+
+AS_NOBODY = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from remote_helper.tree.entry import entry, ROOT, DIR, FILE, CHAR, FIFO
+from remote_helper.tree.writer import TreeWriter
+w = TreeWriter(os.fsencode(sys.argv[2]), True, False, False)
+w.update(entry(ROOT, DIR, 0o755))
+w.update(entry(b"null", CHAR, 0o666, rdev=os.makedev(1, 3)))
+w.update(entry(b"fifo", FIFO, 0o640))
+sink = w.add(entry(b"f", FILE, 0o644, uid=0, gid=0, uname="root", gname="root", size=2))
+sink.write(0, b"ok")
+sink.commit()
+counts = w.finish()
+w.close()
+print(json.dumps({"counts": counts, "skipped": w.skipped}))
+"""
+
+
+@needs_root
+def test_not_root_device_nodes_are_skipped_and_owners_not_given_away(tmp_path):
+    top = Path(tempfile.mkdtemp(prefix="bacpac-nobody-"))
+    try:
+        os.chmod(top, 0o755)
+        dest = top / "dest"
+        dest.mkdir()
+        os.chown(dest, 65534, 65534)
+        root = str(Path(__file__).resolve().parent.parent)
+        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-c", AS_NOBODY, root, str(dest)],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert result["counts"]["skipped"] == 1 and result["counts"]["nodes"] == 1
+        assert result["skipped"] == [str(dest / "null") + ": device node skipped (not root)"]
+        assert sorted(os.listdir(dest)) == ["f", "fifo"]
+        assert stat.S_ISFIFO(os.lstat(dest / "fifo").st_mode)
+        st = os.stat(dest / "f")
+        assert (st.st_uid, st.st_gid) == (65534, 65534)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)
