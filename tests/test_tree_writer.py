@@ -265,7 +265,11 @@ def test_commit_refuses_a_file_whose_content_is_short_and_leaves_nothing(tmp_pat
     assert os.listdir(dest) == []
 
 
-def test_copy_from_base_keeps_unchanged_ranges_of_the_old_file(tmp_path):
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "pread"])
+def test_copy_from_base_keeps_unchanged_ranges_of_the_old_file(tmp_path, monkeypatch,
+                                                                 kernel_copy):
+    if not kernel_copy:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
     dest = tmp_path / "dest"
     dest.mkdir()
     old = bytes(range(256)) * 64
@@ -282,6 +286,11 @@ def test_copy_from_base_keeps_unchanged_ranges_of_the_old_file(tmp_path):
         sink.copy_from_base(8192, len(new) - 8192)
         sink.commit()
         assert writer.old_file(entry(b"missing", FILE)) is None
+        longer = entry(b"big", FILE, size=len(new) + 10)
+        sink = writer.add(longer, base=writer.old_file(longer))
+        with pytest.raises(IntegrityError, match="the old file ends at %d" % len(new)):
+            sink.copy_from_base(0, len(new) + 10)
+        sink.abort()
     finally:
         writer.close()
     assert (dest / "big").read_bytes() == new
