@@ -623,3 +623,21 @@ def test_not_root_device_nodes_are_skipped_and_owners_not_given_away(tmp_path):
         assert (st.st_uid, st.st_gid) == (65534, 65534)
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)
+
+
+@needs_root
+def test_a_file_delete_cannot_remove_is_one_error_naming_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    dest = tmp_path / "dest"
+    (dest / "extra").mkdir(parents=True)
+    stuck = dest / "extra" / "immutable"
+    stuck.write_bytes(b"x")
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode:
+        pytest.skip("chattr +i does not work on %s" % tmp_path)
+    try:
+        with pytest.raises(HelperError, match="dest/extra/immutable: cannot delete: "
+                                              "Operation not permitted"):
+            copy(src, dest, delete=True)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)

@@ -286,7 +286,7 @@ class TreeWriter(object):
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.delete:
                 raise Refused("%s: a directory that is not empty is where the source has no "
                               "directory; --delete replaces it" % show(self.dest, path))
-        remover = Remover(self.excludes, self.on_delete)
+        remover = Remover(self.excludes, self.on_delete, dest=self.dest)
         if not remover.tree(parent, name, path):
             raise Refused("%s: a directory holding excluded files is where the source has "
                           "no directory" % show(self.dest, path))
@@ -358,7 +358,7 @@ class TreeWriter(object):
 
     def _delete(self, dirs):
         # type: (List[bytes]) -> None
-        remover = Remover(self.excludes, self.on_delete, self.dry_run)
+        remover = Remover(self.excludes, self.on_delete, self.dry_run, self.dest)
         for path in dirs:
             try:
                 fd = self.stack.open(split(path))
