@@ -641,3 +641,31 @@ def test_a_file_delete_cannot_remove_is_one_error_naming_it(tmp_path):
             copy(src, dest, delete=True)
     finally:
         subprocess.run(["chattr", "-i", str(stuck)], check=True)
+
+
+@needs_root
+def test_not_root_a_directory_it_cannot_enter_is_one_error_naming_it(tmp_path):
+    top = Path(tempfile.mkdtemp(prefix="bacpac-nobody-"))
+    try:
+        os.chmod(top, 0o755)
+        dest = top / "dest"
+        (dest / "closed").mkdir(parents=True)
+        os.chmod(dest / "closed", 0o700)  # root's, so nobody cannot look inside
+        os.chmod(dest, 0o755)
+        script = ("import os, sys; sys.path.insert(0, sys.argv[1])\n"
+                  "from remote_helper.tree.entry import entry, FILE\n"
+                  "from remote_helper.tree.writer import TreeWriter\n"
+                  "from remote_helper.errors import HelperError\n"
+                  "w = TreeWriter(os.fsencode(sys.argv[2]), True, False, False)\n"
+                  "try:\n"
+                  "    w.compare(entry(b'closed/f', FILE))\n"
+                  "except HelperError as e:\n"
+                  "    print(e)\n")
+        root = str(Path(__file__).resolve().parent.parent)
+        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-c", script, root, str(dest)],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == str(dest / "closed" / "f") + ": Permission denied"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)

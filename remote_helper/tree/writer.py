@@ -95,7 +95,14 @@ class TreeWriter(object):
     def compare(self, entry):
         # type: (Entry) -> str
         """SAME, META or CONTENT for entry against what DEST holds (size+mtime quick check)."""
-        self._note(entry)
+        try:
+            self._note(entry)
+            return self._compare(entry)
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+
+    def _compare(self, entry):
+        # type: (Entry) -> str
         st = self._lstat(entry.path)
         if st is None:
             return CONTENT
@@ -364,6 +371,8 @@ class TreeWriter(object):
                 fd = self.stack.open(split(path))
             except (FileNotFoundError, NotADirectory):
                 continue
+            except OSError as e:
+                raise HelperError("%s: %s" % (show(self.dest, path), e.strerror), e.errno)
             remover.extraneous(fd, path, lambda p: p in self._seen or TEMP_NAME.match(
                 p.rsplit(b"/", 1)[-1]) is not None)
         self.counts["deleted"] += remover.removed
