@@ -669,3 +669,30 @@ def test_not_root_a_directory_it_cannot_enter_is_one_error_naming_it(tmp_path):
         assert run.stdout.strip() == str(dest / "closed" / "f") + ": Permission denied"
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)
+
+
+def test_a_symlink_the_stream_makes_cannot_be_written_through_afterwards(tmp_path):
+    # The classic tar attack: a member makes a link out of DEST, a later member writes
+    # through it. The link is made (it is data), the write through it is refused.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    writer = TreeWriter(os.fsencode(str(dest)), True, False, False)
+    try:
+        writer.update(entry(b"a", SYMLINK, target=os.fsencode(str(outside))))
+        writer.update(entry(b"up", SYMLINK, target=b".."))
+        for path in (b"a/f", b"up/dest2/f", b"a/sub/f"):
+            with pytest.raises(NotADirectory):
+                writer.add(entry(path, FILE, size=1))
+            with pytest.raises(NotADirectory):
+                writer.update(entry(path, SYMLINK, target=b"x"))
+        with pytest.raises(NotADirectory):
+            writer.update(entry(b"a/d", DIR))
+        with pytest.raises(NotADirectory):
+            writer.update(entry(b"h", HARDLINK, target=b"a/anything"))
+        writer.finish()
+    finally:
+        writer.close()
+    assert os.listdir(outside) == []
+    assert sorted(os.listdir(tmp_path)) == ["dest", "outside"]
+    assert sorted(os.listdir(dest)) == ["a", "up"]
