@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -696,3 +698,62 @@ def test_a_symlink_the_stream_makes_cannot_be_written_through_afterwards(tmp_pat
     assert os.listdir(outside) == []
     assert sorted(os.listdir(tmp_path)) == ["dest", "outside"]
     assert sorted(os.listdir(dest)) == ["a", "up"]
+
+
+# ---- any sequence of entries, fuzzed -----------------------------------------------------------
+
+COMPONENTS = [b"a", b"b", b"..", b".", b"", b"c\0", b"dest", b"outside"]
+TARGETS = [b"..", b"../..", b"a", b"a/b", b"../outside", b"/", b"../../outside/x"]
+hostile_paths = st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=4).map(b"/".join)
+hostile_entries = st.lists(st.tuples(
+    st.sampled_from([FILE, DIR, SYMLINK, HARDLINK, "p"]), hostile_paths,
+    st.one_of(st.sampled_from(TARGETS), hostile_paths), st.booleans()), max_size=12)
+
+
+def snapshot(top: Path) -> list:
+    return sorted((str(p), os.lstat(p).st_mtime_ns, os.lstat(p).st_mode)
+                  for p in [top, *top.rglob("*")])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_entries)
+def test_no_sequence_of_entries_writes_outside_dest(tmp_path_factory, items):
+    top = tmp_path_factory.mktemp("fuzz")
+    (top / "outside").mkdir()
+    (top / "outside" / "x").write_bytes(b"keep")
+    (top / "dest").mkdir()
+    os.symlink("../outside", top / "dest" / "b")  # planted
+    before = snapshot(top / "outside")
+    writer = TreeWriter(os.fsencode(str(top / "dest")), True, False, delete=True)
+    try:
+        for kind, path, target, commit in items:
+            e = entry(path, kind, size=3, target=target)
+            try:
+                writer.compare(e)
+                if kind == FILE:
+                    sink = writer.add(e)
+                    sink.write(0, b"abc")
+                    sink.commit() if commit else sink.abort()
+                else:
+                    writer.update(e)
+            except HelperError:
+                pass
+        writer.finish()
+    finally:
+        writer.close()
+    assert snapshot(top / "outside") == before
+    assert sorted(os.listdir(top)) == ["dest", "outside"]
+
+
+def test_a_nul_in_a_link_target_or_an_attribute_name_is_refused(tmp_path):
+    writer = TreeWriter(os.fsencode(str(tmp_path / "dest")), True, True, False)
+    try:
+        with pytest.raises(UnsafePath, match="embedded null"):
+            writer.update(entry(b"l", SYMLINK, target=b"a\0b"))
+        sink = writer.add(entry(b"f", FILE, size=1, xattrs=[(b"user.a\0b", b"v")]))
+        sink.write(0, b"x")
+        with pytest.raises(UnsafePath, match="embedded null"):
+            sink.commit()
+    finally:
+        writer.close()
+    assert os.listdir(tmp_path / "dest") == []

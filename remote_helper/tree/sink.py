@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional  # for the type comments
 from ..errors import HelperError, IntegrityError, Refused
 from . import meta
 from .entry import Entry
-from .safepath import show
+from .safepath import UnsafePath, show
 
 if TYPE_CHECKING:
     from .writer import TreeWriter  # noqa: F401
@@ -114,6 +114,9 @@ class FileSink(object):
         except OSError as e:
             self.abort()
             raise HelperError("%s: %s" % (self._where(), e.strerror), e.errno)
+        except ValueError as e:  # a NUL in an attribute's name
+            self.abort()
+            raise UnsafePath("%s: %s" % (self._where(), e))
         except BaseException:
             self.abort()
             raise

@@ -23,7 +23,7 @@ from ..errors import HelperError, Refused
 from . import meta
 from .entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, ROOT, SOCKET, SYMLINK, Entry
 from .remove import Remover, kind_of
-from .safepath import DirStack, NotADirectory, listdir_at, lstat_at, show, split
+from .safepath import DirStack, NotADirectory, UnsafePath, listdir_at, lstat_at, show, split
 from .sink import FileSink, unlink_quietly
 
 SAME = "same"        # nothing to do
@@ -166,6 +166,8 @@ class TreeWriter(object):
             self._dirs[entry.path] = entry
             if first and not self.dry_run:
                 self._remove_temps(entry.path)
+        elif entry.path in self._dirs:
+            del self._dirs[entry.path]  # the same path again, as no directory: the last wins
 
     def _remove_temps(self, path):
         # type: (bytes) -> None
@@ -193,6 +195,8 @@ class TreeWriter(object):
             self._update(entry)
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+        except ValueError as e:  # a NUL in a link's target or an attribute's name
+            raise UnsafePath("%s: %s" % (show(self.dest, entry.path), e))
 
     def _update(self, entry):
         # type: (Entry) -> None
@@ -388,6 +392,9 @@ class TreeWriter(object):
                 meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
                 return
             parent, name = self.stack.parent(entry.path)
+            st = lstat_at(parent, name)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                return  # never made (a failed copy), or replaced since: nothing to finish
             meta.apply_at(parent, name, entry, self.owners, self.xattrs)
         except (FileNotFoundError, NotADirectory):
             return  # never made (a dry run, a failed copy): nothing to finish
