@@ -355,6 +355,9 @@ def test_a_dry_run_writes_nothing_even_where_dest_is_missing(tmp_path):
 def test_dest_is_made_when_missing_but_not_its_parents(tmp_path):
     with pytest.raises(HelperError, match="missing/dest: cannot make the directory"):
         TreeWriter(os.fsencode(str(tmp_path / "missing" / "dest")), True, False, False)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(HelperError, match="file: Not a directory"):
+        TreeWriter(os.fsencode(str(tmp_path / "file")), True, False, False)
 
 
 def test_xattrs_and_acls_are_kept_with_xattrs_and_only_then(tmp_path):

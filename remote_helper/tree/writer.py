@@ -65,7 +65,7 @@ class TreeWriter(object):
                        "meta": 0, "deleted": 0, "temps_removed": 0, "skipped": 0}
         self.skipped = []  # type: List[str]
         self._dirs = {}  # type: Dict[bytes, Entry]
-        # The hashes of the paths seen, for --delete: half the memory of the paths. Two paths
+        # The hashes of the paths seen, for --delete: less memory than the paths. Two paths
         # with one hash (about 1 in 10**7 for a million paths) keep an extraneous file, never
         # delete a wanted one.
         self._seen = set()  # type: Set[int]
@@ -78,6 +78,8 @@ class TreeWriter(object):
         except FileNotFoundError:
             if self.dry_run:
                 return None
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, ROOT), e.strerror), e.errno)
         try:
             os.mkdir(self.dest, 0o700)
         except OSError as e:
