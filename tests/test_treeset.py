@@ -188,3 +188,16 @@ def test_a_frame_not_matching_its_content_is_refused(tmp_path):
     finally:
         out.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_of_a_saveset_whose_tar_is_damaged_says_so(tmp_path, no_helper_left):
+    build_tree(tmp_path / "src")
+    tar = bytearray(encode_tree(tmp_path / "src")[:-1024])
+    tar[2048:2560] = b"junk" * 128  # a header: frames and sha256 agree, the tar does not
+    saveset = tmp_path / "bad.tar.zst"
+    write_treeset(saveset, bytes(tar))
+    dest = tmp_path / "dest"
+    run = bacpac("restore", "--no-progress", str(saveset), str(dest))
+    line = run.one_error_line(1, str(dest))
+    assert "tar stream is damaged" in line and "at byte 1536" in line
+    assert not [p for p in dest.rglob("*") if p.is_file()]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any  # for the type comments
 
 from ..errors import ClientGone, IntegrityError, ProtocolError, Refused
 from ..tree.entry import FILE
+from ..tree.tar import TarError
 from ..tree.tardecode import TarDecoder
 from ..tree.writer import TreeWriter
 from ..wire import codecs, protocol
@@ -73,6 +74,11 @@ class _TarApplier(object):
         # type: (Input) -> dict
         try:
             end = self._receive(inp)
+        except TarError as e:
+            if self._sink is not None:
+                self._sink.abort()
+            raise IntegrityError("%s: the saveset's tar stream is damaged: %s"
+                                 % (os.fsdecode(self._writer.dest), e.message))
         except BaseException:
             if self._sink is not None:
                 self._sink.abort()
