@@ -272,3 +272,16 @@ def test_device_numbers_survive(tree_src):
     members = {m[0].path: m[0] for m in decode(encode_tree(tree_src))}
     assert members[b"special/blockdev"].rdev == os.makedev(7, 200)
     assert members[b"special/chardev"].rdev == os.makedev(1, 3)
+
+
+def test_a_hard_link_carrying_data_is_skipped_over():
+    link = entry(b"b", HARDLINK, target=b"a")
+    header = bytearray(tar.encode_header(link))
+    header[124:136] = b"%011o\0" % 5
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    after = entry(b"c", "f", size=2)
+    data = (bytes(header) + b"hello" + tar.padding(5) + tar.encode_header(after) + b"hi"
+            + tar.padding(2) + tar.END_OF_ARCHIVE)
+    members = decode(data)
+    assert [(m[0].path, m[2]) for m in members] == [(b"b", 0), (b"c", 2)]
