@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clirun import Transport, bacpac, transport, transport_for  # noqa: F401
+from clirun import Transport, bacpac, helper_pythons, transport, transport_for  # noqa: F401
 from fixtures_tree import build_tree, contents, encode_tree, listing, xattrs_of
 from remote_helper.saveset.reader import SavesetReader
 from remote_helper.saveset.treeset import TreeSavesetOutput
@@ -121,6 +121,18 @@ def test_restore_from_the_saveset_host_over_ssh(made, request, tmp_path, no_help
     dest = tmp_path / "restored"
     run = bacpac("restore", *ssh.args(), "--no-progress", ssh.target(made["saveset"]), str(dest))
     assert run.returncode == 0, run.stderr
+    same_tree(made["src"], dest)
+
+
+def test_restore_and_verify_with_the_oldest_python_as_helper(made, tmp_path, no_helper_left):
+    version, python = next(iter(helper_pythons().items()))
+    dest = tmp_path / "restored"
+    for args in (("verify",), ("restore",)):
+        run = bacpac(*args, "--no-progress", "--json", "--remote-python", python,
+                     str(made["saveset"]), *([str(dest)] if args[0] == "restore" else []))
+        assert run.returncode == 0, run.stderr
+        assert run.summary["sha256"] == made["sha256"]
+    assert version == "3.6" or not os.path.exists(os.path.expanduser("~/.pyenv/versions/3.6.15"))
     same_tree(made["src"], dest)
 
 
