@@ -213,3 +213,19 @@ def test_restore_of_a_saveset_whose_tar_is_damaged_says_so(tmp_path, no_helper_l
     line = run.one_error_line(1, str(dest))
     assert "tar stream is damaged" in line and "at byte 1536" in line
     assert not [p for p in dest.rglob("*") if p.is_file()]
+
+
+def test_a_tree_saveset_made_entry_by_entry_is_the_tree(tmp_path):
+    from fixtures_tree import entries_of
+    src = tmp_path / "src"
+    build_tree(src)
+    saveset = tmp_path / "t.tar.zst"
+    out = TreeSavesetOutput(str(saveset), META, FRAME)
+    for e in entries_of(src):
+        out.add_entry(e, lambda e: open(os.path.join(os.fsencode(src), e.path), "rb"))
+    result = out.commit()
+    assert out.changed == []
+    run = subprocess.run(["zstd", "-d", "-c", "-q", str(saveset)], capture_output=True,
+                         timeout=60)
+    assert run.stdout == encode_tree(src)
+    assert hashlib.sha256(run.stdout).hexdigest() == result["sha256"]

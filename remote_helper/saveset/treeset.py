@@ -11,10 +11,12 @@
 # final name until commit().
 """
 import hashlib
-from typing import Optional  # for the type comments
+from typing import BinaryIO, Callable, List, Optional  # for the type comments
 
 from ..errors import HelperError
+from ..tree.entry import Entry
 from ..tree.tar import END_OF_ARCHIVE
+from ..tree.tarstream import TarStream
 from .atomic import AtomicFile
 from .format import SavesetWriter, compress_frame, require_zstd
 
@@ -33,6 +35,7 @@ class TreeSavesetOutput(object):
         self._pending = bytearray()
         self._sha256 = hashlib.sha256()
         self._bytes = 0
+        self._tar_stream = TarStream()
         meta = dict(metadata, kind=KIND, size=None, frame_size=frame_size)
         try:
             self._file = AtomicFile(path)
@@ -55,6 +58,19 @@ class TreeSavesetOutput(object):
         """Tar bytes to compress here, in frames of frame_size."""
         self._pending += data
         self._flush(everything=False)
+
+    def add_entry(self, entry, open_file):
+        # type: (Entry, Callable[[Entry], BinaryIO]) -> None
+        """One whole member, a FILE's content read through open_file(entry); a file that
+        changed size while read is padded or cut, and listed in `changed` (see TarStream)."""
+        for piece in self._tar_stream.member(entry, open_file):
+            self.add_tar(piece)
+
+    @property
+    def changed(self):
+        # type: () -> List[bytes]
+        """Paths of the files whose size changed while add_entry() read them."""
+        return self._tar_stream.changed
 
     def commit(self, summary=None):
         # type: (Optional[dict]) -> dict
