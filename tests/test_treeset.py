@@ -229,3 +229,10 @@ def test_a_tree_saveset_made_entry_by_entry_is_the_tree(tmp_path):
                          timeout=60)
     assert run.stdout == encode_tree(src)
     assert hashlib.sha256(run.stdout).hexdigest() == result["sha256"]
+
+
+def test_restore_of_a_tree_refuses_verify(made, tmp_path, no_helper_left):
+    dest = tmp_path / "dest"
+    run = bacpac("restore", "--no-progress", "--verify", str(made["saveset"]), str(dest))
+    assert "--verify re-reads a disk image" in run.one_error_line(2, str(made["saveset"]))
+    assert not dest.exists()
