@@ -302,3 +302,26 @@ def test_tar_stream_keeps_the_archive_whole_when_a_file_changes_size(tmp_path):
                                        for d in (b"abc\0\0\0", b"0123", b"12345")]
     run = subprocess.run(["tar", "-tvf", "-"], input=data, capture_output=True, timeout=60)
     assert run.returncode == 0 and run.stderr == b""
+
+
+def test_damaged_headers_with_valid_checksums_only_ever_raise_tar_error(tmp_path):
+    """Bytes changed in a header or its pax body, the checksum made right again: the decoder
+    says TarError or decodes something, never another exception (a traceback for a user)."""
+    import random
+    build_tree(tmp_path / "t")
+    base = encode_tree(tmp_path / "t" / "special")
+    heads = [i for i in range(0, len(base), 512) if base[i + 257:i + 263] == b"ustar\0"]
+    rng = random.Random(19)
+    for _ in range(1500):
+        data = bytearray(base)
+        head = rng.choice(heads)
+        for _ in range(rng.randint(1, 4)):
+            at = head + rng.randrange(1024)
+            data[at] = rng.choice([rng.randrange(256), ord("0"), ord(" "), ord("="), 10, 0])
+        block = data[head:head + 512]
+        block[148:156] = b" " * 8
+        data[head + 148:head + 156] = b"%06o\0 " % sum(block)
+        try:
+            decode(bytes(data), chunk=700)
+        except tar.TarError:
+            pass

@@ -90,5 +90,5 @@ def _ident(kind, qualifier):
         if kind == "user":
             return pwd.getpwnam(qualifier).pw_uid
         return grp.getgrnam(qualifier).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         raise AclError("no %s named %r for an ACL entry" % (kind, qualifier))
