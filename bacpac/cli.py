@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore the disk image in SAVESET onto TARGET, with the same checks as "
         "dup. Each frame is checked as verify checks it before it is written; a damaged "
         "saveset is refused naming the frame and byte offset. Either may be remote "
-        "([USER@]HOST:PATH).")
+        "([USER@]HOST:PATH). A tree saveset (from copy --saveset) is restored into the "
+        "directory TARGET, made if missing.")
     restore.add_argument("saveset", metavar="[HOST:]SAVESET")
     restore.add_argument("target", metavar="[HOST:]TARGET")
     _add_write_options(restore)
