@@ -10,10 +10,12 @@
 # frame_size and compressed once (add_tar). Written through AtomicFile like any saveset: no
 # final name until commit().
 """
+import collections
 import hashlib
-from typing import BinaryIO, Callable, List, Optional  # for the type comments
+import os
+from typing import Any, BinaryIO, Callable, Deque, Dict, List, Optional  # for the type comments
 
-from ..errors import HelperError
+from ..errors import HelperError, IntegrityError
 from ..tree.entry import Entry
 from ..tree.tar import END_OF_ARCHIVE
 from ..tree.tarstream import TarStream
@@ -112,3 +114,57 @@ class TreeSavesetOutput(object):
     def _error(self, e):
         # type: (OSError) -> HelperError
         return HelperError("%s: %s" % (self.path, e.strerror or e), e.errno or 0)
+
+
+class TreeSavesetRecorder(object):
+    """A copy's --saveset: the whole tree, in manifest order, as the copy writes it into DEST.
+
+    The writing side calls seen(entry) for every entry of the manifest in order (wanted=True
+    for a FILE whose content is still to come) and written(path) once such a file is
+    committed; each entry goes into the saveset as soon as it and every entry before it are
+    in DEST, a FILE's content read back from DEST through the writer (old_file: opened below
+    DEST with O_NOFOLLOW, so a rerun that sends only changes still makes a complete saveset).
+    Only the entries from the first file still awaited on are held.
+    """
+
+    def __init__(self, output, writer):
+        # type: (TreeSavesetOutput, Any) -> None
+        self.output = output
+        self._writer = writer
+        self._queue = collections.deque()  # type: Deque[list]
+        self._awaited = {}  # type: Dict[bytes, list]
+
+    def seen(self, entry, wanted=False):
+        # type: (Entry, bool) -> None
+        item = [entry, not wanted]
+        self._queue.append(item)
+        if wanted:
+            self._awaited[entry.path] = item
+        self._flush()
+
+    def written(self, path):
+        # type: (bytes) -> None
+        self._awaited.pop(path)[1] = True
+        self._flush()
+
+    def commit(self, summary=None):
+        # type: (Optional[dict]) -> dict
+        if self._queue:
+            raise IntegrityError("%s: %d entries of the tree never reached DEST, the first %s"
+                                 % (self.output.path, len(self._queue),
+                                    os.fsdecode(self._queue[0][0].path)))
+        return self.output.commit(summary)
+
+    def _flush(self):
+        # type: () -> None
+        while self._queue and self._queue[0][1]:
+            entry = self._queue.popleft()[0]
+            self.output.add_entry(entry, self._open)
+
+    def _open(self, entry):
+        # type: (Entry) -> BinaryIO
+        fd = self._writer.old_file(entry)
+        if fd is None:
+            raise HelperError("%s: %s is not a file in DEST, for the saveset"
+                              % (self.output.path, os.fsdecode(entry.path)))
+        return os.fdopen(fd, "rb")
