@@ -55,7 +55,8 @@ class TarDecoder(object):
         # type: () -> None
         """Input has ended: an error unless the archive ended where it should."""
         if not self.finished:
-            where = "inside %s" % os.fsdecode(self._entry.path) if self._entry else "between members"
+            where = ("inside %s" % os.fsdecode(self._entry.path) if self._entry
+                     else "between members")
             raise TarError("tar archive truncated %s at byte %d" %
                            (where, self._pos + len(self._buf)))
 
