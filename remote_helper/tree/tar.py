@@ -8,8 +8,8 @@ tree; the decoder is in tardecode.py.
 # and warns of hdrcharset, so we do not write it), an mtime with nanoseconds, a size or id
 # too big for octal, a non-ASCII owner name, xattrs (SCHILY.xattr.NAME) and ACLs
 # (SCHILY.acl.access/default, in the text GNU tar restores). A sparse FILE is GNU sparse
-# format 1.0, what GNU tar writes for --format=pax --sparse: GNU.sparse.* records, a placeholder ustar name, and the map of data
-# extents at the start of the member's data, padded to a block. No I/O here: the caller writes
+# format 1.0, what GNU tar writes for --format=pax --sparse: GNU.sparse.* records, a
+# placeholder ustar name, and the map of data extents at the start of the member's data, padded to a block. No I/O here: the caller writes
 # the header, the file's data (the map first, for a sparse file) and the padding.
 """
 import os
