@@ -1,16 +1,17 @@
 """The pax tar encoder: an Entry becomes the header bytes that GNU tar reads back to the same
 tree; the decoder is in tardecode.py.
 
-# Strategy: a tree's content travels, and is kept in tree savesets, as a POSIX pax archive,
-# so that stock `tar -xpf --xattrs --acls` restores it. Each member is a ustar header, led by a
+# Strategy: a tree's content travels, and is kept in tree savesets, as a POSIX pax archive, so
+# that stock `tar -xpf --xattrs --acls` restores it. Each member is a ustar header, led by a
 # pax extended header ('x') whenever ustar cannot say something exactly: a long or non-ASCII
-# name (raw bytes, even when they are not UTF-8: GNU tar reads them back to the same bytes
-# and warns of hdrcharset, so we do not write it), an mtime with nanoseconds, a size or id
-# too big for octal, a non-ASCII owner name, xattrs (SCHILY.xattr.NAME) and ACLs
-# (SCHILY.acl.access/default, in the text GNU tar restores). A sparse FILE is GNU sparse
-# format 1.0, what GNU tar writes for --format=pax --sparse: GNU.sparse.* records, a
-# placeholder ustar name, and the map of data extents at the start of the member's data, padded to a block. No I/O here: the caller writes
-# the header, the file's data (the map first, for a sparse file) and the padding.
+# name (raw bytes, even when they are not UTF-8: GNU tar reads them back to the same bytes and
+# warns of hdrcharset, so we do not write it), an mtime with nanoseconds, a size or id too big
+# for octal, a non-ASCII owner name, xattrs (SCHILY.xattr.NAME) and ACLs
+# (SCHILY.acl.access/default, in the text GNU tar restores). A sparse FILE is GNU sparse format
+# 1.0, what GNU tar writes for --format=pax --sparse: GNU.sparse.* records, a placeholder ustar
+# name, and the map of data extents at the start of the member's data, padded to a block. No
+# I/O here: the caller writes the header, the file's data (the map first, for a sparse file)
+# and the padding.
 """
 import os
 from typing import Any, Optional, Tuple  # for the type comments
