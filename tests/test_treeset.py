@@ -215,16 +215,19 @@ def test_restore_of_a_saveset_whose_tar_is_damaged_says_so(tmp_path, no_helper_l
     assert not [p for p in dest.rglob("*") if p.is_file()]
 
 
-def test_a_tree_saveset_made_entry_by_entry_is_the_tree(tmp_path):
+def test_a_tree_saveset_made_member_by_member_is_the_tree(tmp_path):
+    """As a copy's --saveset makes it: TarStream members of the entries, through add_tar."""
     from fixtures_tree import entries_of
+    from remote_helper.tree.tarstream import TarStream
     src = tmp_path / "src"
     build_tree(src)
     saveset = tmp_path / "t.tar.zst"
     out = TreeSavesetOutput(str(saveset), META, FRAME)
+    stream = TarStream(lambda e: open(os.path.join(os.fsencode(src), e.path), "rb"))
     for e in entries_of(src):
-        out.add_entry(e, lambda e: open(os.path.join(os.fsencode(src), e.path), "rb"))
+        for piece in stream.member(e):
+            out.add_tar(piece)
     result = out.commit()
-    assert out.changed == []
     run = subprocess.run(["zstd", "-d", "-c", "-q", str(saveset)], capture_output=True,
                          timeout=60)
     assert run.stdout == encode_tree(src)
@@ -236,61 +239,3 @@ def test_restore_of_a_tree_refuses_verify(made, tmp_path, no_helper_left):
     run = bacpac("restore", "--no-progress", "--verify", str(made["saveset"]), str(dest))
     assert "--verify re-reads a disk image" in run.one_error_line(2, str(made["saveset"]))
     assert not dest.exists()
-
-
-def test_recorder_makes_the_whole_tree_from_a_copy_and_from_an_unchanged_rerun(tmp_path):
-    """A copy's --saveset: files written out of order still land in manifest order, and a
-    rerun that writes nothing reads every file back from DEST: both give the source's tar."""
-    from fixtures_tree import entries_of
-    from remote_helper.saveset.treeset import TreeSavesetRecorder
-    from remote_helper.tree.entry import FILE
-    from remote_helper.tree.writer import TreeWriter
-    src, dest = tmp_path / "src", tmp_path / "dest"
-    build_tree(src)
-    expected = encode_tree(src)
-    for run in ("copy", "rerun"):
-        writer = TreeWriter(os.fsencode(dest), owners=True, xattrs=True, delete=False)
-        saveset = tmp_path / (run + ".tar.zst")
-        recorder = TreeSavesetRecorder(TreeSavesetOutput(str(saveset), META, FRAME), writer)
-        late = []
-        for e in entries_of(src):
-            wanted = run == "copy" and e.kind == FILE
-            recorder.seen(e, wanted)
-            if not wanted:
-                if run == "copy":
-                    writer.update(e)
-                continue
-            sink = writer.add(e)
-            with open(os.path.join(os.fsencode(src), e.path), "rb") as f:
-                for offset, length in (e.extents or ((0, e.size),)):
-                    f.seek(offset)
-                    sink.write(offset, f.read(length))
-            sink.commit()
-            late.append(e.path)
-            if len(late) == 5:
-                for path in reversed(late):
-                    recorder.written(path)
-                late = []
-        for path in late:
-            recorder.written(path)
-        recorder.commit()
-        writer.finish()
-        writer.close()
-        tar = subprocess.run(["zstd", "-d", "-c", "-q", str(saveset)], capture_output=True,
-                             timeout=60).stdout
-        assert tar == expected, run
-    same_tree(src, dest)
-
-
-def test_recorder_refuses_to_commit_a_tree_missing_a_file(tmp_path):
-    from remote_helper.errors import IntegrityError
-    from remote_helper.saveset.treeset import TreeSavesetRecorder
-    from remote_helper.tree.entry import entry
-    saveset = tmp_path / "t.tar.zst"
-    recorder = TreeSavesetRecorder(TreeSavesetOutput(str(saveset), META, FRAME), None)
-    recorder.seen(entry(b"a", "f", size=1), wanted=True)
-    with pytest.raises(IntegrityError, match="1 entries of the tree never reached DEST, the "
-                                             "first a"):
-        recorder.commit()
-    recorder.output.discard()
-    assert list(tmp_path.iterdir()) == []

@@ -10,15 +10,11 @@
 # frame_size and compressed once (add_tar). Written through AtomicFile like any saveset: no
 # final name until commit().
 """
-import collections
 import hashlib
-import os
-from typing import Any, BinaryIO, Callable, Deque, Dict, List, Optional  # for the type comments
+from typing import Optional  # for the type comments
 
-from ..errors import HelperError, IntegrityError
-from ..tree.entry import Entry
+from ..errors import HelperError
 from ..tree.tar import END_OF_ARCHIVE
-from ..tree.tarstream import TarStream
 from .atomic import AtomicFile
 from .format import SavesetWriter, compress_frame, require_zstd
 
@@ -37,7 +33,6 @@ class TreeSavesetOutput(object):
         self._pending = bytearray()
         self._sha256 = hashlib.sha256()
         self._bytes = 0
-        self._tar_stream = TarStream()
         meta = dict(metadata, kind=KIND, size=None, frame_size=frame_size)
         try:
             self._file = AtomicFile(path)
@@ -60,19 +55,6 @@ class TreeSavesetOutput(object):
         """Tar bytes to compress here, in frames of frame_size."""
         self._pending += data
         self._flush(everything=False)
-
-    def add_entry(self, entry, open_file):
-        # type: (Entry, Callable[[Entry], BinaryIO]) -> None
-        """One whole member, a FILE's content read through open_file(entry); a file that
-        changed size while read is padded or cut, and listed in `changed` (see TarStream)."""
-        for piece in self._tar_stream.member(entry, open_file):
-            self.add_tar(piece)
-
-    @property
-    def changed(self):
-        # type: () -> List[bytes]
-        """Paths of the files whose size changed while add_entry() read them."""
-        return self._tar_stream.changed
 
     def commit(self, summary=None):
         # type: (Optional[dict]) -> dict
@@ -115,56 +97,3 @@ class TreeSavesetOutput(object):
         # type: (OSError) -> HelperError
         return HelperError("%s: %s" % (self.path, e.strerror or e), e.errno or 0)
 
-
-class TreeSavesetRecorder(object):
-    """A copy's --saveset: the whole tree, in manifest order, as the copy writes it into DEST.
-
-    The writing side calls seen(entry) for every entry of the manifest in order (wanted=True
-    for a FILE whose content is still to come) and written(path) once such a file is
-    committed; each entry goes into the saveset as soon as it and every entry before it are
-    in DEST, a FILE's content read back from DEST through the writer (old_file: opened below
-    DEST with O_NOFOLLOW, so a rerun that sends only changes still makes a complete saveset).
-    Only the entries from the first file still awaited on are held.
-    """
-
-    def __init__(self, output, writer):
-        # type: (TreeSavesetOutput, Any) -> None
-        self.output = output
-        self._writer = writer
-        self._queue = collections.deque()  # type: Deque[list]
-        self._awaited = {}  # type: Dict[bytes, list]
-
-    def seen(self, entry, wanted=False):
-        # type: (Entry, bool) -> None
-        item = [entry, not wanted]
-        self._queue.append(item)
-        if wanted:
-            self._awaited[entry.path] = item
-        self._flush()
-
-    def written(self, path):
-        # type: (bytes) -> None
-        self._awaited.pop(path)[1] = True
-        self._flush()
-
-    def commit(self, summary=None):
-        # type: (Optional[dict]) -> dict
-        if self._queue:
-            raise IntegrityError("%s: %d entries of the tree never reached DEST, the first %s"
-                                 % (self.output.path, len(self._queue),
-                                    os.fsdecode(self._queue[0][0].path)))
-        return self.output.commit(summary)
-
-    def _flush(self):
-        # type: () -> None
-        while self._queue and self._queue[0][1]:
-            entry = self._queue.popleft()[0]
-            self.output.add_entry(entry, self._open)
-
-    def _open(self, entry):
-        # type: (Entry) -> BinaryIO
-        fd = self._writer.old_file(entry)
-        if fd is None:
-            raise HelperError("%s: %s is not a file in DEST, for the saveset"
-                              % (self.output.path, os.fsdecode(entry.path)))
-        return os.fdopen(fd, "rb")

@@ -8,7 +8,7 @@ full tree stream is made of.
 # and one that grew is cut, as GNU tar does, and its path is noted in `changed` for the caller
 # to warn about. A sparse file's extents are read alone, its holes never touched.
 """
-from typing import BinaryIO, Callable, Iterator, List, Optional  # for the type comments
+from typing import BinaryIO, Callable, Iterator, List  # for the type comments
 
 from .entry import FILE, Entry
 from .tar import END_OF_ARCHIVE, encode_header, member_data_size, padding, sparse_map
@@ -19,32 +19,29 @@ CHUNK = 1 << 20
 class TarStream(object):
     """member(entry) yields one member's bytes; end() the end of the archive."""
 
-    def __init__(self, open_file=None, chunk=CHUNK):
-        # type: (Optional[Callable[[Entry], BinaryIO]], int) -> None
+    def __init__(self, open_file, chunk=CHUNK):
+        # type: (Callable[[Entry], BinaryIO], int) -> None
         self._open = open_file
         self._chunk = chunk
         self.changed = []  # type: List[bytes]  # files whose size changed while read
         self.bytes = 0  # of the archive so far
 
-    def member(self, entry, open_file=None):
-        # type: (Entry, Optional[Callable[[Entry], BinaryIO]]) -> Iterator[bytes]
-        """The header(s), then for a FILE its data (a sparse one's map first) and padding,
-        read through open_file, or the stream's own."""
-        for piece in self._member(entry, open_file or self._open):
+    def member(self, entry):
+        # type: (Entry) -> Iterator[bytes]
+        """The header(s), then for a FILE its data (a sparse one's map first) and padding."""
+        for piece in self._member(entry):
             self.bytes += len(piece)
             yield piece
 
-    def _member(self, entry, open_file):
-        # type: (Entry, Optional[Callable[[Entry], BinaryIO]]) -> Iterator[bytes]
+    def _member(self, entry):
+        # type: (Entry) -> Iterator[bytes]
         yield encode_header(entry)
         if entry.kind != FILE:
             return
         if entry.extents is not None:
             yield sparse_map(entry)
         extents = entry.extents if entry.extents is not None else ((0, entry.size),)
-        if open_file is None:
-            raise ValueError("no way to open %r for its content" % entry.path)
-        with open_file(entry) as f:
+        with self._open(entry) as f:
             for offset, length in extents:
                 for piece in self._extent(f, entry, offset, length):
                     yield piece
