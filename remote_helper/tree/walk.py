@@ -153,6 +153,8 @@ class Walker(object):
     def _tree(self, disk, name, st):
         # type: (bytes, bytes, os.stat_result) -> Iterator[Entry]
         top = self._entry(disk, name, st)
+        if top is None:
+            raise WalkError(disk, "not a file, directory, link or node a copy can make")
         yield top
         if top.kind != DIR:
             return
