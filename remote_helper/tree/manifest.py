@@ -9,7 +9,7 @@
 """
 import json
 import zlib
-from typing import Iterable, Iterator, List  # for the type comments
+from typing import Any, Iterable, Iterator, List, Tuple  # for the type comments
 
 from ..errors import RemoteProtocolError
 from .entry import KINDS, Entry
@@ -39,13 +39,15 @@ def encode_window(rows):
     return zlib.compress(("[" + ",".join(rows) + "]").encode("ascii"), 6)
 
 
-def windows(entries):
-    # type: (Iterable[Entry]) -> Iterator[tuple]
-    """(entries, payload) per window of the walk, each window within the caps."""
-    batch = []  # type: List[Entry]
+def windows(pairs):
+    # type: (Iterable[Tuple[Any, Entry]]) -> Iterator[tuple]
+    """(batch, payload) per window of the walk's (anything, entry) pairs (the reader's disk
+    path, say), each window within the caps; the batch holds the pairs."""
+    batch = []  # type: List[Tuple[Any, Entry]]
     rows = []  # type: List[str]
     size = 0
-    for item in entries:
+    for pair in pairs:
+        item = pair[1]
         row = json.dumps(entry_row(item), separators=(",", ":"))
         if len(row) > WINDOW_BYTES:
             raise ValueError("%s: too much metadata (%d bytes) for one entry"
@@ -53,7 +55,7 @@ def windows(entries):
         if batch and (size + len(row) > WINDOW_BYTES or len(batch) >= WINDOW_ENTRIES):
             yield batch, encode_window(rows)
             batch, rows, size = [], [], 0
-        batch.append(item)
+        batch.append(pair)
         rows.append(row)
         size += len(row) + 1
     if batch:

@@ -138,8 +138,8 @@ class Walker(object):
         self.problems = []  # type: List[str]
 
     def walk(self, roots):
-        # type: (List[Tuple[bytes, bytes]]) -> Iterator[Entry]
-        """Entries of every (disk path, name in the copy) root, in order. A root's name is
+        # type: (List[Tuple[bytes, bytes]]) -> Iterator[Tuple[bytes, Entry]]
+        """(disk path, entry) of the entries of every (disk path, name in the copy) root, in order. A root's name is
         ROOT when its contents go to the copy's top (a SRC ending in "/", or one SRC becoming
         DEST), else the name it gets under DEST."""
         for disk, name in roots:
@@ -151,11 +151,11 @@ class Walker(object):
                 yield item
 
     def _tree(self, disk, name, st):
-        # type: (bytes, bytes, os.stat_result) -> Iterator[Entry]
+        # type: (bytes, bytes, os.stat_result) -> Iterator[Tuple[bytes, Entry]]
         top = self._entry(disk, name, st)
         if top is None:
             raise WalkError(disk, "not a file, directory, link or node a copy can make")
-        yield top
+        yield disk, top
         if top.kind != DIR:
             return
         device = st.st_dev
@@ -187,7 +187,7 @@ class Walker(object):
                 continue
             if item is None:
                 continue
-            yield item
+            yield child_disk, item
             if is_dir and not (self.one_file_system and cst.st_dev != device):
                 stack.append((child_disk, child_path, self._list(child_disk)))
 
@@ -235,4 +235,5 @@ class Walker(object):
 def walk(roots, one_file_system=False, excludes=None, xattrs=False):
     # type: (List[Tuple[bytes, bytes]], bool, Any, bool) -> Iterator[Entry]
     """Entries of the roots in order (see Walker.walk)."""
-    return Walker(one_file_system, excludes, xattrs).walk(roots)
+    for _, item in Walker(one_file_system, excludes, xattrs).walk(roots):
+        yield item
