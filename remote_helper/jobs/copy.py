@@ -159,7 +159,7 @@ class _ContentSender(object):
         size = tar.member_data_size(item)
         written = 0
         if item.extents is not None:
-            head = sparse_map(item)
+            head = getattr(tar, "sparse_map", sparse_map)(item)
             self._put(head)
             written += len(head)
             spans = [e for e in item.extents if e[1]]
@@ -288,24 +288,25 @@ def run_write_tree(job, inp, out):
     roots = list(job["roots"])
     dry_run = bool(job.get("dry_run"))
     refuse_overlap(dest, job.get("source") or {})
-    top, make, names = layout(dest, roots)
-    if make and not dry_run:
-        try:
-            os.mkdir(top, 0o700)
-        except OSError as e:
-            if e.errno != errno.EEXIST:
-                raise Refused("%s: %s" % (top, e.strerror), e.errno or 0)
+    top, _, names = layout(dest, roots)  # TreeWriter makes a missing top
     writer_module = _part("writer")
-    exists = os.path.isdir(top)
+    would_delete = []  # type: List[str]
+
+    def on_delete(path, kind):
+        # type: (bytes, str) -> None
+        if len(would_delete) < MAX_LISTED:
+            would_delete.append(path.decode("latin-1"))
+
     writer = writer_module.TreeWriter(os.fsencode(top), os.geteuid() == 0,
                                       bool(job.get("xattrs")), bool(job.get("delete")),
-                                      _excludes(job), dry_run) if exists or not dry_run else None
+                                      _excludes(job), dry_run, on_delete=on_delete)
     try:
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
         result = _TreeReceiver(writer_module, writer, out, dry_run).run(inp)
+        if dry_run:
+            result["would_delete"] = would_delete
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
     out.send_json(RESULT, result)
 
 
@@ -320,7 +321,8 @@ class _TreeReceiver(object):
         self._dry = dry_run
         self._windows = deque()  # type: Deque[_Window]
         self._expected = deque()  # type: Deque[tuple]  # (window, entry) of each wanted file
-        self._decoder = _part("tar").TarDecoder()
+        tar = _part("tar")
+        self._decoder = (getattr(tar, "TarDecoder", None) or _part("tardecode").TarDecoder)()
         self._decompressor = codecs.Decompressor()
         self._sha = hashlib.sha256()
         self._offset = 0
@@ -362,7 +364,7 @@ class _TreeReceiver(object):
         for index, item in enumerate(window.entries):
             counts["entries"] += 1
             if item.kind == DIR:
-                if self._writer is not None:
+                if self._writer.compare(item) != self._m.SAME:
                     self._writer.update(item)
                 continue
             if item.kind != FILE:
@@ -370,11 +372,10 @@ class _TreeReceiver(object):
                 continue
             counts["files_total"] += 1
             counts["bytes_total"] += item.size
-            verdict = self._writer.compare(item) if self._writer is not None else None
-            if verdict is not None and verdict == self._m.SAME:
+            verdict = self._writer.compare(item)
+            if verdict == self._m.SAME:
                 counts["files_unchanged"] += 1
-                self._writer.update(item)
-            elif verdict is not None and verdict == self._m.META:
+            elif verdict == self._m.META:
                 counts["files_meta"] += 1
                 self._writer.update(item)
             else:
@@ -395,8 +396,8 @@ class _TreeReceiver(object):
         """Make the links and nodes of every window whose content is all in, in order."""
         while self._windows and not self._windows[0].left:
             window = self._windows.popleft()
-            if self._writer is not None:
-                for item in window.deferred:
+            for item in window.deferred:
+                if self._writer.compare(item) != self._m.SAME:
                     self._writer.update(item)
 
     def _data(self, frame):
@@ -471,16 +472,16 @@ class _TreeReceiver(object):
                                                           end.get("sha256") != sha256):
             raise IntegrityError("tar stream of %d bytes, sha256 %s; the sender's: %s bytes, %s"
                                  % (self._offset, sha256, end.get("bytes"), end.get("sha256")))
+        if self._offset:
+            self._decoder.close()
         self._settle()
-        finished = self._writer.finish() if self._writer is not None else {}
+        finished = self._writer.finish()
         result = dict(self.counts)  # type: Dict[str, Any]
         result["sha256"] = sha256
         result["tar_bytes"] = self._offset
         if isinstance(finished, dict):
             result["finish"] = finished
             result["deleted"] = finished.get("deleted", 0)
-            if self._dry and "would_delete" in finished:
-                result["would_delete"] = finished["would_delete"]
         if self._dry:
             result["would_send"] = self.would_send
         return result
