@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clirun import MiB, Result, allocated, bacpac, transport_for
-from fixtures_tree import SPARSE_SIZE, contents, listing, tree_src  # noqa: F401
+from fixtures_tree import SPARSE_SIZE, contents, listing, tree_src, xattrs_of  # noqa: F401
 
 # the tar codec comes from the tree-tar part: until it is merged, nothing here can run
 pytest.importorskip("remote_helper.tree.tar")
@@ -162,3 +162,12 @@ def test_excludes_leave_out_what_they_match(copier: Copier, tree_src: Path,
     assert (dst / "special" / "with space.txt").exists()
     assert not [p for p in contents(dst) if p.endswith(b".gz")]
     assert [p for p in contents(tree_src) if p.endswith(b".gz")]  # the test means something
+
+
+def test_xattrs_and_acls_kept_with_the_flag_only(copier: Copier, tree_src: Path,
+                                                 tmp_path: Path) -> None:
+    assert xattrs_of(tree_src)  # the test means something
+    copier.ok(tree_src, tmp_path / "plain")
+    assert xattrs_of(tmp_path / "plain") == {}
+    copier.ok(tree_src, tmp_path / "kept", "--xattrs")
+    assert xattrs_of(tmp_path / "kept") == xattrs_of(tree_src)
