@@ -18,8 +18,11 @@ import errno
 import hashlib
 import importlib
 import os
+import queue
 import stat
+import threading
 import time
+import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple  # for the type comments
 
@@ -37,6 +40,7 @@ if TYPE_CHECKING:  # server.py imports this module
 
 FRAME_BYTES = 4 << 20  # tar bytes per DATA frame
 READ_CHUNK = 1 << 20
+JOIN_WITHIN = 30  # seconds: a thread of the reader ends within this once told to
 PROGRESS_EVERY = 0.5  # seconds between the writer's PROGRESS frames
 MAX_LISTED = 10000  # paths a dry run lists by name
 
@@ -104,11 +108,13 @@ def run_read_tree(job, inp, out):
             waiting.append(batch)
             if len(waiting) > 1:  # window k+1 is on its way: now take k's wants
                 _send_wanted(inp, waiting.popleft(), sender, dry_run)
+        while waiting:
+            _send_wanted(inp, waiting.popleft(), sender, dry_run)
+        total, sha256 = sender.finish()
     except WalkError as e:
         raise HelperError(str(e), e.errno)
-    while waiting:
-        _send_wanted(inp, waiting.popleft(), sender, dry_run)
-    total, sha256 = sender.finish()
+    finally:
+        sender.close()
     out.send_json(END, {"bytes": total, "sha256": sha256, "entries": entries,
                         "files_sent": sender.files, "content": sender.content,
                         "problems": walker.problems[:20], "problem_count": len(walker.problems)})
@@ -142,13 +148,9 @@ class _ContentSender(object):
 
     def __init__(self, out, codec, level):
         # type: (Output, int, int) -> None
-        self._out = out
-        self._codec = codec
-        self._level = level
         self._tar = _part("tar")
         self._buf = bytearray()
-        self._offset = 0
-        self._sha = hashlib.sha256()
+        self._compressor = _Compressor(out, codec, level)
         self.files = 0
         self.content = 0  # bytes of file content sent (holes excluded)
 
@@ -197,15 +199,75 @@ class _ContentSender(object):
 
     def _flush(self):
         # type: () -> None
-        if not self._buf:
-            return
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf = bytearray()
+            self._compressor.put(data)
+
+    def finish(self):
+        # type: () -> tuple
+        if self.files:
+            self._buf += self._tar.END_OF_ARCHIVE
+        self._flush()
+        return self._compressor.finish()
+
+    def close(self):
+        # type: () -> None
+        self._compressor.close()
+
+
+class _Compressor(object):
+    """A thread that hashes, compresses and sends the tar stream's frames, so that reading the
+    files (pread) and compressing them (zstandard) overlap: both release the GIL. At most
+    QUEUED frames wait for it; a failure in it is raised by the next put()."""
+
+    QUEUED = 2
+
+    def __init__(self, out, codec, level):
+        # type: (Output, int, int) -> None
+        self._out = out
+        self._codec = codec
+        self._level = level
+        self._queue = queue.Queue(self.QUEUED)  # type: queue.Queue
+        self._sha = hashlib.sha256()
+        self._offset = 0
+        self._stop = False
+        self.error = None  # type: Optional[BaseException]
+        self._thread = threading.Thread(target=self._run, name="compressor")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def put(self, data):
+        # type: (Optional[bytes]) -> None
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put(data, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self):
+        # type: () -> None
+        try:
+            while not self._stop:
+                try:
+                    data = self._queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if data is None:
+                    return
+                self._send(data)
+        except BaseException as e:
+            self.error = e
+
+    def _send(self, data):
+        # type: (bytes) -> None
         self._sha.update(data)
         if self._codec == protocol.CODEC_ZSTD:
             payload = zstdframe.compress_frame(data, self._level)
         else:
-            import zlib
             payload = zlib.compress(data, 6)
         self._out.send(protocol.header(DATA, payload, self._offset, self._codec, len(data)))
         self._out.send(payload)
@@ -213,10 +275,20 @@ class _ContentSender(object):
 
     def finish(self):
         # type: () -> tuple
-        if self.files:
-            self._buf += self._tar.END_OF_ARCHIVE
-        self._flush()
+        """The tar stream's length and sha256, once every frame is sent."""
+        self.put(None)
+        self._thread.join(JOIN_WITHIN)
+        if self._thread.is_alive():
+            raise HelperError("the compressing thread did not end within %d s" % JOIN_WITHIN)
+        if self.error is not None:
+            raise self.error
         return self._offset, self._sha.hexdigest()
+
+    def close(self):
+        # type: () -> None
+        """Stop the thread (after a failure elsewhere), within a deadline."""
+        self._stop = True
+        self._thread.join(JOIN_WITHIN)
 
 
 # --- the writing side -------------------------------------------------------------------
