@@ -68,6 +68,7 @@ def test_a_manifest_naming_a_path_outside_dest_is_refused(name: bytes, tmp_path:
         helper.send(_window(entry(ROOT, DIR, 0o755), entry(name, FILE, size=5)))
         frame = helper.recv()
         assert frame.type == ERROR, frame
+        helper.proc.stdin.close()  # as the client does once it has the ERROR
         assert helper.proc.wait(timeout=10) == 1
     finally:
         helper.close()
@@ -89,6 +90,7 @@ def test_a_tar_member_named_outside_dest_is_refused(tmp_path: Path) -> None:
         helper.send(protocol.encode(DATA, data, 0, protocol.CODEC_RAW, len(data)))
         frame = helper.recv()
         assert frame.type == ERROR and "evil" in frame.json()["message"], frame
+        helper.proc.stdin.close()
         assert helper.proc.wait(timeout=10) == 1
     finally:
         helper.close()
