@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clirun import MiB, Result, allocated, bacpac, transport_for
+from clirun import MiB, Result, allocated, bacpac, helper_pythons, transport_for
 from fixtures_tree import SPARSE_SIZE, contents, listing, tree_src, xattrs_of  # noqa: F401
 
 # the tar codec comes from the tree-tar part: until it is merged, nothing here can run
@@ -171,3 +171,11 @@ def test_xattrs_and_acls_kept_with_the_flag_only(copier: Copier, tree_src: Path,
     assert xattrs_of(tmp_path / "plain") == {}
     copier.ok(tree_src, tmp_path / "kept", "--xattrs")
     assert xattrs_of(tmp_path / "kept") == xattrs_of(tree_src)
+
+
+def test_the_oldest_python_runs_both_helpers(tree_src: Path, tmp_path: Path) -> None:
+    version, python = next(iter(helper_pythons().items()))
+    dst = tmp_path / "dst"
+    run = bacpac("copy", "--no-progress", "--json", "--remote-python", python, tree_src, dst)
+    assert run.returncode == 0, (version, run.stderr)
+    same_tree(tree_src, dst)
