@@ -161,3 +161,83 @@ def xattrs_of(top) -> dict:
                 found[os.path.relpath(p, t)] = [
                     (os.fsencode(n), os.getxattr(p, n, follow_symlinks=False)) for n in names]
     return found
+
+
+def entries_of(top) -> list:
+    """The Entries of a tree read with lstat, a directory before what it holds, names in byte
+    order, hard links and sparse extents found: a small stand-in for the walker, so that the
+    codec's tests depend on nothing but the codec."""
+    from remote_helper.tree.entry import ROOT, entry
+    t = os.fsencode(top)
+    kinds = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
+             stat.S_IFBLK: "b", stat.S_IFIFO: "p"}
+    seen: dict = {}
+    found = []
+
+    def visit(rel: bytes) -> None:
+        path = t if rel == ROOT else os.path.join(t, rel)
+        st = os.lstat(path)
+        kind = kinds[stat.S_IFMT(st.st_mode)]
+        target, extents = b"", None
+        if kind == "l":
+            target = os.readlink(path)
+        if kind == "f" and st.st_nlink > 1:
+            first = seen.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                kind, target = "h", first
+        if kind == "f" and st.st_blocks * 512 < st.st_size:
+            extents = _extents(path, st.st_size)
+        xattrs = sorted((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False))
+                        for n in os.listxattr(path, follow_symlinks=False))
+        found.append(entry(rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                           "root" if st.st_uid == 0 else "", "root" if st.st_gid == 0 else "",
+                           st.st_size if kind == "f" else 0, st.st_mtime_ns, target,
+                           st.st_rdev if kind in "cb" else 0, xattrs, extents))
+        if kind == "d":
+            for name in sorted(os.listdir(path)):
+                visit(name if rel == ROOT else rel + b"/" + name)
+
+    visit(ROOT)
+    return found
+
+
+def _extents(path: bytes, size: int) -> tuple:
+    extents = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, end - start))
+            pos = end
+    finally:
+        os.close(fd)
+    if not extents or sum(extents[-1]) < size:
+        extents.append((size, 0))
+    return tuple(extents)
+
+
+def encode_tree(top) -> bytes:
+    """The tree under top as a pax archive made by our encoder (header, data, padding per
+    entry, then the end of the archive): what a tree copy or a tree saveset carries."""
+    from remote_helper.tree import tar
+    t = os.fsencode(top)
+    out = []
+    for e in entries_of(top):
+        out.append(tar.encode_header(e))
+        if e.kind == "f":
+            with open(os.path.join(t, e.path), "rb") as f:
+                if e.extents is not None:
+                    out.append(tar.sparse_map(e))
+                    for offset, length in e.extents:
+                        f.seek(offset)
+                        out.append(f.read(length))
+                else:
+                    out.append(f.read())
+            out.append(tar.padding(tar.member_data_size(e)))
+    out.append(tar.END_OF_ARCHIVE)
+    return b"".join(out)

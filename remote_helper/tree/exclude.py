@@ -6,7 +6,7 @@
 # negates), a backslash quotes the next character; a trailing "/" matches directories only; a
 # leading "/" anchors at the top of the copy; a pattern with no "/" (and no "**") matches the
 # last component at any depth; any other pattern matches the end of the path at a component
-# boundary; "dir/***" matches dir and everything below it. An excluded directory's contents are
+# boundary (a leading "**/" may match no directory); "dir/***" matches dir and everything below it. An excluded directory's contents are
 # excluded too: excluded() checks the ancestors (cached per directory), matches() the path
 # alone, for a walker that prunes as it goes. Include rules ("+ ") are not supported.
 """
@@ -85,21 +85,30 @@ class Rule(object):
         if self.with_contents:
             text = text[:-4]
         self.last_component = "/" not in text and "**" not in text and not self.anchored
-        body = _translate(text) + (b"(?:/.*)?" if self.with_contents else b"")
-        if self.anchored or self.last_component:
-            self.regex = re.compile(b"\\A" + body + b"\\Z", re.DOTALL)  # type: Pattern[bytes]
+        if not self.anchored and text.startswith("**/"):
+            # rsync lets an unanchored leading "**/" match no directory at all: "**/deep"
+            # matches "deep" at the top ("/**/deep", anchored, does not).
+            body = b"(?:.*/)?" + _translate(text[3:])
         else:
-            self.regex = re.compile(b"(?:\\A|/)" + body + b"\\Z", re.DOTALL)
+            body = _translate(text)
+        # "dir/***": dir itself (a directory only, as "dir/" would) or anything below it.
+        body += b"(?P<below>/.*)?" if self.with_contents else b""
+        start = b"\\A" if self.anchored or self.last_component else b"(?:\\A|/)"
+        self.regex = re.compile(start + body + b"\\Z", re.DOTALL)  # type: Pattern[bytes]
 
     def matches(self, path, is_dir):
         # type: (bytes, bool) -> bool
         if self.dirs_only and not is_dir:
             return False
         if self.last_component:
-            return self.regex.match(path.rsplit(b"/", 1)[-1]) is not None
-        if self.anchored:
-            return self.regex.match(path) is not None
-        return self.regex.search(path) is not None
+            found = self.regex.match(path.rsplit(b"/", 1)[-1])
+        elif self.anchored:
+            found = self.regex.match(path)
+        else:
+            found = self.regex.search(path)
+        if found is None:
+            return False
+        return is_dir or not self.with_contents or found.group("below") is not None
 
 
 class Excludes(object):

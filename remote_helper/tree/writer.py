@@ -6,7 +6,7 @@
 # content. Every name is reached through safepath's descriptors (never a symlink followed, never
 # a "..", never outside DEST). A file, symlink, link or node is made under a temporary name
 # `.NAME.bacpac-XXXXXXXX` in its own directory, gets its metadata there, and is renamed over
-# the final name only when complete: a cut run leaves temporary names only, and the next run
+# the final name only when complete (sink.py): a cut run leaves temporary names only, and the next run
 # removes them when it first meets their directory. Directories are made at once (mode with the
 # owner's rwx added, so a read-only directory can still be filled) and get their final mode and
 # mtime in finish(), deepest first, after everything in them. finish() also does --delete.
@@ -19,11 +19,12 @@ import re
 import stat
 from typing import Callable, Dict, List, Optional, Set  # for the type comments
 
-from ..errors import HelperError, IntegrityError, Refused
+from ..errors import HelperError, Refused
 from . import meta
 from .entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, ROOT, SOCKET, SYMLINK, Entry
 from .remove import Remover, kind_of
 from .safepath import DirStack, NotADirectory, listdir_at, lstat_at, show, split
+from .sink import FileSink, unlink_quietly
 
 SAME = "same"        # nothing to do
 META = "meta"        # content is the same; update() fixes mode, owner, mtime, xattrs
@@ -31,7 +32,6 @@ CONTENT = "content"  # missing or different: add() a FILE, update() anything els
 
 TEMP_NAME = re.compile(br"^\..+\.bacpac-[0-9a-f]{8}$", re.DOTALL)
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-COPY_CHUNK = 1 << 20
 _NODE_TYPES = {CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK, FIFO: stat.S_IFIFO, SOCKET: stat.S_IFSOCK}
 
 
@@ -82,6 +82,14 @@ class TreeWriter(object):
                 show(self.dest, ROOT), e.strerror), e.errno)
         return DirStack(self.dest)
 
+    @property
+    def stack(self):
+        # type: () -> DirStack
+        """The descriptors of DEST (missing only in a dry run whose DEST does not exist)."""
+        if self._stack is None:
+            raise HelperError("%s: not open" % show(self.dest, ROOT))
+        return self._stack
+
     # -- what an entry needs ------------------------------------------------------------------
 
     def compare(self, entry):
@@ -106,7 +114,7 @@ class TreeWriter(object):
         if entry.kind == FILE:
             return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
         if entry.kind == SYMLINK:
-            fd, name = self._stack.parent(entry.path)  # type: ignore[union-attr]
+            fd, name = self.stack.parent(entry.path)
             return os.readlink(name, dir_fd=fd) == entry.target
         if entry.kind in (CHAR, BLOCK):
             return st.st_rdev == entry.rdev
@@ -117,8 +125,8 @@ class TreeWriter(object):
         if not self.xattrs or entry.kind == SYMLINK:
             return None  # a symlink's attributes are set, not compared (Linux keeps few)
         if entry.path == ROOT:
-            return meta.proc_path(self._stack.root_fd)  # type: ignore[union-attr]
-        parent, name = self._stack.parent(entry.path)  # type: ignore[union-attr]
+            return meta.proc_path(self.stack.root_fd)
+        parent, name = self.stack.parent(entry.path)
         return os.fsencode(meta.proc_path(parent)) + b"/" + name
 
     def _lstat(self, path):
@@ -130,8 +138,8 @@ class TreeWriter(object):
             return None
         try:
             if path == ROOT:
-                return os.fstat(self._stack.root_fd)
-            fd, name = self._stack.parent(path)
+                return os.fstat(self.stack.root_fd)
+            fd, name = self.stack.parent(path)
         except (FileNotFoundError, NotADirectory):
             return None
         return lstat_at(fd, name)
@@ -152,7 +160,7 @@ class TreeWriter(object):
     def _remove_temps(self, path):
         # type: (bytes) -> None
         try:
-            fd = self._stack.open(split(path))  # type: ignore[union-attr]
+            fd = self.stack.open(split(path))
         except (FileNotFoundError, NotADirectory):
             return
         for name in listdir_at(fd):
@@ -195,10 +203,10 @@ class TreeWriter(object):
     def _make_dir(self, entry):
         # type: (Entry) -> None
         if entry.path == ROOT:
-            fd = self._stack.root_fd  # type: ignore[union-attr]
+            fd = self.stack.root_fd
             os.fchmod(fd, meta.mode_of(entry, True))
             return
-        parent, name = self._stack.parent(entry.path)  # type: ignore[union-attr]
+        parent, name = self.stack.parent(entry.path)
         st = lstat_at(parent, name)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent)  # a file or a (planted) symlink: replaced, not followed
@@ -210,7 +218,7 @@ class TreeWriter(object):
 
     def _fix_file(self, entry):
         # type: (Entry) -> None
-        parent, name = self._stack.parent(entry.path)  # type: ignore[union-attr]
+        parent, name = self.stack.parent(entry.path)
         st = lstat_at(parent, name)
         if st is None or not stat.S_ISREG(st.st_mode):
             raise Refused("%s: no file to update, its content must be sent" % (
@@ -222,7 +230,7 @@ class TreeWriter(object):
         # type: (Entry, Callable[[int, bytes], None], bool) -> None
         """create(dir_fd, temp) an inode under a temporary name, give it entry's metadata,
         and rename it over entry's name."""
-        parent, name = self._stack.parent(entry.path)  # type: ignore[union-attr]
+        parent, name = self.stack.parent(entry.path)
         tmp = temp_name(name)
         create(parent, tmp)
         try:
@@ -231,12 +239,12 @@ class TreeWriter(object):
             self._clear_for(parent, name, entry.path)
             os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except BaseException:
-            _unlink_quietly(parent, tmp)
+            unlink_quietly(parent, tmp)
             raise
 
     def _make_hardlink(self, entry):
         # type: (Entry) -> None
-        tparent, tname = self._stack.parent(entry.target)  # type: ignore[union-attr]
+        tparent, tname = self.stack.parent(entry.target)
         target_fd = os.dup(tparent)
         try:
             st = lstat_at(target_fd, tname)
@@ -270,7 +278,7 @@ class TreeWriter(object):
         st = lstat_at(parent, name)
         if st is None or not stat.S_ISDIR(st.st_mode):
             return
-        self._stack.forget(path)  # type: ignore[union-attr]
+        self.stack.forget(path)
         try:
             os.rmdir(name, dir_fd=parent)
             return
@@ -294,7 +302,7 @@ class TreeWriter(object):
         if self.dry_run:
             return FileSink(self, entry, -1, b"", b"", -1, base)
         try:
-            parent, name = self._stack.parent(entry.path)  # type: ignore[union-attr]
+            parent, name = self.stack.parent(entry.path)
             dir_fd = os.dup(parent)
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
@@ -323,7 +331,7 @@ class TreeWriter(object):
         if self._stack is None:
             return None
         try:
-            fd, name = self._stack.parent(entry.path)
+            fd, name = self.stack.parent(entry.path)
             old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                           dir_fd=fd)
         except (OSError, NotADirectory):
@@ -345,7 +353,7 @@ class TreeWriter(object):
             for path in dirs:
                 self._finish_dir(self._dirs[path])
             if self.fsync:
-                _sync(self._stack.root_fd)  # type: ignore[union-attr]
+                _sync(self.stack.root_fd)
         return dict(self.counts)
 
     def _delete(self, dirs):
@@ -353,7 +361,7 @@ class TreeWriter(object):
         remover = Remover(self.excludes, self.on_delete, self.dry_run)
         for path in dirs:
             try:
-                fd = self._stack.open(split(path))  # type: ignore[union-attr]
+                fd = self.stack.open(split(path))
             except (FileNotFoundError, NotADirectory):
                 continue
             remover.extraneous(fd, path, lambda p: p in self._seen or TEMP_NAME.match(
@@ -364,10 +372,10 @@ class TreeWriter(object):
         # type: (Entry) -> None
         try:
             if entry.path == ROOT:
-                fd = self._stack.root_fd  # type: ignore[union-attr]
+                fd = self.stack.root_fd
                 meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
                 return
-            parent, name = self._stack.parent(entry.path)  # type: ignore[union-attr]
+            parent, name = self.stack.parent(entry.path)
             meta.apply_at(parent, name, entry, self.owners, self.xattrs)
         except (FileNotFoundError, NotADirectory):
             return  # never made (a dry run, a failed copy): nothing to finish
@@ -379,107 +387,6 @@ class TreeWriter(object):
         if self._stack is not None:
             self._stack.close()
             self._stack = None
-
-
-class FileSink(object):
-    """The content of one file, written at offsets into a temporary file beside its name."""
-
-    def __init__(self, writer, entry, dir_fd, name, tmp, fd, base):
-        # type: (TreeWriter, Entry, int, bytes, bytes, int, Optional[int]) -> None
-        self.writer = writer
-        self.entry = entry
-        self._dir_fd = dir_fd
-        self._name = name
-        self._tmp = tmp
-        self._fd = fd
-        self._base = base
-        self.written = 0  # bytes of content received (data and base copies; holes excluded)
-
-    def write(self, offset, data):
-        # type: (int, bytes) -> None
-        self._check(offset, len(data))
-        view = memoryview(data)
-        while view and self._fd >= 0:
-            done = os.pwrite(self._fd, view, offset)
-            view, offset = view[done:], offset + done
-        self.written += len(data)
-
-    def hole(self, offset, length):
-        # type: (int, int) -> None
-        """A range with no data: nothing is written, so it stays a hole."""
-        self._check(offset, length)
-
-    def copy_from_base(self, offset, length):
-        # type: (int, int) -> None
-        """Copy [offset, offset+length) from the old file (add(base=...)) unchanged."""
-        if self._base is None:
-            raise Refused("%s: no old file to copy from" % self._where())
-        self._check(offset, length)
-        end = offset + length
-        while offset < end:
-            data = os.pread(self._base, min(COPY_CHUNK, end - offset), offset)
-            if not data:
-                raise IntegrityError("%s: the old file ends at %d, before %d" % (
-                    self._where(), offset, end))
-            self.write(offset, data)
-            offset += len(data)
-
-    def _check(self, offset, length):
-        # type: (int, int) -> None
-        if offset < 0 or length < 0 or offset + length > self.entry.size:
-            raise IntegrityError("%s: %d bytes at %d are beyond its size %d" % (
-                self._where(), length, offset, self.entry.size))
-
-    def _where(self):
-        # type: () -> str
-        return show(self.writer.dest, self.entry.path)
-
-    def commit(self):
-        # type: () -> None
-        """Size, metadata, then the rename over the final name (the file is whole)."""
-        if self._fd < 0:
-            self._close()
-            return
-        writer = self.writer
-        try:
-            if self.written != self.entry.data_length():
-                raise IntegrityError("%s: got %d bytes of content, expected %d" % (
-                    self._where(), self.written, self.entry.data_length()))
-            os.ftruncate(self._fd, self.entry.size)
-            meta.apply_fd(self._fd, self.entry, writer.owners, writer.xattrs)
-            writer._clear_for(self._dir_fd, self._name, self.entry.path)
-            os.rename(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-        except OSError as e:
-            self.abort()
-            raise HelperError("%s: %s" % (self._where(), e.strerror), e.errno)
-        except BaseException:
-            self.abort()
-            raise
-        writer.counts["files"] += 1
-        self._close()
-
-    def abort(self):
-        # type: () -> None
-        """Drop the temporary file; nothing appears under the final name."""
-        if self._fd >= 0:
-            _unlink_quietly(self._dir_fd, self._tmp)
-        self._close()
-
-    def _close(self):
-        # type: () -> None
-        for attr in ("_fd", "_dir_fd", "_base"):
-            fd = getattr(self, attr)
-            if fd is not None and fd >= 0:
-                os.close(fd)
-            setattr(self, attr, -1)
-
-
-def _unlink_quietly(dir_fd, name):
-    # type: (int, bytes) -> None
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        pass
 
 
 def _sync(fd):
