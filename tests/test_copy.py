@@ -15,9 +15,6 @@ import pytest
 from clirun import MiB, Result, allocated, bacpac, helper_pythons, transport_for
 from fixtures_tree import SPARSE_SIZE, contents, listing, tree_src, xattrs_of  # noqa: F401
 
-# the tar codec comes from the tree-tar part: until it is merged, nothing here can run
-pytest.importorskip("remote_helper.tree.tar")
-
 DIRECTIONS = ["local", "push", "pull"]
 
 

@@ -13,14 +13,13 @@ import pytest
 
 from clirun import MiB, bacpac, finish, random_bytes, start, wait_until
 from fixtures_tree import contents, listing, tree_src  # noqa: F401
-from remote_helper.tree import manifest
+from remote_helper.tree import manifest, tar
 from remote_helper.tree.entry import DIR, FILE, ROOT, entry
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import DATA, ERROR, MANIFEST, OPEN, READY, WANTS
 from test_copy import Copier, copier, same_tree  # noqa: F401
 from test_hostile import LocalHelper
 
-tar = pytest.importorskip("remote_helper.tree.tar")
 
 
 # ---- a planted symlink, a crafted stream --------------------------------------------------

@@ -16,7 +16,6 @@
 """
 import errno
 import hashlib
-import importlib
 import os
 import queue
 import stat
@@ -29,8 +28,11 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple  # for
 from ..errors import HelperError, IntegrityError, ProtocolError, Refused
 from ..target import devices
 from ..target.checks import absolute
-from ..tree import manifest
-from ..tree.entry import DIR, FILE, HARDLINK, ROOT, Entry
+from ..tree import manifest, tar
+from ..tree.exclude import Excludes
+from ..tree.tardecode import TarDecoder
+from ..tree.writer import META, SAME, TreeWriter
+from ..tree.entry import DIR, FILE, ROOT, Entry
 from ..tree.walk import WalkError, Walker
 from ..wire import codecs, protocol, zstdframe
 from ..wire.protocol import DATA, END, MANIFEST, PROGRESS, READY, RESULT, WANTS
@@ -45,18 +47,12 @@ PROGRESS_EVERY = 0.5  # seconds between the writer's PROGRESS frames
 MAX_LISTED = 10000  # paths a dry run lists by name
 
 
-def _part(name):
-    # type: (str) -> Any
-    """A module of the tree package built by another part (tar codec, writer, excludes)."""
-    return importlib.import_module("..tree." + name, __package__)
-
-
 def _excludes(job):
     # type: (dict) -> Any
     patterns = job.get("excludes") or []
     if not patterns:
         return None
-    return _part("exclude").Excludes([str(p) for p in patterns])
+    return Excludes([str(p) for p in patterns])
 
 
 def _show(path):
@@ -133,22 +129,11 @@ def _send_wanted(inp, batch, sender, dry_run):
             sender.add(*batch[index])
 
 
-def sparse_map(item):
-    # type: (Entry) -> bytes
-    """GNU sparse 1.0's map, at the start of the member's data: the count, then offset and
-    length of each extent, one decimal number a line, padded to 512."""
-    extents = item.extents or ()
-    text = "%d\n" % len(extents) + "".join("%d\n%d\n" % e for e in extents)
-    data = text.encode("ascii")
-    return data + b"\0" * (-len(data) % 512)
-
-
 class _ContentSender(object):
     """The tar stream of the wanted files, cut into compressed DATA frames of FRAME_BYTES."""
 
     def __init__(self, out, codec, level):
         # type: (Output, int, int) -> None
-        self._tar = _part("tar")
         self._buf = bytearray()
         self._compressor = _Compressor(out, codec, level)
         self.files = 0
@@ -156,12 +141,11 @@ class _ContentSender(object):
 
     def add(self, disk, item):
         # type: (bytes, Entry) -> None
-        tar = self._tar
         self._put(tar.encode_header(item))
         size = tar.member_data_size(item)
         written = 0
         if item.extents is not None:
-            head = getattr(tar, "sparse_map", sparse_map)(item)
+            head = tar.sparse_map(item)
             self._put(head)
             written += len(head)
             spans = [e for e in item.extents if e[1]]
@@ -207,7 +191,7 @@ class _ContentSender(object):
     def finish(self):
         # type: () -> tuple
         if self.files:
-            self._buf += self._tar.END_OF_ARCHIVE
+            self._buf += tar.END_OF_ARCHIVE
         self._flush()
         return self._compressor.finish()
 
@@ -361,7 +345,6 @@ def run_write_tree(job, inp, out):
     dry_run = bool(job.get("dry_run"))
     refuse_overlap(dest, job.get("source") or {})
     top, _, names = layout(dest, roots)  # TreeWriter makes a missing top
-    writer_module = _part("writer")
     would_delete = []  # type: List[str]
 
     def on_delete(path, kind):
@@ -369,12 +352,12 @@ def run_write_tree(job, inp, out):
         if len(would_delete) < MAX_LISTED:
             would_delete.append(path.decode("latin-1"))
 
-    writer = writer_module.TreeWriter(os.fsencode(top), os.geteuid() == 0,
+    writer = TreeWriter(os.fsencode(top), os.geteuid() == 0,
                                       bool(job.get("xattrs")), bool(job.get("delete")),
                                       _excludes(job), dry_run, on_delete=on_delete)
     try:
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
-        result = _TreeReceiver(writer_module, writer, out, dry_run).run(inp)
+        result = _TreeReceiver(writer, out, dry_run).run(inp)
         if dry_run:
             result["would_delete"] = would_delete
     finally:
@@ -385,16 +368,14 @@ def run_write_tree(job, inp, out):
 class _TreeReceiver(object):
     """The writing side's main loop: manifest windows in, WANTS out, tar content into sinks."""
 
-    def __init__(self, module, writer, out, dry_run):
-        # type: (Any, Any, Output, bool) -> None
-        self._m = module
+    def __init__(self, writer, out, dry_run):
+        # type: (TreeWriter, Output, bool) -> None
         self._writer = writer
         self._out = out
         self._dry = dry_run
         self._windows = deque()  # type: Deque[_Window]
         self._expected = deque()  # type: Deque[tuple]  # (window, entry) of each wanted file
-        tar = _part("tar")
-        self._decoder = (getattr(tar, "TarDecoder", None) or _part("tardecode").TarDecoder)()
+        self._decoder = TarDecoder()
         self._decompressor = codecs.Decompressor()
         self._sha = hashlib.sha256()
         self._offset = 0
@@ -436,7 +417,7 @@ class _TreeReceiver(object):
         for index, item in enumerate(window.entries):
             counts["entries"] += 1
             if item.kind == DIR:
-                if self._writer.compare(item) != self._m.SAME:
+                if self._writer.compare(item) != SAME:
                     self._writer.update(item)
                 continue
             if item.kind != FILE:
@@ -445,9 +426,9 @@ class _TreeReceiver(object):
             counts["files_total"] += 1
             counts["bytes_total"] += item.size
             verdict = self._writer.compare(item)
-            if verdict == self._m.SAME:
+            if verdict == SAME:
                 counts["files_unchanged"] += 1
-            elif verdict == self._m.META:
+            elif verdict == META:
                 counts["files_meta"] += 1
                 self._writer.update(item)
             else:
@@ -469,7 +450,7 @@ class _TreeReceiver(object):
         while self._windows and not self._windows[0].left:
             window = self._windows.popleft()
             for item in window.deferred:
-                if self._writer.compare(item) != self._m.SAME:
+                if self._writer.compare(item) != SAME:
                     self._writer.update(item)
 
     def _data(self, frame):
@@ -488,7 +469,7 @@ class _TreeReceiver(object):
             event = self._decoder.next_event()
             if event is None:
                 break
-            self._event(event)
+            self._event(event)  # type: ignore[arg-type]  # next_event says object: a tuple
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
