@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -265,7 +267,11 @@ def test_commit_refuses_a_file_whose_content_is_short_and_leaves_nothing(tmp_pat
     assert os.listdir(dest) == []
 
 
-def test_copy_from_base_keeps_unchanged_ranges_of_the_old_file(tmp_path):
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "pread"])
+def test_copy_from_base_keeps_unchanged_ranges_of_the_old_file(tmp_path, monkeypatch,
+                                                                 kernel_copy):
+    if not kernel_copy:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
     dest = tmp_path / "dest"
     dest.mkdir()
     old = bytes(range(256)) * 64
@@ -282,6 +288,11 @@ def test_copy_from_base_keeps_unchanged_ranges_of_the_old_file(tmp_path):
         sink.copy_from_base(8192, len(new) - 8192)
         sink.commit()
         assert writer.old_file(entry(b"missing", FILE)) is None
+        longer = entry(b"big", FILE, size=len(new) + 10)
+        sink = writer.add(longer, base=writer.old_file(longer))
+        with pytest.raises(IntegrityError, match="the old file ends at %d" % len(new)):
+            sink.copy_from_base(0, len(new) + 10)
+        sink.abort()
     finally:
         writer.close()
     assert (dest / "big").read_bytes() == new
@@ -344,6 +355,9 @@ def test_a_dry_run_writes_nothing_even_where_dest_is_missing(tmp_path):
 def test_dest_is_made_when_missing_but_not_its_parents(tmp_path):
     with pytest.raises(HelperError, match="missing/dest: cannot make the directory"):
         TreeWriter(os.fsencode(str(tmp_path / "missing" / "dest")), True, False, False)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(HelperError, match="file: Not a directory"):
+        TreeWriter(os.fsencode(str(tmp_path / "file")), True, False, False)
 
 
 def test_xattrs_and_acls_are_kept_with_xattrs_and_only_then(tmp_path):
@@ -614,3 +628,135 @@ def test_not_root_device_nodes_are_skipped_and_owners_not_given_away(tmp_path):
         assert (st.st_uid, st.st_gid) == (65534, 65534)
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)
+
+
+@needs_root
+def test_a_file_delete_cannot_remove_is_one_error_naming_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    dest = tmp_path / "dest"
+    (dest / "extra").mkdir(parents=True)
+    stuck = dest / "extra" / "immutable"
+    stuck.write_bytes(b"x")
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode:
+        pytest.skip("chattr +i does not work on %s" % tmp_path)
+    try:
+        with pytest.raises(HelperError, match="dest/extra/immutable: cannot delete: "
+                                              "Operation not permitted"):
+            copy(src, dest, delete=True)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+
+
+@needs_root
+def test_not_root_a_directory_it_cannot_enter_is_one_error_naming_it(tmp_path):
+    top = Path(tempfile.mkdtemp(prefix="bacpac-nobody-"))
+    try:
+        os.chmod(top, 0o755)
+        dest = top / "dest"
+        (dest / "closed").mkdir(parents=True)
+        os.chmod(dest / "closed", 0o700)  # root's, so nobody cannot look inside
+        os.chmod(dest, 0o755)
+        script = ("import os, sys; sys.path.insert(0, sys.argv[1])\n"
+                  "from remote_helper.tree.entry import entry, FILE\n"
+                  "from remote_helper.tree.writer import TreeWriter\n"
+                  "from remote_helper.errors import HelperError\n"
+                  "w = TreeWriter(os.fsencode(sys.argv[2]), True, False, False)\n"
+                  "try:\n"
+                  "    w.compare(entry(b'closed/f', FILE))\n"
+                  "except HelperError as e:\n"
+                  "    print(e)\n")
+        root = str(Path(__file__).resolve().parent.parent)
+        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-c", script, root, str(dest)],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == str(dest / "closed" / "f") + ": Permission denied"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=True)
+
+
+def test_a_symlink_the_stream_makes_cannot_be_written_through_afterwards(tmp_path):
+    # The classic tar attack: a member makes a link out of DEST, a later member writes
+    # through it. The link is made (it is data), the write through it is refused.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    writer = TreeWriter(os.fsencode(str(dest)), True, False, False)
+    try:
+        writer.update(entry(b"a", SYMLINK, target=os.fsencode(str(outside))))
+        writer.update(entry(b"up", SYMLINK, target=b".."))
+        for path in (b"a/f", b"up/dest2/f", b"a/sub/f"):
+            with pytest.raises(NotADirectory):
+                writer.add(entry(path, FILE, size=1))
+            with pytest.raises(NotADirectory):
+                writer.update(entry(path, SYMLINK, target=b"x"))
+        with pytest.raises(NotADirectory):
+            writer.update(entry(b"a/d", DIR))
+        with pytest.raises(NotADirectory):
+            writer.update(entry(b"h", HARDLINK, target=b"a/anything"))
+        writer.finish()
+    finally:
+        writer.close()
+    assert os.listdir(outside) == []
+    assert sorted(os.listdir(tmp_path)) == ["dest", "outside"]
+    assert sorted(os.listdir(dest)) == ["a", "up"]
+
+
+# ---- any sequence of entries, fuzzed -----------------------------------------------------------
+
+COMPONENTS = [b"a", b"b", b"..", b".", b"", b"c\0", b"dest", b"outside"]
+TARGETS = [b"..", b"../..", b"a", b"a/b", b"../outside", b"/", b"../../outside/x"]
+hostile_paths = st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=4).map(b"/".join)
+hostile_entries = st.lists(st.tuples(
+    st.sampled_from([FILE, DIR, SYMLINK, HARDLINK, "p"]), hostile_paths,
+    st.one_of(st.sampled_from(TARGETS), hostile_paths), st.booleans()), max_size=12)
+
+
+def snapshot(top: Path) -> list:
+    return sorted((str(p), os.lstat(p).st_mtime_ns, os.lstat(p).st_mode)
+                  for p in [top, *top.rglob("*")])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_entries)
+def test_no_sequence_of_entries_writes_outside_dest(tmp_path_factory, items):
+    top = tmp_path_factory.mktemp("fuzz")
+    (top / "outside").mkdir()
+    (top / "outside" / "x").write_bytes(b"keep")
+    (top / "dest").mkdir()
+    os.symlink("../outside", top / "dest" / "b")  # planted
+    before = snapshot(top / "outside")
+    writer = TreeWriter(os.fsencode(str(top / "dest")), True, False, delete=True)
+    try:
+        for kind, path, target, commit in items:
+            e = entry(path, kind, size=3, target=target)
+            try:
+                writer.compare(e)
+                if kind == FILE:
+                    sink = writer.add(e)
+                    sink.write(0, b"abc")
+                    sink.commit() if commit else sink.abort()
+                else:
+                    writer.update(e)
+            except HelperError:
+                pass
+        writer.finish()
+    finally:
+        writer.close()
+    assert snapshot(top / "outside") == before
+    assert sorted(os.listdir(top)) == ["dest", "outside"]
+
+
+def test_a_nul_in_a_link_target_or_an_attribute_name_is_refused(tmp_path):
+    writer = TreeWriter(os.fsencode(str(tmp_path / "dest")), True, True, False)
+    try:
+        with pytest.raises(UnsafePath, match="embedded null"):
+            writer.update(entry(b"l", SYMLINK, target=b"a\0b"))
+        sink = writer.add(entry(b"f", FILE, size=1, xattrs=[(b"user.a\0b", b"v")]))
+        sink.write(0, b"x")
+        with pytest.raises(UnsafePath, match="embedded null"):
+            sink.commit()
+    finally:
+        writer.close()
+    assert os.listdir(tmp_path / "dest") == []

@@ -16,6 +16,7 @@ DEFAULT = b"system.posix_acl_default"
 PAX_KEYS = {ACCESS: "SCHILY.acl.access", DEFAULT: "SCHILY.acl.default"}
 
 _VERSION = 2
+BASE_SIZE = 4 + 3 * 8  # an ACL of user::, group:: and other:: only: the mode bits
 _NOID = 0xFFFFFFFF
 _TAGS = ((0x01, "user", False), (0x02, "user", True), (0x04, "group", False),
          (0x08, "group", True), (0x10, "mask", False), (0x20, "other", False))

@@ -13,7 +13,8 @@ import stat
 from typing import Callable, List, Optional  # for the type comments
 
 from .entry import BLOCK, CHAR, DIR, FIFO, FILE, ROOT, SOCKET, SYMLINK
-from .safepath import listdir_at, lstat_at, open_dir_at
+from ..errors import HelperError
+from .safepath import listdir_at, lstat_at, open_dir_at, show
 
 _KINDS = ((stat.S_ISDIR, DIR), (stat.S_ISLNK, SYMLINK), (stat.S_ISREG, FILE),
           (stat.S_ISCHR, CHAR), (stat.S_ISBLK, BLOCK), (stat.S_ISFIFO, FIFO),
@@ -37,12 +38,14 @@ def join(parent, name):
 class Remover(object):
     """Removes trees below a directory descriptor; counts and reports what it removes."""
 
-    def __init__(self, excludes=None, on_delete=None, dry_run=False):
-        # type: (object, Optional[Callable[[bytes, str], None]], bool) -> None
+    def __init__(self, excludes=None, on_delete=None, dry_run=False, dest=b"DEST"):
+        # type: (object, Optional[Callable[[bytes, str], None]], bool, bytes) -> None
+        self.dest = dest
         self.excludes = excludes
         self.on_delete = on_delete
         self.dry_run = dry_run
         self.removed = 0
+        self._at = b""  # the path being removed, for a message
 
     def extraneous(self, dir_fd, dir_path, keep):
         # type: (int, bytes, Callable[[bytes], bool]) -> None
@@ -55,6 +58,15 @@ class Remover(object):
     def tree(self, parent_fd, name, path):
         # type: (int, bytes, bytes) -> bool
         """Remove name in parent_fd and all below it; False if something was kept."""
+        try:
+            return self._tree(parent_fd, name, path)
+        except OSError as e:  # where, below path, is in self._at
+            raise HelperError("%s: cannot delete: %s" % (show(self.dest, self._at), e.strerror),
+                              e.errno)
+
+    def _tree(self, parent_fd, name, path):
+        # type: (int, bytes, bytes) -> bool
+        self._at = path
         st = lstat_at(parent_fd, name)
         if st is None:
             return True
@@ -76,7 +88,7 @@ class Remover(object):
                 fd, names = frame[0], frame[1]
                 if names:
                     child = names.pop()
-                    child_path = frame[2] + b"/" + child
+                    child_path = self._at = frame[2] + b"/" + child
                     st = lstat_at(fd, child)
                     if st is None:
                         continue
@@ -106,6 +118,7 @@ class Remover(object):
 
     def _remove(self, dir_fd, name, path, kind):
         # type: (int, bytes, bytes, str) -> None
+        self._at = path
         if not self.dry_run:
             if kind == DIR:
                 os.rmdir(name, dir_fd=dir_fd)

@@ -16,6 +16,7 @@
 # descriptors of the directory last used: the next entry, usually in the same directory or a
 # neighbour, costs at most the opens of the components that differ.
 """
+import errno
 import os
 import stat
 from typing import List, Optional, Tuple  # for the type comments
@@ -120,7 +121,7 @@ class DirStack(object):
         """The descriptor of the directory DEST/parts (the stack keeps it: do not close it).
 
         Raises NotADirectory when a component is a symlink, a file or a node, and
-        FileNotFoundError when one is missing."""
+        OSError otherwise (FileNotFoundError when one is missing)."""
         keep = 0
         while keep < min(len(parts), len(self._parts)) and parts[keep] == self._parts[keep]:
             keep += 1
@@ -131,7 +132,7 @@ class DirStack(object):
             try:
                 new = open_dir_at(fd, name)
             except OSError as e:
-                if isinstance(e, FileNotFoundError):
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
                 raise NotADirectory("%s: not a directory (%s), not followed" % (
                     show(self.dest, b"/".join(parts[:len(self._parts) + 1])),

@@ -7,13 +7,14 @@
 # file (a delta). commit() checks that exactly the promised bytes came, sets size and metadata
 # on the descriptor and renames the file over its name; abort() removes it.
 """
+import errno
 import os
 from typing import TYPE_CHECKING, Optional  # for the type comments
 
 from ..errors import HelperError, IntegrityError, Refused
 from . import meta
 from .entry import Entry
-from .safepath import show
+from .safepath import UnsafePath, show
 
 if TYPE_CHECKING:
     from .writer import TreeWriter  # noqa: F401
@@ -33,6 +34,7 @@ class FileSink(object):
         self._tmp = tmp
         self._fd = fd
         self._base = base
+        self._copy_file_range = getattr(os, "copy_file_range", None)
         self.written = 0  # bytes of content received (data and base copies; holes excluded)
 
     def write(self, offset, data):
@@ -57,12 +59,32 @@ class FileSink(object):
         self._check(offset, length)
         end = offset + length
         while offset < end:
+            done = self._copy_range(offset, end - offset)
+            if done:
+                self.written += done
+                offset += done
+                continue
             data = os.pread(self._base, min(COPY_CHUNK, end - offset), offset)
             if not data:
                 raise IntegrityError("%s: the old file ends at %d, before %d" % (
                     self._where(), offset, end))
             self.write(offset, data)
             offset += len(data)
+
+    def _copy_range(self, offset, length):
+        # type: (int, int) -> int
+        """Bytes copied in the kernel (copy_file_range, Python 3.8+: no copy through Python,
+        shared extents where the file system has them); 0 where it cannot, to read instead."""
+        if self._copy_file_range is None or self._fd < 0:
+            return 0
+        try:
+            return self._copy_file_range(self._base, self._fd, length, offset, offset)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                               errno.EBADF):
+                raise
+            self._copy_file_range = None
+            return 0
 
     def _check(self, offset, length):
         # type: (int, int) -> None
@@ -92,6 +114,9 @@ class FileSink(object):
         except OSError as e:
             self.abort()
             raise HelperError("%s: %s" % (self._where(), e.strerror), e.errno)
+        except ValueError as e:  # a NUL in an attribute's name
+            self.abort()
+            raise UnsafePath("%s: %s" % (self._where(), e))
         except BaseException:
             self.abort()
             raise

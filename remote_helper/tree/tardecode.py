@@ -173,7 +173,7 @@ class TarDecoder(object):
             gname=_text(pax.get(b"gname", _cstr(block[297:329]))),
             size=real_size if kind == FILE else 0,
             mtime_ns=_mtime(pax, _number(block[136:148], "mtime", at), at),
-            target=target if kind in (SYMLINK, HARDLINK) else b"",
+            target=_link_target(kind, target),
             rdev=os.makedev(major, minor), xattrs=_xattrs(pax, at), extents=extents)
         self._member_size = size if kind == FILE else 0
         self._map_len = 0
@@ -326,6 +326,14 @@ def _relative(name):
     return name if name and name != b"." else ROOT
 
 
+def _link_target(kind, target):
+    # type: (str, bytes) -> bytes
+    """A symlink's target as it is; a hard link's as an Entry path, like the member's name."""
+    if kind == SYMLINK:
+        return target
+    return _relative(target) if kind == HARDLINK else b""
+
+
 def _pax_records(body, at):
     # type: (bytes, int) -> dict
     """"LENGTH KEY=VALUE\\n" records as a dict; GNU sparse 0.0's repeated offset/numbytes
@@ -378,15 +386,20 @@ def _check_extents(extents, size, path):
 
 def _xattrs(pax, at):
     # type: (dict, int) -> tuple
-    found = []
+    """SCHILY.xattr.* as they are, and the ACLs of SCHILY.acl.* unless the raw xattr came too
+    (GNU tar --xattrs-include='*' writes both); an access ACL of the three base entries only is
+    the mode bits, which the kernel keeps as no xattr, so it is dropped."""
+    found = {}
     for key, value in pax.items():
         if key.startswith(b"SCHILY.xattr."):
-            found.append((key[len(b"SCHILY.xattr."):], value))
+            found[key[len(b"SCHILY.xattr."):]] = value
     for name, key in acl.PAX_KEYS.items():
         text = pax.get(key.encode())
-        if text:
+        if text and name not in found:
             try:
-                found.append((name, acl.from_text(_text(text))))
+                found[name] = acl.from_text(_text(text))
             except acl.AclError as error:
                 raise TarError("%s at byte %d" % (error, at))
-    return tuple(sorted(found))
+    if len(found.get(acl.ACCESS, b"")) == acl.BASE_SIZE:
+        del found[acl.ACCESS]
+    return tuple(sorted(found.items()))

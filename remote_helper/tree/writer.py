@@ -23,7 +23,7 @@ from ..errors import HelperError, Refused
 from . import meta
 from .entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, ROOT, SOCKET, SYMLINK, Entry
 from .remove import Remover, kind_of
-from .safepath import DirStack, NotADirectory, listdir_at, lstat_at, show, split
+from .safepath import DirStack, NotADirectory, UnsafePath, listdir_at, lstat_at, show, split
 from .sink import FileSink, unlink_quietly
 
 SAME = "same"        # nothing to do
@@ -65,7 +65,10 @@ class TreeWriter(object):
                        "meta": 0, "deleted": 0, "temps_removed": 0, "skipped": 0}
         self.skipped = []  # type: List[str]
         self._dirs = {}  # type: Dict[bytes, Entry]
-        self._seen = set()  # type: Set[bytes]
+        # The hashes of the paths seen, for --delete: less memory than the paths. Two paths
+        # with one hash (about 1 in 10**7 for a million paths) keep an extraneous file, never
+        # delete a wanted one.
+        self._seen = set()  # type: Set[int]
         self._stack = self._open_dest()
 
     def _open_dest(self):
@@ -75,6 +78,8 @@ class TreeWriter(object):
         except FileNotFoundError:
             if self.dry_run:
                 return None
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, ROOT), e.strerror), e.errno)
         try:
             os.mkdir(self.dest, 0o700)
         except OSError as e:
@@ -95,7 +100,14 @@ class TreeWriter(object):
     def compare(self, entry):
         # type: (Entry) -> str
         """SAME, META or CONTENT for entry against what DEST holds (size+mtime quick check)."""
-        self._note(entry)
+        try:
+            self._note(entry)
+            return self._compare(entry)
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+
+    def _compare(self, entry):
+        # type: (Entry) -> str
         st = self._lstat(entry.path)
         if st is None:
             return CONTENT
@@ -150,12 +162,14 @@ class TreeWriter(object):
         directory is met, the temporary names a cut run left in it go."""
         split(entry.path)
         if self.delete:
-            self._seen.add(entry.path)
+            self._seen.add(hash(entry.path))
         if entry.kind == DIR:
             first = entry.path not in self._dirs
             self._dirs[entry.path] = entry
             if first and not self.dry_run:
                 self._remove_temps(entry.path)
+        elif entry.path in self._dirs:
+            del self._dirs[entry.path]  # the same path again, as no directory: the last wins
 
     def _remove_temps(self, path):
         # type: (bytes) -> None
@@ -183,6 +197,8 @@ class TreeWriter(object):
             self._update(entry)
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+        except ValueError as e:  # a NUL in a link's target or an attribute's name
+            raise UnsafePath("%s: %s" % (show(self.dest, entry.path), e))
 
     def _update(self, entry):
         # type: (Entry) -> None
@@ -286,7 +302,7 @@ class TreeWriter(object):
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.delete:
                 raise Refused("%s: a directory that is not empty is where the source has no "
                               "directory; --delete replaces it" % show(self.dest, path))
-        remover = Remover(self.excludes, self.on_delete)
+        remover = Remover(self.excludes, self.on_delete, dest=self.dest)
         if not remover.tree(parent, name, path):
             raise Refused("%s: a directory holding excluded files is where the source has "
                           "no directory" % show(self.dest, path))
@@ -358,13 +374,15 @@ class TreeWriter(object):
 
     def _delete(self, dirs):
         # type: (List[bytes]) -> None
-        remover = Remover(self.excludes, self.on_delete, self.dry_run)
+        remover = Remover(self.excludes, self.on_delete, self.dry_run, self.dest)
         for path in dirs:
             try:
                 fd = self.stack.open(split(path))
             except (FileNotFoundError, NotADirectory):
                 continue
-            remover.extraneous(fd, path, lambda p: p in self._seen or TEMP_NAME.match(
+            except OSError as e:
+                raise HelperError("%s: %s" % (show(self.dest, path), e.strerror), e.errno)
+            remover.extraneous(fd, path, lambda p: hash(p) in self._seen or TEMP_NAME.match(
                 p.rsplit(b"/", 1)[-1]) is not None)
         self.counts["deleted"] += remover.removed
 
@@ -376,6 +394,9 @@ class TreeWriter(object):
                 meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
                 return
             parent, name = self.stack.parent(entry.path)
+            st = lstat_at(parent, name)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                return  # never made (a failed copy), or replaced since: nothing to finish
             meta.apply_at(parent, name, entry, self.owners, self.xattrs)
         except (FileNotFoundError, NotADirectory):
             return  # never made (a dry run, a failed copy): nothing to finish
