@@ -168,7 +168,11 @@ class _Answers:
                     self._reader.send(protocol.encode(WANTS, frame.payload, frame.offset))
                     continue
                 if frame.type == PROGRESS:
-                    self._counters.set_written(int(self._writer.json(frame).get("written", 0)))
+                    progress = self._writer.json(frame)
+                    self._counters.set_written(int(progress.get("written", 0)))
+                    self._counters.set_files(int(progress.get("files", 0)),
+                                             int(progress.get("wanted", 0)),
+                                             str(progress.get("current", "")))
                     continue
                 self.result = self._writer.expect(frame, RESULT, self._where)
                 return

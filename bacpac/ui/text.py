@@ -74,6 +74,14 @@ def status_mark(summary: JobSummary) -> str:
     return "✓" if summary.status == "ok" else "✗"
 
 
+def files_text(done: int, wanted: int, current: str) -> str:
+    """", 120 of 3000 files, doc/x.txt" in a tree copy, "" otherwise."""
+    if not wanted:
+        return ""
+    shown = current if len(current) <= 40 else "…" + current[-39:]
+    return f", {done} of {wanted} files" + (f", {shown}" if shown else "")
+
+
 def blocks_text(compared: int, sent: int) -> str:
     """", 12 of 4096 blocks sent" in a delta run, "" otherwise."""
     return f", {sent} of {compared} blocks sent" if compared else ""

@@ -473,8 +473,11 @@ class _TreeReceiver(object):
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
+            current = self._current[1].path if self._current is not None else b""
             self._out.send_json(PROGRESS, {"written": self.counts["bytes_sent"],
-                                           "files": self._done_files()})
+                                           "files": self._done_files(),
+                                           "wanted": self.counts["files_sent"],
+                                           "current": current.decode("utf-8", "replace")})
 
     def _done_files(self):
         # type: () -> int
