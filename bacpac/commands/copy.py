@@ -24,6 +24,7 @@ from ..transport.helper import ConnectOptions, HelperSession, open_session
 from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import naming, remote_path, run_tracked, where
 
+OPEN_WITHIN = 600.0  # seconds: connecting, authenticating (a password typed) and HELLO
 RESULT_WITHIN = 24 * 3600.0  # the writer's last work after END (directory times, --delete)
 
 
@@ -78,15 +79,21 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
     src_where = where(first, paths[0])
     dest_path = remote_path(request.dest)
     dest_where = where(request.dest, dest_path)
-    reader = open_session(first, options)
+    # the writer's helper starts (connects, ships, says HELLO) while the reader's does
+    opening = _Opening(request.dest, options)
     writer: Optional[HelperSession] = None
+    try:
+        reader = open_session(first, options)
+    except BaseException:
+        opening.discard()
+        raise
     try:
         facts = reader.request(OPEN, {
             "protocol": protocol.PROTOCOL_VERSION, "job": "read_tree", "roots": paths,
             "one_file_system": request.one_file_system, "excludes": list(request.excludes),
             "xattrs": request.xattrs, "level": request.level or 3,
             "dry_run": request.dry_run}, READY, src_where)
-        writer = open_session(request.dest, options)
+        writer = opening.session()
         ready = writer.request(OPEN, {
             "protocol": protocol.PROTOCOL_VERSION, "job": "write_tree", "dest": dest_path,
             "roots": facts["roots"], "source": {"boot_id": facts.get("boot_id"),
@@ -111,6 +118,8 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
         reader.close(hang_up=True)
         if writer is not None:
             writer.close(hang_up=True)
+        else:
+            opening.discard()
         raise
     reader.close()
     writer.close()
@@ -141,6 +150,47 @@ def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, 
     for problem in end.get("problems", []):
         summary.warnings.append(str(problem))
         sink.emit(JobMessage(job, "warning", f"not copied: {problem}"))
+
+
+class _Opening:
+    """A helper session opened on a thread of its own: session() waits for it (or raises why
+    it could not be opened); discard() closes it, whenever it comes, if nobody took it."""
+
+    def __init__(self, endpoint: Endpoint, options: ConnectOptions) -> None:
+        self._endpoint = endpoint
+        self._options = options
+        self._session: Optional[HelperSession] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="open-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._session = open_session(self._endpoint, self._options)
+        except BaseException as e:
+            self._error = e
+
+    def _wait(self) -> None:
+        self._thread.join(OPEN_WITHIN)
+        if self._thread.is_alive():
+            raise ProtocolError(f"{self._endpoint}: the helper did not start within "
+                                f"{OPEN_WITHIN:g} s")
+
+    def session(self) -> HelperSession:
+        self._wait()
+        if self._error is not None:
+            raise self._error
+        assert self._session is not None
+        return self._session
+
+    def discard(self) -> None:
+        try:
+            self._wait()
+        except BacpacError:
+            return
+        if self._session is not None:
+            self._session.close(hang_up=True)
+            self._session = None
 
 
 class _Answers:
