@@ -158,6 +158,8 @@ def _add_copy_parser(commands: argparse._SubParsersAction, parent: _Parser) -> N
                       help="delete what is in DEST and not in SRC")
     copy.add_argument("-n", "--dry-run", action="store_true",
                       help="show what would be sent and deleted; write nothing")
+    copy.add_argument("-c", "--checksum", action="store_true",
+                      help="compare files by their sha256, not by size and mtime")
     copy.add_argument("--xattrs", action="store_true",
                       help="keep extended attributes and POSIX ACLs")
     copy.add_argument("--level", type=int, default=None,
@@ -184,7 +186,8 @@ def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
     request = CopyRequest(sources=tuple(parse_endpoint(p) for p in args.paths[:-1]),
                           dest=parse_endpoint(args.paths[-1]), excludes=_exclude_patterns(args),
                           one_file_system=args.one_file_system, delete=args.delete,
-                          dry_run=args.dry_run, xattrs=args.xattrs, level=args.level)
+                          dry_run=args.dry_run, xattrs=args.xattrs, checksum=args.checksum,
+                          level=args.level)
     run_copy(request, connect_options(args), sink)
 
 

@@ -176,3 +176,18 @@ def test_the_oldest_python_runs_both_helpers(tree_src: Path, tmp_path: Path) -> 
     run = bacpac("copy", "--no-progress", "--json", "--remote-python", python, tree_src, dst)
     assert run.returncode == 0, (version, run.stderr)
     same_tree(tree_src, dst)
+
+
+def test_checksum_finds_a_change_the_quick_check_misses(copier: Copier, tree_src: Path,
+                                                        tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    copier.ok(tree_src, dst)
+    changed = dst / "special" / "utf8-\xe9t\xe9".encode().decode("utf-8")
+    before = os.stat(changed)
+    changed.write_bytes(b"UTF8\n")  # same size, then the same mtime: the quick check sees none
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    quick = copier.ok(f"{tree_src}/", dst)
+    assert quick["files_sent"] == 0 and changed.read_bytes() == b"UTF8\n"
+    summed = copier.ok(f"{tree_src}/", dst, "--checksum")
+    assert summed["files_sent"] == 1 and summed["content_bytes"] == 5
+    same_tree(tree_src, dst)

@@ -100,3 +100,13 @@ def test_windows_are_cut_within_the_cap() -> None:
 def test_a_bad_window_is_a_protocol_error(payload: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         manifest.decode_window(payload)
+
+
+def test_windows_carry_a_digest_per_file_with_checksum() -> None:
+    items = [entry(b"d", DIR), entry(b"d/f", FILE, size=1)]
+    (_, payload), = manifest.windows(((None, i) for i in items),
+                                     lambda disk, item: "ab" * 32 if item.kind == FILE else None)
+    assert manifest.decode_window_digests(payload) == (items, [None, "ab" * 32])
+    bad = zlib.compress(json.dumps([manifest.entry_row(items[1]) + ["short"]]).encode())
+    with pytest.raises(RemoteProtocolError):
+        manifest.decode_window(bad)

@@ -37,6 +37,7 @@ class CopyRequest:
     delete: bool = False
     dry_run: bool = False
     xattrs: bool = False
+    checksum: bool = False
     level: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
@@ -92,14 +93,15 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
             "protocol": protocol.PROTOCOL_VERSION, "job": "read_tree", "roots": paths,
             "one_file_system": request.one_file_system, "excludes": list(request.excludes),
             "xattrs": request.xattrs, "level": request.level or 3,
-            "dry_run": request.dry_run}, READY, src_where)
+            "dry_run": request.dry_run, "checksum": request.checksum}, READY, src_where)
         writer = opening.session()
         ready = writer.request(OPEN, {
             "protocol": protocol.PROTOCOL_VERSION, "job": "write_tree", "dest": dest_path,
             "roots": facts["roots"], "source": {"boot_id": facts.get("boot_id"),
                                                 "roots": facts["roots"]},
             "delete": request.delete, "dry_run": request.dry_run, "xattrs": request.xattrs,
-            "excludes": list(request.excludes)}, READY, dest_where)
+            "checksum": request.checksum, "excludes": list(request.excludes)}, READY,
+            dest_where)
         reader.send_json(READY, {"names": ready["names"]})
         sink.emit(JobStarted(job, "copy", summary.source, str(request.dest), None, 0))
         counters = Counters(job, sink)

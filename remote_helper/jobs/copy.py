@@ -31,7 +31,7 @@ from ..target.checks import absolute
 from ..tree import manifest, tar
 from ..tree.exclude import Excludes
 from ..tree.tardecode import TarDecoder
-from ..tree.writer import META, SAME, TreeWriter
+from ..tree.writer import CONTENT, META, SAME, TreeWriter
 from ..tree.entry import DIR, FILE, ROOT, Entry
 from ..tree.walk import WalkError, Walker
 from ..wire import codecs, protocol, zstdframe
@@ -98,7 +98,8 @@ def run_read_tree(job, inp, out):
     entries = 0
     waiting = deque()  # type: Deque[List[Tuple[bytes, Entry]]]
     try:
-        for batch, payload in manifest.windows(walker.walk(roots)):
+        digest_of = _file_digest if job.get("checksum") else None
+        for batch, payload in manifest.windows(walker.walk(roots), digest_of):
             out.send(protocol.encode(MANIFEST, payload, entries, 0, len(batch)))
             entries += len(batch)
             waiting.append(batch)
@@ -127,6 +128,31 @@ def _send_wanted(inp, batch, sender, dry_run):
             raise ProtocolError("WANTS names entry %r, which is no file of its window" % (index,))
         if not dry_run:
             sender.add(*batch[index])
+
+
+def _file_digest(disk, item):
+    # type: (bytes, Entry) -> Optional[str]
+    """A FILE's sha256 for --checksum (None for anything else, or a file gone since)."""
+    if item.kind != FILE:
+        return None
+    try:
+        fd = os.open(disk, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return _sha256_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_fd(fd):
+    # type: (int) -> str
+    sha = hashlib.sha256()
+    while True:
+        chunk = os.read(fd, READ_CHUNK)
+        if not chunk:
+            return sha.hexdigest()
+        sha.update(chunk)
 
 
 class _ContentSender(object):
@@ -357,7 +383,7 @@ def run_write_tree(job, inp, out):
                                       _excludes(job), dry_run, on_delete=on_delete)
     try:
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
-        result = _TreeReceiver(writer, out, dry_run).run(inp)
+        result = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum"))).run(inp)
         if dry_run:
             result["would_delete"] = would_delete
     finally:
@@ -368,9 +394,10 @@ def run_write_tree(job, inp, out):
 class _TreeReceiver(object):
     """The writing side's main loop: manifest windows in, WANTS out, tar content into sinks."""
 
-    def __init__(self, writer, out, dry_run):
-        # type: (TreeWriter, Output, bool) -> None
+    def __init__(self, writer, out, dry_run, checksum=False):
+        # type: (TreeWriter, Output, bool, bool) -> None
         self._writer = writer
+        self._checksum = checksum
         self._out = out
         self._dry = dry_run
         self._windows = deque()  # type: Deque[_Window]
@@ -411,7 +438,7 @@ class _TreeReceiver(object):
     def _manifest(self, frame):
         # type: (protocol.Frame) -> None
         window = _Window()
-        window.entries = manifest.decode_window(frame.payload)
+        window.entries, digests = manifest.decode_window_digests(frame.payload)
         want = []
         counts = self.counts
         for index, item in enumerate(window.entries):
@@ -426,6 +453,9 @@ class _TreeReceiver(object):
             counts["files_total"] += 1
             counts["bytes_total"] += item.size
             verdict = self._writer.compare(item)
+            if verdict != CONTENT and self._checksum and not self._same_digest(item,
+                                                                               digests[index]):
+                verdict = CONTENT
             if verdict == SAME:
                 counts["files_unchanged"] += 1
             elif verdict == META:
@@ -443,6 +473,19 @@ class _TreeReceiver(object):
         self._out.send_json(WANTS, {"window": frame.offset, "want": want})
         self._windows.append(window)
         self._settle()
+
+    def _same_digest(self, item, digest):
+        # type: (Entry, Optional[str]) -> bool
+        """--checksum: whether DEST's file has the content whose sha256 the reader sent."""
+        if digest is None:
+            return True  # the reader could not read it: the quick check stands
+        fd = self._writer.old_file(item)
+        if fd is None:
+            return False
+        try:
+            return _sha256_fd(fd) == digest
+        finally:
+            os.close(fd)
 
     def _settle(self):
         # type: () -> None

@@ -9,7 +9,7 @@
 """
 import json
 import zlib
-from typing import Any, Iterable, Iterator, List, Tuple  # for the type comments
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple  # for the type comments
 
 from ..errors import RemoteProtocolError
 from .entry import KINDS, Entry
@@ -25,12 +25,14 @@ def _text(data):
     return data.decode("latin-1")
 
 
-def entry_row(item):
-    # type: (Entry) -> list
-    return [_text(item.path), item.kind, item.mode, item.uid, item.gid, item.uname,
+def entry_row(item, digest=None):
+    # type: (Entry, Optional[str]) -> list
+    """The entry as a JSON array; with --checksum a FILE's sha256 (hex) follows as a 14th."""
+    row = [_text(item.path), item.kind, item.mode, item.uid, item.gid, item.uname,
             item.gname, item.size, item.mtime_ns, _text(item.target), item.rdev,
             [[_text(n), _text(v)] for n, v in item.xattrs],
             None if item.extents is None else [list(e) for e in item.extents]]
+    return row if digest is None else row + [digest]
 
 
 def encode_window(rows):
@@ -39,8 +41,8 @@ def encode_window(rows):
     return zlib.compress(("[" + ",".join(rows) + "]").encode("ascii"), 6)
 
 
-def windows(pairs):
-    # type: (Iterable[Tuple[Any, Entry]]) -> Iterator[tuple]
+def windows(pairs, digest_of=None):
+    # type: (Iterable[Tuple[Any, Entry]], Optional[Callable[[Any, Entry], Optional[str]]]) -> Iterator[tuple]
     """(batch, payload) per window of the walk's (anything, entry) pairs (the reader's disk
     path, say), each window within the caps; the batch holds the pairs."""
     batch = []  # type: List[Tuple[Any, Entry]]
@@ -48,7 +50,8 @@ def windows(pairs):
     size = 0
     for pair in pairs:
         item = pair[1]
-        row = json.dumps(entry_row(item), separators=(",", ":"))
+        digest = digest_of(pair[0], item) if digest_of is not None else None
+        row = json.dumps(entry_row(item, digest), separators=(",", ":"))
         if len(row) > WINDOW_BYTES:
             raise ValueError("%s: too much metadata (%d bytes) for one entry"
                              % (item.path.decode("utf-8", "replace"), len(row)))
@@ -88,7 +91,7 @@ def _str(value):
 
 def decode_row(row):
     # type: (object) -> Entry
-    if not isinstance(row, list) or len(row) != 13:
+    if not isinstance(row, list) or len(row) not in (13, 14):
         raise RemoteProtocolError("bad manifest entry: %r" % (row,))
     kind = row[1]
     if kind not in KINDS:
@@ -111,6 +114,22 @@ def decode_row(row):
 
 def decode_window(payload):
     # type: (bytes) -> List[Entry]
+    """The entries of a window."""
+    return decode_window_digests(payload)[0]
+
+
+def digest_of_row(row):
+    # type: (list) -> Optional[str]
+    if len(row) < 14 or row[13] is None:
+        return None
+    if not isinstance(row[13], str) or len(row[13]) != 64:
+        raise RemoteProtocolError("bad manifest digest %r" % (row[13],))
+    return row[13]
+
+
+def decode_window_digests(payload):
+    # type: (bytes) -> Tuple[List[Entry], List[Optional[str]]]
+    """The entries of a window, and the sha256 of each (None where none was sent)."""
     z = zlib.decompressobj()
     try:
         raw = z.decompress(payload, MAX_RAW)
@@ -124,4 +143,5 @@ def decode_window(payload):
         raise RemoteProtocolError("bad manifest window: %s" % e)
     if not isinstance(rows, list):
         raise RemoteProtocolError("bad manifest window: not a list")
-    return [decode_row(r) for r in rows]
+    entries = [decode_row(r) for r in rows]
+    return entries, [digest_of_row(r) for r in rows]
