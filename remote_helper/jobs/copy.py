@@ -574,6 +574,10 @@ class _TreeReceiver(object):
         if self._offset:
             self._decoder.close()
         self._settle()
+        if not self._writer.delete and not any(self._writer.counts.values()):
+            # nothing was made or changed: no syncfs (on a busy file system it waits for
+            # everybody else's writes, the rerun of an unchanged tree's largest cost)
+            self._writer.fsync = False
         finished = self._writer.finish()
         result = dict(self.counts)  # type: Dict[str, Any]
         result["sha256"] = sha256
