@@ -191,3 +191,24 @@ def test_checksum_finds_a_change_the_quick_check_misses(copier: Copier, tree_src
     summed = copier.ok(f"{tree_src}/", dst, "--checksum")
     assert summed["files_sent"] == 1 and summed["content_bytes"] == 5
     same_tree(tree_src, dst)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_one_file_system_does_not_descend_into_a_mount(tmp_path: Path, no_helper_left) -> None:
+    src = tmp_path / "src"
+    (src / "mnt").mkdir(parents=True)
+    (src / "here").write_bytes(b"here\n")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(src / "mnt")],
+                      capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs failed here")
+    try:
+        (src / "mnt" / "there").write_bytes(b"there\n")
+        run = bacpac("copy", "--no-progress", "-x", src, tmp_path / "x")
+        assert run.returncode == 0, run.stderr
+        assert (tmp_path / "x" / "here").exists() and (tmp_path / "x" / "mnt").is_dir()
+        assert os.listdir(tmp_path / "x" / "mnt") == []
+        run = bacpac("copy", "--no-progress", src, tmp_path / "all")
+        assert run.returncode == 0, run.stderr
+        assert (tmp_path / "all" / "mnt" / "there").read_bytes() == b"there\n"
+    finally:
+        subprocess.run(["umount", str(src / "mnt")], check=True)
