@@ -224,20 +224,9 @@ def _extents(path: bytes, size: int) -> tuple:
 def encode_tree(top) -> bytes:
     """The tree under top as a pax archive made by our encoder (header, data, padding per
     entry, then the end of the archive): what a tree copy or a tree saveset carries."""
-    from remote_helper.tree import tar
+    from remote_helper.tree.tarstream import TarStream
     t = os.fsencode(top)
-    out = []
-    for e in entries_of(top):
-        out.append(tar.encode_header(e))
-        if e.kind == "f":
-            with open(os.path.join(t, e.path), "rb") as f:
-                if e.extents is not None:
-                    out.append(tar.sparse_map(e))
-                    for offset, length in e.extents:
-                        f.seek(offset)
-                        out.append(f.read(length))
-                else:
-                    out.append(f.read())
-            out.append(tar.padding(tar.member_data_size(e)))
-    out.append(tar.END_OF_ARCHIVE)
+    stream = TarStream(lambda e: open(os.path.join(t, e.path), "rb"))
+    out = [piece for e in entries_of(top) for piece in stream.member(e)]
+    out.append(stream.end())
     return b"".join(out)

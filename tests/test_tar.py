@@ -272,3 +272,33 @@ def test_device_numbers_survive(tree_src):
     members = {m[0].path: m[0] for m in decode(encode_tree(tree_src))}
     assert members[b"special/blockdev"].rdev == os.makedev(7, 200)
     assert members[b"special/chardev"].rdev == os.makedev(1, 3)
+
+
+def test_a_hard_link_carrying_data_is_skipped_over():
+    link = entry(b"b", HARDLINK, target=b"a")
+    header = bytearray(tar.encode_header(link))
+    header[124:136] = b"%011o\0" % 5
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    after = entry(b"c", "f", size=2)
+    data = (bytes(header) + b"hello" + tar.padding(5) + tar.encode_header(after) + b"hi"
+            + tar.padding(2) + tar.END_OF_ARCHIVE)
+    members = decode(data)
+    assert [(m[0].path, m[2]) for m in members] == [(b"b", 0), (b"c", 2)]
+
+
+def test_tar_stream_keeps_the_archive_whole_when_a_file_changes_size(tmp_path):
+    from remote_helper.tree.tarstream import TarStream
+    for name, data in ((b"shrank", b"abc"), (b"grew", b"0123456789"), (b"same", b"12345")):
+        (tmp_path / name.decode()).write_bytes(data)
+    promised = [entry(b"shrank", "f", size=6), entry(b"grew", "f", size=4),
+                entry(b"same", "f", size=5)]
+    stream = TarStream(lambda e: open(tmp_path / e.path.decode(), "rb"), chunk=2)
+    data = b"".join(p for e in promised for p in stream.member(e)) + stream.end()
+    assert stream.changed == [b"shrank", b"grew"]
+    assert stream.bytes == len(data)
+    members = decode(data)
+    assert [m[1] for m in members] == [hashlib.sha256(d).hexdigest()
+                                       for d in (b"abc\0\0\0", b"0123", b"12345")]
+    run = subprocess.run(["tar", "-tvf", "-"], input=data, capture_output=True, timeout=60)
+    assert run.returncode == 0 and run.stderr == b""

@@ -175,7 +175,8 @@ class TarDecoder(object):
             mtime_ns=_mtime(pax, _number(block[136:148], "mtime", at), at),
             target=_link_target(kind, target),
             rdev=os.makedev(major, minor), xattrs=_xattrs(pax, at), extents=extents)
-        self._member_size = size if kind == FILE else 0
+        # a hard link may carry its file's data (pax -o linkdata): skipped, as GNU tar does
+        self._member_size = size if kind in (FILE, HARDLINK) else 0
         self._map_len = 0
         if kind == FILE and pax.get(b"GNU.sparse.major") == b"1":
             self._map_text = b""
