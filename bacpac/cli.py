@@ -158,6 +158,9 @@ def _add_copy_parser(commands: argparse._SubParsersAction, parent: _Parser) -> N
                       help="delete what is in DEST and not in SRC")
     copy.add_argument("-n", "--dry-run", action="store_true",
                       help="show what would be sent and deleted; write nothing")
+    copy.add_argument("--saveset", metavar="PATH", default=None,
+                      help="also write the whole tree as a tar.zst saveset at PATH on the "
+                      "writing host (stock 'tar --zstd -xpf' extracts it)")
     copy.add_argument("-c", "--checksum", action="store_true",
                       help="compare files by their sha256, not by size and mtime")
     copy.add_argument("--xattrs", action="store_true",
@@ -187,7 +190,7 @@ def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
                           dest=parse_endpoint(args.paths[-1]), excludes=_exclude_patterns(args),
                           one_file_system=args.one_file_system, delete=args.delete,
                           dry_run=args.dry_run, xattrs=args.xattrs, checksum=args.checksum,
-                          level=args.level)
+                          saveset=args.saveset, level=args.level)
     run_copy(request, connect_options(args), sink)
 
 

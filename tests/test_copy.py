@@ -212,3 +212,37 @@ def test_one_file_system_does_not_descend_into_a_mount(tmp_path: Path, no_helper
         assert (tmp_path / "all" / "mnt" / "there").read_bytes() == b"there\n"
     finally:
         subprocess.run(["umount", str(src / "mnt")], check=True)
+
+
+def _extracted(saveset: Path, where: Path) -> Path:
+    where.mkdir()
+    subprocess.run(["tar", "--zstd", "-xpf", str(saveset), "-C", str(where)], check=True,
+                   capture_output=True)
+    return where
+
+
+def test_saveset_holds_the_whole_tree_on_a_first_copy_and_a_rerun(
+        copier: Copier, tree_src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    first = copier.ok(tree_src, dst, "--saveset", tmp_path / "first.tar.zst")
+    again = copier.ok(f"{tree_src}/", dst, "--saveset", tmp_path / "again.tar.zst")
+    assert again["files_sent"] == 0
+    for name, summary in (("first", first), ("again", again)):
+        saveset = tmp_path / f"{name}.tar.zst"
+        assert summary["saveset_sha256"]
+        assert listing(_extracted(saveset, tmp_path / f"x-{name}")) == listing(tree_src)
+        assert contents(tmp_path / f"x-{name}") == contents(tree_src)
+        verify = bacpac("verify", "--no-progress", saveset)
+        assert verify.returncode == 0, verify.stderr
+    data = bytearray((tmp_path / "first.tar.zst").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "first.tar.zst").write_bytes(bytes(data))
+    assert bacpac("verify", "--no-progress", tmp_path / "first.tar.zst").returncode == 1
+
+
+def test_saveset_inside_dest_is_refused(tree_src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    run = bacpac("copy", "--no-progress", "--saveset", dst / "s.tar.zst", tree_src, dst)
+    run.one_error_line(2, "inside DEST", alone=False)
+    assert os.listdir(dst) == []

@@ -22,7 +22,7 @@ from ..errors import BacpacError, ProtocolError, UsageError, interruption
 from ..spec import Endpoint
 from ..transport.helper import ConnectOptions, HelperSession, open_session
 from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
-from .jobs import naming, remote_path, run_tracked, where
+from .jobs import naming, remote_path, run_tracked, saveset_metadata, where
 
 OPEN_WITHIN = 600.0  # seconds: connecting, authenticating (a password typed) and HELLO
 RESULT_WITHIN = 24 * 3600.0  # the writer's last work after END (directory times, --delete)
@@ -38,6 +38,7 @@ class CopyRequest:
     dry_run: bool = False
     xattrs: bool = False
     checksum: bool = False
+    saveset: Optional[str] = None  # a path on the writing host
     level: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
@@ -50,6 +51,8 @@ def check_request(request: CopyRequest) -> None:
     for src in request.sources[1:]:
         if (src.host, src.user) != (first.host, first.user):
             raise UsageError(f"{src}: every source must be on the same host ({first} is not)")
+    if request.saveset and request.dry_run:
+        raise UsageError("--saveset: not with --dry-run, which writes nothing")
     if not first.is_local and not request.dest.is_local:
         raise UsageError(f"{first} → {request.dest}: one side must be local (a copy between "
                          "two remote hosts is not supported)")
@@ -62,7 +65,8 @@ def run_copy(request: CopyRequest, options: ConnectOptions, sink: Sink) -> JobSu
     check_request(request)
     sources = " ".join(str(s) for s in request.sources)
     job = f"{sources} → {request.dest}"
-    summary = JobSummary(command="copy", source=sources, target=str(request.dest))
+    summary = JobSummary(command="copy", source=sources, target=str(request.dest),
+                         saveset=request.saveset)
     return run_tracked(sink, job, summary, lambda s: _copy(request, options, sink, job, s))
 
 
@@ -100,8 +104,8 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
             "roots": facts["roots"], "source": {"boot_id": facts.get("boot_id"),
                                                 "roots": facts["roots"]},
             "delete": request.delete, "dry_run": request.dry_run, "xattrs": request.xattrs,
-            "checksum": request.checksum, "excludes": list(request.excludes)}, READY,
-            dest_where)
+            "checksum": request.checksum, "excludes": list(request.excludes),
+            "saveset": _saveset_spec(request, paths[0])}, READY, dest_where)
         reader.send_json(READY, {"names": ready["names"]})
         sink.emit(JobStarted(job, "copy", summary.source, str(request.dest), None, 0))
         counters = Counters(job, sink)
@@ -127,6 +131,14 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
     writer.close()
 
 
+def _saveset_spec(request: CopyRequest, source: str) -> Optional[dict]:
+    if not request.saveset:
+        return None
+    path = request.saveset if not request.dest.is_local else remote_path(Endpoint(request.saveset))
+    return {"path": path, "level": request.level or 3,
+            "metadata": saveset_metadata("tree", source, 0, 4 << 20)}
+
+
 def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, sink: Sink,
             job: str) -> None:
     summary.sha256 = result.get("sha256")
@@ -142,6 +154,9 @@ def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, 
     extra["stream_bytes"] = int(result.get("stream_bytes", 0))
     extra["content_bytes"] = int(result.get("bytes_sent", 0))
     extra["dry_run"] = request.dry_run
+    if result.get("saveset"):
+        extra["saveset_sha256"] = result["saveset"].get("sha256")
+        extra["saveset_bytes"] = result["saveset"].get("bytes")
     if request.dry_run:
         extra["would_send"] = list(result.get("would_send", []))
         extra["would_delete"] = list(result.get("would_delete", []))

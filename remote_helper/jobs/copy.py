@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple  # for
 
 from ..errors import HelperError, IntegrityError, ProtocolError, Refused
 from ..target import devices
-from ..target.checks import absolute
+from ..target.checks import absolute, require_directory
 from ..tree import manifest, tar
 from ..tree.exclude import Excludes
 from ..tree.tardecode import TarDecoder
+from ..tree.tarstream import TarStream
 from ..tree.writer import CONTENT, META, SAME, TreeWriter
+from ..saveset.treeset import TreeSavesetOutput
 from ..tree.entry import DIR, FILE, ROOT, Entry
 from ..tree.walk import WalkError, Walker
 from ..wire import codecs, protocol, zstdframe
@@ -353,6 +355,27 @@ def refuse_overlap(dest, source):
             raise Refused("%s: the source %s lies inside DEST" % (dest, root.get("path")))
 
 
+SAVESET_FRAME = 4 << 20
+
+
+def _open_saveset(spec, top, dry_run):
+    # type: (Optional[dict], str, bool) -> Optional[TreeSavesetOutput]
+    """The tree saveset, under its temporary name, checked before the first byte: not inside
+    DEST (the copy would hold it, --delete remove it), its directory present."""
+    if not spec:
+        return None
+    if dry_run:
+        raise Refused("--saveset: not with --dry-run, which writes nothing")
+    path = absolute(os.path.expanduser(str(spec["path"])))
+    real_top = os.path.realpath(top)
+    if os.path.realpath(os.path.dirname(path)).startswith(real_top.rstrip("/") + "/") or \
+            os.path.realpath(os.path.dirname(path)) == real_top:
+        raise Refused("%s: the saveset would be inside DEST %s" % (path, top))
+    require_directory(path)
+    return TreeSavesetOutput(path, dict(spec.get("metadata") or {}), SAVESET_FRAME,
+                             int(spec.get("level") or 3))
+
+
 class _Window(object):
     __slots__ = ("entries", "left", "deferred")
 
@@ -378,12 +401,26 @@ def run_write_tree(job, inp, out):
         if len(would_delete) < MAX_LISTED:
             would_delete.append(path.decode("latin-1"))
 
-    writer = TreeWriter(os.fsencode(top), os.geteuid() == 0,
-                                      bool(job.get("xattrs")), bool(job.get("delete")),
-                                      _excludes(job), dry_run, on_delete=on_delete)
+    saveset = _open_saveset(job.get("saveset"), top, dry_run)
+    try:
+        writer = TreeWriter(os.fsencode(top), os.geteuid() == 0,
+                            bool(job.get("xattrs")), bool(job.get("delete")),
+                            _excludes(job), dry_run, on_delete=on_delete)
+    except BaseException:
+        if saveset is not None:
+            saveset.discard()
+        raise
     try:
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
-        result = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum"))).run(inp)
+        receiver = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum")), saveset)
+        result = receiver.run(inp)
+        if saveset is not None:
+            result["saveset"] = saveset.commit({"files": result["files_total"]})
+            saveset = None
+    except BaseException:
+        if saveset is not None:
+            saveset.discard()
+        raise
         if dry_run:
             result["would_delete"] = would_delete
     finally:
@@ -394,10 +431,12 @@ def run_write_tree(job, inp, out):
 class _TreeReceiver(object):
     """The writing side's main loop: manifest windows in, WANTS out, tar content into sinks."""
 
-    def __init__(self, writer, out, dry_run, checksum=False):
-        # type: (TreeWriter, Output, bool, bool) -> None
+    def __init__(self, writer, out, dry_run, checksum=False, saveset=None):
+        # type: (TreeWriter, Output, bool, bool, Optional[TreeSavesetOutput]) -> None
         self._writer = writer
         self._checksum = checksum
+        self._saveset = saveset
+        self._tar_out = TarStream(self._old_file) if saveset is not None else None
         self._out = out
         self._dry = dry_run
         self._windows = deque()  # type: Deque[_Window]
@@ -495,6 +534,24 @@ class _TreeReceiver(object):
             for item in window.deferred:
                 if self._writer.compare(item) != SAME:
                     self._writer.update(item)
+            if self._saveset is not None:
+                self._save(window)
+
+    def _save(self, window):
+        # type: (_Window) -> None
+        """The window's entries into the saveset, as DEST now holds them (so a rerun that
+        sent nothing still writes a complete saveset)."""
+        assert self._saveset is not None and self._tar_out is not None
+        for item in window.entries:
+            for piece in self._tar_out.member(item):
+                self._saveset.add_tar(piece)
+
+    def _old_file(self, item):
+        # type: (Entry) -> Any
+        fd = self._writer.old_file(item)
+        if fd is None:
+            raise HelperError("%s: not in DEST to be saved" % _show(item.path))
+        return os.fdopen(fd, "rb")
 
     def _data(self, frame):
         # type: (protocol.Frame) -> None
