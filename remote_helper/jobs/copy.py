@@ -414,6 +414,8 @@ def run_write_tree(job, inp, out):
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
         receiver = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum")), saveset)
         result = receiver.run(inp)
+        if dry_run:
+            result["would_delete"] = would_delete
         if saveset is not None:
             result["saveset"] = saveset.commit({"files": result["files_total"]})
             saveset = None
@@ -421,8 +423,6 @@ def run_write_tree(job, inp, out):
         if saveset is not None:
             saveset.discard()
         raise
-        if dry_run:
-            result["would_delete"] = would_delete
     finally:
         writer.close()
     out.send_json(RESULT, result)
