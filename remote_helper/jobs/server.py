@@ -22,6 +22,7 @@ from ..wire import codecs, protocol
 from ..target import devices
 from ..errors import ClientGone, ProtocolError, RemoteProtocolError, as_helper_error
 from ..wire.protocol import ERROR, OPEN
+from .copy import run_read_tree, run_write_tree
 from .dup import run_dup
 from .restore_tree import run_restore_tree
 from .savesets import run_info, run_read_saveset, run_verify
@@ -125,7 +126,8 @@ def hello():
 
 
 JOBS = {"dup": run_dup, "read_saveset": run_read_saveset, "verify": run_verify,
-        "info": run_info, "restore_tree": run_restore_tree}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
+        "info": run_info, "read_tree": run_read_tree, "write_tree": run_write_tree,
+        "restore_tree": run_restore_tree}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
 
 
 def serve(inp, out):
