@@ -239,3 +239,20 @@ def test_restore_of_a_tree_refuses_verify(made, tmp_path, no_helper_left):
     run = bacpac("restore", "--no-progress", "--verify", str(made["saveset"]), str(dest))
     assert "--verify re-reads a disk image" in run.one_error_line(2, str(made["saveset"]))
     assert not dest.exists()
+
+
+def test_a_copy_saveset_restores_to_the_source_tree(transport: Transport, tmp_path):
+    """copy --saveset on the writing host, then restore from there: the source again, xattrs
+    and ACLs included; info calls it a tree."""
+    src, dst, saveset = tmp_path / "src", tmp_path / "dst", tmp_path / "copy.tar.zst"
+    build_tree(src)
+    run = bacpac("copy", *transport.args(), "--no-progress", "--json", "--xattrs",
+                 "--saveset", str(saveset), f"{src}/", transport.target(dst))
+    assert run.returncode == 0, run.stderr
+    info = bacpac("info", *transport.args(), "--json", transport.target(saveset))
+    assert info.returncode == 0 and '"kind": "tree"' in info.stdout, info.stderr
+    restored = tmp_path / "restored"
+    run = bacpac("restore", *transport.args(), "--no-progress", transport.target(saveset),
+                 str(restored))
+    assert run.returncode == 0, run.stderr
+    same_tree(src, restored)
