@@ -256,3 +256,16 @@ def test_a_copy_saveset_restores_to_the_source_tree(transport: Transport, tmp_pa
                  str(restored))
     assert run.returncode == 0, run.stderr
     same_tree(src, restored)
+
+
+def test_verify_decodes_the_tar_of_a_tree_saveset(made, tmp_path, no_helper_left):
+    run = bacpac("verify", "--no-progress", "--json", str(made["saveset"]))
+    assert run.returncode == 0, run.stderr
+    assert run.summary["entries"] == len(listing(made["src"])) + 1  # and the top, "./"
+    tar = bytearray(encode_tree(made["src"])[:-1024])
+    tar[2048:2560] = b"junk" * 128  # a header: frames and sha256 agree, the tar does not
+    bad = tmp_path / "bad.tar.zst"
+    write_treeset(bad, bytes(tar))
+    run = bacpac("verify", "--no-progress", str(bad))
+    line = run.one_error_line(1, str(bad))
+    assert "tar stream in its frames is damaged: bad pax extended header at byte 1536" in line

@@ -179,5 +179,7 @@ def run_verify(saveset: Endpoint, options: ConnectOptions, sink: Sink) -> JobSum
         summary.extra.update(frames=result.get("frames"), compressed=result.get("compressed"),
                              version=result.get("version"),
                              metadata_checked=result.get("metadata_checked"))
+        if "entries" in result:  # a tree saveset: its tar decoded to the end
+            summary.extra["entries"] = result["entries"]
 
     return run_tracked(sink, str(saveset), summary, body)

@@ -27,6 +27,7 @@ from .format import (CHECKSUM_FLAG, EMPTY_CHECKSUM, ENTRY, FOOTER, FORMAT, KINDS
                       META_MAGIC, READABLE_VERSIONS, RESERVED_BITS, SEEK_TABLE_MAGIC,
                       SEEKABLE_MAGIC, TRAILER_MAGIC, NotASaveset, SavesetCorrupt,
                       canonical_json)
+from .treeset import TarCheck
 from ..wire.zstdframe import (BadFrame, Truncated, decompress_frame, frame_length, is_skippable,
                         parse_header, require_zstd, u32)
 
@@ -340,14 +341,20 @@ def verify(fileobj, decompressor=None):
     """Steps 1 to 3 over every frame; SavesetCorrupt names the first fault.
 
     `decompressor(frame, content_size) -> bytes` raises BadFrame on a damaged frame; by default
-    the zstandard module or the zstd tool (ZstdMissing when the host has neither).
+    the zstandard module or the zstd tool (ZstdMissing when the host has neither). A tree
+    saveset's tar must also decode to its end (its entries are counted).
     """
     reader = SavesetReader(fileobj)
     if decompressor is None:
         require_zstd()
-    for _ in reader.proven_frames(decompressor or decompress_frame):
+    decompress = decompressor or decompress_frame
+    tar = TarCheck() if reader.metadata["kind"] == "tree" else None
+    for _ in reader.proven_frames(tar.wrap(decompress) if tar else decompress):
         pass
-    return reader.summary()
+    summary = reader.summary()
+    if tar is not None:
+        summary["entries"] = tar.close()
+    return summary
 
 
 def info(fileobj):

@@ -11,12 +11,13 @@
 # final name until commit().
 """
 import hashlib
-from typing import Optional  # for the type comments
+from typing import Any, Callable, Optional  # for the type comments
 
 from ..errors import HelperError
-from ..tree.tar import END_OF_ARCHIVE
+from ..tree.tar import END_OF_ARCHIVE, TarError
+from ..tree.tardecode import TarDecoder
 from .atomic import AtomicFile
-from .format import SavesetWriter, compress_frame, require_zstd
+from .format import SavesetCorrupt, SavesetWriter, compress_frame, require_zstd
 
 KIND = "tree"
 
@@ -97,3 +98,46 @@ class TreeSavesetOutput(object):
         # type: (OSError) -> HelperError
         return HelperError("%s: %s" % (self.path, e.strerror or e), e.errno or 0)
 
+
+
+class TarCheck(object):
+    """verify's last step for a tree saveset: the tar itself decodes, to its end, as the
+    frames' content goes by (every header's checksum, every pax record, every sparse map)."""
+
+    def __init__(self):
+        # type: () -> None
+        self._decoder = TarDecoder()
+        self.entries = 0
+
+    def wrap(self, decompress):
+        # type: (Callable[[bytes, int], bytes]) -> Callable[[bytes, int], bytes]
+        """decompress, also feeding what it gives to the decoder."""
+        def checked(frame, content_size):
+            # type: (bytes, int) -> bytes
+            content = decompress(frame, content_size)
+            self._guard(self._feed, content)
+            return content
+        return checked
+
+    def close(self):
+        # type: () -> int
+        """The end of the content: the archive must have ended; the number of entries."""
+        self._guard(self._decoder.close)
+        return self.entries
+
+    def _feed(self, content):
+        # type: (bytes) -> None
+        self._decoder.feed(content)
+        while True:
+            event = self._decoder.next_event()  # type: Any
+            if event is None:
+                return
+            if event[0] == "entry":
+                self.entries += 1
+
+    def _guard(self, call, *args):
+        # type: (Callable, *Any) -> None
+        try:
+            call(*args)
+        except TarError as e:
+            raise SavesetCorrupt("the tar stream in its frames is damaged: %s" % e.message)
