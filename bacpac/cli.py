@@ -10,6 +10,7 @@ import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
 from . import __version__
+from .commands.copy import CopyRequest, run_copy
 from .commands.dup import DupRequest, run_dup
 from .errors import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, BacpacError, Signalled, UsageError,
                      internal_error, interruption)
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore the disk image in SAVESET onto TARGET, with the same checks as "
         "dup. Each frame is checked as verify checks it before it is written; a damaged "
         "saveset is refused naming the frame and byte offset. Either may be remote "
-        "([USER@]HOST:PATH).")
+        "([USER@]HOST:PATH). A tree saveset (from copy --saveset) is restored into the "
+        "directory TARGET, made if missing.")
     restore.add_argument("saveset", metavar="[HOST:]SAVESET")
     restore.add_argument("target", metavar="[HOST:]TARGET")
     _add_write_options(restore)
@@ -136,7 +138,61 @@ def build_parser() -> argparse.ArgumentParser:
         "time and bacpac version, read from the start and end of the saveset only.")
     info.add_argument("saveset", metavar="[HOST:]SAVESET")
     info.set_defaults(run=_cmd_info)
+    _add_copy_parser(commands, parent)
     return parser
+
+
+def _add_copy_parser(commands: argparse._SubParsersAction, parent: _Parser) -> None:
+    copy = commands.add_parser(
+        "copy", parents=[parent], help="copy files and trees, either side remote",
+        description="Copy SRC... to DEST as rsync -aH does: into DEST when it is a directory "
+        "(a SRC ending in '/' gives its contents), a single SRC becomes DEST otherwise. "
+        "Unchanged files (same size and mtime) are not sent.")
+    copy.add_argument("paths", nargs="+", metavar="[HOST:]SRC... [HOST:]DEST")
+    copy.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                      help="skip what matches PATTERN (rsync's rules; repeatable)")
+    copy.add_argument("--exclude-from", action="append", default=[], metavar="FILE",
+                      help="read exclude patterns from FILE, one a line")
+    copy.add_argument("-x", "--one-file-system", action="store_true",
+                      help="do not cross file system boundaries")
+    copy.add_argument("--delete", action="store_true",
+                      help="delete what is in DEST and not in SRC")
+    copy.add_argument("-n", "--dry-run", action="store_true",
+                      help="show what would be sent and deleted; write nothing")
+    copy.add_argument("--saveset", metavar="PATH", default=None,
+                      help="also write the whole tree as a tar.zst saveset at PATH on the "
+                      "writing host (stock 'tar --zstd -xpf' extracts it)")
+    copy.add_argument("-c", "--checksum", action="store_true",
+                      help="compare files by their sha256, not by size and mtime")
+    copy.add_argument("--xattrs", action="store_true",
+                      help="keep extended attributes and POSIX ACLs")
+    copy.add_argument("--level", type=int, default=None,
+                      choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)",
+                      help="zstd compression level (default 3)")
+    copy.set_defaults(run=_cmd_copy)
+
+
+def _exclude_patterns(args: argparse.Namespace) -> tuple[str, ...]:
+    patterns = list(args.exclude)
+    for name in args.exclude_from:
+        try:
+            with open(name, encoding="utf-8", errors="surrogateescape") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise UsageError(f"{name}: {e.strerror}") from None
+        patterns += [line for line in lines if line.strip() and not line.startswith(("#", ";"))]
+    return tuple(patterns)
+
+
+def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
+    if len(args.paths) < 2:
+        raise UsageError("copy: give at least one SRC and a DEST")
+    request = CopyRequest(sources=tuple(parse_endpoint(p) for p in args.paths[:-1]),
+                          dest=parse_endpoint(args.paths[-1]), excludes=_exclude_patterns(args),
+                          one_file_system=args.one_file_system, delete=args.delete,
+                          dry_run=args.dry_run, xattrs=args.xattrs, checksum=args.checksum,
+                          saveset=args.saveset, level=args.level)
+    run_copy(request, connect_options(args), sink)
 
 
 def _add_write_options(parser: argparse.ArgumentParser) -> None:
@@ -242,7 +298,7 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         print(f"{name:<11} {value}")
 
 
-_COMMANDS = ("dup", "backup", "restore", "verify", "info")
+_COMMANDS = ("dup", "backup", "restore", "verify", "info", "copy")
 QUIET_COMMANDS = ("verify", "info")  # their result is what they print, not a progress display
 
 

@@ -48,6 +48,11 @@ def sample_frames() -> list[tuple[bytes, Frame]]:
     sha = hashlib.sha256(b"copied").digest()
     frames.append((protocol.encode_copy(9 << 30, 1 << 20, 5 << 30, sha),
                    Frame(COPY, 0, 9 << 30, 1 << 20, (5 << 30).to_bytes(8, "big") + sha)))
+    window = zlib.compress(b'[["a","f",420,0,0,"","",1,0,"",0,[],null]]')
+    frames.append((protocol.encode(protocol.MANIFEST, window, 4096, 0, 1),
+                   Frame(protocol.MANIFEST, 0, 4096, 1, window)))
+    frames.append((protocol.encode_json(protocol.WANTS, {"want": [0]}),
+                   Frame(protocol.WANTS, 0, 0, 0, b'{"want": [0]}')))
     return frames
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
-from ..errors import BacpacError, ProtocolError, VerifyError, interruption
+from ..errors import BacpacError, ProtocolError, UsageError, VerifyError, interruption
 from ..ui.events import Counters, JobStarted, JobSummary, Sink
 from .jobs import check_result, naming, remote_path, run_tracked, where
 from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
@@ -109,6 +109,13 @@ def _open_reader(reader: HelperSession, saveset: Endpoint) -> dict:
 
 
 def _writer_open(request: RestoreRequest, path: str, meta: dict) -> dict:
+    """The OPEN of the helper that writes: a tree saveset's tar goes to restore_tree, which
+    wants a directory; a disk saveset's image to the dup job, as a dup's stream does."""
+    if (meta.get("metadata") or {}).get("kind") == "tree":
+        if request.verify:
+            raise UsageError(f"{request.saveset}: --verify re-reads a disk image; a tree "
+                             "saveset is proven by its sha256 as it is restored")
+        return {"protocol": protocol.PROTOCOL_VERSION, "job": "restore_tree", "path": path}
     return {"protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": path,
             "size": int(meta["size"]), "force": request.force, "verify": request.verify,
             # the trailer's sha256 is a claim the restore must prove: hash the stream whole
@@ -172,5 +179,7 @@ def run_verify(saveset: Endpoint, options: ConnectOptions, sink: Sink) -> JobSum
         summary.extra.update(frames=result.get("frames"), compressed=result.get("compressed"),
                              version=result.get("version"),
                              metadata_checked=result.get("metadata_checked"))
+        if "entries" in result:  # a tree saveset: its tar decoded to the end
+            summary.extra["entries"] = result["entries"]
 
     return run_tracked(sink, str(saveset), summary, body)

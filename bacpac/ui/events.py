@@ -32,6 +32,9 @@ class JobProgress:
     bytes_written: int
     blocks_compared: int = 0
     blocks_sent: int = 0
+    files_done: int = 0  # a tree copy: files written so far, of those known to need sending
+    files_wanted: int = 0
+    current: str = ""  # the file being written
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,9 @@ class Counters:
         self.bytes_written = 0
         self.blocks_compared = 0
         self.blocks_sent = 0
+        self.files_done = 0
+        self.files_wanted = 0
+        self.current = ""
 
     def add(self, read: int = 0, sent: int = 0, compared: int = 0, blocks_sent: int = 0) -> None:
         with self._lock:
@@ -127,6 +133,14 @@ class Counters:
             event = self._snapshot()
         self._sink.emit(event)
 
+    def set_files(self, done: int, wanted: int, current: str) -> None:
+        """A tree copy's files: written so far, known to need sending, the one being written."""
+        with self._lock:
+            self.files_done, self.files_wanted, self.current = done, wanted, current
+            event = self._snapshot()
+        self._sink.emit(event)
+
     def _snapshot(self) -> JobProgress:
         return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
-                           self.blocks_compared, self.blocks_sent)
+                           self.blocks_compared, self.blocks_sent, self.files_done,
+                           self.files_wanted, self.current)

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from .. import threads
 from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted
-from .text import Clock, status_mark, blocks_text, describe, human_size, result_line
+from .text import Clock, status_mark, blocks_text, describe, files_text, human_size, result_line
 
 
 REFRESH_PER_SECOND = 4
@@ -37,6 +37,7 @@ class _Row:
     written: int = 0
     compared: int = 0  # delta runs only
     blocks_sent: int = 0
+    files: str = ""  # a tree copy's files done, wanted and current
     dirty: bool = False
 
 
@@ -153,13 +154,15 @@ class RichSink:
             row.written = max(row.written, event.bytes_written)
             row.compared = max(row.compared, event.blocks_compared)
             row.blocks_sent = max(row.blocks_sent, event.blocks_sent)
+            if event.files_wanted:
+                row.files = files_text(event.files_done, event.files_wanted, event.current)
             row.dirty = True
 
     def _sync(self) -> None:
         """Copy changed counters into rich's tasks; called by rich before it renders."""
         with self._lock:
             changed = [(row.task_id, row.read, row.sent,
-                        blocks_text(row.compared, row.blocks_sent))
+                        blocks_text(row.compared, row.blocks_sent) + row.files)
                        for row in self._rows.values() if row.dirty]
             for row in self._rows.values():
                 row.dirty = False

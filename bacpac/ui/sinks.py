@@ -19,7 +19,7 @@ from typing import Optional, TextIO
 
 from ..errors import OutputError
 from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted, RunFailed, Sink
-from .text import Clock, blocks_text, describe, human_rate, human_size, result_line, status_mark
+from .text import Clock, blocks_text, describe, files_text, human_rate, human_size, result_line, status_mark
 
 
 @dataclass
@@ -80,7 +80,8 @@ class LogSink:
         job.last_time, job.last_read = now, read
         percent = f"{100 * read / job.total:.0f}% " if job.total else ""
         total = f" of {human_size(job.total)}" if job.total else ""
-        blocks = blocks_text(event.blocks_compared, event.blocks_sent)
+        blocks = (blocks_text(event.blocks_compared, event.blocks_sent)
+                  + files_text(event.files_done, event.files_wanted, event.current))
         self._write(f"{job.label}: {percent}{human_size(read)}{total}, "
                     f"sent {human_size(event.bytes_sent)}{blocks}, {human_rate(rate)}")
 

@@ -55,6 +55,12 @@ def result_line(summary: JobSummary) -> str:
     if summary.seconds > 0:
         parts[0] += f" ({human_rate(summary.bytes_read / summary.seconds)})"
     parts.append(f"sent {human_size(summary.bytes_sent)}")
+    if "files_total" in summary.extra:  # a tree copy: what the quick check spared
+        extra = summary.extra
+        parts.append(f"{extra['files_sent']} of {extra['files_total']} files sent, "
+                     f"{extra.get('files_unchanged', 0)} unchanged"
+                     + (f", {extra['files_deleted']} deleted" if extra.get("files_deleted")
+                        else ""))
     if summary.extra.get("bytes_copied"):
         parts.append(f"{human_size(summary.extra['bytes_copied'])} copied on the target")
     if summary.saveset:
@@ -66,6 +72,14 @@ def result_line(summary: JobSummary) -> str:
 
 def status_mark(summary: JobSummary) -> str:
     return "✓" if summary.status == "ok" else "✗"
+
+
+def files_text(done: int, wanted: int, current: str) -> str:
+    """", 120 of 3000 files, doc/x.txt" in a tree copy, "" otherwise."""
+    if not wanted:
+        return ""
+    shown = current if len(current) <= 40 else "…" + current[-39:]
+    return f", {done} of {wanted} files" + (f", {shown}" if shown else "")
 
 
 def blocks_text(compared: int, sent: int) -> str:

@@ -16,8 +16,9 @@
 #
 # The metadata and the trailer are JSON objects in canonical form (json.dumps, sort_keys, the
 # default separators), so a reader can hold every byte of them to account:
-#   metadata  format "bacpac-saveset", type "metadata", version, kind "disk", size (bytes of
-#             the image), frame_size, created (UTC, ISO 8601), source_host, source_path,
+#   metadata  format "bacpac-saveset", type "metadata", version, kind "disk" or "tree", size
+#             (bytes of the image; null for a tree, whose tar is streamed: see treeset.py),
+#             frame_size, created (UTC, ISO 8601), source_host, source_path,
 #             bacpac_version;
 #   trailer   format, type "trailer", frames (data frames), bytes (of the image), sha256 (of
 #             the image), and from version 2 metadata_sha256: the sha256 of the whole metadata
@@ -39,7 +40,7 @@ from ..wire.zstdframe import BadFrame, check_single_frame, parse_header, skippab
 FORMAT = "bacpac-saveset"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
-KINDS = ("disk",)
+KINDS = ("disk", "tree")  # tree: a pax tar stream, its size unknown until the trailer
 META_MAGIC = 0x184D2A50
 TRAILER_MAGIC = 0x184D2A51
 SEEK_TABLE_MAGIC = 0x184D2A5E

@@ -27,6 +27,7 @@ from .format import (CHECKSUM_FLAG, EMPTY_CHECKSUM, ENTRY, FOOTER, FORMAT, KINDS
                       META_MAGIC, READABLE_VERSIONS, RESERVED_BITS, SEEK_TABLE_MAGIC,
                       SEEKABLE_MAGIC, TRAILER_MAGIC, NotASaveset, SavesetCorrupt,
                       canonical_json)
+from .treeset import TarCheck
 from ..wire.zstdframe import (BadFrame, Truncated, decompress_frame, frame_length, is_skippable,
                         parse_header, require_zstd, u32)
 
@@ -53,7 +54,8 @@ def _is_sha256(value):
 
 METADATA_FIELDS = {
     "version": lambda v: v in READABLE_VERSIONS, "kind": lambda v: v in KINDS,
-    "size": _is_count, "frame_size": lambda v: _is_count(v) and v > 0, "created": _is_text,
+    "size": lambda v: v is None or _is_count(v),  # null for a tree: streamed, size unknown
+    "frame_size": lambda v: _is_count(v) and v > 0, "created": _is_text,
     "source_host": _is_text, "source_path": _is_text, "bacpac_version": _is_text,
 }  # type: Dict[str, Callable[[Any], bool]]
 TRAILER_FIELDS = {"frames": _is_count, "bytes": _is_count, "sha256": _is_sha256}
@@ -132,6 +134,8 @@ class SavesetReader(object):
                                  " versions %s (a newer bacpac wrote it, or it is damaged)"
                                  % (meta.get("version"), " and ".join(map(str, READABLE_VERSIONS))))
         fault = _field_fault(meta, METADATA_FIELDS, set(METADATA_FIELDS) | {"format", "type"})
+        if fault is None and (meta["size"] is None) != (meta["kind"] == "tree"):
+            fault = "size is %r for kind %r" % (meta["size"], meta["kind"])  # only a tree's is null
         if fault is not None:
             raise SavesetCorrupt("metadata frame at byte 0: damaged: %s" % fault)
         return meta, head + payload
@@ -227,7 +231,7 @@ class SavesetReader(object):
         if recorded is not None and hashlib.sha256(self._metadata_frame).hexdigest() != recorded:
             raise SavesetCorrupt("metadata frame at byte 0: damaged: its sha256 is not the one "
                                  "the trailer records")
-        if self.metadata["size"] != trailer["bytes"]:
+        if self.metadata["size"] not in (None, trailer["bytes"]):
             raise SavesetCorrupt("metadata frame at byte 0: image size %d, but the frames hold "
                                  "%d bytes" % (self.metadata["size"], trailer["bytes"]))
 
@@ -337,14 +341,20 @@ def verify(fileobj, decompressor=None):
     """Steps 1 to 3 over every frame; SavesetCorrupt names the first fault.
 
     `decompressor(frame, content_size) -> bytes` raises BadFrame on a damaged frame; by default
-    the zstandard module or the zstd tool (ZstdMissing when the host has neither).
+    the zstandard module or the zstd tool (ZstdMissing when the host has neither). A tree
+    saveset's tar must also decode to its end (its entries are counted).
     """
     reader = SavesetReader(fileobj)
     if decompressor is None:
         require_zstd()
-    for _ in reader.proven_frames(decompressor or decompress_frame):
+    decompress = decompressor or decompress_frame
+    tar = TarCheck() if reader.metadata["kind"] == "tree" else None
+    for _ in reader.proven_frames(tar.wrap(decompress) if tar else decompress):
         pass
-    return reader.summary()
+    summary = reader.summary()
+    if tar is not None:
+        summary["entries"] = tar.close()
+    return summary
 
 
 def info(fileobj):

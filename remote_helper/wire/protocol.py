@@ -43,11 +43,13 @@ PROGRESS = 9  # helper -> client: bytes durably written so far
 DIGESTS = 10  # helper -> client (delta): sha256 of each block of the target segment at `offset`
 MATCH = 11  # client -> helper (delta): the target already holds `size` bytes at `offset`
 COPY = 12  # client -> helper: `size` bytes at `offset` equal to those written at an earlier one
+MANIFEST = 13  # tree reader -> writer: a window of entries (zlib JSON), `offset` its first index
+WANTS = 14  # tree writer -> reader: JSON, the indices of a window whose content it needs
 
 TYPE_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", READY: "READY", DATA: "DATA", HOLE: "HOLE", END: "END",
     RESULT: "RESULT", ERROR: "ERROR", PROGRESS: "PROGRESS", DIGESTS: "DIGESTS", MATCH: "MATCH",
-    COPY: "COPY",
+    COPY: "COPY", MANIFEST: "MANIFEST", WANTS: "WANTS",
 }
 # Frames capped at MAX_CONTROL: everything but DATA (HOLE and MATCH have no payload at all).
 CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}

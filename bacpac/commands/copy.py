@@ -1,0 +1,300 @@
+"""bacpac copy: files and trees from SRC... to DEST, either side remote, or both local.
+
+# Strategy: a copy runs two helpers, one where the sources are (read_tree: it walks them and
+# reads the content) and one where DEST is (write_tree: it compares, asks for what differs,
+# and writes), each a local subprocess or an SSH session, as a restore does. The client only
+# relays frames: the reader's MANIFEST, DATA and END to the writer on the calling thread, the
+# writer's WANTS back to the reader on a thread of its own (with PROGRESS and the RESULT).
+# So push, pull and local copies run the same code, and the client holds no file list.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+from remote_helper.wire import protocol
+from remote_helper.wire.protocol import (DATA, END, ERROR, MANIFEST, OPEN, PROGRESS, READY,
+                                         RESULT, WANTS)
+
+from .. import threads
+from ..errors import BacpacError, ProtocolError, UsageError, interruption
+from ..spec import Endpoint
+from ..transport.helper import ConnectOptions, HelperSession, open_session
+from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
+from .jobs import naming, remote_path, run_tracked, saveset_metadata, where
+
+OPEN_WITHIN = 600.0  # seconds: connecting, authenticating (a password typed) and HELLO
+RESULT_WITHIN = 24 * 3600.0  # the writer's last work after END (directory times, --delete)
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    sources: tuple[Endpoint, ...]
+    dest: Endpoint
+    excludes: tuple[str, ...] = ()
+    one_file_system: bool = False
+    delete: bool = False
+    dry_run: bool = False
+    xattrs: bool = False
+    checksum: bool = False
+    saveset: Optional[str] = None  # a path on the writing host
+    level: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+
+def check_request(request: CopyRequest) -> None:
+    """Usage errors, before any connection: sources on one host, not both sides remote."""
+    if not request.sources:
+        raise UsageError("copy: no source given")
+    first = request.sources[0]
+    for src in request.sources[1:]:
+        if (src.host, src.user) != (first.host, first.user):
+            raise UsageError(f"{src}: every source must be on the same host ({first} is not)")
+    if request.saveset and request.dry_run:
+        raise UsageError("--saveset: not with --dry-run, which writes nothing")
+    if not first.is_local and not request.dest.is_local:
+        raise UsageError(f"{first} → {request.dest}: one side must be local (a copy between "
+                         "two remote hosts is not supported)")
+    for src in request.sources:
+        if not src.path:
+            raise UsageError(f"{src}: empty source path")
+
+
+def run_copy(request: CopyRequest, options: ConnectOptions, sink: Sink) -> JobSummary:
+    check_request(request)
+    sources = " ".join(str(s) for s in request.sources)
+    job = f"{sources} → {request.dest}"
+    summary = JobSummary(command="copy", source=sources, target=str(request.dest),
+                         saveset=request.saveset)
+    return run_tracked(sink, job, summary, lambda s: _copy(request, options, sink, job, s))
+
+
+def _source_path(endpoint: Endpoint) -> str:
+    path = remote_path(endpoint)
+    if endpoint.path.endswith("/") and not path.endswith("/"):
+        path += "/"
+    return path
+
+
+def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
+          summary: JobSummary) -> None:
+    first = request.sources[0]
+    paths = [_source_path(s) for s in request.sources]
+    src_where = where(first, paths[0])
+    dest_path = remote_path(request.dest)
+    dest_where = where(request.dest, dest_path)
+    # the writer's helper starts (connects, ships, says HELLO) while the reader's does
+    opening = _Opening(request.dest, options)
+    writer: Optional[HelperSession] = None
+    try:
+        reader = open_session(first, options)
+    except BaseException:
+        opening.discard()
+        raise
+    try:
+        facts = reader.request(OPEN, {
+            "protocol": protocol.PROTOCOL_VERSION, "job": "read_tree", "roots": paths,
+            "one_file_system": request.one_file_system, "excludes": list(request.excludes),
+            "xattrs": request.xattrs, "level": request.level or 3,
+            "dry_run": request.dry_run, "checksum": request.checksum}, READY, src_where)
+        writer = opening.session()
+        ready = writer.request(OPEN, {
+            "protocol": protocol.PROTOCOL_VERSION, "job": "write_tree", "dest": dest_path,
+            "roots": facts["roots"], "source": {"boot_id": facts.get("boot_id"),
+                                                "roots": facts["roots"]},
+            "delete": request.delete, "dry_run": request.dry_run, "xattrs": request.xattrs,
+            "checksum": request.checksum, "excludes": list(request.excludes),
+            "saveset": _saveset_spec(request, paths[0])}, READY, dest_where)
+        reader.send_json(READY, {"names": ready["names"]})
+        sink.emit(JobStarted(job, "copy", summary.source, str(request.dest), None, 0))
+        counters = Counters(job, sink)
+        answers = _Answers(writer, reader, dest_where, counters)
+        try:
+            end = _relay(reader, writer, answers, counters, src_where, dest_where)
+            result = answers.wait()
+        except KeyboardInterrupt as e:
+            raise interruption(e, dest_where, "; run the copy again: it sends only what is "
+                               "missing") from None
+        finally:
+            summary.bytes_sent = counters.bytes_sent
+            summary.bytes_read = counters.bytes_read
+        _report(summary, result, end, request, sink, job)
+    except BaseException:
+        reader.close(hang_up=True)
+        if writer is not None:
+            writer.close(hang_up=True)
+        else:
+            opening.discard()
+        raise
+    reader.close()
+    writer.close()
+
+
+def _saveset_spec(request: CopyRequest, source: str) -> Optional[dict]:
+    if not request.saveset:
+        return None
+    path = request.saveset if not request.dest.is_local else remote_path(Endpoint(request.saveset))
+    return {"path": path, "level": request.level or 3,
+            "metadata": saveset_metadata("tree", source, 0, 4 << 20)}
+
+
+def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, sink: Sink,
+            job: str) -> None:
+    summary.sha256 = result.get("sha256")
+    summary.bytes_total = int(result.get("bytes_total", 0))
+    summary.bytes_written = int(result.get("bytes_sent", 0))
+    summary.bytes_read = int(end.get("content", 0))
+    summary.bytes_sent = int(result.get("stream_bytes", 0))
+    extra = summary.extra
+    for key in ("files_total", "files_sent", "files_unchanged", "files_meta"):
+        extra[key] = int(result.get(key, 0))
+    extra["files_deleted"] = int(result.get("deleted", 0))
+    extra["entries"] = int(result.get("entries", 0))
+    extra["stream_bytes"] = int(result.get("stream_bytes", 0))
+    extra["content_bytes"] = int(result.get("bytes_sent", 0))
+    extra["dry_run"] = request.dry_run
+    if result.get("saveset"):
+        extra["saveset_sha256"] = result["saveset"].get("sha256")
+        extra["saveset_bytes"] = result["saveset"].get("bytes")
+    if request.dry_run:
+        extra["would_send"] = list(result.get("would_send", []))
+        extra["would_delete"] = list(result.get("would_delete", []))
+        for path in extra["would_send"]:
+            sink.emit(JobMessage(job, "info", f"would send {path}"))
+        for path in extra["would_delete"]:
+            sink.emit(JobMessage(job, "info", f"would delete {path}"))
+    for problem in end.get("problems", []):
+        summary.warnings.append(str(problem))
+        sink.emit(JobMessage(job, "warning", f"not copied: {problem}"))
+
+
+class _Opening:
+    """A helper session opened on a thread of its own: session() waits for it (or raises why
+    it could not be opened); discard() closes it, whenever it comes, if nobody took it."""
+
+    def __init__(self, endpoint: Endpoint, options: ConnectOptions) -> None:
+        self._endpoint = endpoint
+        self._options = options
+        self._session: Optional[HelperSession] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="open-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._session = open_session(self._endpoint, self._options)
+        except BaseException as e:
+            self._error = e
+
+    def _wait(self) -> None:
+        self._thread.join(OPEN_WITHIN)
+        if self._thread.is_alive():
+            raise ProtocolError(f"{self._endpoint}: the helper did not start within "
+                                f"{OPEN_WITHIN:g} s")
+
+    def session(self) -> HelperSession:
+        self._wait()
+        if self._error is not None:
+            raise self._error
+        assert self._session is not None
+        return self._session
+
+    def discard(self) -> None:
+        try:
+            self._wait()
+        except BacpacError:
+            return
+        if self._session is not None:
+            self._session.close(hang_up=True)
+            self._session = None
+
+
+class _Answers:
+    """The writer's frames during the copy: WANTS go on to the reader, PROGRESS to the display,
+    then RESULT or ERROR. A failure hangs up the reader, whose next frame then ends the relay."""
+
+    def __init__(self, writer: HelperSession, reader: HelperSession, where: str,
+                 counters: Counters) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._where = where
+        self._counters = counters
+        self.result: Optional[dict] = None
+        self.error: Optional[BaseException] = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="copy-answers", daemon=True)
+        writer.owns(self._thread)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                frame = self._writer.recv()
+                if frame.type == WANTS:
+                    self._reader.send(protocol.encode(WANTS, frame.payload, frame.offset))
+                    continue
+                if frame.type == PROGRESS:
+                    progress = self._writer.json(frame)
+                    self._counters.set_written(int(progress.get("written", 0)))
+                    self._counters.set_files(int(progress.get("files", 0)),
+                                             int(progress.get("wanted", 0)),
+                                             str(progress.get("current", "")))
+                    continue
+                self.result = self._writer.expect(frame, RESULT, self._where)
+                return
+        except BaseException as e:
+            self.error = e
+            try:
+                self._reader.channel.hang_up()
+            except BacpacError:
+                pass
+        finally:
+            self._done.set()
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def wait(self) -> dict:
+        if not self._done.wait(RESULT_WITHIN):
+            raise ProtocolError(f"{self._where}: no RESULT from the helper")
+        threads.join((self._thread,), "the copy's answers")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _relay(reader: HelperSession, writer: HelperSession, answers: _Answers, counters: Counters,
+           src_where: str, dest_where: str) -> dict:
+    """The reader's frames on to the writer, until END (returned)."""
+    while True:
+        try:
+            frame = reader.recv()
+        except BacpacError:
+            if answers.failed:  # the writer failed first and hung up the reader
+                answers.wait()
+            raise
+        if answers.failed:
+            answers.wait()
+        if frame.type in (MANIFEST, DATA):
+            try:
+                writer.send(protocol.header(frame.type, frame.payload, frame.offset,
+                                            frame.flags, frame.size))
+                writer.send(frame.payload)
+            except BacpacError:
+                answers.wait()
+                raise
+            if frame.type == DATA:
+                counters.add(read=frame.size, sent=len(frame.payload))
+        elif frame.type == END:
+            end = reader.json(frame)
+            writer.send_json(END, end)
+            return end
+        elif frame.type == ERROR:
+            error = reader.rebuild(reader.json(frame), src_where)
+            raise type(error)(naming(str(error), reader.host, src_where)) from None
+        else:
+            raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
+                                "from the reading helper")

@@ -1,0 +1,147 @@
+"""The manifest's wire form: a window of entries as one zlib-compressed JSON list.
+
+# Strategy: the reading side sends every entry of the copy in windows; the writing side answers
+# each window with the indices whose content it wants. An entry is a JSON array in Entry's
+# field order; bytes (paths, link targets, xattr names and values) travel as latin-1 text,
+# which maps each byte to one character and back, so any name survives and JSON stays valid.
+# A window is capped before and after compression, and decoding checks every field's type: a
+# peer's bad window is a RemoteProtocolError, never a traceback nor unbounded memory.
+"""
+import json
+import zlib
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple  # for the type comments
+
+from ..errors import RemoteProtocolError
+from .entry import KINDS, Entry
+
+# Raw JSON of one window at most: its compressed form then always fits a control frame.
+WINDOW_BYTES = 768 << 10
+WINDOW_ENTRIES = 4096
+MAX_RAW = 4 << 20  # what a received window may inflate to
+
+
+def _text(data):
+    # type: (bytes) -> str
+    return data.decode("latin-1")
+
+
+def entry_row(item, digest=None):
+    # type: (Entry, Optional[str]) -> list
+    """The entry as a JSON array; with --checksum a FILE's sha256 (hex) follows as a 14th."""
+    row = [_text(item.path), item.kind, item.mode, item.uid, item.gid, item.uname,
+            item.gname, item.size, item.mtime_ns, _text(item.target), item.rdev,
+            [[_text(n), _text(v)] for n, v in item.xattrs],
+            None if item.extents is None else [list(e) for e in item.extents]]
+    return row if digest is None else row + [digest]
+
+
+def encode_window(rows):
+    # type: (List[str]) -> bytes
+    """A window's payload from the JSON text of each entry (see windows())."""
+    return zlib.compress(("[" + ",".join(rows) + "]").encode("ascii"), 6)
+
+
+def windows(pairs, digest_of=None):
+    # type: (Iterable[Tuple[Any, Entry]], Optional[Callable[[Any, Entry], Optional[str]]]) -> Iterator[tuple]
+    """(batch, payload) per window of the walk's (anything, entry) pairs (the reader's disk
+    path, say), each window within the caps; the batch holds the pairs."""
+    batch = []  # type: List[Tuple[Any, Entry]]
+    rows = []  # type: List[str]
+    size = 0
+    for pair in pairs:
+        item = pair[1]
+        digest = digest_of(pair[0], item) if digest_of is not None else None
+        row = json.dumps(entry_row(item, digest), separators=(",", ":"))
+        if len(row) > WINDOW_BYTES:
+            raise ValueError("%s: too much metadata (%d bytes) for one entry"
+                             % (item.path.decode("utf-8", "replace"), len(row)))
+        if batch and (size + len(row) > WINDOW_BYTES or len(batch) >= WINDOW_ENTRIES):
+            yield batch, encode_window(rows)
+            batch, rows, size = [], [], 0
+        batch.append(pair)
+        rows.append(row)
+        size += len(row) + 1
+    if batch:
+        yield batch, encode_window(rows)
+
+
+def _int(value):
+    # type: (object) -> int
+    if type(value) is not int or value < 0:
+        raise RemoteProtocolError("bad manifest: %r is not a count" % (value,))
+    return value
+
+
+def _bytes(value):
+    # type: (object) -> bytes
+    if not isinstance(value, str):
+        raise RemoteProtocolError("bad manifest: %r is not a name" % (value,))
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise RemoteProtocolError("bad manifest: %r is not latin-1 text" % (value,))
+
+
+def _str(value):
+    # type: (object) -> str
+    if not isinstance(value, str):
+        raise RemoteProtocolError("bad manifest: %r is not text" % (value,))
+    return value
+
+
+def decode_row(row):
+    # type: (object) -> Entry
+    if not isinstance(row, list) or len(row) not in (13, 14):
+        raise RemoteProtocolError("bad manifest entry: %r" % (row,))
+    kind = row[1]
+    if kind not in KINDS:
+        raise RemoteProtocolError("bad manifest entry kind %r" % (kind,))
+    xattrs = row[11]
+    if not isinstance(xattrs, list) or not all(isinstance(p, list) and len(p) == 2
+                                               for p in xattrs):
+        raise RemoteProtocolError("bad manifest xattrs %r" % (xattrs,))
+    ext = row[12]
+    extents = None
+    if ext is not None:
+        if not isinstance(ext, list) or not all(isinstance(e, list) and len(e) == 2 for e in ext):
+            raise RemoteProtocolError("bad manifest extents %r" % (ext,))
+        extents = tuple((_int(a), _int(b)) for a, b in ext)
+    return Entry(_bytes(row[0]), kind, _int(row[2]) & 0o7777, _int(row[3]), _int(row[4]),
+                 _str(row[5]), _str(row[6]), _int(row[7]), int(row[8]) if type(row[8]) is int
+                 else _int(row[8]), _bytes(row[9]), _int(row[10]),
+                 tuple((_bytes(n), _bytes(v)) for n, v in xattrs), extents)
+
+
+def decode_window(payload):
+    # type: (bytes) -> List[Entry]
+    """The entries of a window."""
+    return decode_window_digests(payload)[0]
+
+
+def digest_of_row(row):
+    # type: (list) -> Optional[str]
+    if len(row) < 14 or row[13] is None:
+        return None
+    if not isinstance(row[13], str) or len(row[13]) != 64:
+        raise RemoteProtocolError("bad manifest digest %r" % (row[13],))
+    return row[13]
+
+
+def decode_window_digests(payload):
+    # type: (bytes) -> Tuple[List[Entry], List[Optional[str]]]
+    """The entries of a window, and the sha256 of each (None where none was sent)."""
+    z = zlib.decompressobj()
+    try:
+        raw = z.decompress(payload, MAX_RAW)
+    except zlib.error as e:
+        raise RemoteProtocolError("bad manifest window: %s" % e)
+    if z.unconsumed_tail or not z.eof:
+        raise RemoteProtocolError("bad manifest window: cut short or over %d bytes" % MAX_RAW)
+    try:
+        rows = json.loads(raw.decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RemoteProtocolError("bad manifest window: %s" % e)
+    if not isinstance(rows, list):
+        raise RemoteProtocolError("bad manifest window: not a list")
+    entries = [decode_row(r) for r in rows]
+    return entries, [digest_of_row(r) for r in rows]

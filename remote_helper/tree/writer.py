@@ -1,0 +1,423 @@
+"""The writer of a tree on the writing host: safe paths, temp names, metadata, --delete.
+
+# Strategy: entries come in walk order (a directory before its contents). compare() tells the
+# caller what an entry needs (rsync's quick check); update() makes a directory, symlink, hard
+# link or node, or fixes an existing inode's metadata; add() returns a FileSink for a file's
+# content. Every name is reached through safepath's descriptors (never a symlink followed, never
+# a "..", never outside DEST). A file, symlink, link or node is made under a temporary name
+# `.NAME.bacpac-XXXXXXXX` in its own directory, gets its metadata there, and is renamed over
+# the final name only when complete (sink.py): a cut run leaves temporary names only, and the next run
+# removes them when it first meets their directory. Directories are made at once (mode with the
+# owner's rwx added, so a read-only directory can still be filled) and get their final mode and
+# mtime in finish(), deepest first, after everything in them. finish() also does --delete.
+# A TreeWriter is used from one thread (its descriptor chain is not shared).
+"""
+import binascii
+import errno
+import os
+import re
+import stat
+from typing import Callable, Dict, List, Optional, Set  # for the type comments
+
+from ..errors import HelperError, Refused
+from . import meta
+from .entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, ROOT, SOCKET, SYMLINK, Entry
+from .remove import Remover, kind_of
+from .safepath import DirStack, NotADirectory, UnsafePath, listdir_at, lstat_at, show, split
+from .sink import FileSink, unlink_quietly
+
+SAME = "same"        # nothing to do
+META = "meta"        # content is the same; update() fixes mode, owner, mtime, xattrs
+CONTENT = "content"  # missing or different: add() a FILE, update() anything else
+
+TEMP_NAME = re.compile(br"^\..+\.bacpac-[0-9a-f]{8}$", re.DOTALL)
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NODE_TYPES = {CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK, FIFO: stat.S_IFIFO, SOCKET: stat.S_IFSOCK}
+
+
+def temp_name(name):
+    # type: (bytes) -> bytes
+    """A fresh temporary name beside name (cut to stay under NAME_MAX)."""
+    return b"." + name[:200] + b".bacpac-" + binascii.hexlify(os.urandom(4))
+
+
+class TreeWriter(object):
+    """Writes a tree below dest (bytes), creating dest itself if missing (not its parents).
+
+    owners: keep owner and group (as root; not root, only a group the user is in);
+    xattrs: keep extended attributes and POSIX ACLs; delete: finish() removes what was not
+    seen, except what `excludes` (an Excludes or None) matches; dry_run: write nothing, report
+    deletions through on_delete(path, kind); fsync: finish() syncs the file system of dest.
+    """
+
+    def __init__(self, dest, owners, xattrs, delete, excludes=None, dry_run=False,
+                 fsync=True, on_delete=None):
+        # type: (bytes, bool, bool, bool, object, bool, bool, Optional[Callable[[bytes, str], None]]) -> None
+        self.dest = dest
+        self.owners = meta.Owners(owners)
+        self.xattrs = xattrs
+        self.delete = delete
+        self.excludes = excludes
+        self.dry_run = dry_run
+        self.fsync = fsync
+        self.on_delete = on_delete
+        self.counts = {"files": 0, "dirs": 0, "links": 0, "hardlinks": 0, "nodes": 0,
+                       "meta": 0, "deleted": 0, "temps_removed": 0, "skipped": 0}
+        self.skipped = []  # type: List[str]
+        self._dirs = {}  # type: Dict[bytes, Entry]
+        # The hashes of the paths seen, for --delete: less memory than the paths. Two paths
+        # with one hash (about 1 in 10**7 for a million paths) keep an extraneous file, never
+        # delete a wanted one.
+        self._seen = set()  # type: Set[int]
+        self._stack = self._open_dest()
+
+    def _open_dest(self):
+        # type: () -> Optional[DirStack]
+        try:
+            return DirStack(self.dest)
+        except FileNotFoundError:
+            if self.dry_run:
+                return None
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, ROOT), e.strerror), e.errno)
+        try:
+            os.mkdir(self.dest, 0o700)
+        except OSError as e:
+            raise HelperError("%s: cannot make the directory: %s" % (
+                show(self.dest, ROOT), e.strerror), e.errno)
+        return DirStack(self.dest)
+
+    @property
+    def stack(self):
+        # type: () -> DirStack
+        """The descriptors of DEST (missing only in a dry run whose DEST does not exist)."""
+        if self._stack is None:
+            raise HelperError("%s: not open" % show(self.dest, ROOT))
+        return self._stack
+
+    # -- what an entry needs ------------------------------------------------------------------
+
+    def compare(self, entry):
+        # type: (Entry) -> str
+        """SAME, META or CONTENT for entry against what DEST holds (size+mtime quick check)."""
+        try:
+            self._note(entry)
+            return self._compare(entry)
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+
+    def _compare(self, entry):
+        # type: (Entry) -> str
+        st = self._lstat(entry.path)
+        if st is None:
+            return CONTENT
+        if entry.kind == HARDLINK:
+            target = self._lstat(entry.target)
+            same = target is not None and (target.st_dev, target.st_ino) == (st.st_dev, st.st_ino)
+            return SAME if same else CONTENT
+        if kind_of(st.st_mode) != entry.kind or not self._same_content(entry, st):
+            return CONTENT
+        if meta.differs(st, entry, self.owners, self.xattrs, self._xattr_target(entry)):
+            return META
+        return SAME
+
+    def _same_content(self, entry, st):
+        # type: (Entry, os.stat_result) -> bool
+        if entry.kind == FILE:
+            return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+        if entry.kind == SYMLINK:
+            fd, name = self.stack.parent(entry.path)
+            return os.readlink(name, dir_fd=fd) == entry.target
+        if entry.kind in (CHAR, BLOCK):
+            return st.st_rdev == entry.rdev
+        return True
+
+    def _xattr_target(self, entry):
+        # type: (Entry) -> Optional[object]
+        if not self.xattrs or entry.kind == SYMLINK:
+            return None  # a symlink's attributes are set, not compared (Linux keeps few)
+        if entry.path == ROOT:
+            return meta.proc_path(self.stack.root_fd)
+        parent, name = self.stack.parent(entry.path)
+        return os.fsencode(meta.proc_path(parent)) + b"/" + name
+
+    def _lstat(self, path):
+        # type: (bytes) -> Optional[os.stat_result]
+        """lstat of DEST/path; None when it or a directory on the way is missing or no
+        directory (the entries before this one will make the way)."""
+        if self._stack is None:
+            split(path)
+            return None
+        try:
+            if path == ROOT:
+                return os.fstat(self.stack.root_fd)
+            fd, name = self.stack.parent(path)
+        except (FileNotFoundError, NotADirectory):
+            return None
+        return lstat_at(fd, name)
+
+    def _note(self, entry):
+        # type: (Entry) -> None
+        """Remember entry as seen (for --delete) and a directory for finish(); the first time a
+        directory is met, the temporary names a cut run left in it go."""
+        split(entry.path)
+        if self.delete:
+            self._seen.add(hash(entry.path))
+        if entry.kind == DIR:
+            first = entry.path not in self._dirs
+            self._dirs[entry.path] = entry
+            if first and not self.dry_run:
+                self._remove_temps(entry.path)
+        elif entry.path in self._dirs:
+            del self._dirs[entry.path]  # the same path again, as no directory: the last wins
+
+    def _remove_temps(self, path):
+        # type: (bytes) -> None
+        try:
+            fd = self.stack.open(split(path))
+        except (FileNotFoundError, NotADirectory):
+            return
+        for name in listdir_at(fd):
+            if TEMP_NAME.match(name):
+                st = lstat_at(fd, name)
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    self.counts["temps_removed"] += 1
+
+    # -- making things ------------------------------------------------------------------------
+
+    def update(self, entry):
+        # type: (Entry) -> None
+        """Make a DIR, SYMLINK, HARDLINK or node, or fix the metadata of an existing one (a
+        FILE whose content is the same included)."""
+        self._note(entry)
+        if self.dry_run:
+            return
+        try:
+            self._update(entry)
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+        except ValueError as e:  # a NUL in a link's target or an attribute's name
+            raise UnsafePath("%s: %s" % (show(self.dest, entry.path), e))
+
+    def _update(self, entry):
+        # type: (Entry) -> None
+        if entry.kind == DIR:
+            self._make_dir(entry)
+        elif entry.kind == FILE:
+            self._fix_file(entry)
+        elif entry.kind == SYMLINK:
+            self._make(entry, lambda fd, tmp: os.symlink(entry.target, tmp, dir_fd=fd))
+            self.counts["links"] += 1
+        elif entry.kind == HARDLINK:
+            self._make_hardlink(entry)
+        elif entry.kind in _NODE_TYPES:
+            self._make_node(entry)
+        else:
+            raise Refused("%s: unknown kind %r" % (show(self.dest, entry.path), entry.kind))
+
+    def _make_dir(self, entry):
+        # type: (Entry) -> None
+        if entry.path == ROOT:
+            fd = self.stack.root_fd
+            os.fchmod(fd, meta.mode_of(entry, True))
+            return
+        parent, name = self.stack.parent(entry.path)
+        st = lstat_at(parent, name)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)  # a file or a (planted) symlink: replaced, not followed
+            st = None
+        if st is None:
+            os.mkdir(name, 0o700, dir_fd=parent)
+            self.counts["dirs"] += 1
+        meta.apply_at(parent, name, entry, self.owners, False, interim=True)
+
+    def _fix_file(self, entry):
+        # type: (Entry) -> None
+        parent, name = self.stack.parent(entry.path)
+        st = lstat_at(parent, name)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise Refused("%s: no file to update, its content must be sent" % (
+                show(self.dest, entry.path)))
+        meta.apply_at(parent, name, entry, self.owners, self.xattrs)
+        self.counts["meta"] += 1
+
+    def _make(self, entry, create, keep_meta=True):
+        # type: (Entry, Callable[[int, bytes], None], bool) -> None
+        """create(dir_fd, temp) an inode under a temporary name, give it entry's metadata,
+        and rename it over entry's name."""
+        parent, name = self.stack.parent(entry.path)
+        tmp = temp_name(name)
+        create(parent, tmp)
+        try:
+            if keep_meta:
+                meta.apply_at(parent, tmp, entry, self.owners, self.xattrs)
+            self._clear_for(parent, name, entry.path)
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            unlink_quietly(parent, tmp)
+            raise
+
+    def _make_hardlink(self, entry):
+        # type: (Entry) -> None
+        tparent, tname = self.stack.parent(entry.target)
+        target_fd = os.dup(tparent)
+        try:
+            st = lstat_at(target_fd, tname)
+            if st is None or stat.S_ISDIR(st.st_mode):
+                raise Refused("%s: hard link to %s, which is not there (yet)" % (
+                    show(self.dest, entry.path), show(self.dest, entry.target)))
+            self._make(entry, lambda fd, tmp: os.link(
+                tname, tmp, src_dir_fd=target_fd, dst_dir_fd=fd, follow_symlinks=False),
+                keep_meta=False)
+        finally:
+            os.close(target_fd)
+        self.counts["hardlinks"] += 1
+
+    def _make_node(self, entry):
+        # type: (Entry) -> None
+        if entry.kind in (CHAR, BLOCK) and not self.owners.root:
+            self.counts["skipped"] += 1
+            if len(self.skipped) < 100:
+                self.skipped.append("%s: device node skipped (not root)" % (
+                    show(self.dest, entry.path)))
+            return
+        mode = _NODE_TYPES[entry.kind] | 0o600
+        self._make(entry, lambda fd, tmp: os.mknod(tmp, mode, entry.rdev, dir_fd=fd))
+        self.counts["nodes"] += 1
+
+    def _clear_for(self, parent, name, path):
+        # type: (int, bytes, bytes) -> None
+        """Make room for a non-directory at name: rename() replaces a file, link or node
+        atomically, but not a directory. An empty directory goes; a full one only with
+        --delete (rsync's rule without --force)."""
+        st = lstat_at(parent, name)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return
+        self.stack.forget(path)
+        try:
+            os.rmdir(name, dir_fd=parent)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.delete:
+                raise Refused("%s: a directory that is not empty is where the source has no "
+                              "directory; --delete replaces it" % show(self.dest, path))
+        remover = Remover(self.excludes, self.on_delete, dest=self.dest)
+        if not remover.tree(parent, name, path):
+            raise Refused("%s: a directory holding excluded files is where the source has "
+                          "no directory" % show(self.dest, path))
+        self.counts["deleted"] += remover.removed
+
+    def add(self, entry, base=None):
+        # type: (Entry, Optional[int]) -> FileSink
+        """A sink for a FILE's content, written under a temporary name. base: a descriptor
+        of the old content (old_file()) that copy_from_base() reads; the sink closes it."""
+        self._note(entry)
+        if entry.kind != FILE:
+            raise Refused("%s: only a file has content to add" % show(self.dest, entry.path))
+        if self.dry_run:
+            return FileSink(self, entry, -1, b"", b"", -1, base)
+        try:
+            parent, name = self.stack.parent(entry.path)
+            dir_fd = os.dup(parent)
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+        try:
+            tmp = temp_name(name)
+            fd = self._create(dir_fd, tmp)
+        except OSError as e:
+            os.close(dir_fd)
+            raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+        return FileSink(self, entry, dir_fd, name, tmp, fd, base)
+
+    def _create(self, dir_fd, tmp):
+        # type: (int, bytes) -> int
+        try:
+            return os.open(tmp, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        except PermissionError:
+            if self.owners.root:
+                raise
+        # Not root, in a read-only directory of our own: open it up until finish().
+        os.fchmod(dir_fd, stat.S_IMODE(os.fstat(dir_fd).st_mode) | 0o700)
+        return os.open(tmp, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+
+    def old_file(self, entry):
+        # type: (Entry) -> Optional[int]
+        """A read descriptor of the file DEST holds at entry's path (for a delta), or None."""
+        if self._stack is None:
+            return None
+        try:
+            fd, name = self.stack.parent(entry.path)
+            old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                          dir_fd=fd)
+        except (OSError, NotADirectory):
+            return None
+        if not stat.S_ISREG(os.fstat(old).st_mode):
+            os.close(old)
+            return None
+        return old
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def finish(self):
+        # type: () -> Dict[str, int]
+        """--delete, then directory modes and mtimes deepest first, then sync; the counts."""
+        dirs = sorted(self._dirs, key=lambda p: -1 if p == ROOT else p.count(b"/"), reverse=True)
+        if self.delete and self._stack is not None:
+            self._delete(dirs)
+        if not self.dry_run:
+            for path in dirs:
+                self._finish_dir(self._dirs[path])
+            if self.fsync:
+                _sync(self.stack.root_fd)
+        return dict(self.counts)
+
+    def _delete(self, dirs):
+        # type: (List[bytes]) -> None
+        remover = Remover(self.excludes, self.on_delete, self.dry_run, self.dest)
+        for path in dirs:
+            try:
+                fd = self.stack.open(split(path))
+            except (FileNotFoundError, NotADirectory):
+                continue
+            except OSError as e:
+                raise HelperError("%s: %s" % (show(self.dest, path), e.strerror), e.errno)
+            remover.extraneous(fd, path, lambda p: hash(p) in self._seen or TEMP_NAME.match(
+                p.rsplit(b"/", 1)[-1]) is not None)
+        self.counts["deleted"] += remover.removed
+
+    def _finish_dir(self, entry):
+        # type: (Entry) -> None
+        try:
+            if entry.path == ROOT:
+                fd = self.stack.root_fd
+                meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
+                return
+            parent, name = self.stack.parent(entry.path)
+            st = lstat_at(parent, name)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                return  # never made (a failed copy), or replaced since: nothing to finish
+            meta.apply_at(parent, name, entry, self.owners, self.xattrs)
+        except (FileNotFoundError, NotADirectory):
+            return  # never made (a dry run, a failed copy): nothing to finish
+        except OSError as e:
+            raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+
+    def close(self):
+        # type: () -> None
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+
+def _sync(fd):
+    # type: (int) -> None
+    """Make what was written durable: syncfs() of dest's file system, else sync()."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(ctypes.c_int(fd)) == 0:
+            return
+    except (ImportError, OSError, AttributeError):
+        pass
+    os.sync()

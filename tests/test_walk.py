@@ -1,0 +1,112 @@
+"""The walker and the manifest's wire form, in process: order, hard links across roots, sparse
+extents, excludes; windows that round-trip any name and refuse a hostile payload."""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+
+from remote_helper.errors import RemoteProtocolError
+from remote_helper.tree import manifest
+from remote_helper.tree.entry import DIR, FILE, HARDLINK, ROOT, SYMLINK, entry
+from remote_helper.tree.walk import WalkError, Walker, walk
+
+
+def _tree(top: Path) -> None:
+    (top / "b").mkdir(parents=True)
+    (top / "a").write_bytes(b"a")
+    (top / "b" / "c").write_bytes(b"c")
+    os.link(top / "a", top / "b" / "a-link")
+    os.symlink("nowhere", top / "b" / "dangling")
+    (top / "b" / "\xe9t\xe9".encode().decode("utf-8")).write_bytes(b"")
+    with open(os.path.join(os.fsencode(top), b"b", b"bad-\xff"), "wb") as f:
+        f.write(b"x")
+
+
+def test_walk_yields_a_directory_before_its_contents_in_byte_order(tmp_path: Path) -> None:
+    _tree(tmp_path / "t")
+    paths = [(e.path, e.kind) for e in walk([(os.fsencode(tmp_path / "t") + b"/", ROOT)])]
+    assert paths == [(ROOT, DIR), (b"a", FILE), (b"b", DIR), (b"b/a-link", HARDLINK),
+                     (b"b/bad-\xff", FILE), (b"b/c", FILE), (b"b/dangling", SYMLINK),
+                     ("b/\xe9t\xe9".encode(), FILE)]
+
+
+def test_hard_links_are_found_across_roots(tmp_path: Path) -> None:
+    _tree(tmp_path / "t")
+    roots = [(os.fsencode(tmp_path / "t" / "b"), b"one"), (os.fsencode(tmp_path / "t"), b"two")]
+    found = {e.path: e for e in walk(roots)}
+    assert found[b"one/a-link"].kind == FILE
+    assert found[b"two/a"].kind == HARDLINK and found[b"two/a"].target == b"one/a-link"
+    assert found[b"one/dangling"].target == b"nowhere"
+
+
+def test_a_sparse_file_has_its_data_extents(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(4 << 20)
+        f.write(b"x" * 4096)
+    item, = walk([(os.fsencode(path), b"s")])
+    assert item.extents is not None
+    assert item.extents[-1] == (8 << 20, 0)  # ends in a hole
+    assert sum(length for _, length in item.extents) < 1 << 20
+
+
+def test_excludes_skip_a_directory_and_its_contents(tmp_path: Path) -> None:
+    _tree(tmp_path / "t")
+
+    class Skip:
+        def excluded(self, path: bytes, is_dir: bool) -> bool:
+            return path == b"b" and is_dir
+
+    found = [e.path for _, e in Walker(excludes=Skip()).walk(
+        [(os.fsencode(tmp_path / "t") + b"/", ROOT)])]
+    assert found == [ROOT, b"a"]
+
+
+def test_a_missing_root_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(WalkError, match="missing"):
+        list(walk([(os.fsencode(tmp_path / "missing"), b"m")]))
+
+
+def test_windows_round_trip_any_name(tmp_path: Path) -> None:
+    items = [entry(b"d", DIR), entry(b"d/\xff\x00\n name", FILE, size=3, mtime_ns=-5,
+                                     xattrs=((b"user.x", b"\x00\xff"),),
+                                     extents=((0, 1), (9, 0))),
+             entry(b"d/l", SYMLINK, target=b"../\xfe")]
+    (batch, payload), = manifest.windows((None, i) for i in items)
+    assert [e for _, e in batch] == items
+    assert manifest.decode_window(payload) == items
+
+
+def test_windows_are_cut_within_the_cap() -> None:
+    items = [(None, entry(b"f%06d" % n + b"x" * 200, FILE)) for n in range(20000)]
+    windows = list(manifest.windows(items))
+    assert len(windows) > 1
+    assert all(len(payload) < 1 << 20 for _, payload in windows)
+    assert sum(len(batch) for batch, _ in windows) == 20000
+
+
+@pytest.mark.parametrize("payload", [
+    b"not zlib", zlib.compress(b"{}"), zlib.compress(b"[[1]]"),
+    zlib.compress(json.dumps([["a", "x", 0, 0, 0, "", "", 0, 0, "", 0, [], None]]).encode()),
+    zlib.compress(json.dumps([["\u0100", "f", 0, 0, 0, "", "", 0, 0, "", 0, [], None]]).encode()),
+    zlib.compress(json.dumps([["a", "f", -1, 0, 0, "", "", 0, 0, "", 0, [], None]]).encode()),
+    zlib.compress(b"[" + b" " * (5 << 20) + b"]"),
+])
+def test_a_bad_window_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        manifest.decode_window(payload)
+
+
+def test_windows_carry_a_digest_per_file_with_checksum() -> None:
+    items = [entry(b"d", DIR), entry(b"d/f", FILE, size=1)]
+    (_, payload), = manifest.windows(((None, i) for i in items),
+                                     lambda disk, item: "ab" * 32 if item.kind == FILE else None)
+    assert manifest.decode_window_digests(payload) == (items, [None, "ab" * 32])
+    bad = zlib.compress(json.dumps([manifest.entry_row(items[1]) + ["short"]]).encode())
+    with pytest.raises(RemoteProtocolError):
+        manifest.decode_window(bad)
