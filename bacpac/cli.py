@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     dup.add_argument("--delta", action="store_true",
                      help="compare with what the target holds and send only the blocks that "
                      "differ (also finishes an interrupted dup)")
+    dup.add_argument("--nothing-else-writes-target", action="store_true",
+                     help="with --delta onto a block device: trust that only bacpac writes it, "
+                     "so the digests kept by the last run stand for its content and it is not "
+                     "read again. RISK: a write by anything else (dd, a mount, another host on "
+                     "shared storage) goes unseen and the copy ends wrong; --verify catches it")
     _add_write_options(dup)
     _add_stream_options(dup)
     dup.set_defaults(run=_cmd_dup)
@@ -189,9 +194,13 @@ def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
 
 def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     delta = bool(getattr(args, "delta", False))
+    trust = bool(getattr(args, "nothing_else_writes_target", False))
+    if trust and not delta:
+        raise UsageError("--nothing-else-writes-target: only with --delta")
     return DupRequest(source=args.source, target=parse_endpoint(args.target),
                       saveset=args.saveset, backup=backup, force=args.force, verify=args.verify,
-                      delta=delta, stream=_stream_settings(args, delta))
+                      delta=delta, stream=_stream_settings(args, delta),
+                      nothing_else_writes_target=trust)
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:

@@ -49,6 +49,7 @@ class DupRequest:
     force: bool = False
     verify: bool = False
     delta: bool = False
+    nothing_else_writes_target: bool = False  # a block device's digest cache may stand for it
     stream: StreamSettings = field(default_factory=StreamSettings)
 
     @property
@@ -211,6 +212,16 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
                          cipher=session.cipher, helper_python=session.hello.get("python"),
                          verified=verify, check=_check(settings))
     summary.bytes_written = int(result.get("bytes_written", 0))
+    _digest_cache_report(job, session.host, result)
+
+
+def _digest_cache_report(job: _Job, host: str, result: dict) -> None:
+    """What the helper says of the target's reads and its digest cache, into the summary."""
+    for text in result.get("warnings") or []:
+        warn(job.sink, job.name, job.summary, f"{host}: {text}")
+    for name in ("target_read", "io_read_bytes", "digest_cache", "digest_cache_kept"):
+        if name in result:
+            job.summary.extra[name] = result[name]
 
 
 def _negotiate(request: DupRequest, hello: dict, host: str) -> StreamSettings:
@@ -255,7 +266,8 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "check": _check(settings),
         "codec": settings.codec,  # refused at once by a helper that cannot decode it
         "saveset": saveset,
-        "delta": ({"block": settings.delta_block, "segment": settings.block_size}
+        "delta": ({"block": settings.delta_block, "segment": settings.block_size,
+                   "trust": request.nothing_else_writes_target}
                   if request.delta else None),
         "source": {"boot_id": devices.boot_id(), "identity": source.identity},
     }

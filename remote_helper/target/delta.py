@@ -8,6 +8,10 @@
 # once. The queue is bounded, so the reader stays at most a few segments ahead of the writer
 # and memory stays fixed whatever the disk's size. The client waits for each DIGESTS frame, so
 # a reader that fails tells it at once (`fail`: the helper's ERROR frame), or both would wait.
+# With a digest cache (saveset/digestcache.py) the digests come from it instead, and the target
+# is read only where the writer needs old bytes (a MATCH in the held-back head, or one to hash
+# or to put in a saveset). BlockDigests collects the digests of the target as the run leaves
+# it, for the next run's cache.
 """
 import hashlib
 import queue
@@ -21,8 +25,30 @@ from ..errors import HelperError, as_helper_error
 if TYPE_CHECKING:  # target.py is not needed to run this module
     from .target import Target
 
+    from typing import Protocol
+
+    class Cached(Protocol):  # saveset.digestcache.CachedDigests, from a layer above
+        def digests(self, first, count):
+            # type: (int, int) -> bytes
+            ...
+
+# A segment of the target: offset, length, its block digests, its bytes (None if not read)
+Segment = Tuple[int, int, bytes, Optional[bytearray]]
+
 DEPTH = 8  # segments read ahead of the writer
 STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the target closes
+
+
+_ZERO_DIGESTS = {}  # type: dict
+
+
+def zero_digest(length):
+    # type: (int) -> bytes
+    """The sha256 of `length` zero bytes, computed once per length."""
+    digest = _ZERO_DIGESTS.get(length)
+    if digest is None:
+        digest = _ZERO_DIGESTS[length] = hashlib.sha256(bytes(length)).digest()
+    return digest
 
 
 def block_digests(view, block):
@@ -35,15 +61,17 @@ def block_digests(view, block):
 class TargetSegments(object):
     """Reads the target ahead of the writer, announcing each segment's block digests."""
 
-    def __init__(self, target, block, segment, send, fail):
-        # type: (Target, int, int, Callable[[bytes], None], Callable[[BaseException], None]) -> None
+    def __init__(self, target, block, segment, send, fail, cached=None):
+        # type: (Target, int, int, Callable[[bytes], None], Callable[[BaseException], None], Optional[Cached]) -> None
         self._target = target
+        self._cached = cached
         self._block = block
         self._segment = segment
         self._send = send
         self._fail = fail
-        self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Tuple[int, bytearray]]]
-        self._current = None  # type: Optional[Tuple[int, bytearray]]  # the writer's segment
+        self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Segment]]
+        self._current = None  # type: Optional[Segment]  # the writer's segment
+        self.read_bytes = 0  # of the target, by either thread
         self._stop = threading.Event()
         self.error = None  # type: Optional[HelperError]
         self._thread = threading.Thread(target=self._run, name="delta-reader")
@@ -64,10 +92,16 @@ class TargetSegments(object):
         try:
             size = self._target.size
             for offset in range(0, size, self._segment):
-                data = self._read(offset, min(self._segment, size - offset))
-                payload = block_digests(memoryview(data), self._block)
+                length = min(self._segment, size - offset)
+                if self._cached is not None:
+                    data = None  # type: Optional[bytearray]
+                    payload = self._cached.digests(offset // self._block,
+                                                   -(-length // self._block))
+                else:
+                    data = self._read(offset, length)
+                    payload = block_digests(memoryview(data), self._block)
                 self._send(protocol.encode(protocol.DIGESTS, payload, offset))
-                if not self._put((offset, data)):
+                if not self._put((offset, length, payload, data)):
                     return
         except BaseException as e:
             self.error = as_helper_error(e, "%s: reading the target's segment at byte %d"
@@ -76,7 +110,7 @@ class TargetSegments(object):
             self._put(None)  # the writer raises self.error when it next needs a segment
 
     def _put(self, item):
-        # type: (Optional[Tuple[int, bytearray]]) -> bool
+        # type: (Optional[Segment]) -> bool
         """Queue item for the writer, unless stop() comes first; whether it was queued."""
         while not self._stop.is_set():
             try:
@@ -93,20 +127,47 @@ class TargetSegments(object):
         for start, run, is_data in data_extents(self._target.fd, offset, offset + length):
             if is_data:
                 self._target.read_into(view[start - offset:start - offset + run], start)
+                self.read_bytes += run
         return data
 
-    def take(self, offset, length):
-        # type: (int, int) -> memoryview
-        """The target's bytes at [offset, offset+length), read before anything was written."""
-        pieces = []
+    def take(self, offset, length, need):
+        # type: (int, int, int) -> Tuple[Optional[memoryview], Optional[bytes]]
+        """For a MATCH of [offset, offset+length): the target's first `need` bytes there, as
+        they were before anything was written (None if need is 0), and its block digests (None
+        unless the range is on the block grid)."""
+        pieces, digests = [], []  # type: list, list
         while length:
-            seg_offset, data = self._segment_at(offset)
+            seg_offset, seg_length, seg_digests, data = self._segment_at(offset)
             start = offset - seg_offset
-            piece = memoryview(data)[start:start + length]
-            pieces.append(piece)
-            offset += len(piece)
-            length -= len(piece)
-        return pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+            n = min(length, seg_length - start)
+            if need > 0:
+                pieces.append(self._bytes(data, offset, start, min(n, need)))
+                need -= n
+            digests.append(self._digests_of(seg_digests, start, n, offset + n == self._target.size))
+            offset += n
+            length -= n
+        view = None  # type: Optional[memoryview]
+        if pieces:
+            view = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+        return view, None if None in digests else b"".join(digests)
+
+    def _bytes(self, data, offset, start, n):
+        # type: (Optional[bytearray], int, int, int) -> memoryview
+        if data is not None:
+            return memoryview(data)[start:start + n]
+        # Not read ahead (a cached run): MATCHed ranges are never written in this run, and
+        # the head, which is zeroed once a byte beyond it is, comes first in stream order.
+        view = memoryview(bytearray(n))
+        self._target.read_into(view, offset)
+        self.read_bytes += n
+        return view
+
+    def _digests_of(self, digests, start, n, last):
+        # type: (bytes, int, int, bool) -> Optional[bytes]
+        block = self._block
+        if start % block or (n % block and not last):
+            return None
+        return digests[start // block * 32:-(-(start + n) // block) * 32]
 
     def skip(self, offset, length):
         # type: (int, int) -> None
@@ -115,11 +176,58 @@ class TargetSegments(object):
             self._segment_at(offset + length - 1)
 
     def _segment_at(self, offset):
-        # type: (int) -> Tuple[int, bytearray]
-        while self._current is None or offset >= self._current[0] + len(self._current[1]):
+        # type: (int) -> Segment
+        while self._current is None or offset >= self._current[0] + self._current[1]:
             item = self._queue.get()
             if item is None:
                 assert self.error is not None  # _run sets it before it queues the None
                 raise self.error
             self._current = item
         return self._current
+
+
+class BlockDigests(object):
+    """The target's block digests as a delta run leaves it, in order, for the next run's cache:
+    those of MATCHed blocks as the run found them, of written ones hashed as written. Any
+    range off the block grid spoils it (`ok` False): the run then keeps no cache."""
+
+    def __init__(self, block, size, sink):
+        # type: (int, int, Callable[[bytes], None]) -> None
+        self._block = block
+        self._size = size
+        self._sink = sink
+        self._next = 0
+        self.ok = True
+
+    def complete(self):
+        # type: () -> bool
+        return self.ok and self._next == self._size
+
+    def kept(self, offset, length, digests):
+        # type: (int, int, Optional[bytes]) -> None
+        if self._aligned(offset, length) and digests is not None:
+            self._add(length, digests)
+
+    def wrote(self, offset, view):
+        # type: (int, memoryview) -> None
+        if self._aligned(offset, len(view)):
+            self._add(len(view), block_digests(view, self._block))
+
+    def zeroed(self, offset, length):
+        # type: (int, int) -> None
+        if self._aligned(offset, length):
+            block, whole = self._block, length // self._block
+            tail = length - whole * block
+            self._add(length, zero_digest(block) * whole + (zero_digest(tail) if tail else b""))
+
+    def _aligned(self, offset, length):
+        # type: (int, int) -> bool
+        end = offset + length
+        self.ok = self.ok and offset == self._next and offset % self._block == 0 and (
+            end % self._block == 0 or end == self._size)
+        return self.ok
+
+    def _add(self, length, digests):
+        # type: (int, bytes) -> None
+        self._sink(digests)
+        self._next += length
