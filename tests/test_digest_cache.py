@@ -1,0 +1,185 @@
+"""The digest cache of --delta: a second run need not read the target, and a cache that no
+longer holds for the target (changed behind bacpac's back, corrupt, cut short) is never used.
+
+Every test runs the real command line, locally and over the session's sshd (which runs on this
+machine, so the target and its cache are read back directly), and checks the target's bytes,
+the JSON summary's target_read (bytes the helper read of the target) and digest_cache.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from clirun import KiB, MiB, Transport, bacpac, bacpac_env, random_bytes, sha256_of, write_file
+from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
+from fixtures_disk import requires_root
+
+from remote_helper.saveset import digestcache
+
+SIZE = 8 * MiB
+BLOCK = 64 * KiB
+HEAD = 1 * MiB  # the held-back head, read even with a cache (it is written last)
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path]:
+    """An 8 MiB random source, not yet copied."""
+    return write_file(tmp_path / "source.img", SIZE, {0: random_bytes(SIZE, 1)}), \
+        tmp_path / "target.img"
+
+
+def cache_of(target: Path) -> Path:
+    return target.parent / f".{target.name}.bacpac-digests"
+
+
+def change(path: Path, offset: int, seed: int) -> None:
+    write_file(path, SIZE, {offset: random_bytes(1000, seed)}, keep=True)
+
+
+def assert_identical(source: Path, target: Path) -> None:
+    assert target.stat().st_size == source.stat().st_size
+    assert sha256_of(target) == sha256_of(source)
+
+
+def test_first_delta_run_keeps_a_private_cache(transport, pair) -> None:
+    source, target = pair
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "none" and summary["digest_cache_kept"] is True
+    cache = cache_of(target)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert cache.stat().st_size > (SIZE // BLOCK) * 32  # the digests, then its header
+    assert not list(target.parent.glob("*bacpac-tmp*"))
+
+
+def test_second_delta_run_reads_only_the_head_of_the_target(transport, pair) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    change(source, 5 * MiB + 100, seed=2)
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "used", summary
+    assert summary["target_read"] <= HEAD, summary
+    assert summary["blocks_sent"] == 1, summary
+    assert summary["sha256"] == sha256_of(source)
+    # and the cache it keeps holds for the target as now written: a third run reads no more
+    change(source, 100, seed=3)
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "used" and summary["target_read"] <= HEAD, summary
+
+
+def test_without_a_cache_the_target_is_read_whole(transport, pair) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    cache_of(target).unlink()
+    summary = transport.delta(source, target).summary
+    assert summary["digest_cache"] == "none"
+    assert summary["target_read"] == SIZE, summary
+    assert cache_of(target).exists()
+
+
+def test_target_changed_behind_bacpacs_back_is_read_and_mended(transport, pair) -> None:
+    """Same size, other content, atime and mtime put back: its ctime still moved, so the cache
+    no longer holds; the target is read, and the changed block sent again."""
+    source, target = pair
+    transport.delta(source, target)
+    before = target.stat()
+    change(target, 3 * MiB + 5, seed=4)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "none", summary
+    assert summary["target_read"] == SIZE, summary
+    assert summary["blocks_sent"] == 1, summary
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "garbage"])
+def test_broken_cache_is_ignored_with_a_warning(transport, pair, damage) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    cache = cache_of(target)
+    data = bytearray(cache.read_bytes())
+    if damage == "flipped":
+        data[1000] ^= 0xFF
+    elif damage == "truncated":
+        data = data[:len(data) // 2]
+    else:
+        data = bytearray(random_bytes(len(data), 5))
+    cache.write_bytes(bytes(data))
+    change(target, 2 * MiB, seed=6)  # the cache's digests would say this block matches
+    os.utime(target, ns=(0, 0))
+    run = transport.dup(source, target, "--delta")
+    assert run.returncode == 0, run.stderr
+    summary = run.summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "none" and summary["target_read"] == SIZE, summary
+    assert any("digest cache ignored" in w for w in summary["warnings"]), summary
+    assert "digest cache ignored" in run.stderr
+    assert summary["digest_cache_kept"] is True  # replaced by a good one
+
+
+def test_a_plain_dup_forgets_the_cache(transport, pair) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    assert transport.dup(source, target).returncode == 0
+    assert not cache_of(target).exists()
+
+
+def test_cache_is_bound_to_the_files_ctime(tmp_path) -> None:
+    """The unit below the tests above: a committed cache loads while the file is untouched,
+    and not once anything (here a chmod to the same mode) has set its ctime."""
+    image = tmp_path / "image"
+    image.write_bytes(random_bytes(3 * BLOCK + 5, 7))
+    path = digestcache.cache_path(str(image), image.stat())
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        new = digestcache.NewCache(path, 3 * BLOCK + 5, BLOCK, 0)
+        new.add(bytes(32 * 4))
+        assert new.commit(fd)
+        cached, warning = digestcache.load(path, fd, 3 * BLOCK + 5, BLOCK, False)
+        assert cached is not None and warning is None
+        assert cached.digests(1, 2) == bytes(64)
+        cached.close()
+        os.chmod(image, stat.S_IMODE(image.stat().st_mode))
+        assert digestcache.load(path, fd, 3 * BLOCK + 5, BLOCK, False) == (None, None)
+        assert digestcache.load(path, fd, 3 * BLOCK + 5, 2 * BLOCK, False)[0] is None
+    finally:
+        os.close(fd)
+
+
+def test_nothing_else_writes_target_needs_delta(pair) -> None:
+    source, target = pair
+    run = Transport("local").dup(source, target, "--nothing-else-writes-target")
+    assert run.returncode == 2
+    assert "--nothing-else-writes-target" in run.error_line
+    assert not target.exists()
+
+
+@requires_root
+def test_block_device_is_read_every_time_unless_the_user_says_nothing_else_writes_it(
+        pair, loop_device, tmp_path) -> None:
+    source, _ = pair
+    device = loop_device(SIZE + MiB)
+    env = bacpac_env(HOME=str(tmp_path / "home"))  # where the helper keeps a device's cache
+
+    def delta(*extra: str) -> dict:
+        run = bacpac("dup", "--no-progress", "--json", "--delta", "--force", *extra, source,
+                     device, env=env)
+        assert run.returncode == 0, run.stderr
+        assert sha256_of(device, SIZE) == sha256_of(source)
+        return run.summary
+
+    assert delta()["digest_cache_kept"] is False  # no flag: no cache for a device
+    assert delta()["target_read"] == SIZE
+    assert delta("--nothing-else-writes-target")["digest_cache"] == "none"
+    assert glob.glob(str(tmp_path / "home/.cache/bacpac/dev-*.bacpac-digests"))
+    summary = delta("--nothing-else-writes-target")
+    assert summary["digest_cache"] == "used" and summary["target_read"] <= HEAD, summary
+    assert delta()["target_read"] == SIZE  # without the flag, the device is read again
+    # and that run forgot the cache: it cannot vouch for what came after it
+    assert delta("--nothing-else-writes-target")["digest_cache"] == "none"
