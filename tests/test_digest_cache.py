@@ -183,3 +183,34 @@ def test_block_device_is_read_every_time_unless_the_user_says_nothing_else_write
     assert delta()["target_read"] == SIZE  # without the flag, the device is read again
     # and that run forgot the cache: it cannot vouch for what came after it
     assert delta("--nothing-else-writes-target")["digest_cache"] == "none"
+
+
+# ---- the target's block digests: every core, holes not hashed ----------------------------------
+
+def test_hole_blocks_are_the_blocks_wholly_in_a_hole() -> None:
+    from remote_helper.target.hashing import hole_blocks
+    assert hole_blocks([(100, 300)], 100, 1000) == {1, 2, 3}
+    assert hole_blocks([(150, 300)], 100, 1000) == {2, 3}
+    assert hole_blocks([(0, 99)], 100, 1000) == set()
+    assert hole_blocks([(850, 200)], 100, 950) == {9}  # the short last block, to the end
+
+
+def test_hashers_give_the_digests_of_hashing_each_block() -> None:
+    import hashlib
+    import threading
+    from remote_helper.target.hashing import Hashers, hole_blocks
+    block = 4 * KiB
+    data = bytearray(random_bytes(37 * block + 123, 8))
+    data[5 * block:9 * block + 10] = bytes(4 * block + 10)  # a hole: blocks 5 to 8
+    view = memoryview(data)
+    plain = b"".join(hashlib.sha256(view[p:p + block]).digest()
+                     for p in range(0, len(data), block))
+    hashers = Hashers(3)
+    try:
+        holes = hole_blocks([(5 * block, 4 * block + 10)], block, len(data))
+        assert holes == {5, 6, 7, 8}
+        shares = hashers.submit(view, block, holes)
+        assert len(shares) == 3
+        assert b"".join(share.result(threading.Event()) or b"" for share in shares) == plain
+    finally:
+        assert hashers.stop(5)

@@ -1,8 +1,8 @@
 """The target side of a delta dup: read the target once, send block digests, keep the data.
 
 # Strategy: a thread reads the target segment by segment (holes not read: they are zeros),
-# sends the sha256 of each block of the segment in one DIGESTS frame, and queues the segment's
-# bytes. The client compares, and answers each range with DATA (new bytes), HOLE (zeros) or
+# sends the sha256 of each block of the segment in one DIGESTS frame (hashed on every core while
+# the next segment is read, holes not hashed: hashing.py), and queues the segment's bytes. The client compares, and answers each range with DATA (new bytes), HOLE (zeros) or
 # MATCH (keep what is there). The writer takes the segments back in order: a MATCH range is
 # hashed (and put in the saveset) from the bytes already read, so the run reads the target
 # once. The queue is bounded, so the reader stays at most a few segments ahead of the writer
@@ -13,13 +13,14 @@
 # or to put in a saveset). BlockDigests collects the digests of the target as the run leaves
 # it, for the next run's cache.
 """
-import hashlib
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Callable, Optional, Tuple  # for the type comments
 
 from ..wire import protocol
 from .devices import data_extents
+from .hashing import Hashers, block_digests, hole_blocks, zero_digest
 from ..errors import HelperError, as_helper_error
 
 if TYPE_CHECKING:  # target.py is not needed to run this module
@@ -39,25 +40,6 @@ DEPTH = 8  # segments read ahead of the writer
 STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the target closes
 
 
-_ZERO_DIGESTS = {}  # type: dict
-
-
-def zero_digest(length):
-    # type: (int) -> bytes
-    """The sha256 of `length` zero bytes, computed once per length."""
-    digest = _ZERO_DIGESTS.get(length)
-    if digest is None:
-        digest = _ZERO_DIGESTS[length] = hashlib.sha256(bytes(length)).digest()
-    return digest
-
-
-def block_digests(view, block):
-    # type: (memoryview, int) -> bytes
-    """The concatenated sha256 digests of each `block`-sized piece of view (the last may be short)."""
-    return b"".join(hashlib.sha256(view[pos:pos + block]).digest()
-                    for pos in range(0, len(view), block))
-
-
 class TargetSegments(object):
     """Reads the target ahead of the writer, announcing each segment's block digests."""
 
@@ -74,6 +56,7 @@ class TargetSegments(object):
         self.read_bytes = 0  # of the target, by either thread
         self._stop = threading.Event()
         self.error = None  # type: Optional[HelperError]
+        self._hashers = Hashers() if cached is None else None
         self._thread = threading.Thread(target=self._run, name="delta-reader")
         self._thread.daemon = True
         self._thread.start()
@@ -82,32 +65,55 @@ class TargetSegments(object):
         # type: () -> bool
         """Stop reading, and let a read under way end; whether it did within STOP_WAIT: the
         caller closes the target only then."""
+        deadline = time.monotonic() + STOP_WAIT
         self._stop.set()
         self._thread.join(STOP_WAIT)
-        return not self._thread.is_alive()
+        hashed = self._hashers is None or self._hashers.stop(
+            max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive() and hashed
 
     def _run(self):
         # type: () -> None
         offset = 0
+        hashing = None  # type: Optional[Tuple[int, int, list, bytearray]]
         try:
             size = self._target.size
             for offset in range(0, size, self._segment):
                 length = min(self._segment, size - offset)
-                if self._cached is not None:
-                    data = None  # type: Optional[bytearray]
-                    payload = self._cached.digests(offset // self._block,
-                                                   -(-length // self._block))
-                else:
-                    data = self._read(offset, length)
-                    payload = block_digests(memoryview(data), self._block)
-                self._send(protocol.encode(protocol.DIGESTS, payload, offset))
-                if not self._put((offset, length, payload, data)):
+                if self._hashers is None:  # a digest cache: nothing read, nothing hashed
+                    cached = self._cached.digests(  # type: ignore[union-attr]
+                        offset // self._block, -(-length // self._block))
+                    if not self._announce((offset, length, cached, None)):
+                        return
+                    continue
+                data, holes = self._read(offset, length)
+                shares = self._hashers.submit(memoryview(data), self._block,
+                                              hole_blocks(holes, self._block, length))
+                if hashing is not None and not self._hashed(hashing):
                     return
+                hashing = (offset, length, shares, data)
+            if hashing is not None:
+                self._hashed(hashing)
         except BaseException as e:
             self.error = as_helper_error(e, "%s: reading the target's segment at byte %d"
                                          % (self._target.path, offset))
             self._fail(self.error)
             self._put(None)  # the writer raises self.error when it next needs a segment
+
+    def _hashed(self, hashing):
+        # type: (Tuple[int, int, list, bytearray]) -> bool
+        """Announce a segment once its shares are hashed; whether it was, before stop()."""
+        offset, length, shares, data = hashing
+        digests = [share.result(self._stop) for share in shares]
+        if None in digests:
+            return False
+        return self._announce((offset, length, b"".join(digests), data))
+
+    def _announce(self, segment):
+        # type: (Segment) -> bool
+        """Send the segment's DIGESTS and queue it for the writer; False once stopped."""
+        self._send(protocol.encode(protocol.DIGESTS, segment[2], segment[0]))
+        return self._put(segment)
 
     def _put(self, item):
         # type: (Optional[Segment]) -> bool
@@ -121,14 +127,18 @@ class TargetSegments(object):
         return False
 
     def _read(self, offset, length):
-        # type: (int, int) -> bytearray
+        # type: (int, int) -> Tuple[bytearray, list]
+        """The segment's bytes, and its holes ((start, length), relative to offset)."""
         data = bytearray(length)
         view = memoryview(data)
+        holes = []
         for start, run, is_data in data_extents(self._target.fd, offset, offset + length):
             if is_data:
                 self._target.read_into(view[start - offset:start - offset + run], start)
                 self.read_bytes += run
-        return data
+            else:
+                holes.append((start - offset, run))
+        return data, holes
 
     def take(self, offset, length, need):
         # type: (int, int, int) -> Tuple[Optional[memoryview], Optional[bytes]]
