@@ -214,3 +214,30 @@ def test_hashers_give_the_digests_of_hashing_each_block() -> None:
         assert b"".join(share.result(threading.Event()) or b"" for share in shares) == plain
     finally:
         assert hashers.stop(5)
+
+
+@requires_root
+def test_a_write_to_the_first_mib_behind_a_trusted_cache_stops_the_run(
+        pair, loop_device, tmp_path) -> None:
+    """What a mount would do to a device bacpac was told nothing else writes: its superblock
+    changes. The cached run checks the first MiB, which it reads anyway, and stops before
+    writing beyond it; the cache is gone, so the run after reads the device and mends it."""
+    source, _ = pair
+    device = loop_device(SIZE)
+    env = bacpac_env(HOME=str(tmp_path / "home"))
+    args = ("dup", "--no-progress", "--json", "--delta", "--force",
+            "--nothing-else-writes-target", source, device)
+    assert bacpac(*args, env=env).returncode == 0
+    with open(device, "r+b") as f:
+        f.seek(1024)
+        f.write(b"mounted!")
+    change(source, 6 * MiB, seed=9)  # a block beyond the head to write, if it went on
+    run = bacpac(*args, env=env)
+    assert run.returncode == 1, run.stderr
+    assert "differ from its digest cache" in run.error_line
+    with open(device, "rb") as f:
+        f.seek(6 * MiB)
+        assert f.read(1000) != random_bytes(1000, 9)  # nothing beyond the head was written
+    summary = bacpac(*args, env=env).summary
+    assert summary["status"] == "ok" and summary["digest_cache"] == "none", summary
+    assert sha256_of(device, SIZE) == sha256_of(source)

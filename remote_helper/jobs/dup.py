@@ -77,7 +77,9 @@ def run_dup(job, inp, out):
                               cache.record if cache is not None else None)
         result = write_image(job, inp, writer, target, saveset)
         if cache is not None:
-            result.update(cache.commit(target.fd))  # type: ignore[union-attr]
+            # a --verify that found the target differing proves the run wrong: no cache
+            result.update(cache.commit(target.fd,  # type: ignore[union-attr]
+                                       result.pop("verified", True)))
             result["warnings"] = cache.warnings
         if segments is not None:
             result["target_read"] = segments.read_bytes
@@ -150,6 +152,7 @@ def write_image(job, inp, writer, target, saveset):
     writer.finish()  # the head last, once the image is proven: else the target will not mount
     if job.get("verify") and target.path is not None:
         result["verify_sha256"] = reread_sha256(target)
+        result["verified"] = result["verify_sha256"] == sha256
     if saveset is not None:
         # sha256 is not None here: the writer's hash (check sha256) or END's, proven above
         saveset.commit(sha256, written)  # type: ignore[arg-type]

@@ -254,12 +254,12 @@ class CacheRun(object):
         except OSError as e:
             self.warnings.append("%s: digest cache: %s" % (path, e.strerror or e))
 
-    def commit(self, fd):
-        # type: (int) -> dict
+    def commit(self, fd, proven=True):
+        # type: (int, bool) -> dict
         """Keep the new cache, once the run is proven; what the RESULT says of the cache."""
         kept = False
         if self._new is not None and self.record is not None:
-            if self.record.complete():
+            if proven and self.record.complete():
                 try:
                     kept = self._new.commit(fd)
                 except OSError as e:

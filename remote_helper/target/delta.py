@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple  # for the type comm
 from ..wire import protocol
 from .devices import data_extents
 from .hashing import Hashers, block_digests, hole_blocks, zero_digest
-from ..errors import HelperError, as_helper_error
+from ..errors import HelperError, IntegrityError, as_helper_error
 
 if TYPE_CHECKING:  # target.py is not needed to run this module
     from .target import Target
@@ -151,7 +151,7 @@ class TargetSegments(object):
             start = offset - seg_offset
             n = min(length, seg_length - start)
             if need > 0:
-                pieces.append(self._bytes(data, offset, start, min(n, need)))
+                pieces.append(self._bytes(data, offset, start, min(n, need), seg_digests))
                 need -= n
             digests.append(self._digests_of(seg_digests, start, n, offset + n == self._target.size))
             offset += n
@@ -161,8 +161,8 @@ class TargetSegments(object):
             view = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
         return view, None if None in digests else b"".join(digests)
 
-    def _bytes(self, data, offset, start, n):
-        # type: (Optional[bytearray], int, int, int) -> memoryview
+    def _bytes(self, data, offset, start, n, digests):
+        # type: (Optional[bytearray], int, int, int, bytes) -> memoryview
         if data is not None:
             return memoryview(data)[start:start + n]
         # Not read ahead (a cached run): MATCHed ranges are never written in this run, and
@@ -170,7 +170,27 @@ class TargetSegments(object):
         view = memoryview(bytearray(n))
         self._target.read_into(view, offset)
         self.read_bytes += n
+        self._check_cached(view, offset, start, digests)
         return view
+
+    def _check_cached(self, view, offset, start, digests):
+        # type: (memoryview, int, int, bytes) -> None
+        """Bytes read in a cached run must have the cache's digests: the first MiB, which
+        every cached run reads, holds the partition table and the file system's superblock,
+        which a mount writes. A mismatch fails the run before anything beyond the head is
+        written (the cache is already gone: the next run reads the target)."""
+        block = self._block
+        whole = len(view) // block * block if offset + len(view) < self._target.size \
+            else len(view)
+        if start % block or not whole:
+            return
+        first = start // block
+        cached = digests[first * 32:first * 32 + -(-whole // block) * 32]
+        if block_digests(view[:whole], block) != cached:
+            raise IntegrityError("%s: the target's bytes at offset %d differ from its digest "
+                                 "cache: something else wrote it since the last run; the cache "
+                                 "is removed, run the same command again" % (self._target.path,
+                                                                           offset))
 
     def _digests_of(self, digests, start, n, last):
         # type: (bytes, int, int, bool) -> Optional[bytes]
