@@ -75,16 +75,8 @@ def run_dup(job, inp, out):
                                       cache.cached if cache is not None else None)
         writer = image_writer(job, inp, out, target, saveset, segments,
                               cache.record if cache is not None else None)
-        result = write_image(job, inp, writer, target, saveset)
-        if cache is not None:
-            # a --verify that found the target differing proves the run wrong: no cache
-            result.update(cache.commit(target.fd,  # type: ignore[union-attr]
-                                       result.pop("verified", True)))
-            result["warnings"] = cache.warnings
-        if segments is not None:
-            result["target_read"] = segments.read_bytes
-        result["io_read_bytes"] = devices.io_read_bytes()
-        out.send_json(RESULT, result)
+        out.send_json(RESULT, with_cache(write_image(job, inp, writer, target, saveset),
+                                         cache, segments, target))
     except ClientGone:
         raise
     except Exception as e:
@@ -114,6 +106,21 @@ def close_outputs(target, saveset):
         saveset.discard()  # harmless after commit: only a temporary file is ever removed
 
 
+def with_cache(result, cache, segments, target):
+    # type: (dict, Optional[CacheRun], Optional[TargetSegments], AnyTarget) -> dict
+    """The run's RESULT, once its digest cache is kept (or not), with what the helper read."""
+    source_sha256 = result.pop("end_sha256")
+    if cache is not None:
+        # a --verify that found the target differing proves the run wrong: no cache
+        proven = result.get("verify_sha256", source_sha256) == source_sha256
+        result.update(cache.commit(target.fd, proven))  # type: ignore[union-attr]
+        result["warnings"] = cache.warnings
+    if segments is not None:
+        result["target_read"] = segments.read_bytes
+    result["io_read_bytes"] = devices.io_read_bytes()
+    return result
+
+
 def image_writer(job, inp, out, target, saveset, segments, record=None):
     # type: (dict, Input, Output, AnyTarget, Saveset, Segments, Optional[BlockDigests]) -> ImageWriter
     """The thread that writes the image, reporting PROGRESS as it goes."""
@@ -139,7 +146,7 @@ def write_image(job, inp, writer, target, saveset):
     end = receive_image(inp, writer, target, check == "frames")
     written, sha256 = writer.drain()
     where = target.path or (saveset.path if saveset else "stream")
-    result = {"bytes_written": written, "check": check}
+    result = {"bytes_written": written, "check": check, "end_sha256": end.get("sha256")}
     if check == "frames":
         sha256 = end.get("sha256")  # the source's, for the saveset's trailer and --verify
         if not _is_sha256(sha256):
@@ -152,7 +159,6 @@ def write_image(job, inp, writer, target, saveset):
     writer.finish()  # the head last, once the image is proven: else the target will not mount
     if job.get("verify") and target.path is not None:
         result["verify_sha256"] = reread_sha256(target)
-        result["verified"] = result["verify_sha256"] == sha256
     if saveset is not None:
         # sha256 is not None here: the writer's hash (check sha256) or END's, proven above
         saveset.commit(sha256, written)  # type: ignore[arg-type]
