@@ -241,3 +241,32 @@ def test_a_write_to_the_first_mib_behind_a_trusted_cache_stops_the_run(
     summary = bacpac(*args, env=env).summary
     assert summary["status"] == "ok" and summary["digest_cache"] == "none", summary
     assert sha256_of(device, SIZE) == sha256_of(source)
+
+
+def test_the_source_hashes_only_the_blocks_whose_answer_needs_it(monkeypatch) -> None:
+    """Zeros (a hole, or a block of zeros) and data where the target holds zeros need no hash;
+    only data against the target's data is hashed: here 2 blocks of 6."""
+    import hashlib
+    from bacpac.engine import delta
+    from bacpac.engine.frames import Data, Hole, Match
+    block = 4 * KiB
+    same, other = random_bytes(block, 10), random_bytes(block, 11)
+    zeros = bytes(block)
+    mine = [zeros, same, other, same, zeros, zeros]  # the last one in a hole of the source
+    target = [zeros, same, same, zeros, same, same]
+    theirs = b"".join(hashlib.sha256(piece).digest() for piece in target)
+    hashed = []
+
+    class Counting:
+        @staticmethod
+        def sha256(data):
+            hashed.append(len(data))
+            return hashlib.sha256(data)
+
+    delta.zero_digest(block)  # computed once per length, before the count starts
+    monkeypatch.setattr(delta, "hashlib", Counting)
+    frames = delta.plan_segment(0, memoryview(b"".join(mine)), [(5 * block, block)], theirs,
+                                block, lambda view: bytes(view))
+    kinds = [(type(f), f.offset // block, f.size // block) for f in frames]
+    assert kinds == [(Match, 0, 2), (Data, 2, 2), (Hole, 4, 2)]
+    assert hashed == [block, block]  # blocks 1 and 2
