@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from clirun import KiB, MiB, Transport, bacpac, bacpac_env, random_bytes, sha256_of, write_file
+from clirun import (KiB, MiB, Result, Transport, bacpac, bacpac_env, random_bytes, sha256_of,
+                    write_file)
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import requires_root
 
@@ -270,3 +271,30 @@ def test_the_source_hashes_only_the_blocks_whose_answer_needs_it(monkeypatch) ->
     kinds = [(type(f), f.offset // block, f.size // block) for f in frames]
     assert kinds == [(Match, 0, 2), (Data, 2, 2), (Hole, 4, 2)]
     assert hashed == [block, block]  # blocks 1 and 2
+
+
+@requires_root
+def test_a_run_that_fails_part_way_leaves_no_cache(pair, loop_device, failing_loop_device,
+                                                   tmp_path) -> None:
+    """The cache goes before the first byte is written and a new one only after the proof:
+    a run cut by a read error of the source, after it wrote a changed block, leaves none, so
+    the next run reads the device (told nothing else writes it) and mends it."""
+    source, _ = pair
+    target = loop_device(SIZE)
+    env = bacpac_env(HOME=str(tmp_path / "home"))
+
+    def delta(image) -> Result:
+        return bacpac("dup", "--no-progress", "--json", "--delta", "--force",
+                      "--nothing-else-writes-target", image, target, env=env)
+
+    assert delta(source).returncode == 0
+    content = bytearray(source.read_bytes()[:6 * MiB])
+    content[2 * MiB:2 * MiB + 1000] = random_bytes(1000, 12)  # in the first segment
+    failing = failing_loop_device(bytes(content), SIZE)  # reads past 6 MiB fail
+    cut = delta(failing)
+    assert cut.returncode == 1, cut.stderr
+    assert not glob.glob(str(tmp_path / "home/.cache/bacpac/dev-*.bacpac-digests"))
+    summary = delta(source).summary
+    assert summary["status"] == "ok" and summary["digest_cache"] == "none", summary
+    assert summary["target_read"] == SIZE
+    assert sha256_of(target, SIZE) == sha256_of(source)
