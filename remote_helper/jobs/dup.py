@@ -19,9 +19,8 @@ from ..wire.protocol import COPY, DATA, END, ERROR, HOLE, MATCH, PROGRESS, READY
 
 if TYPE_CHECKING:  # for the type comments only: the server imports this module
     from .server import Input, Output  # noqa: F401
-    from ..target.delta import BlockDigests
     from ..target.target import Target
-    from ..target.writer import AnyTarget, Saveset, Segments
+    from ..target.writer import AnyTarget, Record, Saveset, Segments
 
 VERIFY_CHUNK = 4 << 20
 # How the helper proves what it received (the job's "check"): "sha256" hashes the whole stream
@@ -122,7 +121,7 @@ def with_cache(result, cache, segments, target):
 
 
 def image_writer(job, inp, out, target, saveset, segments, record=None):
-    # type: (dict, Input, Output, AnyTarget, Saveset, Segments, Optional[BlockDigests]) -> ImageWriter
+    # type: (dict, Input, Output, AnyTarget, Saveset, Segments, Record) -> ImageWriter
     """The thread that writes the image, reporting PROGRESS as it goes."""
     last = [time.monotonic(), inp.idle]  # when the previous PROGRESS went, and idle by then
 

@@ -2,7 +2,8 @@
 
 # Strategy: a thread reads the target segment by segment (holes not read: they are zeros),
 # sends the sha256 of each block of the segment in one DIGESTS frame (hashed on every core while
-# the next segment is read, holes not hashed: hashing.py), and queues the segment's bytes. The client compares, and answers each range with DATA (new bytes), HOLE (zeros) or
+# the next segment is read, holes not hashed: hashing.py), and queues the segment's bytes. The
+# client compares, and answers each range with DATA (new bytes), HOLE (zeros) or
 # MATCH (keep what is there). The writer takes the segments back in order: a MATCH range is
 # hashed (and put in the saveset) from the bytes already read, so the run reads the target
 # once. The queue is bounded, so the reader stays at most a few segments ahead of the writer
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # target.py is not needed to run this module
             # type: (int, int) -> bytes
             ...
 
+Send = Callable[[bytes], None]
 # A segment of the target: offset, length, its block digests, its bytes (None if not read)
 Segment = Tuple[int, int, bytes, Optional[bytearray]]
 
@@ -44,7 +46,7 @@ class TargetSegments(object):
     """Reads the target ahead of the writer, announcing each segment's block digests."""
 
     def __init__(self, target, block, segment, send, fail, cached=None):
-        # type: (Target, int, int, Callable[[bytes], None], Callable[[BaseException], None], Optional[Cached]) -> None
+        # type: (Target, int, int, Send, Callable[[BaseException], None], Optional[Cached]) -> None
         self._target = target
         self._cached = cached
         self._block = block
@@ -153,7 +155,8 @@ class TargetSegments(object):
             if need > 0:
                 pieces.append(self._bytes(data, offset, start, min(n, need), seg_digests))
                 need -= n
-            digests.append(self._digests_of(seg_digests, start, n, offset + n == self._target.size))
+            last = offset + n == self._target.size
+            digests.append(self._digests_of(seg_digests, start, n, last))
             offset += n
             length -= n
         view = None  # type: Optional[memoryview]
@@ -231,15 +234,20 @@ class BlockDigests(object):
 
     def complete(self):
         # type: () -> bool
+        """Whether every block of the image has its digest, in order."""
         return self.ok and self._next == self._size
 
     def kept(self, offset, length, digests):
         # type: (int, int, Optional[bytes]) -> None
-        if self._aligned(offset, length) and digests is not None:
+        """A MATCH: `digests` are the target's, None if the range was off the grid."""
+        if digests is None:
+            self.ok = False
+        elif self._aligned(offset, length):
             self._add(length, digests)
 
     def wrote(self, offset, view):
         # type: (int, memoryview) -> None
+        """Bytes written (a DATA or COPY): hashed here, on the writer's thread."""
         if self._aligned(offset, len(view)):
             self._add(len(view), block_digests(view, self._block))
 

@@ -13,7 +13,10 @@
 # ranges are hashed from the target's own bytes, read once by delta.TargetSegments; a run that
 # changes nothing writes nothing at all. A COPY is served from what this thread already wrote
 # (the held-back head from memory), and its bytes must have the sha256 the client sent: a copy
-# is proven as a DATA frame's content checksum proves its block.
+# is proven as a DATA frame's content checksum proves its block. In a delta run it also records
+# the target's block digests as it leaves it (delta.BlockDigests), for the next run's digest
+# cache: MATCHed blocks' as compared, written ones hashed here, and no old bytes are read that
+# neither the head, the stream's hash nor the saveset needs.
 """
 import hashlib
 import threading
@@ -34,8 +37,10 @@ if TYPE_CHECKING:  # the types of what the helper hands in, not needed to run th
     from .target import NullTarget, Target
     AnyTarget = Union[Target, NullTarget]
     OnError = Callable[[BaseException], None]
+    OnProgress = Callable[[int], None]
     Saveset = Optional[SavesetOutput]
     Segments = Optional[TargetSegments]
+    Record = Optional[BlockDigests]
 
 SPARSE_CHUNK = 128 << 10  # zero runs shorter than this inside a block are written anyway
 PROGRESS_EVERY = 0.25  # seconds between PROGRESS frames (the client's pacing reads them)
@@ -60,7 +65,7 @@ class ImageWriter(object):
 
     def __init__(self, target, on_progress, on_error, saveset=None, segments=None,
                  depth=QUEUE_DEPTH, hash_stream=True, record=None):
-        # type: (AnyTarget, Callable[[int], None], OnError, Saveset, Segments, int, bool, Optional[BlockDigests]) -> None
+        # type: (AnyTarget, OnProgress, OnError, Saveset, Segments, int, bool, Record) -> None
         self._target = target
         self._record = record  # the target's block digests as written, for the digest cache
         self._saveset = saveset
