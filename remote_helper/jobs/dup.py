@@ -109,14 +109,14 @@ def with_cache(result, cache, segments, target):
     # type: (dict, Optional[CacheRun], Optional[TargetSegments], AnyTarget) -> dict
     """The run's RESULT, once its digest cache is kept (or not), with what the helper read."""
     source_sha256 = result.pop("end_sha256")
-    if cache is not None:
+    if cache is not None and segments is not None:
         # a --verify that found the target differing proves the run wrong: no cache
         proven = result.get("verify_sha256", source_sha256) == source_sha256
         result.update(cache.commit(target.fd, proven))  # type: ignore[union-attr]
-        result["warnings"] = cache.warnings
     if segments is not None:
-        result["target_read"] = segments.read_bytes
-    result["io_read_bytes"] = devices.io_read_bytes()
+        result.update(target_read=segments.read_bytes, io_read_bytes=devices.io_read_bytes())
+    if cache is not None and cache.warnings:
+        result["warnings"] = cache.warnings
     return result
 
 
