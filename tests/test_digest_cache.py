@@ -298,3 +298,34 @@ def test_a_run_that_fails_part_way_leaves_no_cache(pair, loop_device, failing_lo
     assert summary["status"] == "ok" and summary["digest_cache"] == "none", summary
     assert summary["target_read"] == SIZE
     assert sha256_of(target, SIZE) == sha256_of(source)
+
+
+def test_cache_stat_is_taken_a_settle_past_the_last_write_and_a_racy_one_is_refused(
+        tmp_path) -> None:
+    """A write in the same clock tick as the cache's stat would leave ctime as it was: the
+    stat is taken only SETTLE after the file's ctime, and a cache whose stat was not (forged
+    here, checksum and all) is refused."""
+    import hashlib
+    import json
+    import struct
+    image = tmp_path / "image"
+    image.write_bytes(random_bytes(2 * BLOCK, 13))  # its ctime: now
+    path = digestcache.cache_path(str(image), image.stat())
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        new = digestcache.NewCache(path, 2 * BLOCK, BLOCK, 0)
+        new.add(bytes(64))
+        assert new.commit(fd)
+        data = Path(path).read_bytes()
+        (length,) = struct.unpack(">Q", data[-56:-48])
+        header = json.loads(data[64:64 + length])
+        assert header["stat_ns"] - header["ctime_ns"] >= digestcache.SETTLE * 1e9
+        assert header["generation"] == 1
+        assert digestcache.load(path, fd, 2 * BLOCK, BLOCK, False)[0] is not None
+        header["stat_ns"] = header["ctime_ns"] + 1000  # as if taken in the tick of the write
+        payload = json.dumps(header).encode()
+        body = data[:64] + payload + struct.pack(">Q", len(payload)) + digestcache.MAGIC
+        Path(path).write_bytes(body + hashlib.sha256(body).digest())
+        assert digestcache.load(path, fd, 2 * BLOCK, BLOCK, False) == (None, None)
+    finally:
+        os.close(fd)
