@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,34 @@ def test_cache_stat_is_taken_a_settle_past_the_last_write_and_a_racy_one_is_refu
         assert digestcache.load(path, fd, 2 * BLOCK, BLOCK, False) == (None, None)
     finally:
         os.close(fd)
+
+
+def evict(path: Path) -> None:
+    """Push the file's pages out of the page cache, so that reading it means reading the disk."""
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_with_a_cache_the_helper_reads_almost_nothing_from_the_disk(transport, tmp_path) -> None:
+    """The kernel's own count (/proc/self/io read_bytes of the helper, io_read_bytes in --json),
+    with the target out of the page cache: all of it without a cache, its head with one."""
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
+                          text=True).stdout.strip()
+    if kind in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is on {kind}, which reads nothing from a disk")
+    size = 16 * MiB
+    source = write_file(tmp_path / "source.img", size, {0: random_bytes(size, 14)})
+    target = tmp_path / "target.img"
+    transport.delta(source, target)
+    cache_of(target).unlink()
+    evict(target)
+    first = transport.delta(source, target).summary
+    assert first["digest_cache"] == "none" and first["io_read_bytes"] >= size, first
+    evict(target)
+    second = transport.delta(source, target).summary
+    assert second["digest_cache"] == "used", second
+    assert second["io_read_bytes"] <= 4 * MiB, second  # the head, read-ahead and little else
