@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -194,17 +195,18 @@ def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
 
 def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     delta = bool(getattr(args, "delta", False))
-    trust = bool(getattr(args, "nothing_else_writes_target", False))
-    if trust and not delta:
-        raise UsageError("--nothing-else-writes-target: only with --delta")
     return DupRequest(source=args.source, target=parse_endpoint(args.target),
                       saveset=args.saveset, backup=backup, force=args.force, verify=args.verify,
-                      delta=delta, stream=_stream_settings(args, delta),
-                      nothing_else_writes_target=trust)
+                      delta=delta, stream=_stream_settings(args, delta))
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
-    run_dup(_dup_request(args, backup=False), connect_options(args), sink)
+    request = _dup_request(args, backup=False)
+    if args.nothing_else_writes_target:
+        if not request.delta:
+            raise UsageError("--nothing-else-writes-target: only with --delta")
+        request = dataclasses.replace(request, nothing_else_writes_target=True)
+    run_dup(request, connect_options(args), sink)
 
 
 def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:

@@ -212,16 +212,6 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
                          cipher=session.cipher, helper_python=session.hello.get("python"),
                          verified=verify, check=_check(settings))
     summary.bytes_written = int(result.get("bytes_written", 0))
-    _digest_cache_report(job, session.host, result)
-
-
-def _digest_cache_report(job: _Job, host: str, result: dict) -> None:
-    """What the helper says of the target's reads and its digest cache, into the summary."""
-    for text in result.get("warnings") or []:
-        warn(job.sink, job.name, job.summary, f"{host}: {text}")
-    for name in ("target_read", "io_read_bytes", "digest_cache", "digest_cache_kept"):
-        if name in result:
-            job.summary.extra[name] = result[name]
 
 
 def _negotiate(request: DupRequest, hello: dict, host: str) -> StreamSettings:
@@ -344,7 +334,18 @@ def _stream(job: _Job, image: ImageStream, session: HelperSession, receiver: Rec
     if request.delta:
         summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
                              block_size=image.settings.delta_block)
+    digest_cache_report(job.sink, job.name, summary, session.host, result)
     return result
+
+
+def digest_cache_report(sink: Sink, name: str, summary: JobSummary, host: str,
+                        result: dict) -> None:
+    """What a helper says of its target's reads and its digest cache, into the summary."""
+    for text in result.get("warnings") or []:
+        warn(sink, name, summary, f"{host}: {text}")
+    for key in ("target_read", "io_read_bytes", "digest_cache", "digest_cache_kept"):
+        if key in result:
+            summary.extra[key] = result[key]
 
 
 def partly_written(error: BacpacError) -> str:
