@@ -138,6 +138,8 @@ def _read_header(fd, size, block):
         header = json.loads(os.pread(fd, header_length, blocks * DIGEST).decode("utf-8"))
     except ValueError:
         return None, "unreadable header"
+    if not isinstance(header, dict) or not isinstance(header.get("generation"), int):
+        return None, "unreadable header"
     return header, ""
 
 
