@@ -58,10 +58,10 @@ def forget(path):
         pass
 
 
-def _key(fd, size, block):
-    # type: (int, int, int) -> dict
-    """What binds a cache to its target, short of the stat's ctime and the generation."""
-    st = os.fstat(fd)
+def _key(fd, st, size, block):
+    # type: (int, os.stat_result, int, int) -> dict
+    """What binds a cache to its target open at fd, as `st` saw it: all but the generation
+    and when that stat was taken."""
     if stat.S_ISBLK(st.st_mode):
         return {"kind": "block", "rdev": st.st_rdev, "size": size, "block": block,
                 "device_size": devices.open_size(fd), "boot_id": devices.boot_id()}
@@ -146,7 +146,7 @@ def _read_header(fd, size, block):
 def _holds(header, fd, size, block, trusted):
     # type: (dict, int, int, int, bool) -> bool
     """Whether the target open at fd is provably what the cache describes."""
-    key = _key(fd, size, block)
+    key = _key(fd, os.fstat(fd), size, block)
     if key["kind"] == "block" and not trusted:
         return False
     if any(header.get(name) != value for name, value in key.items()):
@@ -193,8 +193,8 @@ class NewCache(object):
             settled = _settled(fd)
             if settled is None or self.error is not None or self._added != self._expected:
                 return False
-            stat_ns, _ = settled
-            header = _key(fd, self.size, self.block)
+            stat_ns, st = settled
+            header = _key(fd, st, self.size, self.block)
             header.update(stat_ns=stat_ns, generation=self.generation + 1)
             payload = json.dumps(header, sort_keys=True).encode("utf-8")
             tail = payload + struct.pack(">Q", len(payload)) + MAGIC
