@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     dup.add_argument("--delta", action="store_true",
                      help="compare with what the target holds and send only the blocks that "
                      "differ (also finishes an interrupted dup)")
+    dup.add_argument("--nothing-else-writes-target", action="store_true",
+                     help="with --delta onto a block device: trust that only bacpac writes it, "
+                     "so the digests kept by the last run stand for its content and it is not "
+                     "read again. RISK: a write by anything else (dd, a mount, another host on "
+                     "shared storage) goes unseen and the copy ends wrong; --verify catches it")
     _add_write_options(dup)
     _add_stream_options(dup)
     dup.set_defaults(run=_cmd_dup)
@@ -251,7 +257,12 @@ def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
-    run_dup(_dup_request(args, backup=False), connect_options(args), sink)
+    request = _dup_request(args, backup=False)
+    if args.nothing_else_writes_target:
+        if not request.delta:
+            raise UsageError("--nothing-else-writes-target: only with --delta")
+        request = dataclasses.replace(request, nothing_else_writes_target=True)
+    run_dup(request, connect_options(args), sink)
 
 
 def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:

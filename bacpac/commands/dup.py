@@ -49,6 +49,7 @@ class DupRequest:
     force: bool = False
     verify: bool = False
     delta: bool = False
+    nothing_else_writes_target: bool = False  # a block device's digest cache may stand for it
     stream: StreamSettings = field(default_factory=StreamSettings)
 
     @property
@@ -255,7 +256,8 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "check": _check(settings),
         "codec": settings.codec,  # refused at once by a helper that cannot decode it
         "saveset": saveset,
-        "delta": ({"block": settings.delta_block, "segment": settings.block_size}
+        "delta": ({"block": settings.delta_block, "segment": settings.block_size,
+                   "trust": request.nothing_else_writes_target}
                   if request.delta else None),
         "source": {"boot_id": devices.boot_id(), "identity": source.identity},
     }
@@ -332,7 +334,18 @@ def _stream(job: _Job, image: ImageStream, session: HelperSession, receiver: Rec
     if request.delta:
         summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
                              block_size=image.settings.delta_block)
+    digest_cache_report(job.sink, job.name, summary, session.host, result)
     return result
+
+
+def digest_cache_report(sink: Sink, name: str, summary: JobSummary, host: str,
+                        result: dict) -> None:
+    """What a helper says of its target's reads and its digest cache, into the summary."""
+    for text in result.get("warnings") or []:
+        warn(sink, name, summary, f"{host}: {text}")
+    for key in ("target_read", "io_read_bytes", "digest_cache", "digest_cache_kept"):
+        if key in result:
+            summary.extra[key] = result[key]
 
 
 def partly_written(error: BacpacError) -> str:

@@ -5,7 +5,8 @@
 # same moment, so the run takes one read of each disk, side by side. On the compressor pool,
 # each block of the segment is hashed and compared; runs of equal blocks become MATCH frames,
 # runs that are zero in the source HOLE frames, and the rest is compressed into DATA frames.
-# Blocks that are holes in the source are never read and hashed from a cached zero digest.
+# Blocks that are holes in the source are never read and hashed from a cached zero digest;
+# blocks of zeros, and blocks where the target holds zeros, need no hash at all.
 # sha256 is collision-safe and, with the CPU's SHA extensions, the fastest digest
 # hashlib has (docs/performance.md).
 """
@@ -17,6 +18,7 @@ import queue
 from typing import Callable
 
 from remote_helper.target.devices import is_zero, zero_chunks
+from remote_helper.target.hashing import hole_blocks
 
 from ..errors import ProtocolError
 from .frames import Data, Frame, Hole, Match
@@ -78,17 +80,22 @@ def plan_segment(offset: int, view: memoryview, holes: list[tuple[int, int]], th
     """The frames for one segment: a Match for each run of blocks the target holds already,
     a Hole for each run of zeros, and a Data, compressed, for each run of the others."""
     kinds: list[type[Frame]] = []
+    in_holes = hole_blocks(holes, block, len(view))
     for index, pos in enumerate(range(0, len(view), block)):
         piece = view[pos:pos + block]
-        in_hole = any(h <= pos and pos + len(piece) <= h + n for h, n in holes)
-        mine = zero_digest(len(piece)) if in_hole else hashlib.sha256(piece).digest()
-        if mine == theirs[index * 32:index * 32 + 32]:
-            kinds.append(Match)
-        elif in_hole or is_zero(piece):
-            kinds.append(Hole)
-        else:
-            kinds.append(Data)
+        kinds.append(_kind(piece, index in in_holes, theirs[index * 32:index * 32 + 32]))
     return _runs_to_frames(offset, view, kinds, block, compress)
+
+
+def _kind(piece: memoryview, in_hole: bool, theirs: bytes) -> type[Frame]:
+    """Match, Hole or Data for one block, hashing it only when the answer needs it: zeros
+    (a hole, or a memcmp) need no hash, nor does data where the target holds zeros."""
+    zeros = zero_digest(len(piece))
+    if in_hole or is_zero(piece):
+        return Match if theirs == zeros else Hole
+    if theirs == zeros:
+        return Data
+    return Match if hashlib.sha256(piece).digest() == theirs else Data
 
 
 def _runs_to_frames(offset: int, view: memoryview, kinds: list[type[Frame]], block: int,

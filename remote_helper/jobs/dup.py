@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Optional  # for the type comments
 
 from ..errors import ClientGone, IntegrityError, ProtocolError
+from ..saveset.digestcache import CacheRun
 from ..saveset.output import open_output
 from ..target import devices
 from ..target.delta import TargetSegments
@@ -19,7 +20,7 @@ from ..wire.protocol import COPY, DATA, END, ERROR, HOLE, MATCH, PROGRESS, READY
 if TYPE_CHECKING:  # for the type comments only: the server imports this module
     from .server import Input, Output  # noqa: F401
     from ..target.target import Target
-    from ..target.writer import AnyTarget, Saveset, Segments
+    from ..target.writer import AnyTarget, Record, Saveset, Segments
 
 VERIFY_CHUNK = 4 << 20
 # How the helper proves what it received (the job's "check"): "sha256" hashes the whole stream
@@ -54,11 +55,14 @@ def run_dup(job, inp, out):
     target = None  # type: Optional[AnyTarget]
     segments = None  # type: Optional[TargetSegments]
     writer = None  # type: Optional[ImageWriter]
+    cache = None  # type: Optional[CacheRun]
     try:
         if path is None:
             target = NullTarget(size)
         else:
             target = open_target(path, size, bool(job.get("force")), source, keep=bool(delta))
+            # before the first byte is written: a run cut short leaves no cache
+            cache = CacheRun(path, target.fd, size, delta, bool(delta and delta.get("trust")))
         out.send_json(READY, {"kind": "block" if target.is_block else "file",
                               "created": target.created,
                               "saveset": saveset.path if saveset else None})
@@ -66,9 +70,12 @@ def run_dup(job, inp, out):
             # the client asks for a delta only with a target path: target is a Target
             segments = TargetSegments(target,  # type: ignore[arg-type]
                                       int(delta["block"]), int(delta["segment"]),
-                                      out.send, out.fail)
-        writer = image_writer(job, inp, out, target, saveset, segments)
-        out.send_json(RESULT, write_image(job, inp, writer, target, saveset))
+                                      out.send, out.fail,
+                                      cache.cached if cache is not None else None)
+        writer = image_writer(job, inp, out, target, saveset, segments,
+                              cache.record if cache is not None else None)
+        out.send_json(RESULT, with_cache(write_image(job, inp, writer, target, saveset),
+                                         cache, segments, target))
     except ClientGone:
         raise
     except Exception as e:
@@ -82,6 +89,8 @@ def run_dup(job, inp, out):
         stopped = writer is None or writer.abandon()
         stopped = (segments is None or segments.stop()) and stopped
         if stopped:
+            if cache is not None:
+                cache.close()
             close_outputs(target, saveset)
         else:
             sys.stderr.write("bacpac helper: a thread did not stop in time; the target and "
@@ -96,8 +105,23 @@ def close_outputs(target, saveset):
         saveset.discard()  # harmless after commit: only a temporary file is ever removed
 
 
-def image_writer(job, inp, out, target, saveset, segments):
-    # type: (dict, Input, Output, AnyTarget, Saveset, Segments) -> ImageWriter
+def with_cache(result, cache, segments, target):
+    # type: (dict, Optional[CacheRun], Optional[TargetSegments], AnyTarget) -> dict
+    """The run's RESULT, once its digest cache is kept (or not), with what the helper read."""
+    source_sha256 = result.pop("end_sha256")
+    if cache is not None and segments is not None:
+        # a --verify that found the target differing proves the run wrong: no cache
+        proven = result.get("verify_sha256", source_sha256) == source_sha256
+        result.update(cache.commit(target.fd, proven))  # type: ignore[union-attr]
+    if segments is not None:
+        result.update(target_read=segments.read_bytes, io_read_bytes=devices.io_read_bytes())
+    if cache is not None and cache.warnings:
+        result["warnings"] = cache.warnings
+    return result
+
+
+def image_writer(job, inp, out, target, saveset, segments, record=None):
+    # type: (dict, Input, Output, AnyTarget, Saveset, Segments, Record) -> ImageWriter
     """The thread that writes the image, reporting PROGRESS as it goes."""
     last = [time.monotonic(), inp.idle]  # when the previous PROGRESS went, and idle by then
 
@@ -111,7 +135,7 @@ def image_writer(job, inp, out, target, saveset, segments):
         out.send_json(PROGRESS, {"written": written, "idle": round(min(share, 1.0), 3)})
 
     return ImageWriter(target, progress, out.fail, saveset, segments,
-                       hash_stream=job.get("check", "sha256") == "sha256")
+                       hash_stream=job.get("check", "sha256") == "sha256", record=record)
 
 
 def write_image(job, inp, writer, target, saveset):
@@ -121,7 +145,7 @@ def write_image(job, inp, writer, target, saveset):
     end = receive_image(inp, writer, target, check == "frames")
     written, sha256 = writer.drain()
     where = target.path or (saveset.path if saveset else "stream")
-    result = {"bytes_written": written, "check": check}
+    result = {"bytes_written": written, "check": check, "end_sha256": end.get("sha256")}
     if check == "frames":
         sha256 = end.get("sha256")  # the source's, for the saveset's trailer and --verify
         if not _is_sha256(sha256):

@@ -1,51 +1,64 @@
 """The target side of a delta dup: read the target once, send block digests, keep the data.
 
 # Strategy: a thread reads the target segment by segment (holes not read: they are zeros),
-# sends the sha256 of each block of the segment in one DIGESTS frame, and queues the segment's
-# bytes. The client compares, and answers each range with DATA (new bytes), HOLE (zeros) or
+# sends the sha256 of each block of the segment in one DIGESTS frame (hashed on every core while
+# the next segment is read, holes not hashed: hashing.py), and queues the segment's bytes. The
+# client compares, and answers each range with DATA (new bytes), HOLE (zeros) or
 # MATCH (keep what is there). The writer takes the segments back in order: a MATCH range is
 # hashed (and put in the saveset) from the bytes already read, so the run reads the target
 # once. The queue is bounded, so the reader stays at most a few segments ahead of the writer
 # and memory stays fixed whatever the disk's size. The client waits for each DIGESTS frame, so
 # a reader that fails tells it at once (`fail`: the helper's ERROR frame), or both would wait.
+# With a digest cache (saveset/digestcache.py) the digests come from it instead, and the target
+# is read only where the writer needs old bytes (a MATCH in the held-back head, or one to hash
+# or to put in a saveset). BlockDigests collects the digests of the target as the run leaves
+# it, for the next run's cache.
 """
-import hashlib
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Callable, Optional, Tuple  # for the type comments
 
 from ..wire import protocol
 from .devices import data_extents
-from ..errors import HelperError, as_helper_error
+from .hashing import Hashers, block_digests, hole_blocks, zero_digest
+from ..errors import HelperError, IntegrityError, as_helper_error
 
 if TYPE_CHECKING:  # target.py is not needed to run this module
     from .target import Target
+
+    from typing import Protocol
+
+    class Cached(Protocol):  # saveset.digestcache.CachedDigests, from a layer above
+        def digests(self, first, count):
+            # type: (int, int) -> bytes
+            ...
+
+Send = Callable[[bytes], None]
+# A segment of the target: offset, length, its block digests, its bytes (None if not read)
+Segment = Tuple[int, int, bytes, Optional[bytearray]]
 
 DEPTH = 8  # segments read ahead of the writer
 STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the target closes
 
 
-def block_digests(view, block):
-    # type: (memoryview, int) -> bytes
-    """The concatenated sha256 digests of each `block`-sized piece of view (the last may be short)."""
-    return b"".join(hashlib.sha256(view[pos:pos + block]).digest()
-                    for pos in range(0, len(view), block))
-
-
 class TargetSegments(object):
     """Reads the target ahead of the writer, announcing each segment's block digests."""
 
-    def __init__(self, target, block, segment, send, fail):
-        # type: (Target, int, int, Callable[[bytes], None], Callable[[BaseException], None]) -> None
+    def __init__(self, target, block, segment, send, fail, cached=None):
+        # type: (Target, int, int, Send, Callable[[BaseException], None], Optional[Cached]) -> None
         self._target = target
+        self._cached = cached
         self._block = block
         self._segment = segment
         self._send = send
         self._fail = fail
-        self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Tuple[int, bytearray]]]
-        self._current = None  # type: Optional[Tuple[int, bytearray]]  # the writer's segment
+        self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Segment]]
+        self._current = None  # type: Optional[Segment]  # the writer's segment
+        self.read_bytes = 0  # of the target, by either thread
         self._stop = threading.Event()
         self.error = None  # type: Optional[HelperError]
+        self._hashers = Hashers() if cached is None else None
         self._thread = threading.Thread(target=self._run, name="delta-reader")
         self._thread.daemon = True
         self._thread.start()
@@ -54,29 +67,58 @@ class TargetSegments(object):
         # type: () -> bool
         """Stop reading, and let a read under way end; whether it did within STOP_WAIT: the
         caller closes the target only then."""
+        deadline = time.monotonic() + STOP_WAIT
         self._stop.set()
         self._thread.join(STOP_WAIT)
-        return not self._thread.is_alive()
+        hashed = self._hashers is None or self._hashers.stop(
+            max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive() and hashed
 
     def _run(self):
         # type: () -> None
         offset = 0
+        hashing = None  # type: Optional[Tuple[int, int, list, bytearray]]
         try:
             size = self._target.size
             for offset in range(0, size, self._segment):
-                data = self._read(offset, min(self._segment, size - offset))
-                payload = block_digests(memoryview(data), self._block)
-                self._send(protocol.encode(protocol.DIGESTS, payload, offset))
-                if not self._put((offset, data)):
+                length = min(self._segment, size - offset)
+                if self._hashers is None:  # a digest cache: nothing read, nothing hashed
+                    cached = self._cached.digests(  # type: ignore[union-attr]
+                        offset // self._block, -(-length // self._block))
+                    if not self._announce((offset, length, cached, None)):
+                        return
+                    continue
+                data, holes = self._read(offset, length)
+                shares = self._hashers.submit(memoryview(data), self._block,
+                                              hole_blocks(holes, self._block, length))
+                if hashing is not None and not self._hashed(hashing):
                     return
+                hashing = (offset, length, shares, data)
+            if hashing is not None:
+                self._hashed(hashing)
         except BaseException as e:
             self.error = as_helper_error(e, "%s: reading the target's segment at byte %d"
                                          % (self._target.path, offset))
             self._fail(self.error)
             self._put(None)  # the writer raises self.error when it next needs a segment
 
+    def _hashed(self, hashing):
+        # type: (Tuple[int, int, list, bytearray]) -> bool
+        """Announce a segment once its shares are hashed; whether it was, before stop()."""
+        offset, length, shares, data = hashing
+        digests = [share.result(self._stop) for share in shares]
+        if None in digests:
+            return False
+        return self._announce((offset, length, b"".join(digests), data))
+
+    def _announce(self, segment):
+        # type: (Segment) -> bool
+        """Send the segment's DIGESTS and queue it for the writer; False once stopped."""
+        self._send(protocol.encode(protocol.DIGESTS, segment[2], segment[0]))
+        return self._put(segment)
+
     def _put(self, item):
-        # type: (Optional[Tuple[int, bytearray]]) -> bool
+        # type: (Optional[Segment]) -> bool
         """Queue item for the writer, unless stop() comes first; whether it was queued."""
         while not self._stop.is_set():
             try:
@@ -87,26 +129,78 @@ class TargetSegments(object):
         return False
 
     def _read(self, offset, length):
-        # type: (int, int) -> bytearray
+        # type: (int, int) -> Tuple[bytearray, list]
+        """The segment's bytes, and its holes ((start, length), relative to offset)."""
         data = bytearray(length)
         view = memoryview(data)
+        holes = []
         for start, run, is_data in data_extents(self._target.fd, offset, offset + length):
             if is_data:
                 self._target.read_into(view[start - offset:start - offset + run], start)
-        return data
+                self.read_bytes += run
+            else:
+                holes.append((start - offset, run))
+        return data, holes
 
-    def take(self, offset, length):
-        # type: (int, int) -> memoryview
-        """The target's bytes at [offset, offset+length), read before anything was written."""
-        pieces = []
+    def take(self, offset, length, need):
+        # type: (int, int, int) -> Tuple[Optional[memoryview], Optional[bytes]]
+        """For a MATCH of [offset, offset+length): the target's first `need` bytes there, as
+        they were before anything was written (None if need is 0), and its block digests (None
+        unless the range is on the block grid)."""
+        pieces, digests = [], []  # type: list, list
         while length:
-            seg_offset, data = self._segment_at(offset)
+            seg_offset, seg_length, seg_digests, data = self._segment_at(offset)
             start = offset - seg_offset
-            piece = memoryview(data)[start:start + length]
-            pieces.append(piece)
-            offset += len(piece)
-            length -= len(piece)
-        return pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+            n = min(length, seg_length - start)
+            if need > 0:
+                pieces.append(self._bytes(data, offset, start, min(n, need), seg_digests))
+                need -= n
+            last = offset + n == self._target.size
+            digests.append(self._digests_of(seg_digests, start, n, last))
+            offset += n
+            length -= n
+        view = None  # type: Optional[memoryview]
+        if pieces:
+            view = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+        return view, None if None in digests else b"".join(digests)
+
+    def _bytes(self, data, offset, start, n, digests):
+        # type: (Optional[bytearray], int, int, int, bytes) -> memoryview
+        if data is not None:
+            return memoryview(data)[start:start + n]
+        # Not read ahead (a cached run): MATCHed ranges are never written in this run, and
+        # the head, which is zeroed once a byte beyond it is, comes first in stream order.
+        view = memoryview(bytearray(n))
+        self._target.read_into(view, offset)
+        self.read_bytes += n
+        self._check_cached(view, offset, start, digests)
+        return view
+
+    def _check_cached(self, view, offset, start, digests):
+        # type: (memoryview, int, int, bytes) -> None
+        """Bytes read in a cached run must have the cache's digests: the first MiB, which
+        every cached run reads, holds the partition table and the file system's superblock,
+        which a mount writes. A mismatch fails the run before anything beyond the head is
+        written (the cache is already gone: the next run reads the target)."""
+        block = self._block
+        whole = len(view) // block * block if offset + len(view) < self._target.size \
+            else len(view)
+        if start % block or not whole:
+            return
+        first = start // block
+        cached = digests[first * 32:first * 32 + -(-whole // block) * 32]
+        if block_digests(view[:whole], block) != cached:
+            raise IntegrityError("%s: the target's bytes at offset %d differ from its digest "
+                                 "cache: something else wrote it since the last run; the cache "
+                                 "is removed, run the same command again" % (self._target.path,
+                                                                           offset))
+
+    def _digests_of(self, digests, start, n, last):
+        # type: (bytes, int, int, bool) -> Optional[bytes]
+        block = self._block
+        if start % block or (n % block and not last):
+            return None
+        return digests[start // block * 32:-(-(start + n) // block) * 32]
 
     def skip(self, offset, length):
         # type: (int, int) -> None
@@ -115,11 +209,63 @@ class TargetSegments(object):
             self._segment_at(offset + length - 1)
 
     def _segment_at(self, offset):
-        # type: (int) -> Tuple[int, bytearray]
-        while self._current is None or offset >= self._current[0] + len(self._current[1]):
+        # type: (int) -> Segment
+        while self._current is None or offset >= self._current[0] + self._current[1]:
             item = self._queue.get()
             if item is None:
                 assert self.error is not None  # _run sets it before it queues the None
                 raise self.error
             self._current = item
         return self._current
+
+
+class BlockDigests(object):
+    """The target's block digests as a delta run leaves it, in order, for the next run's cache:
+    those of MATCHed blocks as the run found them, of written ones hashed as written. Any
+    range off the block grid spoils it (`ok` False): the run then keeps no cache."""
+
+    def __init__(self, block, size, sink):
+        # type: (int, int, Callable[[bytes], None]) -> None
+        self._block = block
+        self._size = size
+        self._sink = sink
+        self._next = 0
+        self.ok = True
+
+    def complete(self):
+        # type: () -> bool
+        """Whether every block of the image has its digest, in order."""
+        return self.ok and self._next == self._size
+
+    def kept(self, offset, length, digests):
+        # type: (int, int, Optional[bytes]) -> None
+        """A MATCH: `digests` are the target's, None if the range was off the grid."""
+        if digests is None:
+            self.ok = False
+        elif self._aligned(offset, length):
+            self._add(length, digests)
+
+    def wrote(self, offset, view):
+        # type: (int, memoryview) -> None
+        """Bytes written (a DATA or COPY): hashed here, on the writer's thread."""
+        if self._aligned(offset, len(view)):
+            self._add(len(view), block_digests(view, self._block))
+
+    def zeroed(self, offset, length):
+        # type: (int, int) -> None
+        if self._aligned(offset, length):
+            block, whole = self._block, length // self._block
+            tail = length - whole * block
+            self._add(length, zero_digest(block) * whole + (zero_digest(tail) if tail else b""))
+
+    def _aligned(self, offset, length):
+        # type: (int, int) -> bool
+        end = offset + length
+        self.ok = self.ok and offset == self._next and offset % self._block == 0 and (
+            end % self._block == 0 or end == self._size)
+        return self.ok
+
+    def _add(self, length, digests):
+        # type: (int, bytes) -> None
+        self._sink(digests)
+        self._next += length

@@ -53,6 +53,15 @@ def boot_id():
     return _read("/proc/sys/kernel/random/boot_id").strip()
 
 
+def io_read_bytes():
+    # type: () -> int
+    """Bytes this process has had read from storage (/proc/self/io), page-cache hits aside."""
+    for line in _read("/proc/self/io").splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
 def _read(path):
     # type: (str) -> str
     """A small kernel-published text file, or "" when it is not there (or not readable)."""

@@ -13,7 +13,10 @@
 # ranges are hashed from the target's own bytes, read once by delta.TargetSegments; a run that
 # changes nothing writes nothing at all. A COPY is served from what this thread already wrote
 # (the held-back head from memory), and its bytes must have the sha256 the client sent: a copy
-# is proven as a DATA frame's content checksum proves its block.
+# is proven as a DATA frame's content checksum proves its block. In a delta run it also records
+# the target's block digests as it leaves it (delta.BlockDigests), for the next run's digest
+# cache: MATCHed blocks' as compared, written ones hashed here, and no old bytes are read that
+# neither the head, the stream's hash nor the saveset needs.
 """
 import hashlib
 import threading
@@ -29,13 +32,15 @@ from ..wire.zstdframe import compress_frame
 from .target import HEAD
 
 if TYPE_CHECKING:  # the types of what the helper hands in, not needed to run this module
-    from .delta import TargetSegments
+    from .delta import BlockDigests, TargetSegments
     from ..saveset.output import SavesetOutput
     from .target import NullTarget, Target
     AnyTarget = Union[Target, NullTarget]
     OnError = Callable[[BaseException], None]
+    OnProgress = Callable[[int], None]
     Saveset = Optional[SavesetOutput]
     Segments = Optional[TargetSegments]
+    Record = Optional[BlockDigests]
 
 SPARSE_CHUNK = 128 << 10  # zero runs shorter than this inside a block are written anyway
 PROGRESS_EVERY = 0.25  # seconds between PROGRESS frames (the client's pacing reads them)
@@ -59,9 +64,10 @@ class ImageWriter(object):
     """
 
     def __init__(self, target, on_progress, on_error, saveset=None, segments=None,
-                 depth=QUEUE_DEPTH, hash_stream=True):
-        # type: (AnyTarget, Callable[[int], None], OnError, Saveset, Segments, int, bool) -> None
+                 depth=QUEUE_DEPTH, hash_stream=True, record=None):
+        # type: (AnyTarget, OnProgress, OnError, Saveset, Segments, int, bool, Record) -> None
         self._target = target
+        self._record = record  # the target's block digests as written, for the digest cache
         self._saveset = saveset
         self._segments = segments  # delta.TargetSegments in a delta run
         self._on_progress = on_progress
@@ -172,17 +178,28 @@ class ImageWriter(object):
     def _write(self, kind, offset, data, length, frame):
         # type: (int, int, Any, int, Optional[bytes]) -> None
         if kind == MATCH:
+            # Old bytes are read only where needed: with a digest cache, they were not read yet
+            need = length if self._hash is not None or self._saveset is not None else max(
+                0, min(length, len(self._head) - offset))  # the held-back head's part
             # receive_image refuses MATCH outside a delta run: there are segments here
-            self._keep(offset, self._segments.take(offset, length))  # type: ignore[union-attr]
+            old, digests = self._segments.take(offset, length, need)  # type: ignore[union-attr]
+            if old is not None:
+                self._keep(offset, old)
+            if self._record is not None:
+                self._record.kept(offset, length, digests)
         else:
             if self._segments is not None:
                 self._segments.skip(offset, length)
             if kind == HOLE:
                 self._zero(offset, length)
-            elif kind == COPY:
-                self._replace(offset, self._copied(offset, length, *data), None)
+                if self._record is not None:
+                    self._record.zeroed(offset, length)
             else:
-                self._replace(offset, memoryview(data), frame)
+                view = (self._copied(offset, length, *data) if kind == COPY
+                        else memoryview(data))
+                self._replace(offset, view, frame)
+                if self._record is not None:
+                    self._record.wrote(offset, view)
         self._written += length
         self._target.written_to(offset + length)
         self._report()

@@ -1,0 +1,363 @@
+"""The digest cache of --delta: a second run need not read the target, and a cache that no
+longer holds for the target (changed behind bacpac's back, corrupt, cut short) is never used.
+
+Every test runs the real command line, locally and over the session's sshd (which runs on this
+machine, so the target and its cache are read back directly), and checks the target's bytes,
+the JSON summary's target_read (bytes the helper read of the target) and digest_cache.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clirun import (KiB, MiB, Result, Transport, bacpac, bacpac_env, random_bytes, sha256_of,
+                    write_file)
+from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
+from fixtures_disk import requires_root
+
+from remote_helper.saveset import digestcache
+
+SIZE = 8 * MiB
+BLOCK = 64 * KiB
+HEAD = 1 * MiB  # the held-back head, read even with a cache (it is written last)
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path]:
+    """An 8 MiB random source, not yet copied."""
+    return write_file(tmp_path / "source.img", SIZE, {0: random_bytes(SIZE, 1)}), \
+        tmp_path / "target.img"
+
+
+def cache_of(target: Path) -> Path:
+    return target.parent / f".{target.name}.bacpac-digests"
+
+
+def change(path: Path, offset: int, seed: int) -> None:
+    write_file(path, SIZE, {offset: random_bytes(1000, seed)}, keep=True)
+
+
+def assert_identical(source: Path, target: Path) -> None:
+    assert target.stat().st_size == source.stat().st_size
+    assert sha256_of(target) == sha256_of(source)
+
+
+def test_first_delta_run_keeps_a_private_cache(transport, pair) -> None:
+    source, target = pair
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "none" and summary["digest_cache_kept"] is True
+    cache = cache_of(target)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert cache.stat().st_size > (SIZE // BLOCK) * 32  # the digests, then its header
+    assert not list(target.parent.glob("*bacpac-tmp*"))
+
+
+def test_second_delta_run_reads_only_the_head_of_the_target(transport, pair) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    change(source, 5 * MiB + 100, seed=2)
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "used", summary
+    assert summary["target_read"] <= HEAD, summary
+    assert summary["blocks_sent"] == 1, summary
+    assert summary["sha256"] == sha256_of(source)
+    # and the cache it keeps holds for the target as now written: a third run reads no more
+    change(source, 100, seed=3)
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "used" and summary["target_read"] <= HEAD, summary
+
+
+def test_without_a_cache_the_target_is_read_whole(transport, pair) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    cache_of(target).unlink()
+    summary = transport.delta(source, target).summary
+    assert summary["digest_cache"] == "none"
+    assert summary["target_read"] == SIZE, summary
+    assert cache_of(target).exists()
+
+
+def test_target_changed_behind_bacpacs_back_is_read_and_mended(transport, pair) -> None:
+    """Same size, other content, atime and mtime put back: its ctime still moved, so the cache
+    no longer holds; the target is read, and the changed block sent again."""
+    source, target = pair
+    transport.delta(source, target)
+    before = target.stat()
+    change(target, 3 * MiB + 5, seed=4)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "none", summary
+    assert summary["target_read"] == SIZE, summary
+    assert summary["blocks_sent"] == 1, summary
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "garbage"])
+def test_broken_cache_is_ignored_with_a_warning(transport, pair, damage) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    cache = cache_of(target)
+    data = bytearray(cache.read_bytes())
+    if damage == "flipped":
+        data[1000] ^= 0xFF
+    elif damage == "truncated":
+        data = data[:len(data) // 2]
+    else:
+        data = bytearray(random_bytes(len(data), 5))
+    cache.write_bytes(bytes(data))
+    change(target, 2 * MiB, seed=6)  # the cache's digests would say this block matches
+    os.utime(target, ns=(0, 0))
+    run = transport.dup(source, target, "--delta")
+    assert run.returncode == 0, run.stderr
+    summary = run.summary
+    assert_identical(source, target)
+    assert summary["digest_cache"] == "none" and summary["target_read"] == SIZE, summary
+    assert any("digest cache ignored" in w for w in summary["warnings"]), summary
+    assert "digest cache ignored" in run.stderr
+    assert summary["digest_cache_kept"] is True  # replaced by a good one
+
+
+def test_a_plain_dup_forgets_the_cache(transport, pair) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    assert transport.dup(source, target).returncode == 0
+    assert not cache_of(target).exists()
+
+
+def test_cache_is_bound_to_the_files_ctime(tmp_path) -> None:
+    """The unit below the tests above: a committed cache loads while the file is untouched,
+    and not once anything (here a chmod to the same mode) has set its ctime."""
+    image = tmp_path / "image"
+    image.write_bytes(random_bytes(3 * BLOCK + 5, 7))
+    path = digestcache.cache_path(str(image), image.stat())
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        new = digestcache.NewCache(path, 3 * BLOCK + 5, BLOCK, 0)
+        new.add(bytes(32 * 4))
+        assert new.commit(fd)
+        cached, warning = digestcache.load(path, fd, 3 * BLOCK + 5, BLOCK, False)
+        assert cached is not None and warning is None
+        assert cached.digests(1, 2) == bytes(64)
+        cached.close()
+        os.chmod(image, stat.S_IMODE(image.stat().st_mode))
+        assert digestcache.load(path, fd, 3 * BLOCK + 5, BLOCK, False) == (None, None)
+        assert digestcache.load(path, fd, 3 * BLOCK + 5, 2 * BLOCK, False)[0] is None
+    finally:
+        os.close(fd)
+
+
+def test_nothing_else_writes_target_needs_delta(pair) -> None:
+    source, target = pair
+    run = Transport("local").dup(source, target, "--nothing-else-writes-target")
+    assert run.returncode == 2
+    assert "--nothing-else-writes-target" in run.error_line
+    assert not target.exists()
+
+
+@requires_root
+def test_block_device_is_read_every_time_unless_the_user_says_nothing_else_writes_it(
+        pair, loop_device, tmp_path) -> None:
+    source, _ = pair
+    device = loop_device(SIZE + MiB)
+    env = bacpac_env(HOME=str(tmp_path / "home"))  # where the helper keeps a device's cache
+
+    def delta(*extra: str) -> dict:
+        run = bacpac("dup", "--no-progress", "--json", "--delta", "--force", *extra, source,
+                     device, env=env)
+        assert run.returncode == 0, run.stderr
+        assert sha256_of(device, SIZE) == sha256_of(source)
+        return run.summary
+
+    assert delta()["digest_cache_kept"] is False  # no flag: no cache for a device
+    assert delta()["target_read"] == SIZE
+    assert delta("--nothing-else-writes-target")["digest_cache"] == "none"
+    assert glob.glob(str(tmp_path / "home/.cache/bacpac/dev-*.bacpac-digests"))
+    summary = delta("--nothing-else-writes-target")
+    assert summary["digest_cache"] == "used" and summary["target_read"] <= HEAD, summary
+    assert delta()["target_read"] == SIZE  # without the flag, the device is read again
+    # and that run forgot the cache: it cannot vouch for what came after it
+    assert delta("--nothing-else-writes-target")["digest_cache"] == "none"
+
+
+# ---- the target's block digests: every core, holes not hashed ----------------------------------
+
+def test_hole_blocks_are_the_blocks_wholly_in_a_hole() -> None:
+    from remote_helper.target.hashing import hole_blocks
+    assert hole_blocks([(100, 300)], 100, 1000) == {1, 2, 3}
+    assert hole_blocks([(150, 300)], 100, 1000) == {2, 3}
+    assert hole_blocks([(0, 99)], 100, 1000) == set()
+    assert hole_blocks([(850, 200)], 100, 950) == {9}  # the short last block, to the end
+
+
+def test_hashers_give_the_digests_of_hashing_each_block() -> None:
+    import hashlib
+    import threading
+    from remote_helper.target.hashing import Hashers, hole_blocks
+    block = 4 * KiB
+    data = bytearray(random_bytes(37 * block + 123, 8))
+    data[5 * block:9 * block + 10] = bytes(4 * block + 10)  # a hole: blocks 5 to 8
+    view = memoryview(data)
+    plain = b"".join(hashlib.sha256(view[p:p + block]).digest()
+                     for p in range(0, len(data), block))
+    hashers = Hashers(3)
+    try:
+        holes = hole_blocks([(5 * block, 4 * block + 10)], block, len(data))
+        assert holes == {5, 6, 7, 8}
+        shares = hashers.submit(view, block, holes)
+        assert len(shares) == 3
+        assert b"".join(share.result(threading.Event()) or b"" for share in shares) == plain
+    finally:
+        assert hashers.stop(5)
+
+
+@requires_root
+def test_a_write_to_the_first_mib_behind_a_trusted_cache_stops_the_run(
+        pair, loop_device, tmp_path) -> None:
+    """What a mount would do to a device bacpac was told nothing else writes: its superblock
+    changes. The cached run checks the first MiB, which it reads anyway, and stops before
+    writing beyond it; the cache is gone, so the run after reads the device and mends it."""
+    source, _ = pair
+    device = loop_device(SIZE)
+    env = bacpac_env(HOME=str(tmp_path / "home"))
+    args = ("dup", "--no-progress", "--json", "--delta", "--force",
+            "--nothing-else-writes-target", source, device)
+    assert bacpac(*args, env=env).returncode == 0
+    with open(device, "r+b") as f:
+        f.seek(1024)
+        f.write(b"mounted!")
+    change(source, 6 * MiB, seed=9)  # a block beyond the head to write, if it went on
+    run = bacpac(*args, env=env)
+    assert run.returncode == 1, run.stderr
+    assert "differ from its digest cache" in run.error_line
+    with open(device, "rb") as f:
+        f.seek(6 * MiB)
+        assert f.read(1000) != random_bytes(1000, 9)  # nothing beyond the head was written
+    summary = bacpac(*args, env=env).summary
+    assert summary["status"] == "ok" and summary["digest_cache"] == "none", summary
+    assert sha256_of(device, SIZE) == sha256_of(source)
+
+
+def test_the_source_hashes_only_the_blocks_whose_answer_needs_it(monkeypatch) -> None:
+    """Zeros (a hole, or a block of zeros) and data where the target holds zeros need no hash;
+    only data against the target's data is hashed: here 2 blocks of 6."""
+    import hashlib
+    from bacpac.engine import delta
+    from bacpac.engine.frames import Data, Hole, Match
+    block = 4 * KiB
+    same, other = random_bytes(block, 10), random_bytes(block, 11)
+    zeros = bytes(block)
+    mine = [zeros, same, other, same, zeros, zeros]  # the last one in a hole of the source
+    target = [zeros, same, same, zeros, same, same]
+    theirs = b"".join(hashlib.sha256(piece).digest() for piece in target)
+    hashed = []
+
+    class Counting:
+        @staticmethod
+        def sha256(data):
+            hashed.append(len(data))
+            return hashlib.sha256(data)
+
+    delta.zero_digest(block)  # computed once per length, before the count starts
+    monkeypatch.setattr(delta, "hashlib", Counting)
+    frames = delta.plan_segment(0, memoryview(b"".join(mine)), [(5 * block, block)], theirs,
+                                block, lambda view: bytes(view))
+    kinds = [(type(f), f.offset // block, f.size // block) for f in frames]
+    assert kinds == [(Match, 0, 2), (Data, 2, 2), (Hole, 4, 2)]
+    assert hashed == [block, block]  # blocks 1 and 2
+
+
+@requires_root
+def test_a_run_that_fails_part_way_leaves_no_cache(pair, loop_device, failing_loop_device,
+                                                   tmp_path) -> None:
+    """The cache goes before the first byte is written and a new one only after the proof:
+    a run cut by a read error of the source, after it wrote a changed block, leaves none, so
+    the next run reads the device (told nothing else writes it) and mends it."""
+    source, _ = pair
+    target = loop_device(SIZE)
+    env = bacpac_env(HOME=str(tmp_path / "home"))
+
+    def delta(image) -> Result:
+        return bacpac("dup", "--no-progress", "--json", "--delta", "--force",
+                      "--nothing-else-writes-target", image, target, env=env)
+
+    assert delta(source).returncode == 0
+    content = bytearray(source.read_bytes()[:6 * MiB])
+    content[2 * MiB:2 * MiB + 1000] = random_bytes(1000, 12)  # in the first segment
+    failing = failing_loop_device(bytes(content), SIZE)  # reads past 6 MiB fail
+    cut = delta(failing)
+    assert cut.returncode == 1, cut.stderr
+    assert not glob.glob(str(tmp_path / "home/.cache/bacpac/dev-*.bacpac-digests"))
+    summary = delta(source).summary
+    assert summary["status"] == "ok" and summary["digest_cache"] == "none", summary
+    assert summary["target_read"] == SIZE
+    assert sha256_of(target, SIZE) == sha256_of(source)
+
+
+def test_cache_stat_is_taken_a_settle_past_the_last_write_and_a_racy_one_is_refused(
+        tmp_path) -> None:
+    """A write in the same clock tick as the cache's stat would leave ctime as it was: the
+    stat is taken only SETTLE after the file's ctime, and a cache whose stat was not (forged
+    here, checksum and all) is refused."""
+    import hashlib
+    import json
+    import struct
+    image = tmp_path / "image"
+    image.write_bytes(random_bytes(2 * BLOCK, 13))  # its ctime: now
+    path = digestcache.cache_path(str(image), image.stat())
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        new = digestcache.NewCache(path, 2 * BLOCK, BLOCK, 0)
+        new.add(bytes(64))
+        assert new.commit(fd)
+        data = Path(path).read_bytes()
+        (length,) = struct.unpack(">Q", data[-56:-48])
+        header = json.loads(data[64:64 + length])
+        assert header["stat_ns"] - header["ctime_ns"] >= digestcache.SETTLE * 1e9
+        assert header["generation"] == 1
+        assert digestcache.load(path, fd, 2 * BLOCK, BLOCK, False)[0] is not None
+        header["stat_ns"] = header["ctime_ns"] + 1000  # as if taken in the tick of the write
+        payload = json.dumps(header).encode()
+        body = data[:64] + payload + struct.pack(">Q", len(payload)) + digestcache.MAGIC
+        Path(path).write_bytes(body + hashlib.sha256(body).digest())
+        assert digestcache.load(path, fd, 2 * BLOCK, BLOCK, False) == (None, None)
+    finally:
+        os.close(fd)
+
+
+def evict(path: Path) -> None:
+    """Push the file's pages out of the page cache, so that reading it means reading the disk."""
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_with_a_cache_the_helper_reads_almost_nothing_from_the_disk(transport, tmp_path) -> None:
+    """The kernel's own count (/proc/self/io read_bytes of the helper, io_read_bytes in --json),
+    with the target out of the page cache: all of it without a cache, its head with one."""
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
+                          text=True).stdout.strip()
+    if kind in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is on {kind}, which reads nothing from a disk")
+    size = 16 * MiB
+    source = write_file(tmp_path / "source.img", size, {0: random_bytes(size, 14)})
+    target = tmp_path / "target.img"
+    transport.delta(source, target)
+    cache_of(target).unlink()
+    evict(target)
+    first = transport.delta(source, target).summary
+    assert first["digest_cache"] == "none" and first["io_read_bytes"] >= size, first
+    evict(target)
+    second = transport.delta(source, target).summary
+    assert second["digest_cache"] == "used", second
+    assert second["io_read_bytes"] <= 4 * MiB, second  # the head, read-ahead and little else
