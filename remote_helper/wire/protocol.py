@@ -43,11 +43,13 @@ PROGRESS = 9  # helper -> client: bytes durably written so far
 DIGESTS = 10  # helper -> client (delta): sha256 of each block of the target segment at `offset`
 MATCH = 11  # client -> helper (delta): the target already holds `size` bytes at `offset`
 COPY = 12  # client -> helper: `size` bytes at `offset` equal to those written at an earlier one
+PREPARED = 13  # helper -> client (confirm): all written and proven; the saveset awaits COMMIT
+COMMIT = 14  # client -> helper (confirm): every host prepared: rename the saveset into place
 
 TYPE_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", READY: "READY", DATA: "DATA", HOLE: "HOLE", END: "END",
     RESULT: "RESULT", ERROR: "ERROR", PROGRESS: "PROGRESS", DIGESTS: "DIGESTS", MATCH: "MATCH",
-    COPY: "COPY",
+    COPY: "COPY", PREPARED: "PREPARED", COMMIT: "COMMIT",
 }
 # Frames capped at MAX_CONTROL: everything but DATA (HOLE and MATCH have no payload at all).
 CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}
