@@ -1,0 +1,211 @@
+"""Fan-out: one read of the source feeds a target on one host and savesets on others.
+
+Two real OpenSSH servers (the session's `sshd` as hosta, a second from `sshd_with` as hostb),
+reached through one ssh_config that names both. Both run on this machine, so a test reads
+what each host wrote directly. Every test runs the real command line, as a user would.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bacpac import cli
+from clirun import (MiB, Result, bacpac, finish, random_image, sha256_of, start, wait_until,
+                    write_file)
+from fixtures_leaks import Leftovers
+from fixtures_sshd import helper_pids
+from fixtures_disk import requires_root
+
+HOSTB_SETTINGS = ("MaxSessions 11",)  # any setting of its own: a server apart from `sshd`
+
+
+@pytest.fixture
+def hosts(sshd, sshd_with, tmp_path, no_helper_left):
+    """(ssh_config naming hosta and hostb, the hostb server)."""
+    other = sshd_with(*HOSTB_SETTINGS)
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        Path(sshd.config_path).read_text().replace("Host testhost", "Host hosta") + "\n"
+        + Path(other.config_path).read_text().replace("Host testhost", "Host hostb"))
+    return str(config), other
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    """12 MiB with 5 MiB of random data and holes between: 3 blocks of data of 1 MiB frames."""
+    return write_file(tmp_path / "disk.img", 12 * MiB,
+                      {0: os.urandom(2 * MiB), 5 * MiB: os.urandom(MiB), 9 * MiB: os.urandom(2 * MiB)})
+
+
+def dup(config: str, *args: object) -> Result:
+    return bacpac("dup", "-F", config, "--no-progress", "--json", "--block-size", "1M", *args)
+
+
+def names_in(directory: Path) -> list[str]:
+    """Every name in directory, temporary ones included."""
+    return sorted(os.listdir(directory))
+
+
+def restored_by_zstd(saveset: Path) -> str:
+    out = subprocess.run(["zstd", "-q", "-d", "-c", str(saveset)], check=True,
+                         stdout=subprocess.PIPE).stdout
+    return hashlib.sha256(out).hexdigest()
+
+
+def test_one_read_feeds_a_target_on_a_and_a_saveset_on_b(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/s.bps")
+    assert run.returncode == 0, run.stderr
+    want = sha256_of(image)
+    assert sha256_of(a / "t.img") == want
+    assert names_in(b) == ["s.bps"]
+    assert restored_by_zstd(b / "s.bps") == want
+    summary = run.summary
+    assert summary["sha256"] == want
+    # read once: the image's bytes, once, whatever the number of hosts
+    assert summary["bytes_read"] == summary["bytes_total"] == image.stat().st_size
+    hosts_seen = {(h["host"], h["role"]): h for h in summary["hosts"]}
+    assert set(hosts_seen) == {("hosta", "target"), ("hostb", "saveset")}
+    sent_a, sent_b = (hosts_seen[key]["bytes_sent"] for key in hosts_seen)
+    assert sent_a == sent_b > 0  # the same frames to each
+    assert summary["bytes_sent"] == sent_a + sent_b
+    assert summary["savesets"] == [f"hostb:{b}/s.bps"]
+    # bacpac restore reads it back from B
+    restored = tmp_path / "restored.img"
+    back = bacpac("restore", "-F", config, "--no-progress", f"hostb:{b}/s.bps", restored)
+    assert back.returncode == 0, back.stderr
+    assert sha256_of(restored) == want
+    check = bacpac("verify", "-F", config, f"hostb:{b}/s.bps")
+    assert check.returncode == 0, check.stderr
+
+
+def test_two_savesets_one_beside_the_target_one_on_another_host(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"{a}/own.bps",
+              "--saveset", f"hostb:{b}/other.bps")
+    assert run.returncode == 0, run.stderr
+    want = sha256_of(image)
+    assert sha256_of(a / "t.img") == want
+    assert names_in(a) == ["own.bps", "t.img"] and names_in(b) == ["other.bps"]
+    assert restored_by_zstd(a / "own.bps") == restored_by_zstd(b / "other.bps") == want
+    assert run.summary["saveset"] == f"{a}/own.bps"
+    assert run.summary["savesets"] == [f"hosta:{a}/own.bps", f"hostb:{b}/other.bps"]
+
+
+def test_backup_to_two_hosts(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    run = bacpac("backup", "-F", config, "--no-progress", "--json", image,
+                 f"hosta:{a}/s.bps", f"hostb:{b}/s.bps")
+    assert run.returncode == 0, run.stderr
+    want = sha256_of(image)
+    assert restored_by_zstd(a / "s.bps") == restored_by_zstd(b / "s.bps") == want
+    assert names_in(a) == names_in(b) == ["s.bps"]
+    assert sorted(h["host"] for h in run.summary["hosts"]) == ["hosta", "hostb"]
+    assert {h["role"] for h in run.summary["hosts"]} == {"saveset"}
+
+
+def test_a_refused_target_on_a_leaves_nothing_on_b(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    b = tmp_path / "b"
+    b.mkdir()
+    run = dup(config, image, f"hosta:{tmp_path}/missing/t.img", "--saveset", f"hostb:{b}/s.bps")
+    line = run.one_error_line(2, "hosta", f"{tmp_path}/missing")
+    assert "hostb" not in line
+    assert names_in(b) == []
+
+
+@requires_root
+def test_a_too_small_target_on_a_leaves_nothing_on_b(hosts, image, tmp_path,
+                                                     loop_device) -> None:
+    config, _ = hosts
+    b = tmp_path / "b"
+    b.mkdir()
+    device = loop_device(4 * MiB)
+    run = dup(config, image, f"hosta:{device}", "--force", "--saveset", f"hostb:{b}/s.bps")
+    run.one_error_line(2, "hosta", device, "smaller")
+    assert names_in(b) == []
+
+
+def test_a_refused_saveset_on_b_leaves_a_untouched(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    a = tmp_path / "a"
+    a.mkdir()
+    old = random_image(a / "t.img", 12 * MiB, seed=3)
+    before = sha256_of(old), old.stat().st_mtime_ns
+    run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostb:{tmp_path}/nodir/s.bps")
+    run.one_error_line(2, "hostb", f"{tmp_path}/nodir")
+    assert (sha256_of(old), old.stat().st_mtime_ns) == before  # not even opened for writing
+    assert names_in(a) == ["t.img"]
+    # and a target that did not exist is not made
+    run = dup(config, image, f"hosta:{a}/new.img", "--saveset", f"hostb:{tmp_path}/nodir/s.bps")
+    assert run.returncode == 2
+    assert names_in(a) == ["t.img"]
+
+
+def test_a_helper_killed_on_b_fails_the_run_naming_b(hosts, tmp_path) -> None:
+    config, server_b = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    source = random_image(tmp_path / "random.img", 16 * MiB, seed=7)
+    began = time.monotonic()
+    proc = start("dup", "-F", config, "--no-progress", "--block-size", "1M", "--bwlimit", "2M",
+                 source, f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/s.bps")
+    wait_until(lambda: (a / "t.img").exists() and bool(helper_pids(server_b)), 30,
+               "the helpers on both hosts", proc)
+    time.sleep(1.0)  # a few blocks in
+    for pid in helper_pids(server_b):
+        os.kill(pid, signal.SIGKILL)
+    run = finish(proc, began)
+    line = run.one_error_line(1, "hostb", alone=False)
+    assert f"{b}/s.bps" in line, line
+    assert "partly written" in line  # the target on A was begun
+    assert names_in(b) == []  # no saveset, under any name
+
+
+def test_delta_with_a_saveset_elsewhere_gives_a_complete_saveset(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    first = dup(config, image, f"hosta:{a}/t.img")
+    assert first.returncode == 0, first.stderr
+    write_file(image, 12 * MiB, {5 * MiB + 4096: os.urandom(8192)}, keep=True)  # 1 block changed
+    run = bacpac("dup", "-F", config, "--no-progress", "--json", "--delta", image,
+                 f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/s.bps")  # 64 KiB blocks
+    assert run.returncode == 0, run.stderr
+    want = sha256_of(image)
+    assert sha256_of(a / "t.img") == want
+    assert restored_by_zstd(b / "s.bps") == want
+    summary = run.summary
+    assert summary["blocks_matched"] > 0 and summary["blocks_sent"] > 0
+    sent = {h["role"]: h["bytes_sent"] for h in summary["hosts"]}
+    assert sent["target"] < 512 << 10 < 4 * MiB < sent["saveset"]  # A: matches; B: the bytes
+
+
+def test_leaks_on_success_and_on_failure(hosts, image, tmp_path, no_leaks: Leftovers) -> None:
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+
+    def run(*argv: object) -> int:
+        args = cli.build_parser().parse_args([str(arg) for arg in argv])
+        return cli.run(args.run, args)
+
+    assert run("dup", "-F", config, "--no-progress", image, f"hosta:{a}/t.img",
+               "--saveset", f"hostb:{b}/s.bps") == 0
+    assert no_leaks.leftovers() == []
+    assert run("dup", "-F", config, "--no-progress", image, f"hosta:{a}/t2.img",
+               "--saveset", f"hostb:{tmp_path}/nodir/s.bps") == 2
+    assert no_leaks.leftovers() == []
+    assert names_in(a) == ["t.img"]
