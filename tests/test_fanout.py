@@ -209,3 +209,34 @@ def test_leaks_on_success_and_on_failure(hosts, image, tmp_path, no_leaks: Lefto
                "--saveset", f"hostb:{tmp_path}/nodir/s.bps") == 2
     assert no_leaks.leftovers() == []
     assert names_in(a) == ["t.img"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_leaves_no_saveset_anywhere(hosts, tmp_path, signum) -> None:
+    config, server_b = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    source = random_image(tmp_path / "random.img", 16 * MiB, seed=8)
+    began = time.monotonic()
+    proc = start("dup", "-F", config, "--no-progress", "--block-size", "1M", "--bwlimit", "2M",
+                 source, f"hosta:{a}/t.img", "--saveset", f"{a}/own.bps",
+                 "--saveset", f"hostb:{b}/s.bps")
+    wait_until(lambda: (a / "t.img").exists() and bool(helper_pids(server_b)), 30,
+               "the helpers on both hosts", proc)
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    run = finish(proc, began)
+    line = run.one_error_line(run.returncode, "hosta", "interrupted by",
+                              signal.Signals(signum).name, alone=False)
+    assert run.returncode != 0, line
+    assert names_in(a) == ["t.img"] and names_in(b) == []
+
+
+def test_an_output_named_twice_is_refused(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    b = tmp_path / "b"
+    b.mkdir()
+    run = dup(config, image, f"hosta:{tmp_path}/t.img", "--saveset", f"hostb:{b}/s.bps",
+              "--saveset", f"hostb:{b}/./s.bps")
+    run.one_error_line(2, "named twice")
+    assert names_in(b) == [] and not (tmp_path / "t.img").exists()

@@ -91,6 +91,7 @@ def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSumm
 
 def _dup(job: _Job) -> None:
     request = job.request
+    _refuse_twice_written(request)
     source = open_source(request.source)
     stream: Optional[_Stream] = None
     try:
@@ -221,6 +222,20 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
     summary.bytes_written = int(result.get("bytes_written", 0))
 
 
+def _refuse_twice_written(request: DupRequest) -> None:
+    """Two outputs of one run at the same place on the same host: one would overwrite the
+    other (their helpers would each check its own path alone)."""
+    seen: set[tuple[Optional[str], str]] = set()
+    outputs = [request.target] + list(request.savesets)
+    if request.saveset is not None:
+        outputs.append(dataclasses.replace(request.target, path=request.saveset))
+    for endpoint in outputs:
+        place = (endpoint.host, os.path.normpath(remote_path(endpoint)))
+        if place in seen:
+            raise UsageError(f"{endpoint}: named twice as an output of the same {request.command}")
+        seen.add(place)
+
+
 def _saveset_shown(request: DupRequest) -> Optional[str]:
     """The saveset the summary names: the one on the target's host, else the first other."""
     if request.saveset_path is not None or not request.savesets:
@@ -249,7 +264,8 @@ def _fan_out(job: _Job, stream: _Stream) -> None:
         fan.require_codec(request.stream.codec)
         _fan_transfer(job, stream, fan)
     finally:
-        summary.extra["hosts"] = [leg.report() for leg in fan.legs]
+        summary.extra["hosts"] = [leg.report() for leg in  # the target's first
+                                  sorted(fan.legs, key=lambda leg: leg.role != TARGET)]
         fan.close()
 
 
