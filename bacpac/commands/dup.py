@@ -256,11 +256,9 @@ def _fan_out(job: _Job, stream: _Stream) -> None:
     main_role = SAVESET if request.backup else TARGET
     fan = Fanout(job.options)
     try:
-        for endpoint in request.savesets:
-            path = remote_path(endpoint)
-            fan.open(endpoint, SAVESET, path, where(endpoint, path))
-        path = remote_path(request.target)
-        fan.open(request.target, main_role, path, where(request.target, path))
+        legs = [(endpoint, SAVESET) for endpoint in request.savesets]
+        fan.open([(endpoint, role, remote_path(endpoint), where(endpoint, remote_path(endpoint)))
+                  for endpoint, role in legs + [(request.target, main_role)]])
         fan.require_codec(request.stream.codec)
         _fan_transfer(job, stream, fan)
     finally:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -23,11 +24,15 @@ from remote_helper.wire.zstdframe import compress_frame
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import COMMIT, END, MATCH, OPEN, Frame
 
+from .. import threads
 from ..errors import TransferError, UsageError
 from ..spec import Endpoint
 from .helper import ConnectOptions, HelperSession, Receiver, open_session
 
 READY_WITHIN = 120.0  # seconds from an OPEN to its READY: the checks of one target
+# seconds for the legs' connections, made at once, to be made or to fail: a connection's own
+# ConnectTimeout and the helper's HELLO deadline (helper.HELLO_WITHIN) end each before this
+CONNECT_WITHIN = 120.0
 MATCH_LEVEL = 1  # the zstd level of matched bytes sent on as DATA to a saveset elsewhere
 TARGET, SAVESET = "target", "saveset"
 
@@ -71,11 +76,39 @@ class Fanout:
         self._count: Count = lambda size, payload, sent: None
         self._on_written: Callable[[int], None] = lambda written: None
 
-    def open(self, endpoint: Endpoint, role: str, path: str, where: str) -> Leg:
-        """Connect to the helper of one leg, ship it and read its HELLO."""
-        leg = Leg(endpoint, role, path, where, open_session(endpoint, self._options))
-        self.legs.append(leg)
-        return leg
+    def open(self, wanted: list[tuple[Endpoint, str, str, str]]) -> None:
+        """Connect to the helper of each leg (endpoint, role, path, where), ship it and read its
+        HELLO: all at once, so that the slowest sets the time, not their sum (one at a time
+        when a password may be asked on the terminal). The legs keep the order given; the
+        first failure, in that order, is raised once every attempt has ended, and close()
+        closes what was opened."""
+        opened: list[Optional[HelperSession]] = [None] * len(wanted)
+        errors: list[Optional[BaseException]] = [None] * len(wanted)
+
+        def connect(index: int) -> None:
+            try:
+                opened[index] = open_session(wanted[index][0], self._options)
+            except BaseException as e:  # raised on the calling thread, below
+                errors[index] = e
+
+        together = not self._options.interactive
+        workers = [threading.Thread(target=connect, args=(index,), name=f"connect-{index}",
+                                    daemon=True) for index in range(1, len(wanted))]
+        try:
+            for worker in workers if together else ():
+                worker.start()
+            connect(0)
+            for index, worker in enumerate(workers, 1):
+                if not together and errors[0] is None:
+                    connect(index)
+        finally:
+            threads.join(workers, "the fan-out's connections", CONNECT_WITHIN)
+            for (endpoint, role, path, where), session in zip(wanted, opened):
+                if session is not None:
+                    self.legs.append(Leg(endpoint, role, path, where, session))
+        failed = next((error for error in errors if error is not None), None)
+        if failed is not None:
+            raise failed
 
     def require_codec(self, codec: str) -> None:
         """Every helper gets the same frames: each must decode them."""

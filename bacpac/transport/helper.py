@@ -501,6 +501,9 @@ class Receiver:
                 if frame.type == DIGESTS and self._on_digests is not None:
                     self._on_digests(frame)
                     continue
+                if self._confirm and self.prepared is None and frame.type == RESULT:
+                    raise ProtocolError(f"{self._session.host}: the helper said RESULT before "
+                                        "PREPARED")
                 if frame.type == PREPARED and self._confirm and self.prepared is None:
                     self.prepared = self._session.json(frame)
                     self._prepared.set()
