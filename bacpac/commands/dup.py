@@ -258,7 +258,7 @@ def _fan_out(job: _Job, stream: _Stream) -> None:
     try:
         legs = [(endpoint, SAVESET) for endpoint in request.savesets]
         fan.open([(endpoint, role, remote_path(endpoint), where(endpoint, remote_path(endpoint)))
-                  for endpoint, role in legs + [(request.target, main_role)]])
+                  for endpoint, role in legs + [(request.target, main_role)]], stream.route)
         fan.require_codec(request.stream.codec)
         _fan_transfer(job, stream, fan)
     finally:

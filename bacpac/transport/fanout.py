@@ -76,18 +76,31 @@ class Fanout:
         self._count: Count = lambda size, payload, sent: None
         self._on_written: Callable[[int], None] = lambda written: None
 
-    def open(self, wanted: list[tuple[Endpoint, str, str, str]]) -> None:
+    def open(self, wanted: list[tuple[Endpoint, str, str, str]],
+             on_route: Callable[[bool], None] = lambda here: None) -> None:
         """Connect to the helper of each leg (endpoint, role, path, where), ship it and read its
         HELLO: all at once, so that the slowest sets the time, not their sum (one at a time
         when a password may be asked on the terminal). The legs keep the order given; the
         first failure, in that order, is raised once every attempt has ended, and close()
-        closes what was opened."""
+        closes what was opened. on_route(True) is told as soon as every helper is known to
+        run on this host (helper.open_session's on_route)."""
         opened: list[Optional[HelperSession]] = [None] * len(wanted)
         errors: list[Optional[BaseException]] = [None] * len(wanted)
+        here: set[int] = set()
+        lock = threading.Lock()
+
+        def routed(index: int, local: bool) -> None:
+            with lock:
+                if local:
+                    here.add(index)
+                everywhere = local and len(here) == len(wanted)
+            if everywhere:
+                on_route(True)
 
         def connect(index: int) -> None:
             try:
-                opened[index] = open_session(wanted[index][0], self._options)
+                opened[index] = open_session(wanted[index][0], self._options,
+                                             on_route=functools.partial(routed, index))
             except BaseException as e:  # raised on the calling thread, below
                 errors[index] = e
 
