@@ -240,3 +240,30 @@ def test_an_output_named_twice_is_refused(hosts, image, tmp_path) -> None:
               "--saveset", f"hostb:{b}/./s.bps")
     run.one_error_line(2, "named twice")
     assert names_in(b) == [] and not (tmp_path / "t.img").exists()
+
+
+def read_chars() -> int:
+    """Bytes this process has read by read(2) and its kin, all its threads together."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_the_source_is_read_once_for_two_hosts(hosts, tmp_path, no_leaks: Leftovers) -> None:
+    """In this process, so that /proc/self/io counts the client's reads: the source's data
+    once (16 MiB), not once per host (32), plus the little the client reads besides."""
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    source = random_image(tmp_path / "random.img", 16 * MiB, seed=9)
+    args = cli.build_parser().parse_args(
+        ["dup", "-F", config, "--no-progress", str(source), f"hosta:{a}/t.img",
+         "--saveset", f"hostb:{b}/s.bps"])
+    cli.run(args.run, args)  # the helper's payload built, the modules imported: not counted
+    for path in (a / "t.img", b / "s.bps"):
+        path.unlink()
+    before = read_chars()
+    assert cli.run(args.run, args) == 0
+    read = read_chars() - before
+    assert 16 * MiB <= read < 20 * MiB, read
+    assert sha256_of(a / "t.img") == sha256_of(source)
+    assert restored_by_zstd(b / "s.bps") == sha256_of(source)

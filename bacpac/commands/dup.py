@@ -220,6 +220,9 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
                          cipher=session.cipher, helper_python=session.hello.get("python"),
                          verified=verify, check=_check(settings))
     summary.bytes_written = int(result.get("bytes_written", 0))
+    summary.extra["hosts"] = [{  # one helper: as a fan-out reports each of its own
+        "host": request.target.host or "localhost", "role": SAVESET if request.backup else TARGET,
+        "path": path, "bytes_sent": summary.bytes_sent, "bytes_written": summary.bytes_written}]
 
 
 def _refuse_twice_written(request: DupRequest) -> None:
