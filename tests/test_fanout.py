@@ -211,7 +211,7 @@ def test_leaks_on_success_and_on_failure(hosts, image, tmp_path, no_leaks: Lefto
     assert names_in(a) == ["t.img"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupt_leaves_no_saveset_anywhere(hosts, tmp_path, signum) -> None:
     config, server_b = hosts
     a, b = tmp_path / "a", tmp_path / "b"
@@ -267,3 +267,18 @@ def test_the_source_is_read_once_for_two_hosts(hosts, tmp_path, no_leaks: Leftov
     assert 16 * MiB <= read < 20 * MiB, read
     assert sha256_of(a / "t.img") == sha256_of(source)
     assert restored_by_zstd(b / "s.bps") == sha256_of(source)
+
+
+def test_the_pacer_hears_the_least_idle_helper() -> None:
+    """The level climbs only when every helper waits on its link: a busy one holds it."""
+    from types import SimpleNamespace
+
+    from bacpac.transport.fanout import Fanout
+    from bacpac.transport.helper import ConnectOptions
+
+    fan = Fanout(ConnectOptions())
+    fan.legs = [SimpleNamespace(receiver=SimpleNamespace(helper_idle=idle))  # type: ignore
+                for idle in (0.9, None)]
+    assert fan.helper_idle() is None  # not every helper has said yet
+    fan.legs[1].receiver.helper_idle = 0.2
+    assert fan.helper_idle() == 0.2
