@@ -282,3 +282,18 @@ def test_the_pacer_hears_the_least_idle_helper() -> None:
     assert fan.helper_idle() is None  # not every helper has said yet
     fan.legs[1].receiver.helper_idle = 0.2
     assert fan.helper_idle() == 0.2
+
+
+def test_a_fan_out_with_helpers_on_the_oldest_python(image, tmp_path, no_helper_left) -> None:
+    """Two local savesets (each its own helper, as a local subprocess), on Python 3.6 where
+    this machine has it: PREPARED and COMMIT in the helper's oldest dialect."""
+    from clirun import helper_pythons
+
+    version, python = next(iter(helper_pythons().items()))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    run = bacpac("backup", "--no-progress", "--json", "--remote-python", python, image,
+                 a / "s.bps", b / "s.bps")
+    assert run.returncode == 0, run.stderr
+    assert run.summary["helper_python"].startswith(version)
+    assert restored_by_zstd(a / "s.bps") == restored_by_zstd(b / "s.bps") == sha256_of(image)
