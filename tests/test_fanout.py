@@ -297,3 +297,20 @@ def test_a_fan_out_with_helpers_on_the_oldest_python(image, tmp_path, no_helper_
     assert run.returncode == 0, run.stderr
     assert run.summary["helper_python"].startswith(version)
     assert restored_by_zstd(a / "s.bps") == restored_by_zstd(b / "s.bps") == sha256_of(image)
+
+
+def test_which_saveset_the_target_helper_writes_and_which_fan_out() -> None:
+    from bacpac.cli import fan_out_savesets
+    from bacpac.spec import Endpoint, parse_endpoint
+
+    remote = parse_endpoint("root@hosta:/dev/sdb")
+    assert fan_out_savesets(remote, []) == (None, ())
+    # a plain PATH is on the target's host, and the first there is the target helper's own
+    assert fan_out_savesets(remote, ["/b/1.bps", "root@hosta:/b/2.bps", "hostb:/b/3.bps"]) == (
+        "/b/1.bps", (Endpoint("/b/2.bps", "hosta", "root"), Endpoint("/b/3.bps", "hostb")))
+    # another user on the same host is another login: a helper of its own
+    assert fan_out_savesets(remote, ["backup@hosta:/b/1.bps"]) == (
+        None, (Endpoint("/b/1.bps", "hosta", "backup"),))
+    local = parse_endpoint("/dev/sdb")
+    assert fan_out_savesets(local, ["/b/1.bps", "hostb:/b/2.bps"]) == (
+        "/b/1.bps", (Endpoint("/b/2.bps", "hostb"),))
