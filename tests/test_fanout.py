@@ -314,3 +314,34 @@ def test_which_saveset_the_target_helper_writes_and_which_fan_out() -> None:
     local = parse_endpoint("/dev/sdb")
     assert fan_out_savesets(local, ["/b/1.bps", "hostb:/b/2.bps"]) == (
         "/b/1.bps", (Endpoint("/b/2.bps", "hostb"),))
+
+
+def test_the_display_names_the_slowest_host_while_it_lags() -> None:
+    from io import StringIO
+    from types import SimpleNamespace
+
+    from bacpac.transport.fanout import Fanout
+    from bacpac.transport.helper import ConnectOptions
+    from bacpac.ui.events import Counters, JobProgress, JobStarted
+    from bacpac.ui.sinks import LogSink
+
+    told: list = []
+    fan = Fanout(ConnectOptions())
+    fan._on_written = lambda written, host: told.append((written, host))
+    a, b = (SimpleNamespace(written=0, host=host) for host in ("hosta", "hostb"))
+    fan.legs = [a, b]  # type: ignore
+    fan._written(a, 8 * MiB)  # type: ignore
+    fan._written(b, 4 * MiB)  # type: ignore
+    fan._written(b, 8 * MiB)  # type: ignore
+    assert told == [(0, "hostb"), (4 * MiB, "hostb"), (8 * MiB, None)]
+
+    stream = StringIO()
+    sink = LogSink(stream, clock=iter(range(0, 100, 10)).__next__, interval=5.0)
+    sink.emit(JobStarted("j", "dup", "disk.img", "hosta:/t.img", "hostb:/s.bps", 16 * MiB))
+    counters = Counters("j", sink)
+    counters.add(read=8 * MiB, sent=8 * MiB)
+    counters.set_written(4 * MiB, "hostb")
+    assert [event.slowest for event in [counters._snapshot()]] == ["hostb"]
+    assert any(line.endswith("slowest hostb") for line in stream.getvalue().splitlines()), \
+        stream.getvalue()
+    assert JobProgress("j", 1, 1, 1).slowest is None  # a plain dup names none

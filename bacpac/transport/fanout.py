@@ -74,7 +74,7 @@ class Fanout:
         self._options = options
         self.legs: list[Leg] = []
         self._count: Count = lambda size, payload, sent: None
-        self._on_written: Callable[[int], None] = lambda written: None
+        self._on_written: Callable[[int, Optional[str]], None] = lambda written, host: None
 
     def open(self, wanted: list[tuple[Endpoint, str, str, str]],
              on_route: Callable[[bool], None] = lambda here: None) -> None:
@@ -130,7 +130,7 @@ class Fanout:
                 raise UsageError(f"{leg.host}: a saveset needs zstd on every host it is fed "
                                  "to: install python3-zstandard or the zstd tool there")
 
-    def start(self, opens: list[dict], on_written: Callable[[int], None],
+    def start(self, opens: list[dict], on_written: Callable[[int, Optional[str]], None],
               on_digests: Callable[[Frame], None], count: Count) -> None:
         """Send each leg its OPEN (opens[i] for legs[i]), the savesets' first, and wait for
         every READY: the target's helper, which may truncate a file, is asked only once every
@@ -149,9 +149,12 @@ class Fanout:
                 self._receiver(leg).wait_ready(READY_WITHIN)
 
     def _written(self, leg: Leg, written: int) -> None:
-        """PROGRESS from one helper: the display follows the slowest."""
+        """PROGRESS from one helper: the display follows the slowest, and names its host
+        while it lags behind another."""
         leg.written = written
-        self._on_written(min(other.written for other in self.legs))
+        slowest = min(self.legs, key=lambda other: other.written)
+        lags = slowest.written < max(other.written for other in self.legs)
+        self._on_written(slowest.written, slowest.host if lags else None)
 
     @staticmethod
     def _receiver(leg: Leg) -> Receiver:

@@ -32,6 +32,7 @@ class JobProgress:
     bytes_written: int
     blocks_compared: int = 0
     blocks_sent: int = 0
+    slowest: Optional[str] = None  # a fan-out's host whose helper has written the least
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Counters:
         self.bytes_written = 0
         self.blocks_compared = 0
         self.blocks_sent = 0
+        self.slowest: Optional[str] = None
 
     def add(self, read: int = 0, sent: int = 0, compared: int = 0, blocks_sent: int = 0) -> None:
         with self._lock:
@@ -121,12 +123,15 @@ class Counters:
             event = self._snapshot()
         self._sink.emit(event)
 
-    def set_written(self, written: int) -> None:
+    def set_written(self, written: int, slowest: Optional[str] = None) -> None:
+        """Bytes written by the helper; in a fan-out, by the one that has written the least,
+        which is `slowest` (None when none lags)."""
         with self._lock:
             self.bytes_written = max(self.bytes_written, written)
+            self.slowest = slowest
             event = self._snapshot()
         self._sink.emit(event)
 
     def _snapshot(self) -> JobProgress:
         return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
-                           self.blocks_compared, self.blocks_sent)
+                           self.blocks_compared, self.blocks_sent, self.slowest)

@@ -81,8 +81,9 @@ class LogSink:
         percent = f"{100 * read / job.total:.0f}% " if job.total else ""
         total = f" of {human_size(job.total)}" if job.total else ""
         blocks = blocks_text(event.blocks_compared, event.blocks_sent)
+        slowest = f", slowest {event.slowest}" if event.slowest else ""
         self._write(f"{job.label}: {percent}{human_size(read)}{total}, "
-                    f"sent {human_size(event.bytes_sent)}{blocks}, {human_rate(rate)}")
+                    f"sent {human_size(event.bytes_sent)}{blocks}, {human_rate(rate)}{slowest}")
 
     def _label(self, job_id: str) -> str:
         job = self._jobs.get(job_id)
