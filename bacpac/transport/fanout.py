@@ -111,8 +111,8 @@ class Fanout:
             for worker in workers if together else ():
                 worker.start()
             connect(0)
-            for index, worker in enumerate(workers, 1):
-                if not together and errors[0] is None:
+            for index in range(1, len(wanted)):
+                if not together and not any(errors):  # one at a time, up to a failure
                     connect(index)
         finally:
             threads.join(workers, "the fan-out's connections", CONNECT_WITHIN)
