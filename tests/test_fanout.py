@@ -345,3 +345,17 @@ def test_the_display_names_the_slowest_host_while_it_lags() -> None:
     assert any(line.endswith("slowest hostb") for line in stream.getvalue().splitlines()), \
         stream.getvalue()
     assert JobProgress("j", 1, 1, 1).slowest is None  # a plain dup names none
+
+
+def test_a_host_that_cannot_be_reached_fails_the_run_naming_it(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    closed = Path(config).read_text().split("Host hostb")[1].replace(
+        "Host hostb", "")  # hostb's settings, on a port where nothing listens
+    port = next(line for line in closed.splitlines() if "Port" in line)
+    Path(config).write_text(Path(config).read_text() + "\nHost hostz"
+                            + closed.replace(port, "    Port 1"))
+    a = tmp_path / "a"
+    a.mkdir()
+    run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostz:{tmp_path}/s.bps")
+    run.one_error_line(1, "hostz")
+    assert names_in(a) == []
