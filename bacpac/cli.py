@@ -22,7 +22,7 @@ from .transport.helper import ConnectOptions
 from .ui.sinks import make_sink
 from .ui.text import human_size
 from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
-from .spec import parse_endpoint
+from .spec import Endpoint, parse_endpoint
 from .transport.ssh.connection import SshOptions, parse_o_option
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "target and compares its sha256 with the source's.")
     dup.add_argument("source", metavar="SOURCE")
     dup.add_argument("target", metavar="[USER@]HOST:TARGET")
-    dup.add_argument("--saveset", metavar="PATH",
-                     help="also write a saveset at PATH on the target host, in the same pass")
+    dup.add_argument("--saveset", metavar="[USER@]HOST:PATH", action="append", default=[],
+                     help="also write a saveset, in the same pass: PATH on the target's host, "
+                     "or on another HOST, fed from the same read of the source (repeatable)")
     dup.add_argument("--delta", action="store_true",
                      help="compare with what the target holds and send only the blocks that "
                      "differ (also finishes an interrupted dup)")
@@ -111,12 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     backup = commands.add_parser(
         "backup", parents=[parent], help="write a saveset of a disk on another host",
-        description="Write a saveset of SOURCE at SAVESET on [USER@]HOST (no target disk). "
+        description="Write a saveset of SOURCE at SAVESET on [USER@]HOST (no target disk); "
+        "several SAVESETs are fed from one read of the source. "
         "Stock 'zstd -d SAVESET > disk.img' restores it; so does 'bacpac restore'.")
     backup.add_argument("source", metavar="SOURCE")
-    backup.add_argument("target", metavar="[USER@]HOST:SAVESET")
+    backup.add_argument("target", metavar="[USER@]HOST:SAVESET", nargs="+")
     _add_stream_options(backup)
-    backup.set_defaults(run=_cmd_backup, force=False, verify=False, saveset=None)
+    backup.set_defaults(run=_cmd_backup, force=False, verify=False, saveset=[])
 
     restore = commands.add_parser(
         "restore", parents=[parent], help="write a saveset's image onto a target",
@@ -251,9 +253,34 @@ def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
 
 def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     delta = bool(getattr(args, "delta", False))
-    return DupRequest(source=args.source, target=parse_endpoint(args.target),
-                      saveset=args.saveset, backup=backup, force=args.force, verify=args.verify,
-                      delta=delta, stream=_stream_settings(args, delta))
+    if backup:  # the first SAVESET is the backup's own; any more are fed the same frames
+        first, *more = [parse_endpoint(text) for text in args.target]
+        return DupRequest(source=args.source, target=first, backup=True,
+                          stream=_stream_settings(args, delta), savesets=tuple(more))
+    target = parse_endpoint(args.target)
+    saveset, others = fan_out_savesets(target, args.saveset)
+    return DupRequest(source=args.source, target=target, saveset=saveset, backup=backup,
+                      force=args.force, verify=args.verify, delta=delta,
+                      stream=_stream_settings(args, delta), savesets=others)
+
+
+def fan_out_savesets(target: Endpoint, texts: Sequence[str]
+                     ) -> tuple[Optional[str], tuple[Endpoint, ...]]:
+    """The --saveset operands: a plain PATH is on the target's host, and the first on that
+    host is written by the target's own helper (the saveset PATH of a plain dup); the others
+    get helpers of their own (a fan-out)."""
+    own: Optional[str] = None
+    others: list[Endpoint] = []
+    for text in texts:
+        endpoint = parse_endpoint(text)
+        if endpoint.is_local:  # a plain path: on the target's host
+            endpoint = Endpoint(endpoint.path, target.host, target.user)
+        same_host = (endpoint.host, endpoint.user) == (target.host, target.user)
+        if own is None and same_host:
+            own = endpoint.path
+        else:
+            others.append(endpoint)
+    return own, tuple(others)
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:

@@ -55,7 +55,7 @@ class Collect:
     def hole(self, offset, size):
         self.holes.append((offset, size))
 
-    def match(self, offset, size):
+    def match(self, offset, size, data=None):
         raise AssertionError("a full copy sends no MATCH")
 
     def check(self):

@@ -17,6 +17,7 @@ from remote_helper.errors import LocalProtocolError, ProtocolError, RemoteProtoc
 from remote_helper.wire.protocol import (
     CODEC_ZSTD, COPY, DATA, DIGESTS, END, ERROR, HEADER, HEADER_SIZE, HELLO, HOLE, MATCH, MAX_CONTROL,
     MAX_PAYLOAD, OPEN, PROGRESS, READY, RESULT, Decoder, Frame)
+from remote_helper.wire.protocol import COMMIT, PREPARED
 
 CONTROL = {
     HELLO: {"protocol": 1, "python": "3.6.15", "codecs": ["zstd", "zlib"], "uid": 0},
@@ -26,6 +27,8 @@ CONTROL = {
     RESULT: {"bytes_written": 12345, "sha256": "cd" * 32},
     ERROR: {"kind": "RefusedError", "errno": 16, "message": "/dev/sdb: busy é"},
     PROGRESS: {"written": 4 << 20},
+    PREPARED: {"bytes_written": 12345, "check": "frames"},
+    COMMIT: {},
 }
 
 

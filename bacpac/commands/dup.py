@@ -28,6 +28,7 @@ from .jobs import (check_result, naming, remote_path, run_tracked, saveset_metad
 from ..engine.dedup import SeenChunks
 from ..engine.delta import SegmentReader
 from ..engine.pipeline import ExtentReader, ImageStream, Producer, StreamSettings
+from ..transport.fanout import SAVESET, TARGET, Fanout
 from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
 from ..spec import Endpoint
 
@@ -39,7 +40,9 @@ PARTLY_WRITTEN = PARTLY + ": run the same command again with --delta to finish i
 class DupRequest:
     """One dup (target disk, optional saveset) or backup (saveset only), validated.
 
-    For a backup, `target` names the saveset and `saveset` is None.
+    For a backup, `target` names the saveset and `saveset` is None. `savesets` are written
+    by helpers of their own, fed the same frames (a fan-out): those on other hosts than the
+    target's, and any beyond the first on its host.
     """
 
     source: str
@@ -51,6 +54,7 @@ class DupRequest:
     delta: bool = False
     nothing_else_writes_target: bool = False  # a block device's digest cache may stand for it
     stream: StreamSettings = field(default_factory=StreamSettings)
+    savesets: tuple[Endpoint, ...] = ()
 
     @property
     def command(self) -> str:
@@ -81,13 +85,14 @@ def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSumm
     """Run one dup or backup; emits its events; returns its summary or raises its error."""
     name = f"{request.source} → {request.target}"
     summary = JobSummary(command=request.command, source=request.source,
-                         target=str(request.target), saveset=request.saveset_path)
+                         target=str(request.target), saveset=_saveset_shown(request))
     return run_tracked(sink, name, summary,
                        lambda s: _dup(_Job(request, options, sink, name, s)))
 
 
 def _dup(job: _Job) -> None:
     request = job.request
+    _refuse_twice_written(request)
     source = open_source(request.source)
     stream: Optional[_Stream] = None
     try:
@@ -96,6 +101,9 @@ def _dup(job: _Job) -> None:
             warn(job.sink, job.name, job.summary,
                  _mounted_warning(request.source, *source.rw_mount))
         stream = _Stream(request, source, request.stream)  # works while we connect
+        if request.savesets:
+            _fan_out(job, stream)
+            return
         try:
             _with_helper(job, stream, request.stream)
         except _Renegotiate as again:  # that helper refused the stream before writing a byte
@@ -139,7 +147,8 @@ class _Stream:
     def __init__(self, request: DupRequest, source: Source, settings: StreamSettings) -> None:
         self._request = request
         self.source = source
-        self._here = request.target.is_local  # the helper runs on this host
+        self._here = request.target.is_local and all(  # the helpers run on this host
+            saveset.is_local for saveset in request.savesets)
         self._stopped = True  # every stream replaced so far stopped its threads
         self.image = self._start(settings)
 
@@ -156,8 +165,8 @@ class _Stream:
         producer: Producer
         if self._request.delta:
             producer = SegmentReader(self.digests)
-        elif self._request.backup:
-            producer = ExtentReader()  # no COPY frames: a backup's helper has no disk to read
+        elif self._request.backup or self._request.savesets:
+            producer = ExtentReader()  # no COPY frames: a saveset's helper has no disk to read
         else:
             producer = ExtentReader(SeenChunks())
         return ImageStream(self.source.fd, self.source.size, settings, producer,
@@ -212,6 +221,134 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
                          cipher=session.cipher, helper_python=session.hello.get("python"),
                          verified=verify, check=_check(settings))
     summary.bytes_written = int(result.get("bytes_written", 0))
+    summary.extra["hosts"] = [{  # one helper: as a fan-out reports each of its own
+        "host": request.target.host or "localhost", "role": SAVESET if request.backup else TARGET,
+        "path": path, "bytes_sent": summary.bytes_sent, "bytes_written": summary.bytes_written}]
+
+
+def _refuse_twice_written(request: DupRequest) -> None:
+    """Two outputs of one run at the same place on the same host: one would overwrite the
+    other (their helpers would each check its own path alone)."""
+    seen: set[tuple[Optional[str], str]] = set()
+    outputs = [request.target] + list(request.savesets)
+    if request.saveset is not None:
+        outputs.append(dataclasses.replace(request.target, path=request.saveset))
+    for endpoint in outputs:
+        place = (endpoint.host, os.path.normpath(remote_path(endpoint)))
+        if place in seen:
+            raise UsageError(f"{endpoint}: named twice as an output of the same {request.command}")
+        seen.add(place)
+
+
+def _saveset_shown(request: DupRequest) -> Optional[str]:
+    """The saveset the summary names: the one on the target's host, else the first other."""
+    if request.saveset_path is not None or not request.savesets:
+        return request.saveset_path
+    return str(request.savesets[0])
+
+
+def _all_savesets(request: DupRequest) -> list[str]:
+    path = request.saveset_path
+    first = [] if path is None else [where(request.target, path)]
+    return first + [str(saveset) for saveset in request.savesets]
+
+
+def _fan_out(job: _Job, stream: _Stream) -> None:
+    """The stream read and compressed once, and sent to a helper on each host: the savesets'
+    first, each opened and checked, then the target's (transport/fanout.py)."""
+    request, summary = job.request, job.summary
+    main_role = SAVESET if request.backup else TARGET
+    fan = Fanout(job.options)
+    try:
+        legs = [(endpoint, SAVESET) for endpoint in request.savesets]
+        fan.open([(endpoint, role, remote_path(endpoint), where(endpoint, remote_path(endpoint)))
+                  for endpoint, role in legs + [(request.target, main_role)]], stream.route)
+        fan.require_codec(request.stream.codec)
+        _fan_transfer(job, stream, fan)
+    finally:
+        summary.extra["hosts"] = [leg.report() for leg in  # the target's first
+                                  sorted(fan.legs, key=lambda leg: leg.role != TARGET)]
+        fan.close()
+
+
+def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
+    request, source, summary = job.request, stream.source, job.summary
+    settings = request.stream
+    image = stream.use(settings)
+    counters = Counters(job.name, job.sink)
+    sizes = _Sizes(counters, settings.delta_block, request.delta)
+    opens = [_leg_open(request, source, settings, leg.role, leg.path) for leg in fan.legs]
+    target = fan.legs[-1]  # the target's helper, or a backup's first saveset
+    try:
+        fan.start(opens, counters.set_written,
+                  lambda frame: stream.digests.put((frame.offset, frame.payload)), sizes.count)
+        job.sink.emit(JobStarted(job.name, request.command, request.source,
+                                 str(request.target), _saveset_shown(request), source.size))
+        streamed = image.send(fan)
+        results = fan.finish({"bytes": streamed.bytes_read, "sha256": streamed.sha256})
+    except BacpacError as e:
+        leg = fan.culprit(e)
+        partly = fan.target_ready() and not request.backup
+        message = str(e) if leg is None else naming(str(e), leg.host, leg.where)
+        raise type(e)(message + (partly_written(e) if partly else "")) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
+        hint = PARTLY_WRITTEN if fan.target_ready() and not request.backup else ""
+        raise interruption(e, target.where, hint) from None
+    finally:
+        summary.bytes_read = counters.bytes_read
+        summary.bytes_sent = counters.bytes_sent
+        summary.bytes_written = counters.bytes_written
+    check = _check(settings)
+    for leg, result in zip(fan.legs, results):
+        result["source_sha256"] = streamed.sha256
+        summary.sha256 = check_result(request.verify and leg.role == TARGET, leg.where, result,
+                                      check)
+    hello = target.session.hello
+    summary.extra.update(codec=settings.codec, zstd=hello.get("zstd"),
+                         cipher=target.session.cipher, helper_python=hello.get("python"),
+                         verified=request.verify and not request.backup, check=check,
+                         levels=streamed.levels, savesets=_all_savesets(request))
+    summary.bytes_written = int(target.result.get("bytes_written", 0))
+    if request.delta:
+        summary.extra.update(blocks_sent=sizes.blocks_sent, blocks_matched=sizes.blocks_matched,
+                             block_size=settings.delta_block)
+
+
+def _leg_open(request: DupRequest, source: Source, settings: StreamSettings, role: str,
+              path: str) -> dict:
+    """The OPEN of one helper of a fan-out: the target's as a dup's (its own host's saveset
+    with it), a saveset's as a backup's; each to confirm before its saveset gets its name."""
+    job = _open_frame(request, source, settings)
+    job["confirm"] = True
+    if role == SAVESET:
+        job.update(path=None, force=False, verify=False, delta=None, saveset={
+            "path": path, "frame_size": settings.block_size,
+            "metadata": saveset_metadata("disk", request.source, source.size,
+                                         settings.block_size)})
+    return job
+
+
+class _Sizes:
+    """What a fan-out's frames count, as SessionSender counts a single helper's."""
+
+    def __init__(self, counters: Counters, delta_block: int, delta: bool) -> None:
+        self._counters = counters
+        self._delta_block = delta_block
+        self._delta = delta
+        self.blocks_sent = 0
+        self.blocks_matched = 0
+
+    def count(self, size: int, payload: int, sent: bool) -> None:
+        if not self._delta:
+            self._counters.add(read=size, sent=payload)
+            return
+        blocks = -(-size // self._delta_block)
+        if sent:
+            self.blocks_sent += blocks
+        else:
+            self.blocks_matched += blocks
+        self._counters.add(read=size, sent=payload, compared=blocks,
+                           blocks_sent=blocks if sent else 0)
 
 
 def _negotiate(request: DupRequest, hello: dict, host: str) -> StreamSettings:
@@ -285,7 +422,7 @@ class SessionSender:
         self._receiver.send(self._session.send, protocol.encode_hole(offset, size))
         self._count(size, 0, sent=True)
 
-    def match(self, offset: int, size: int) -> None:
+    def match(self, offset: int, size: int, data: memoryview) -> None:
         self._receiver.send(self._session.send, protocol.encode(MATCH, b"", offset, 0, size))
         self._count(size, 0, sent=False)
 

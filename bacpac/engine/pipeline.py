@@ -85,7 +85,9 @@ class FrameSender(Protocol):
 
     def hole(self, offset: int, size: int) -> None: ...
 
-    def match(self, offset: int, size: int) -> None: ...
+    def match(self, offset: int, size: int, data: memoryview) -> None:
+        """The target holds these bytes already; `data` is them, for a sender that has a
+        saveset on another host to feed (commands/dup.py's fan-out)."""
 
     def copy(self, offset: int, size: int, source: int, digest: bytes) -> None: ...
 
@@ -538,13 +540,17 @@ def _send(item: _Item, reader: BlockReader, compressor: "Compressor", sender: Fr
                    len(payload), level)
     elif isinstance(item, Planned):
         frames = pacer.compressed(lambda: _result(item.frames, sender))
-        reader.release(item.buffer)
-        for frame in frames:
-            _send_planned(frame, compressor, sender, pacer)
+        segment = memoryview(item.buffer)[:item.size]  # given back once its frames are sent
+        try:
+            for frame in frames:
+                _send_planned(frame, compressor, sender, pacer,
+                              segment[frame.offset - frames[0].offset:][:frame.size])
+        finally:
+            reader.release(item.buffer)
 
 
 def _send_planned(frame: Frame, compressor: "Compressor", sender: FrameSender,
-                  pacer: Pacer) -> None:
+                  pacer: Pacer, data: memoryview) -> None:
     if isinstance(frame, Data):
         pacer.send(lambda: sender.block(frame.offset, frame.size, compressor.flags,
                                         frame.payload), len(frame.payload))
@@ -553,4 +559,4 @@ def _send_planned(frame: Frame, compressor: "Compressor", sender: FrameSender,
     elif isinstance(frame, Copy):
         sender.copy(frame.offset, frame.size, frame.source, frame.digest)
     else:
-        sender.match(frame.offset, frame.size)
+        sender.match(frame.offset, frame.size, data)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import remote_helper
 from remote_helper.errors import RemoteProtocolError
 from remote_helper.wire import protocol
-from remote_helper.wire.protocol import DIGESTS, ERROR, PROGRESS, READY, RESULT, Frame
+from remote_helper.wire.protocol import DIGESTS, ERROR, PREPARED, PROGRESS, READY, RESULT, Frame
 
 from .. import threads
 from .channel import Channel, LocalChannel
@@ -454,23 +454,31 @@ class Receiver:
 
     With on_hello, the client sent its OPEN without waiting (HelperSession.start): the helper's
     HELLO comes first, for on_hello to accept or refuse by raising, then its READY, or the
-    ERROR that refuses the OPEN before anything is written; `ready` says which it was.
+    ERROR that refuses the OPEN before anything is written; `ready` says which it was. With
+    ready_first, the HELLO was read already and the READY is still to come (a fan-out waits
+    for every host's: wait_ready). With confirm, the helper says PREPARED before its RESULT,
+    and waits for the client's COMMIT in between (wait_prepared).
     """
 
     def __init__(self, session: HelperSession, where: str, on_progress: Callable[[int], None],
                  on_digests: Optional[Callable[[Frame], None]] = None,
-                 on_hello: Optional[Callable[[dict], None]] = None) -> None:
+                 on_hello: Optional[Callable[[dict], None]] = None,
+                 ready_first: bool = False, confirm: bool = False) -> None:
         self._session = session
         self._where = where
         self._on_progress = on_progress
         self._on_digests = on_digests
         self._on_hello = on_hello
-        self.ready = on_hello is None  # the helper accepted the OPEN
+        self.ready = on_hello is None and not ready_first  # the helper accepted the OPEN
+        self._confirm = confirm
+        self.prepared: Optional[dict] = None  # PREPARED's payload, with confirm
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
         # the share of its latest PROGRESS interval the helper spent waiting for input
         self.helper_idle: Optional[float] = None
         self._done = threading.Event()
+        self._readied = threading.Event()  # READY came, or the receiver ended
+        self._prepared = threading.Event()  # PREPARED came, or the receiver ended
         self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
         session.owns(self._thread)  # joined by the session's close()
         self._thread.start()
@@ -479,8 +487,10 @@ class Receiver:
         try:
             if self._on_hello is not None:
                 self._on_hello(self._session.read_hello())
+            if not self.ready:
                 self._session.expect(self._session.recv(), READY, self._where)
                 self.ready = True
+            self._readied.set()
             while True:
                 frame = self._session.recv()
                 if frame.type == PROGRESS:
@@ -491,11 +501,20 @@ class Receiver:
                 if frame.type == DIGESTS and self._on_digests is not None:
                     self._on_digests(frame)
                     continue
+                if self._confirm and self.prepared is None and frame.type == RESULT:
+                    raise ProtocolError(f"{self._session.host}: the helper said RESULT before "
+                                        "PREPARED")
+                if frame.type == PREPARED and self._confirm and self.prepared is None:
+                    self.prepared = self._session.json(frame)
+                    self._prepared.set()
+                    continue
                 self.result = self._session.expect(frame, RESULT, self._where)
                 return
         except BaseException as e:  # handed to the sending thread, which raises it
             self.error = e
         finally:
+            self._readied.set()
+            self._prepared.set()
             self._done.set()
 
     @property
@@ -513,6 +532,26 @@ class Receiver:
             if self.error is None:
                 raise
             raise self.error from None
+
+    def wait_ready(self, within: float) -> None:
+        """Until the helper's READY (its checks passed, its outputs open); its error if it
+        refused the OPEN or failed; a TransferError after `within` seconds."""
+        if not self._readied.wait(within):
+            raise TransferError(f"{self._session.host}: no READY from the helper within "
+                                f"{within:g} s")
+        if not self.ready:
+            assert self.error is not None
+            raise self.error
+
+    def wait_prepared(self, within: float) -> bool:
+        """Whether the helper said PREPARED (or failed: then its error) within `within`
+        seconds."""
+        if not self._prepared.wait(within):
+            return False
+        if self.prepared is None:
+            assert self.error is not None
+            raise self.error
+        return True
 
     def wait(self) -> dict:
         """The helper's RESULT, once it came; its error if it failed."""

@@ -35,6 +35,7 @@ class JobProgress:
     files_done: int = 0  # a tree copy: files written so far, of those known to need sending
     files_wanted: int = 0
     current: str = ""  # the file being written
+    slowest: Optional[str] = None  # a fan-out's host whose helper has written the least
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Counters:
         self.files_done = 0
         self.files_wanted = 0
         self.current = ""
+        self.slowest: Optional[str] = None
 
     def add(self, read: int = 0, sent: int = 0, compared: int = 0, blocks_sent: int = 0) -> None:
         with self._lock:
@@ -127,9 +129,12 @@ class Counters:
             event = self._snapshot()
         self._sink.emit(event)
 
-    def set_written(self, written: int) -> None:
+    def set_written(self, written: int, slowest: Optional[str] = None) -> None:
+        """Bytes written by the helper; in a fan-out, by the one that has written the least,
+        which is `slowest` (None when none lags)."""
         with self._lock:
             self.bytes_written = max(self.bytes_written, written)
+            self.slowest = slowest
             event = self._snapshot()
         self._sink.emit(event)
 
@@ -143,4 +148,4 @@ class Counters:
     def _snapshot(self) -> JobProgress:
         return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
                            self.blocks_compared, self.blocks_sent, self.files_done,
-                           self.files_wanted, self.current)
+                           self.files_wanted, self.current, self.slowest)

@@ -38,6 +38,7 @@ class _Row:
     compared: int = 0  # delta runs only
     blocks_sent: int = 0
     files: str = ""  # a tree copy's files done, wanted and current
+    slowest: Optional[str] = None  # a fan-out's host that has written the least
     dirty: bool = False
 
 
@@ -47,7 +48,9 @@ class _WireColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         sent = int(task.fields.get("sent", 0))
         ratio = f" ({task.completed / sent:.1f}×)" if sent else ""
-        return Text(f"sent {human_size(sent)}{ratio}{task.fields.get('blocks', '')}",
+        slowest = task.fields.get("slowest")
+        slowest = f", slowest {slowest}" if slowest else ""
+        return Text(f"sent {human_size(sent)}{ratio}{task.fields.get('blocks', '')}{slowest}",
                     style="progress.filesize")
 
 
@@ -156,19 +159,21 @@ class RichSink:
             row.blocks_sent = max(row.blocks_sent, event.blocks_sent)
             if event.files_wanted:
                 row.files = files_text(event.files_done, event.files_wanted, event.current)
+            row.slowest = event.slowest
             row.dirty = True
 
     def _sync(self) -> None:
         """Copy changed counters into rich's tasks; called by rich before it renders."""
         with self._lock:
             changed = [(row.task_id, row.read, row.sent,
-                        blocks_text(row.compared, row.blocks_sent) + row.files)
+                        blocks_text(row.compared, row.blocks_sent) + row.files, row.slowest)
                        for row in self._rows.values() if row.dirty]
             for row in self._rows.values():
                 row.dirty = False
-        for task_id, read, sent, blocks in changed:
+        for task_id, read, sent, blocks, slowest in changed:
             try:
-                self._progress.update(task_id, completed=read, sent=sent, blocks=blocks)
+                self._progress.update(task_id, completed=read, sent=sent, blocks=blocks,
+                                      slowest=slowest)
             except KeyError:  # the job finished between the copy and the update
                 pass
 

@@ -82,8 +82,9 @@ class LogSink:
         total = f" of {human_size(job.total)}" if job.total else ""
         blocks = (blocks_text(event.blocks_compared, event.blocks_sent)
                   + files_text(event.files_done, event.files_wanted, event.current))
+        slowest = f", slowest {event.slowest}" if event.slowest else ""
         self._write(f"{job.label}: {percent}{human_size(read)}{total}, "
-                    f"sent {human_size(event.bytes_sent)}{blocks}, {human_rate(rate)}")
+                    f"sent {human_size(event.bytes_sent)}{blocks}, {human_rate(rate)}{slowest}")
 
     def _label(self, job_id: str) -> str:
         job = self._jobs.get(job_id)

@@ -15,7 +15,8 @@ from ..target.delta import TargetSegments
 from ..target.target import NullTarget, open_target
 from ..target.writer import ImageWriter
 from ..wire import codecs, protocol, zstdframe
-from ..wire.protocol import COPY, DATA, END, ERROR, HOLE, MATCH, PROGRESS, READY, RESULT
+from ..wire.protocol import (COMMIT, COPY, DATA, END, ERROR, HOLE, MATCH, PREPARED, PROGRESS,
+                             READY, RESULT)
 
 if TYPE_CHECKING:  # for the type comments only: the server imports this module
     from .server import Input, Output  # noqa: F401
@@ -74,7 +75,7 @@ def run_dup(job, inp, out):
                                       cache.cached if cache is not None else None)
         writer = image_writer(job, inp, out, target, saveset, segments,
                               cache.record if cache is not None else None)
-        out.send_json(RESULT, with_cache(write_image(job, inp, writer, target, saveset),
+        out.send_json(RESULT, with_cache(write_image(job, inp, out, writer, target, saveset),
                                          cache, segments, target))
     except ClientGone:
         raise
@@ -138,8 +139,8 @@ def image_writer(job, inp, out, target, saveset, segments, record=None):
                        hash_stream=job.get("check", "sha256") == "sha256", record=record)
 
 
-def write_image(job, inp, writer, target, saveset):
-    # type: (dict, Input, ImageWriter, AnyTarget, Saveset) -> dict
+def write_image(job, inp, out, writer, target, saveset):
+    # type: (dict, Input, Output, ImageWriter, AnyTarget, Saveset) -> dict
     """Receive the image into the writer, prove it, and finish the target and the saveset."""
     check = job.get("check", "sha256")
     end = receive_image(inp, writer, target, check == "frames")
@@ -158,11 +159,27 @@ def write_image(job, inp, writer, target, saveset):
     writer.finish()  # the head last, once the image is proven: else the target will not mount
     if job.get("verify") and target.path is not None:
         result["verify_sha256"] = reread_sha256(target)
+    if job.get("confirm"):  # a fan-out: no final name before every host has got this far
+        if saveset is not None:
+            saveset.prepare(sha256, written)  # type: ignore[arg-type]
+        out.send_json(PREPARED, result)
+        await_commit(inp)
     if saveset is not None:
         # sha256 is not None here: the writer's hash (check sha256) or END's, proven above
         saveset.commit(sha256, written)  # type: ignore[arg-type]
         result["saveset"] = saveset.path
     return result
+
+
+def await_commit(inp):
+    # type: (Input) -> None
+    """The client's COMMIT, once every host of a fan-out has prepared. Its ERROR, or the end
+    of input, means another host failed: ClientGone, and the saveset is discarded."""
+    frame = inp.next()
+    if frame.type == ERROR:
+        raise ClientGone()
+    if frame.type != COMMIT:
+        raise ProtocolError("expected COMMIT, got %s" % protocol.type_name(frame.type))
 
 
 def _is_sha256(value):

@@ -65,6 +65,12 @@ class AtomicFile(object):
         suffix = binascii.hexlify(os.urandom(4)).decode("ascii")
         return os.path.join(self._directory, ".%s.bacpac-tmp-%s" % (self._name, suffix))
 
+    def sync(self):
+        # type: () -> None
+        """Make the content durable, still under no final name (commit() then only names it)."""
+        self.fileobj.flush()
+        os.fsync(self.fileobj.fileno())
+
     def commit(self):
         # type: () -> None
         """Make the content durable, then give it its final name, then make the name durable."""

@@ -33,6 +33,7 @@ class SavesetOutput(object):
         self._writer = self._guard(SavesetWriter, self._file.fileobj, metadata)
         fileobj = self._file.fileobj
         self._writeback = libc.Writeback(fileobj.fileno(), fileobj.flush)
+        self._prepared = False
 
     def add(self, frame, size):
         # type: (bytes, int) -> None
@@ -48,9 +49,18 @@ class SavesetOutput(object):
             self.add(self._zero_frame(size), size)
             offset += size
 
+    def prepare(self, sha256, nbytes):
+        # type: (str, int) -> None
+        """The trailer written and the whole file durable, under no final name yet: what is
+        left for commit() is the rename, which a fan-out asks for once every host prepared."""
+        self._guard(self._writer.finish, sha256, nbytes)
+        self._guard(self._file.sync)
+        self._prepared = True
+
     def commit(self, sha256, nbytes):
         # type: (str, int) -> None
-        self._guard(self._writer.finish, sha256, nbytes)
+        if not self._prepared:
+            self._guard(self._writer.finish, sha256, nbytes)
         self._guard(self._file.commit)
 
     def discard(self):
