@@ -29,8 +29,9 @@ MAY_IMPORT = {
         "ui": {"ui", "base"},
         "engine": {"engine", "base"},
         "transport": {"transport", "base"},
-        "commands": {"commands", "engine", "transport", "ui", "base"},
-        "cli": {"cli", "commands", "engine", "transport", "ui", "base"},
+        "inventory": {"inventory", "base"},
+        "commands": {"commands", "engine", "transport", "ui", "inventory", "base"},
+        "cli": {"cli", "commands", "engine", "transport", "ui", "inventory", "base"},
     },
     "remote_helper": {
         "errors": {"errors"},
