@@ -19,6 +19,9 @@ from .engine.pipeline import StreamSettings
 from .transport.helper import ConnectOptions
 from .ui.sinks import make_sink
 from .ui.text import human_size
+from .commands.run import RunRequest, run_inventory
+from .inventory.load import load as load_inventory
+from .ui.eventlines import EventLineSink
 from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import parse_endpoint
 from .transport.ssh.connection import SshOptions, parse_o_option
@@ -75,6 +78,8 @@ def _ssh_parent() -> _Parser:
     out = parent.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="one JSON summary per job on stdout")
     out.add_argument("--no-progress", action="store_true", help="no progress display or log lines")
+    # For `bacpac run`, which runs each job as a child and shows its events in one display.
+    out.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
     return parent
 
 
@@ -136,7 +141,35 @@ def build_parser() -> argparse.ArgumentParser:
         "time and bacpac version, read from the start and end of the saveset only.")
     info.add_argument("saveset", metavar="[HOST:]SAVESET")
     info.set_defaults(run=_cmd_info)
+    _add_run(commands)
     return parser
+
+
+def _add_run(commands: "argparse._SubParsersAction[_Parser]") -> None:
+    run_parser = commands.add_parser(
+        "run", help="run every job of a YAML inventory, in parallel",
+        description="Run the jobs of INVENTORY (a YAML file: hosts, jobs, hooks; see "
+        "configs/inventory.yml) in parallel, each as its own dup, backup or copy, with one "
+        "display for all. The inventory is checked whole before anything runs. Exit 0 when "
+        "every job succeeded, 1 when any failed, 2 when the inventory is wrong.")
+    run_parser.add_argument("inventory", metavar="INVENTORY")
+    run_parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                            help="run only this job (repeatable)")
+    run_parser.add_argument("--jobs", type=_job_count, default=None, metavar="N",
+                            help="jobs at once (default: one per host, at most 4)")
+    run_parser.add_argument("--dry-run", action="store_true",
+                            help="connect and run every check of every job, write nothing")
+    run_parser.add_argument("--json", action="store_true",
+                            help="one JSON object per job on stdout, and a last one for the run")
+    run_parser.add_argument("--no-progress", action="store_true",
+                            help="no progress display or log lines")
+    run_parser.set_defaults(run=_cmd_run, events=False)
+
+
+def _job_count(text: str) -> int:
+    if not text.strip().isdigit() or not 0 < int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs (1 to 64)")
+    return int(text)
 
 
 def _add_write_options(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +235,12 @@ def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:
     run_dup(_dup_request(args, backup=True), connect_options(args), sink)
 
 
+def _cmd_run(args: argparse.Namespace, sink: Sink) -> None:
+    request = RunRequest(load_inventory(args.inventory), only=tuple(args.only), jobs=args.jobs,
+                         dry_run=args.dry_run, json_output=args.json)
+    run_inventory(request, sink)
+
+
 def _cmd_restore(args: argparse.Namespace, sink: Sink) -> None:
     request = RestoreRequest(parse_endpoint(args.saveset), parse_endpoint(args.target),
                              force=args.force, verify=args.verify)
@@ -242,7 +281,7 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         print(f"{name:<11} {value}")
 
 
-_COMMANDS = ("dup", "backup", "restore", "verify", "info")
+_COMMANDS = ("dup", "backup", "restore", "verify", "info", "run")
 QUIET_COMMANDS = ("verify", "info")  # their result is what they print, not a progress display
 
 
@@ -297,7 +336,9 @@ def _end(code: int) -> NoReturn:
 
 def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Namespace) -> int:
     progress = not args.no_progress and args.command not in QUIET_COMMANDS
-    sink = make_sink(progress=progress, json_output=args.json)
+    sink: Sink = (EventLineSink(sys.stdout) if args.events
+                  else make_sink(progress=progress, json_output=args.json,
+                                 show_failures=args.command == "run"))
     try:
         command(args, sink)
         return EXIT_OK

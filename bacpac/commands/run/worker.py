@@ -1,0 +1,155 @@
+"""One job of a run: its hooks, its child `bacpac`, and its events relayed to the run's sink."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+from typing import Callable, Optional
+
+from ...inventory.model import Inventory
+from ...ui.eventlines import decode
+from ...ui.events import Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary, \
+    RunFailed, Sink
+from .hooks import HookEnv, HookFailed, run_hooks
+
+CHILD_EXIT_WITHIN = 30.0  # seconds for a child to exit once its output ended
+
+
+class Worker(threading.Thread):
+    """Runs one planned job on a thread of its own and keeps its summary."""
+
+    def __init__(self, planned, inventory: Inventory, sink: Sink,
+                 done: Callable[["Worker"], None], dry_run: bool) -> None:
+        super().__init__(name=f"job {planned.name}", daemon=True)
+        self.planned = planned
+        self._inventory = inventory
+        self._sink = sink
+        self._done = done
+        self._dry_run = dry_run
+        self._lock = threading.Lock()  # between starting the child and stop()
+        self._stopped = False
+        self._proc: Optional[subprocess.Popen] = None
+        self._finished: Optional[JobSummary] = None
+        self._failure: Optional[str] = None  # the child's own "bacpac: ..." line
+        job = planned.job
+        self.summary = JobSummary(command=job.type, source=" ".join(job.sources),
+                                  target=str(planned.target),
+                                  saveset=", ".join(str(s) for s in planned.savesets) or None)
+        self.summary.extra.update(job=job.name, host=job.host or "localhost",
+                                  dry_run=dry_run)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # never a thread that dies unseen: the job fails instead
+            self._fail(f"{self.planned.name}: internal error: {type(e).__name__}: {e}")
+        finally:
+            self._done(self)
+
+    def _run(self) -> None:
+        job, timeout = self.planned.job, self._inventory.hook_timeout
+        env = self._env()
+        try:
+            run_hooks("before", job.hooks.before, env, timeout)
+        except HookFailed as e:
+            self._fail(f"{job.name}: skipped: {e}")
+            return
+        try:
+            self._run_child()
+        finally:
+            result = "ok" if self.summary.status == "ok" else "error"
+            done = dataclasses.replace(env, result=result, error=self.summary.error or "")
+            try:
+                run_hooks("after", job.hooks.after, done, timeout)
+                if result != "ok":
+                    run_hooks("on_error", job.hooks.on_error, done, timeout)
+            except HookFailed as e:
+                self._hook_after_failed(str(e))
+
+    def _env(self) -> HookEnv:
+        targets = [str(self.planned.target)] + [str(s) for s in self.planned.savesets]
+        job = self.planned.job
+        return HookEnv(job.name, job.type, " ".join(job.sources), " ".join(targets),
+                       self._dry_run)
+
+    def _run_child(self) -> None:
+        env = dict(os.environ)
+        if self.planned.password_env:
+            env["SSHPASS"] = os.environ[self.planned.password_env]
+        with tempfile.TemporaryFile("w+") as stderr:
+            with self._lock:
+                if self._stopped:
+                    self._fail(f"{self.planned.name}: not started (the run was interrupted)")
+                    return
+                self._proc = subprocess.Popen(
+                    self.planned.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=stderr, universal_newlines=True, env=env, start_new_session=True)
+            assert self._proc.stdout is not None
+            for line in self._proc.stdout:
+                event = decode(line)
+                if event is not None:
+                    self._relay(event)
+            status = self._wait()
+            stderr.seek(0)
+            said = [line for line in stderr.read().splitlines() if line.strip()]
+        self._conclude(status, said)
+
+    def _wait(self) -> int:
+        assert self._proc is not None
+        try:
+            return self._proc.wait(CHILD_EXIT_WITHIN)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            return self._proc.wait(10)
+
+    def _relay(self, event: Event) -> None:
+        """The child's event, under the job's name, to the run's sink."""
+        name = self.planned.name
+        if isinstance(event, JobFinished):
+            self._finished = event.summary
+            return  # told in _conclude, with the job's name and host
+        if isinstance(event, RunFailed):
+            self._failure = event.error
+            return
+        if isinstance(event, (JobStarted, JobProgress, JobMessage)):
+            self._sink.emit(dataclasses.replace(event, job=name))
+
+    def _conclude(self, status: int, said: list[str]) -> None:
+        finished = self._finished
+        if finished is not None:
+            finished.extra.update(self.summary.extra)
+            self.summary = finished
+        if status != 0 and self.summary.status == "ok":
+            self.summary.status = "error"
+        if self.summary.status != "ok" and not self.summary.error:
+            lines = [line[len("bacpac: "):] for line in said if line.startswith("bacpac: ")]
+            self.summary.error = (self._failure or (lines[-1] if lines else None)
+                                  or (said[-1] if said else f"exited with status {status}"))
+        self._sink.emit(JobFinished(self.planned.name, self.summary))
+
+    def _fail(self, error: str) -> None:
+        self.summary.status = "error"
+        self.summary.error = error
+        self._sink.emit(JobFinished(self.planned.name, self.summary))
+
+    def _hook_after_failed(self, error: str) -> None:
+        """A failing after or on_error hook fails the job, but after its result was told."""
+        self.summary.status = "error"
+        self.summary.error = error
+        self._sink.emit(JobMessage(self.planned.name, "warning", f"{self.planned.name}: {error}"))
+
+    def stop(self, signum: int) -> None:
+        """Pass `signum` to the child; a child not started yet never starts."""
+        with self._lock:
+            self._stopped = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(signum)
+
+    def kill(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
