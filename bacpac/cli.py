@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "differ (also finishes an interrupted dup)")
     _add_write_options(dup)
     _add_stream_options(dup)
+    _add_dry_run(dup)
     dup.set_defaults(run=_cmd_dup)
 
     backup = commands.add_parser(
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("source", metavar="SOURCE")
     backup.add_argument("target", metavar="[USER@]HOST:SAVESET")
     _add_stream_options(backup)
+    _add_dry_run(backup)
     backup.set_defaults(run=_cmd_backup, force=False, verify=False, saveset=None)
 
     restore = commands.add_parser(
@@ -178,6 +180,12 @@ def _add_write_options(parser: argparse.ArgumentParser) -> None:
                         help="re-read the target from disk after writing and compare")
 
 
+def _add_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="connect and run every check, write nothing, say what would be "
+                        "written")
+
+
 def _add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=int, default=None,
                         choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)",
@@ -224,7 +232,8 @@ def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     delta = bool(getattr(args, "delta", False))
     return DupRequest(source=args.source, target=parse_endpoint(args.target),
                       saveset=args.saveset, backup=backup, force=args.force, verify=args.verify,
-                      delta=delta, stream=_stream_settings(args, delta))
+                      delta=delta, stream=_stream_settings(args, delta),
+                      dry_run=args.dry_run)
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
