@@ -345,7 +345,7 @@ def _end(code: int) -> NoReturn:
 
 def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Namespace) -> int:
     progress = not args.no_progress and args.command not in QUIET_COMMANDS
-    sink: Sink = (EventLineSink(sys.stdout) if args.events
+    sink: Sink = (EventLineSink(sys.stdout) if getattr(args, "events", False)
                   else make_sink(progress=progress, json_output=args.json,
                                  show_failures=args.command == "run"))
     try:
