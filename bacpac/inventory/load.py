@@ -10,6 +10,7 @@ the file, the line and the key.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import yaml  # type: ignore[import-untyped]
@@ -25,8 +26,8 @@ TOP_KEYS = ("defaults", "hosts", "hosts_from", "jobs", "hooks", "hook_timeout")
 HOOK_KEYS = ("before", "after", "on_error")
 COMMON_JOB_KEYS = ("name", "type", "source", "target") + HOOK_KEYS
 JOB_KEYS = {
-    "dup": COMMON_JOB_KEYS + ("saveset", "force", "delta", "verify", "keep"),
-    "backup": COMMON_JOB_KEYS + ("saveset", "keep"),
+    "dup": COMMON_JOB_KEYS + ("saveset", "force", "delta", "verify", "keep", "bwlimit"),
+    "backup": COMMON_JOB_KEYS + ("saveset", "keep", "bwlimit"),
     "copy": COMMON_JOB_KEYS + ("saveset", "delete"),
 }
 T = TypeVar("T")
@@ -150,6 +151,10 @@ class _Map:
             raise self.error(key, "must be more than 0")
         return value
 
+    def rate(self, key: str) -> Optional[str]:
+        """A rate as --bwlimit takes it: KiB/s, or with K, M or G."""
+        return self._scalar(key, "a rate as --bwlimit takes it (e.g. 500K, 10M)", _as_rate, None)
+
     def texts(self, key: str) -> tuple[str, ...]:
         """A string or a list of strings."""
         if key not in self.nodes:
@@ -177,6 +182,13 @@ def _as_str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(value)
     return value
+
+
+def _as_rate(value: Any) -> str:
+    text = str(value)
+    if isinstance(value, bool) or not re.fullmatch(r"\d+(\.\d+)?[KMG]?", text):
+        raise ValueError(value)
+    return text
 
 
 def _as_bool(value: Any) -> bool:
@@ -271,8 +283,9 @@ def _job(entry: _Map, hosts: dict[str, Host]) -> Job:
     if keep is not None and (kept is None or not {"date", "time"} & set(placeholders(kept.path))):
         raise entry.error("keep", "needs a saveset named with {date} or {time}, so that each "
                           "run writes a new one")
+    bwlimit = entry.rate("bwlimit")
     return Job(name=name, type=kind, sources=sources, target=target, savesets=savesets,
-               force=entry.flag("force"), delta=entry.flag("delta"),
+               bwlimit=bwlimit, force=entry.flag("force"), delta=entry.flag("delta"),
                verify=entry.flag("verify"), delete=entry.flag("delete"), keep=keep,
                hooks=Hooks(*(entry.texts(k) for k in HOOK_KEYS)), line=entry.line)
 

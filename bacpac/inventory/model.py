@@ -53,6 +53,7 @@ class Job:
     verify: bool = False
     delete: bool = False
     keep: Optional[int] = None
+    bwlimit: Optional[str] = None
     hooks: Hooks = field(default_factory=Hooks)
     line: int = 0
 

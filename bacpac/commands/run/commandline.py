@@ -100,4 +100,6 @@ def _job_options(job: Job, target: Endpoint, savesets: tuple[Endpoint, ...],
              "backup": (("--dry-run", dry_run),),
              "copy": (("--delete", job.delete), ("-n", dry_run))}[job.type]
     options += [flag for flag, wanted in flags if wanted]
+    if job.bwlimit is not None:
+        options += ["--bwlimit", job.bwlimit]
     return options
