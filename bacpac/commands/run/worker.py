@@ -45,7 +45,7 @@ class Worker(threading.Thread):
         try:
             self._run()
         except BaseException as e:  # never a thread that dies unseen: the job fails instead
-            self._fail(f"{self.planned.name}: internal error: {type(e).__name__}: {e}")
+            self._fail(f"internal error: {type(e).__name__}: {e}")
         finally:
             self._done(self)
 
@@ -55,7 +55,7 @@ class Worker(threading.Thread):
         try:
             run_hooks("before", job.hooks.before, env, timeout)
         except HookFailed as e:
-            self._fail(f"{job.name}: skipped: {e}")
+            self._fail(f"skipped: {e}")
             return
         try:
             self._run_child()
@@ -82,7 +82,7 @@ class Worker(threading.Thread):
         with tempfile.TemporaryFile("w+") as stderr:
             with self._lock:
                 if self._stopped:
-                    self._fail(f"{self.planned.name}: not started (the run was interrupted)")
+                    self._fail("not started: the run was interrupted")
                     return
                 self._proc = subprocess.Popen(
                     self.planned.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -139,7 +139,7 @@ class Worker(threading.Thread):
         """A failing after or on_error hook fails the job, but after its result was told."""
         self.summary.status = "error"
         self.summary.error = error
-        self._sink.emit(JobMessage(self.planned.name, "warning", f"{self.planned.name}: {error}"))
+        self._sink.emit(JobMessage(self.planned.name, "warning", error))
 
     def stop(self, signum: int) -> None:
         """Pass `signum` to the child; a child not started yet never starts."""
