@@ -17,12 +17,12 @@ from .ui.events import RunFailed, Sink
 from .engine.pacing import START_LEVEL, parse_rate
 from .engine.pipeline import StreamSettings
 from .transport.helper import ConnectOptions
-from .ui.sinks import TeeSink, make_sink
+from .ui.sinks import make_sink
 from .ui.text import human_size
 from .commands.run import RunRequest, run_inventory
 from .inventory.load import load as load_inventory
 from .ui.eventlines import EventLineSink
-from .ui.fleet import FailureLines
+from .ui.fleet import make_run_sink
 from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import parse_endpoint
 from .transport.ssh.connection import SshOptions, parse_o_option
@@ -346,11 +346,13 @@ def _end(code: int) -> NoReturn:
 
 def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Namespace) -> int:
     progress = not args.no_progress and args.command not in QUIET_COMMANDS
-    sink: Sink = (EventLineSink(sys.stdout) if getattr(args, "events", False)
-                  else make_sink(progress=progress, json_output=args.json,
-                                 show_failures=args.command == "run"))
-    if args.command == "run" and not progress:
-        sink = TeeSink(sink, FailureLines(sys.stderr))
+    sink: Sink
+    if getattr(args, "events", False):
+        sink = EventLineSink(sys.stdout)
+    elif args.command == "run":
+        sink = make_run_sink(progress=progress, json_output=args.json)
+    else:
+        sink = make_sink(progress=progress, json_output=args.json)
     try:
         command(args, sink)
         return EXIT_OK

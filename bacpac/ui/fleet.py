@@ -2,10 +2,37 @@
 without a progress display, and the summary table at the end of a run."""
 from __future__ import annotations
 
-from typing import TextIO
+import sys
+from typing import Optional, TextIO
 
-from .events import Event, JobFinished
-from .sinks import write_out
+from .events import Event, JobFinished, Sink
+from .sinks import JsonSink, LogSink, TeeSink, WarningSink, write_out
+
+
+def make_run_sink(*, progress: bool, json_output: bool, stderr: Optional[TextIO] = None,
+                  stdout: Optional[TextIO] = None) -> Sink:
+    """The sinks of `bacpac run`: the live table on a terminal, else log lines (or, with
+    --no-progress, warnings and each failed job's line); JSON on stdout with --json."""
+    stderr = sys.stderr if stderr is None else stderr
+    stdout = sys.stdout if stdout is None else stdout
+    sinks: list[Sink] = []
+    if progress and _is_terminal(stderr):
+        from .fleet_live import FleetView  # rich is loaded only for a terminal
+        sinks.append(FleetView.on(stderr))
+    elif progress:
+        sinks.append(LogSink(stderr, show_failures=True))
+    else:
+        sinks += [WarningSink(stderr), FailureLines(stderr)]
+    if json_output:
+        sinks.append(JsonSink(stdout))
+    return sinks[0] if len(sinks) == 1 else TeeSink(*sinks)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class FailureLines:

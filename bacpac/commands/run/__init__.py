@@ -23,7 +23,7 @@ from typing import Optional
 
 from ...errors import BacpacError, UsageError, interruption
 from ...inventory.model import Inventory, Job, Stamp
-from ...ui.events import JobSummary, Sink
+from ...ui.events import JobMessage, JobSummary, Sink
 from ...ui.sinks import write_out
 from .commandline import Planned, plan, write_ssh_config
 from .hooks import HookEnv, HookFailed, run_hooks
@@ -59,6 +59,8 @@ def run_inventory(request: RunRequest, sink: Sink) -> list[JobSummary]:
         config = write_ssh_config(tmp, inventory)
         planned = [plan(job, inventory, stamp, config, request.dry_run) for job in selected]
         run_hooks("before", inventory.hooks.before, env, inventory.hook_timeout)
+        for job in planned:  # the live view lists every job from the start
+            sink.emit(JobMessage(job.name, "queued", job.job.host or "localhost"))
         try:
             summaries = _Fleet(planned, request, sink).run()
         except BaseException as e:
