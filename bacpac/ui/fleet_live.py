@@ -122,7 +122,10 @@ class FleetView:
         return Group(table, _grid(bar, line))
 
     def close(self) -> None:
-        """Stop the table, then print the summary table of the finished jobs."""
+        """Stop the table, then print the summary table of the finished jobs (once: the
+        command line may close a sink twice)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         with self._lock:
             thread = self._thread
