@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -320,3 +321,31 @@ def test_a_copy_job_gives_an_identical_tree(tmp_path, sshd, second):
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "mirror" / "tree" / "a.txt").read_text() == "a" * 1000 or \
         (tmp_path / "mirror" / "a.txt").read_text() == "a" * 1000
+
+
+def test_keep_removes_the_jobs_older_savesets_after_a_good_run(tmp_path, sshd, second,
+                                                                images):
+    store = tmp_path / "store"
+    store.mkdir()
+    old = [store / f"k-2026-01-0{day}.bps" for day in (1, 2, 3)]
+    for age, path in enumerate(reversed(old), start=1):
+        path.write_bytes(b"old")
+        os.utime(path, (time.time() - 86400 * age,) * 2)
+    others = [store / "other-2026-01-01.bps", store / ".k-2026-01-04.bps.bacpac-tmp-1234"]
+    for path in others:
+        path.write_bytes(b"not ours")
+        os.utime(path, (time.time() - 86400 * 9,) * 2)
+    path = inventory(tmp_path, sshd, second, f"""
+- name: k
+  type: backup
+  source: {images[0]}
+  target: standby2:{store}/{{job}}-{{date}}.bps
+  keep: 2
+""")
+    run = bacpac("run", "--json", "--no-progress", path)
+    assert run.returncode == 0, run.stderr
+    today = store / f"k-{time.strftime('%Y-%m-%d')}.bps"
+    assert restored_sha256(today) == sha256_of(images[0])
+    assert [p.exists() for p in old] == [False, False, True]
+    assert all(p.exists() for p in others)
+    assert sorted(json_lines(run)[0]["pruned"]) == sorted(str(p) for p in old[:2])

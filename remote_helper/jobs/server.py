@@ -23,6 +23,7 @@ from ..target import devices
 from ..errors import ClientGone, ProtocolError, RemoteProtocolError, as_helper_error
 from ..wire.protocol import ERROR, OPEN
 from .dup import run_dup
+from .prune import run_prune
 from .savesets import run_info, run_read_saveset, run_verify
 
 READ_BUFFER = 1 << 20
@@ -124,7 +125,7 @@ def hello():
 
 
 JOBS = {"dup": run_dup, "read_saveset": run_read_saveset, "verify": run_verify,
-        "info": run_info}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
+        "info": run_info, "prune": run_prune}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
 
 
 def serve(inp, out):

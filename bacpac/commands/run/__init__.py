@@ -27,7 +27,7 @@ from ...ui.events import JobMessage, JobSummary, Sink
 from ...ui.sinks import write_out
 from .commandline import Planned, plan, write_ssh_config
 from .hooks import HookEnv, HookFailed, run_hooks
-from .worker import Worker
+from .worker import RunContext, Worker
 
 MAX_DEFAULT_JOBS = 4
 STOP_WITHIN = 60.0  # seconds for every child to stop after a signal, before it is killed
@@ -62,7 +62,8 @@ def run_inventory(request: RunRequest, sink: Sink) -> list[JobSummary]:
         for job in planned:  # the live view lists every job from the start
             sink.emit(JobMessage(job.name, "queued", job.job.host or "localhost"))
         try:
-            summaries = _Fleet(planned, request, sink).run()
+            context = RunContext(inventory, stamp, config, request.dry_run)
+            summaries = _Fleet(planned, request, context, sink).run()
         except BaseException as e:
             _after_run(inventory, env, "error", str(e))
             raise
@@ -110,9 +111,11 @@ def _print_run(summaries: list[JobSummary], seconds: float, dry_run: bool) -> No
 class _Fleet:
     """Starts the jobs as their limits allow, and gathers their summaries."""
 
-    def __init__(self, planned: list[Planned], request: RunRequest, sink: Sink) -> None:
+    def __init__(self, planned: list[Planned], request: RunRequest, context: RunContext,
+                 sink: Sink) -> None:
         self._pending = list(planned)
         self._request = request
+        self._context = context
         self._sink = sink
         hosts = {p.job.host for p in planned}
         self._per_host = request.jobs is None
@@ -143,8 +146,7 @@ class _Fleet:
             if self._per_host and planned.job.host in busy:
                 continue
             self._pending.remove(planned)
-            worker = Worker(planned, self._request.inventory, self._sink, self._done.put,
-                            self._request.dry_run)
+            worker = Worker(planned, self._context, self._sink, self._done.put)
             self._running[planned.name] = worker
             busy.add(planned.job.host)
             worker.start()

@@ -7,28 +7,43 @@ import signal
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ...inventory.model import Inventory
+from ...errors import BacpacError
+from ...inventory.model import Inventory, Stamp
 from ...ui.eventlines import decode
 from ...ui.events import Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary, \
     RunFailed, Sink
+from .commandline import Planned
 from .hooks import HookEnv, HookFailed, run_hooks
+from .prune import prune
 
 CHILD_EXIT_WITHIN = 30.0  # seconds for a child to exit once its output ended
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every job of one run shares."""
+
+    inventory: Inventory
+    stamp: Stamp
+    ssh_config: str
+    dry_run: bool
 
 
 class Worker(threading.Thread):
     """Runs one planned job on a thread of its own and keeps its summary."""
 
-    def __init__(self, planned, inventory: Inventory, sink: Sink,
-                 done: Callable[["Worker"], None], dry_run: bool) -> None:
+    def __init__(self, planned: Planned, context: RunContext, sink: Sink,
+                 done: Callable[["Worker"], None]) -> None:
         super().__init__(name=f"job {planned.name}", daemon=True)
         self.planned = planned
-        self._inventory = inventory
+        self._context = context
+        self._inventory = context.inventory
         self._sink = sink
         self._done = done
-        self._dry_run = dry_run
+        self._dry_run = dry_run = context.dry_run
         self._lock = threading.Lock()  # between starting the child and stop()
         self._stopped = False
         self._proc: Optional[subprocess.Popen] = None
@@ -124,11 +139,26 @@ class Worker(threading.Thread):
             self.summary = finished
         if status != 0 and self.summary.status == "ok":
             self.summary.status = "error"
+        if self.summary.status == "ok" and self.planned.job.keep and not self._dry_run:
+            self._prune()
         if self.summary.status != "ok" and not self.summary.error:
             lines = [line[len("bacpac: "):] for line in said if line.startswith("bacpac: ")]
             self.summary.error = (self._failure or (lines[-1] if lines else None)
                                   or (said[-1] if said else f"exited with status {status}"))
         self._sink.emit(JobFinished(self.planned.name, self.summary))
+
+    def _prune(self) -> None:
+        """keep: N once the job succeeded; a failure to prune fails the job (the savesets
+        would pile up until a disk is full), its copy still made."""
+        context = self._context
+        try:
+            removed = prune(self.planned, context.inventory, context.stamp, context.ssh_config)
+        except BacpacError as e:
+            self.summary.status = "error"
+            self.summary.error = f"the copy was made, but keep {self.planned.job.keep} " \
+                                 f"failed: {e}"
+            return
+        self.summary.extra["pruned"] = removed
 
     def _fail(self, error: str) -> None:
         self.summary.status = "error"
