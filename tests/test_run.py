@@ -349,3 +349,63 @@ def test_keep_removes_the_jobs_older_savesets_after_a_good_run(tmp_path, sshd, s
     assert [p.exists() for p in old] == [False, False, True]
     assert all(p.exists() for p in others)
     assert sorted(json_lines(run)[0]["pruned"]) == sorted(str(p) for p in old[:2])
+
+
+@pytest.mark.parametrize("name", ["local", "ssh"])
+def test_dup_dry_run_leaves_an_existing_target_and_makes_no_saveset(tmp_path, sshd, name,
+                                                                     images, no_helper_left):
+    target = tmp_path / "existing.img"
+    target.write_bytes(b"keep" * 4096)
+    stamp = os.stat(target).st_mtime_ns
+    where = str(target) if name == "local" else f"testhost:{target}"
+    run = bacpac("dup", "-F", sshd.config_path, "--dry-run", "--json", "--no-progress",
+                 "--saveset", str(tmp_path / "s.bps"), images[0], where)
+    assert run.returncode == 0, run.stderr
+    assert run.summary["dry_run"] and run.summary["target_kind"] == "image file"
+    assert run.summary["bytes_sent"] == 0 and run.summary["bytes_written"] == 0
+    assert target.read_bytes() == b"keep" * 4096 and os.stat(target).st_mtime_ns == stamp
+    assert not (tmp_path / "s.bps").exists()
+    missing = bacpac("dup", "-F", sshd.config_path, "--dry-run", "--no-progress", images[0],
+                     where.replace("existing.img", "no/such/dir/t.img"))
+    missing.one_error_line(2, "no/such/dir")
+    assert not (tmp_path / "no").exists()
+    backup = bacpac("backup", "-F", sshd.config_path, "--dry-run", "--no-progress", images[0],
+                    where)  # a saveset may replace a file; the dry run says so and keeps it
+    assert backup.returncode == 0, backup.stderr
+    assert target.read_bytes() == b"keep" * 4096
+
+
+def test_the_live_table_shows_a_row_per_job_and_a_summary_at_the_end():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bacpac.ui.events import JobFinished, JobMessage, JobProgress, JobStarted, JobSummary
+    from bacpac.ui.fleet_live import FleetView
+
+    out = StringIO()
+    now = [100.0]
+    view = FleetView(Console(file=out, width=120, force_terminal=False), clock=lambda: now[0])
+    for name, host in (("disk1", "sb1"), ("disk2", "sb2"), ("tree", "sb1")):
+        view.emit(JobMessage(name, "queued", host))
+    view.emit(JobStarted("disk1", "dup", "/dev/sda", "sb1:/dev/sdb", None, 100 * MiB))
+    now[0] += 10
+    view.emit(JobProgress("disk1", 50 * MiB, 25 * MiB, 40 * MiB))
+    table = Console(file=StringIO(), width=120, record=True)
+    table.print(view.render())
+    text = table.export_text()
+    rows = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert "running" in rows["disk1"] and "sb1" in rows["disk1"]
+    assert "50.0 MiB / 100.0 MiB" in rows["disk1"] and "2.0×" in rows["disk1"]
+    assert "5.2 MB/s" in rows["disk1"] and "10.0 s" in rows["disk1"]  # ETA
+    assert "queued" in rows["disk2"] and "queued" in rows["tree"]
+    assert "0 of 3 jobs done, 50.0 MiB of 100.0 MiB" in text
+    summary = JobSummary("dup", "/dev/sda", "sb1:/dev/sdb", status="ok", bytes_read=100 * MiB,
+                         bytes_sent=50 * MiB, seconds=20.0, sha256="ab" * 32)
+    view.emit(JobFinished("disk1", summary))
+    failed = JobSummary("dup", "/x", "sb2:/y", error="sb2:/y: refused")
+    view.emit(JobFinished("disk2", failed))
+    view.close()
+    printed = out.getvalue()
+    assert "disk1" in printed and "abababababab" in printed and "100.0 MiB" in printed
+    assert "failed: sb2:/y: refused" in printed
