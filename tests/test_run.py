@@ -409,3 +409,20 @@ def test_the_live_table_shows_a_row_per_job_and_a_summary_at_the_end():
     printed = out.getvalue()
     assert "disk1" in printed and "abababababab" in printed and "100.0 MiB" in printed
     assert "failed: sb2:/y: refused" in printed
+
+
+def test_a_failing_after_hook_fails_its_job_and_the_copy_stays(tmp_path, sshd, second, images):
+    path = inventory(tmp_path, sshd, second, f"""
+- name: a
+  source: {images[0]}
+  target: {tmp_path}/a.img
+  after: 'echo monitor down >&2; exit 7'
+""")
+    run = bacpac("run", "--json", "--no-progress", path)
+    assert run.returncode == 1, run.stderr
+    job = json_lines(run)[0]
+    assert job["status"] == "error" and job["job"] == "a"
+    assert job["error"] == ("after hook 'echo monitor down >&2; exit 7' failed (status 7): "
+                            "monitor down (the job itself succeeded)")
+    assert "bacpac: a: after hook" in run.stderr
+    assert sha256_of(tmp_path / "a.img") == sha256_of(images[0])

@@ -61,7 +61,8 @@ class Worker(threading.Thread):
             self._run()
         except BaseException as e:  # never a thread that dies unseen: the job fails instead
             self._fail(f"internal error: {type(e).__name__}: {e}")
-        finally:
+        finally:  # told once, after its hooks: a failing after hook fails the job
+            self._sink.emit(JobFinished(self.planned.name, self.summary))
             self._done(self)
 
     def _run(self) -> None:
@@ -125,7 +126,7 @@ class Worker(threading.Thread):
         name = self.planned.name
         if isinstance(event, JobFinished):
             self._finished = event.summary
-            return  # told in _conclude, with the job's name and host
+            return  # told at the end, with the job's name and host
         if isinstance(event, RunFailed):
             self._failure = event.error
             return
@@ -145,7 +146,6 @@ class Worker(threading.Thread):
             lines = [line[len("bacpac: "):] for line in said if line.startswith("bacpac: ")]
             self.summary.error = (self._failure or (lines[-1] if lines else None)
                                   or (said[-1] if said else f"exited with status {status}"))
-        self._sink.emit(JobFinished(self.planned.name, self.summary))
 
     def _prune(self) -> None:
         """keep: N once the job succeeded; a failure to prune fails the job (the savesets
@@ -163,13 +163,11 @@ class Worker(threading.Thread):
     def _fail(self, error: str) -> None:
         self.summary.status = "error"
         self.summary.error = error
-        self._sink.emit(JobFinished(self.planned.name, self.summary))
 
     def _hook_after_failed(self, error: str) -> None:
-        """A failing after or on_error hook fails the job, but after its result was told."""
-        self.summary.status = "error"
-        self.summary.error = error
-        self._sink.emit(JobMessage(self.planned.name, "warning", error))
+        """A failing after or on_error hook fails the job; the copy stays made."""
+        made = " (the job itself succeeded)" if self.summary.status == "ok" else ""
+        self._fail(f"{error}{made}")
 
     def stop(self, signum: int) -> None:
         """Pass `signum` to the child; a child not started yet never starts."""
