@@ -16,7 +16,7 @@ import pytest
 from bacpac.commands.run.commandline import plan, ssh_config_text
 from bacpac.inventory.load import load
 from bacpac.inventory.model import Stamp
-from clirun import (FAIL_WITHIN, MiB, Result, bacpac, finish, random_image, sha256_of, start,
+from clirun import (FAIL_WITHIN, MiB, Result, bacpac, bacpac_env, finish, random_image, sha256_of, start,
                     wait_until)
 
 
@@ -226,8 +226,9 @@ def test_a_failing_run_before_hook_runs_nothing(tmp_path, sshd, second, images):
     assert not (tmp_path / "a.img").exists()
 
 
-def test_sigterm_stops_every_job_and_says_which_finished(tmp_path, sshd, second,
-                                                         no_helper_left):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_stops_every_job_and_says_which_finished(tmp_path, sshd, second, signum,
+                                                          no_helper_left):
     small = random_image(tmp_path / "small.img", 1 * MiB, seed=1)
     big = random_image(tmp_path / "big.img", 24 * MiB, seed=2)
     path = inventory(tmp_path, sshd, second, f"""
@@ -245,11 +246,12 @@ def test_sigterm_stops_every_job_and_says_which_finished(tmp_path, sshd, second,
     proc = start("run", "--json", "--no-progress", path)
     wait_until(lambda: (tmp_path / "quick.done").exists() and (tmp_path / "slow.img").exists(),
                60, "quick done and slow under way", proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     run = finish(proc, time.monotonic(), FAIL_WITHIN)
-    assert run.returncode == 128 + signal.SIGTERM, run.stderr
+    assert run.returncode == 128 + signum, run.stderr
     line = run.error_line
-    assert "interrupted by SIGTERM" in line and "finished: quick" in line, line
+    assert f"interrupted by {signal.Signals(signum).name}" in line, line
+    assert "finished: quick" in line, line
     assert "stopped or failed: slow" in line
     slow = {j["job"]: j for j in json_lines(run) if "job" in j}["slow"]
     assert f"standby2:{tmp_path}/slow.img" in slow["error"] and "--delta" in slow["error"]
@@ -426,3 +428,49 @@ def test_a_failing_after_hook_fails_its_job_and_the_copy_stays(tmp_path, sshd, s
                             "monitor down (the job itself succeeded)")
     assert "bacpac: a: after hook" in run.stderr
     assert sha256_of(tmp_path / "a.img") == sha256_of(images[0])
+
+
+def test_by_default_one_job_per_host_at_a_time(tmp_path, sshd, second, images):
+    log = tmp_path / "order.log"
+    jobs = ""
+    for name, host, image in (("a1", "testhost", 0), ("a2", "testhost", 1), ("b", "standby2", 2)):
+        jobs += f"""
+- name: {name}
+  source: {images[image]}
+  target: {host}:{tmp_path}/{name}.img
+  before: 'echo start {name} >> {log}; sleep 0.5'
+  after: 'echo end {name} >> {log}'
+"""
+    run = bacpac("run", "--no-progress", inventory(tmp_path, sshd, second, jobs))
+    assert run.returncode == 0, run.stderr
+    order = [line.split() for line in log.read_text().splitlines()]
+    on_a = [event for event in order if event[1].startswith("a")]
+    assert [e[0] for e in on_a] == ["start", "end", "start", "end"], order
+    assert on_a[0][1] == on_a[1][1]
+    first_end = order.index(on_a[1])
+    assert ["start", "b"] in order[:first_end], order  # the other host's job ran meanwhile
+
+
+def test_password_env_reaches_the_job_as_sshpass(tmp_path, sshd, second, images):
+    path = tmp_path / "inventory.yml"
+    path.write_text(f"""\
+hosts:
+  locked:
+    hostname: {second.hostname}
+    port: {second.port}
+    user: {second.user}
+    identity_file: {second.locked_key_path}
+    known_hosts: {second.known_hosts}
+    password_env: LOCKED_KEY_PASSPHRASE
+jobs:
+  - name: a
+    source: {images[0]}
+    target: locked:{tmp_path}/a.img
+""")
+    missing = bacpac("run", "--no-progress", path)
+    missing.one_error_line(2, "password_env", "$LOCKED_KEY_PASSPHRASE is not set")
+    run = bacpac("run", "--no-progress", path,
+                 env=bacpac_env(LOCKED_KEY_PASSPHRASE=second.passphrase))
+    assert run.returncode == 0, run.stderr
+    assert sha256_of(tmp_path / "a.img") == sha256_of(images[0])
+    assert second.passphrase not in (tmp_path / "inventory.yml").read_text()
