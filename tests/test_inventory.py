@@ -102,6 +102,8 @@ def test_run_refuses_a_misspelt_key_with_exit_2_and_runs_nothing(tmp_path):
     (("standby1:/srv/mirror", "standby1:/dev/sdb"), (":19: target:", "job 'disk'")),
     (("    type: copy", "    type: mirror"), (":17: type:", "'mirror'")),
     (("    source: [/home, /etc]", "    source: {a: 1}"), (":18: source:", "list of strings")),
+    (("[/home, /etc]", "[/home, 'elsewhere:/etc']"), (":18: source:", "unknown host 'elsewhere'")),
+    (("    source: /dev/sda", "    source: standby1:/dev/sda"), (":11: source:", "local disk")),
     (("    keep: 3", "    keep: 0"), (":15: keep:", "from 1")),
     (("{job}-{date}.bps", "{job}.bps"), (":15: keep:", "{date}")),
     (("  sudo: false", "  sudoo: false"), (":2: sudoo:", "unknown key")),
@@ -144,7 +146,7 @@ def test_hosts_from_an_ansible_inventory(tmp_path):
                   ansible_user: root
         """, "hosts.yml")
     inventory = load(write(tmp_path, f"""\
-        hosts_from: {tmp_path}/hosts.yml
+        hosts_from: hosts.yml
         hosts:
           sb2:
             port: 2200

@@ -474,3 +474,22 @@ jobs:
     assert run.returncode == 0, run.stderr
     assert sha256_of(tmp_path / "a.img") == sha256_of(images[0])
     assert second.passphrase not in (tmp_path / "inventory.yml").read_text()
+
+
+def test_a_signal_ends_a_before_hook_and_its_job_never_starts(tmp_path, sshd, second, images):
+    path = inventory(tmp_path, sshd, second, f"""
+- name: waits
+  source: {images[0]}
+  target: testhost:{tmp_path}/never.img
+  before: 'touch {tmp_path}/hook.started; sleep 60'
+  after: 'touch {tmp_path}/after.ran'
+""")
+    proc = start("run", "--json", "--no-progress", path)
+    wait_until((tmp_path / "hook.started").exists, 30, "the before hook", proc)
+    proc.send_signal(signal.SIGTERM)
+    run = finish(proc, time.monotonic(), FAIL_WITHIN)
+    assert run.returncode == 128 + signal.SIGTERM, run.stderr
+    assert "finished: none" in run.error_line and "stopped or failed: waits" in run.error_line
+    job = json_lines(run)[0]
+    assert job["error"].startswith("skipped: before hook") and "signal 15" in job["error"]
+    assert not (tmp_path / "never.img").exists() and not (tmp_path / "after.ran").exists()

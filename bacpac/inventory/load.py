@@ -273,8 +273,8 @@ def _job(entry: _Map, hosts: dict[str, Host]) -> Job:
     sources = entry.texts("source")
     if kind != "copy" and len(sources) != 1:
         raise entry.error("source", f"a {kind} job reads one source")
-    if kind != "copy" and not parse_endpoint(sources[0]).is_local:
-        raise entry.error("source", f"a {kind} job reads a local disk or image")
+    for source in sources:
+        _source_host(entry, kind, source, hosts)
     target = _endpoint(entry, "target", hosts, None)
     savesets = tuple(_endpoint(entry, "saveset", hosts, target, text)
                      for text in entry.texts("saveset"))
@@ -288,6 +288,19 @@ def _job(entry: _Map, hosts: dict[str, Host]) -> Job:
                bwlimit=bwlimit, force=entry.flag("force"), delta=entry.flag("delta"),
                verify=entry.flag("verify"), delete=entry.flag("delete"), keep=keep,
                hooks=Hooks(*(entry.texts(k) for k in HOOK_KEYS)), line=entry.line)
+
+
+def _source_host(entry: _Map, kind: str, source: str, hosts: dict[str, Host]) -> None:
+    """A dup or backup reads a local disk; a copy's remote source is on a known host."""
+    try:
+        host = parse_endpoint(source).host
+    except UsageError as e:
+        raise entry.error("source", str(e)) from None
+    if host is not None and kind != "copy":
+        raise entry.error("source", f"a {kind} job reads a local disk or image")
+    if host is not None and host not in hosts:
+        raise entry.error("source", f"unknown host {host!r} (not under hosts: or in "
+                          "hosts_from:)")
 
 
 def _endpoint(entry: _Map, key: str, hosts: dict[str, Host], beside: Optional[Endpoint],
@@ -317,7 +330,9 @@ def _endpoint(entry: _Map, key: str, hosts: dict[str, Host], beside: Optional[En
 
 def _ansible_hosts(top: _Map, defaults: Optional[_Map]) -> dict[str, Host]:
     """The hosts of an Ansible YAML inventory: every group's hosts, children followed."""
-    path = os.path.expanduser(top.text("hosts_from") or "")
+    # relative to the inventory's own directory, as an Include is to its file's
+    path = os.path.join(os.path.dirname(top.file),
+                        os.path.expanduser(top.text("hosts_from") or ""))
     found: dict[str, dict[str, Any]] = {}
     try:
         with open(path, encoding="utf-8") as f:

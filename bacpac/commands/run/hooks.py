@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ...errors import BacpacError
 
@@ -40,13 +40,19 @@ class HookEnv:
                 "BACPAC_ERROR": self.error, "BACPAC_DRY_RUN": "1" if self.dry_run else "0"}
 
 
-def run_hooks(which: str, commands: tuple[str, ...], env: HookEnv, timeout: float) -> None:
-    """Run each command in turn; the first that fails raises HookFailed with its last line."""
+Started = Callable[[subprocess.Popen], None]
+
+
+def run_hooks(which: str, commands: tuple[str, ...], env: HookEnv, timeout: float,
+              started: Optional[Started] = None) -> None:
+    """Run each command in turn; the first that fails raises HookFailed with its last line.
+    `started` is told each hook's process (so that a stopping run can end it: stop_hook)."""
     for command in commands:
-        run_hook(which, command, env, timeout)
+        run_hook(which, command, env, timeout, started)
 
 
-def run_hook(which: str, command: str, env: HookEnv, timeout: float) -> None:
+def run_hook(which: str, command: str, env: HookEnv, timeout: float,
+             started: Optional[Started] = None) -> None:
     """Run one hook in a session of its own, so that a hook past its deadline is killed with
     everything it started (which would otherwise hold its output pipe open)."""
     try:
@@ -56,6 +62,8 @@ def run_hook(which: str, command: str, env: HookEnv, timeout: float) -> None:
                                 errors="replace", start_new_session=True)
     except OSError as e:
         raise HookFailed(f"{which} hook {command!r}: {e.strerror}") from None
+    if started is not None:
+        started(proc)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -71,6 +79,15 @@ def run_hook(which: str, command: str, env: HookEnv, timeout: float) -> None:
                   else f"signal {-proc.returncode}")
         raise HookFailed(f"{which} hook {command!r} failed ({status})"
                          + (f": {said}" if said else ""))
+
+
+def stop_hook(proc: subprocess.Popen, signum: int) -> None:
+    """Pass a run's signal to a hook still running, and to everything it started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signum)
+        except OSError:  # gone meanwhile
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -16,7 +16,7 @@ from ...ui.eventlines import decode
 from ...ui.events import Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary, \
     RunFailed, Sink
 from .commandline import Planned
-from .hooks import HookEnv, HookFailed, run_hooks
+from .hooks import HookEnv, HookFailed, run_hooks, stop_hook
 from .prune import prune
 
 CHILD_EXIT_WITHIN = 30.0  # seconds for a child to exit once its output ended
@@ -47,6 +47,7 @@ class Worker(threading.Thread):
         self._lock = threading.Lock()  # between starting the child and stop()
         self._stopped = False
         self._proc: Optional[subprocess.Popen] = None
+        self._hook: Optional[subprocess.Popen] = None  # the latest hook started
         self._finished: Optional[JobSummary] = None
         self._failure: Optional[str] = None  # the child's own "bacpac: ..." line
         job = planned.job
@@ -69,7 +70,7 @@ class Worker(threading.Thread):
         job, timeout = self.planned.job, self._inventory.hook_timeout
         env = self._env()
         try:
-            run_hooks("before", job.hooks.before, env, timeout)
+            run_hooks("before", job.hooks.before, env, timeout, self._hook_started)
         except HookFailed as e:
             self._fail(f"skipped: {e}")
             return
@@ -79,9 +80,10 @@ class Worker(threading.Thread):
             result = "ok" if self.summary.status == "ok" else "error"
             done = dataclasses.replace(env, result=result, error=self.summary.error or "")
             try:
-                run_hooks("after", job.hooks.after, done, timeout)
+                run_hooks("after", job.hooks.after, done, timeout, self._hook_started)
                 if result != "ok":
-                    run_hooks("on_error", job.hooks.on_error, done, timeout)
+                    run_hooks("on_error", job.hooks.on_error, done, timeout,
+                              self._hook_started)
             except HookFailed as e:
                 self._hook_after_failed(str(e))
 
@@ -169,12 +171,20 @@ class Worker(threading.Thread):
         made = " (the job itself succeeded)" if self.summary.status == "ok" else ""
         self._fail(f"{error}{made}")
 
+    def _hook_started(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._hook = proc
+
     def stop(self, signum: int) -> None:
-        """Pass `signum` to the child; a child not started yet never starts."""
+        """Pass `signum` to the child, and to a before hook still running (an after hook,
+        which undoes what its before did, is left to finish); a child not started yet never
+        starts."""
         with self._lock:
             self._stopped = True
             if self._proc is not None and self._proc.poll() is None:
                 self._proc.send_signal(signum)
+            elif self._proc is None and self._hook is not None:
+                stop_hook(self._hook, signum)
 
     def kill(self) -> None:
         with self._lock:
