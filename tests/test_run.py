@@ -253,7 +253,10 @@ def test_a_signal_stops_every_job_and_says_which_finished(tmp_path, sshd, second
     assert f"interrupted by {signal.Signals(signum).name}" in line, line
     assert "finished: quick" in line, line
     assert "stopped or failed: slow" in line
-    slow = {j["job"]: j for j in json_lines(run) if "job" in j}["slow"]
+    *jobs, overall = json_lines(run)
+    assert (overall["command"], overall["status"], overall["failed"]) == \
+        ("run", "interrupted", ["slow"])
+    slow = {j["job"]: j for j in jobs}["slow"]
     assert f"standby2:{tmp_path}/slow.img" in slow["error"] and "--delta" in slow["error"]
     assert not (tmp_path / "slow.bps").exists()
     assert time.monotonic() - began < 90

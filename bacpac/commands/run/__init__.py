@@ -61,10 +61,14 @@ def run_inventory(request: RunRequest, sink: Sink) -> list[JobSummary]:
         run_hooks("before", inventory.hooks.before, env, inventory.hook_timeout)
         for job in planned:  # the live view lists every job from the start
             sink.emit(JobMessage(job.name, "queued", job.job.host or "localhost"))
+        context = RunContext(inventory, stamp, config, request.dry_run)
+        fleet = _Fleet(planned, request, context, sink)
         try:
-            context = RunContext(inventory, stamp, config, request.dry_run)
-            summaries = _Fleet(planned, request, context, sink).run()
+            summaries = fleet.run()
         except BaseException as e:
+            if request.json_output:  # the run's own object even when it was interrupted
+                _print_run(fleet.summaries(), time.monotonic() - started, request.dry_run,
+                           "interrupted")
             _after_run(inventory, env, "error", str(e))
             raise
         failed = [s for s in summaries if s.status != "ok"]
@@ -99,9 +103,11 @@ def _after_run(inventory: Inventory, env: HookEnv, result: str, error: str) -> N
             run_hooks("on_error", inventory.hooks.on_error, done, inventory.hook_timeout)
 
 
-def _print_run(summaries: list[JobSummary], seconds: float, dry_run: bool) -> None:
+def _print_run(summaries: list[JobSummary], seconds: float, dry_run: bool,
+               status: Optional[str] = None) -> None:
     failed = [str(s.extra.get("job")) for s in summaries if s.status != "ok"]
-    data = {"command": "run", "status": "error" if failed else "ok", "jobs": len(summaries),
+    status = status or ("error" if failed else "ok")
+    data = {"command": "run", "status": status, "jobs": len(summaries),
             "failed": failed, "dry_run": dry_run, "seconds": round(seconds, 3),
             "bytes_read": sum(s.bytes_read for s in summaries),
             "bytes_sent": sum(s.bytes_sent for s in summaries)}
@@ -114,6 +120,7 @@ class _Fleet:
     def __init__(self, planned: list[Planned], request: RunRequest, context: RunContext,
                  sink: Sink) -> None:
         self._pending = list(planned)
+        self._order = [p.name for p in planned]
         self._request = request
         self._context = context
         self._sink = sink
@@ -124,8 +131,11 @@ class _Fleet:
         self._done: queue.Queue[Worker] = queue.Queue()
         self._summaries: dict[str, JobSummary] = {}
 
+    def summaries(self) -> list[JobSummary]:
+        """The summaries of the jobs that ended, in the inventory's order."""
+        return [self._summaries[name] for name in self._order if name in self._summaries]
+
     def run(self) -> list[JobSummary]:
-        order = [p.name for p in self._pending]
         try:
             while self._pending or self._running:
                 self._start_what_may()
@@ -136,7 +146,7 @@ class _Fleet:
                 self._finished(worker)
         except KeyboardInterrupt as e:
             self._stop(e)
-        return [self._summaries[name] for name in order if name in self._summaries]
+        return self.summaries()
 
     def _start_what_may(self) -> None:
         busy = {w.planned.job.host for w in self._running.values()}
