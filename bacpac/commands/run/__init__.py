@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from ...inventory.model import Inventory, Job, Stamp
 from ...ui.events import JobMessage, JobSummary, Sink
 from ...ui.sinks import write_out
 from .commandline import Planned, plan, write_ssh_config
-from .hooks import HookEnv, HookFailed, run_hooks
+from .hooks import HookEnv, run_hooks
 from .worker import RunContext, Worker
 
 MAX_DEFAULT_JOBS = 4

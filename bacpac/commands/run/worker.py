@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -106,10 +105,11 @@ class Worker(threading.Thread):
                     self.planned.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=stderr, universal_newlines=True, env=env, start_new_session=True)
             assert self._proc.stdout is not None
-            for line in self._proc.stdout:
-                event = decode(line)
-                if event is not None:
-                    self._relay(event)
+            with self._proc.stdout:  # its end is the child's end (or its closing stdout)
+                for line in self._proc.stdout:
+                    event = decode(line)
+                    if event is not None:
+                        self._relay(event)
             status = self._wait()
             stderr.seek(0)
             said = [line for line in stderr.read().splitlines() if line.strip()]
