@@ -496,3 +496,27 @@ def test_a_signal_ends_a_before_hook_and_its_job_never_starts(tmp_path, sshd, se
     job = json_lines(run)[0]
     assert job["error"].startswith("skipped: before hook") and "signal 15" in job["error"]
     assert not (tmp_path / "never.img").exists() and not (tmp_path / "after.ran").exists()
+
+
+def test_events_cross_the_pipe_as_they_were_and_progress_is_thinned():
+    from io import StringIO
+
+    from bacpac.ui.eventlines import EventLineSink, decode
+    from bacpac.ui.events import JobFinished, JobMessage, JobProgress, JobStarted, JobSummary
+
+    out, now = StringIO(), [0.0]
+    sink = EventLineSink(out, clock=lambda: now[0])
+    started = JobStarted("j", "dup", "/s", "h:/t", None, 10)
+    summary = JobSummary("dup", "/s", "h:/t", status="ok", bytes_read=10, sha256="ab",
+                         extra={"levels": {"3": 1}})
+    sink.emit(started)
+    for read in range(1, 6):  # within one interval: the first and, at the end, the last
+        sink.emit(JobProgress("j", read, read, read))
+    sink.emit(JobMessage("j", "warning", "mounted"))
+    sink.emit(JobFinished("j", summary))
+    events = [decode(line) for line in out.getvalue().splitlines()]
+    assert events[0] == started
+    assert [e.bytes_read for e in events if isinstance(e, JobProgress)] == [1, 5]
+    assert JobMessage("j", "warning", "mounted") in events
+    assert events[-1] == JobFinished("j", summary)
+    assert decode("not json") is None and decode('{"event": "Nope"}') is None

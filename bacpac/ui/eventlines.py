@@ -39,7 +39,8 @@ class EventLineSink:
             if isinstance(event, JobProgress):
                 self._pending[event.job] = event
                 now = self._clock()
-                if now - self._last.get(event.job, 0.0) < PROGRESS_INTERVAL:
+                last = self._last.get(event.job)
+                if last is not None and now - last < PROGRESS_INTERVAL:
                     return
                 self._last[event.job] = now
             elif isinstance(event, JobFinished):
