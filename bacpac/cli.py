@@ -21,6 +21,10 @@ from .engine.pipeline import StreamSettings
 from .transport.helper import ConnectOptions
 from .ui.sinks import make_sink
 from .ui.text import human_size
+from .commands.run import RunRequest, run_inventory
+from .inventory.load import load as load_inventory
+from .ui.eventlines import EventLineSink
+from .ui.fleet import make_run_sink
 from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import Endpoint, parse_endpoint
 from .transport.ssh.connection import SshOptions, parse_o_option
@@ -77,6 +81,8 @@ def _ssh_parent() -> _Parser:
     out = parent.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="one JSON summary per job on stdout")
     out.add_argument("--no-progress", action="store_true", help="no progress display or log lines")
+    # For `bacpac run`, which runs each job as a child and shows its events in one display.
+    out.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
     return parent
 
 
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "shared storage) goes unseen and the copy ends wrong; --verify catches it")
     _add_write_options(dup)
     _add_stream_options(dup)
+    _add_dry_run(dup)
     dup.set_defaults(run=_cmd_dup)
 
     backup = commands.add_parser(
@@ -118,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("source", metavar="SOURCE")
     backup.add_argument("target", metavar="[USER@]HOST:SAVESET", nargs="+")
     _add_stream_options(backup)
+    _add_dry_run(backup)
     backup.set_defaults(run=_cmd_backup, force=False, verify=False, saveset=[])
 
     restore = commands.add_parser(
@@ -147,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("saveset", metavar="[HOST:]SAVESET")
     info.set_defaults(run=_cmd_info)
     _add_copy_parser(commands, parent)
+    _add_run(commands)
     return parser
 
 
@@ -203,10 +212,43 @@ def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
     run_copy(request, connect_options(args), sink)
 
 
+def _add_run(commands: "argparse._SubParsersAction[_Parser]") -> None:
+    run_parser = commands.add_parser(
+        "run", help="run every job of a YAML inventory, in parallel",
+        description="Run the jobs of INVENTORY (a YAML file: hosts, jobs, hooks; see "
+        "configs/inventory.yml) in parallel, each as its own dup, backup or copy, with one "
+        "display for all. The inventory is checked whole before anything runs. Exit 0 when "
+        "every job succeeded, 1 when any failed, 2 when the inventory is wrong.")
+    run_parser.add_argument("inventory", metavar="INVENTORY")
+    run_parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                            help="run only this job (repeatable)")
+    run_parser.add_argument("--jobs", type=_job_count, default=None, metavar="N",
+                            help="jobs at once (default: one per host, at most 4)")
+    run_parser.add_argument("--dry-run", action="store_true",
+                            help="connect and run every check of every job, write nothing")
+    run_parser.add_argument("--json", action="store_true",
+                            help="one JSON object per job on stdout, and a last one for the run")
+    run_parser.add_argument("--no-progress", action="store_true",
+                            help="no progress display or log lines")
+    run_parser.set_defaults(run=_cmd_run, events=False)
+
+
+def _job_count(text: str) -> int:
+    if not text.strip().isdigit() or not 0 < int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs (1 to 64)")
+    return int(text)
+
+
 def _add_write_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing block device")
     parser.add_argument("--verify", action="store_true",
                         help="re-read the target from disk after writing and compare")
+
+
+def _add_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="connect and run every check, write nothing, say what would be "
+                        "written")
 
 
 def _add_stream_options(parser: argparse.ArgumentParser) -> None:
@@ -256,12 +298,14 @@ def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     if backup:  # the first SAVESET is the backup's own; any more are fed the same frames
         first, *more = [parse_endpoint(text) for text in args.target]
         return DupRequest(source=args.source, target=first, backup=True,
-                          stream=_stream_settings(args, delta), savesets=tuple(more))
+                          stream=_stream_settings(args, delta), savesets=tuple(more),
+                          dry_run=args.dry_run)
     target = parse_endpoint(args.target)
     saveset, others = fan_out_savesets(target, args.saveset)
     return DupRequest(source=args.source, target=target, saveset=saveset, backup=backup,
                       force=args.force, verify=args.verify, delta=delta,
-                      stream=_stream_settings(args, delta), savesets=others)
+                      stream=_stream_settings(args, delta), savesets=others,
+                      dry_run=args.dry_run)
 
 
 def fan_out_savesets(target: Endpoint, texts: Sequence[str]
@@ -294,6 +338,12 @@ def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
 
 def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:
     run_dup(_dup_request(args, backup=True), connect_options(args), sink)
+
+
+def _cmd_run(args: argparse.Namespace, sink: Sink) -> None:
+    request = RunRequest(load_inventory(args.inventory), only=tuple(args.only), jobs=args.jobs,
+                         dry_run=args.dry_run, json_output=args.json)
+    run_inventory(request, sink)
 
 
 def _cmd_restore(args: argparse.Namespace, sink: Sink) -> None:
@@ -336,7 +386,7 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         print(f"{name:<11} {value}")
 
 
-_COMMANDS = ("dup", "backup", "restore", "verify", "info", "copy")
+_COMMANDS = ("dup", "backup", "restore", "verify", "info", "copy", "run")
 QUIET_COMMANDS = ("verify", "info")  # their result is what they print, not a progress display
 
 
@@ -391,7 +441,13 @@ def _end(code: int) -> NoReturn:
 
 def run(command: Callable[[argparse.Namespace, Sink], None], args: argparse.Namespace) -> int:
     progress = not args.no_progress and args.command not in QUIET_COMMANDS
-    sink = make_sink(progress=progress, json_output=args.json)
+    sink: Sink
+    if getattr(args, "events", False):
+        sink = EventLineSink(sys.stdout)
+    elif args.command == "run":
+        sink = make_run_sink(progress=progress, json_output=args.json)
+    else:
+        sink = make_sink(progress=progress, json_output=args.json)
     try:
         command(args, sink)
         return EXIT_OK

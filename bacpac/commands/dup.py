@@ -18,11 +18,11 @@ from typing import Optional
 
 from remote_helper.target import devices
 from remote_helper.wire import protocol
-from remote_helper.wire.protocol import END, MATCH, OPEN
+from remote_helper.wire.protocol import END, MATCH, OPEN, READY
 
 from ..engine.source import Source, close_source, open_source
 from ..errors import BacpacError, DiskFullError, TransferError, UsageError, interruption
-from ..ui.events import Counters, JobStarted, JobSummary, Sink
+from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import (check_result, naming, remote_path, run_tracked, saveset_metadata, warn,
                    where)
 from ..engine.dedup import SeenChunks
@@ -55,6 +55,7 @@ class DupRequest:
     nothing_else_writes_target: bool = False  # a block device's digest cache may stand for it
     stream: StreamSettings = field(default_factory=StreamSettings)
     savesets: tuple[Endpoint, ...] = ()
+    dry_run: bool = False
 
     @property
     def command(self) -> str:
@@ -86,8 +87,38 @@ def run_dup(request: DupRequest, options: ConnectOptions, sink: Sink) -> JobSumm
     name = f"{request.source} → {request.target}"
     summary = JobSummary(command=request.command, source=request.source,
                          target=str(request.target), saveset=_saveset_shown(request))
+    body = _dry_run if request.dry_run else _dup
     return run_tracked(sink, name, summary,
-                       lambda s: _dup(_Job(request, options, sink, name, s)))
+                       lambda s: body(_Job(request, options, sink, name, s)))
+
+
+def _dry_run(job: _Job) -> None:
+    """Connect, start the helper and run every check of the OPEN; the helper answers READY
+    with what it would write, and stops: nothing is written, nothing of the source is read."""
+    request = job.request
+    source = open_source(request.source)
+    try:
+        job.summary.bytes_total = source.size
+        if source.rw_mount:
+            warn(job.sink, job.name, job.summary,
+                 _mounted_warning(request.source, *source.rw_mount))
+        session = open_session(request.target, job.options)
+        try:
+            settings = _negotiate(request, session.hello, session.host)
+            path = remote_path(request.target)
+            ready = session.request(OPEN, {**_open_frame(request, source, settings),
+                                           "dry_run": True}, READY, path)
+        finally:
+            session.close()
+    finally:
+        close_source(source)
+    job.summary.extra.update(dry_run=True, target_kind=ready.get("kind"))
+    would = (f"would write a saveset of {source.size} bytes" if request.backup else
+             f"would write {source.size} bytes to the {ready.get('kind')} "
+             f"{where(request.target, path)}")
+    if not request.backup and request.saveset_path:
+        would += f" and a saveset at {request.saveset_path}"
+    job.sink.emit(JobMessage(job.name, "info", f"dry run: every check passed; {would}"))
 
 
 def _dup(job: _Job) -> None:

@@ -51,6 +51,8 @@ def result_line(summary: JobSummary) -> str:
     label = describe(summary.source, summary.target)
     if summary.status != "ok":
         return f"{label}: {summary.error or 'failed'}"
+    if summary.extra.get("dry_run"):
+        return f"{label}: dry run, every check passed, nothing written"
     parts = [f"{label}: {human_size(summary.bytes_read)} in {human_duration(summary.seconds)}"]
     if summary.seconds > 0:
         parts[0] += f" ({human_rate(summary.bytes_read / summary.seconds)})"

@@ -12,9 +12,11 @@ from ..saveset.digestcache import CacheRun
 from ..saveset.output import open_output
 from ..target import devices
 from ..target.delta import TargetSegments
-from ..target.target import NullTarget, open_target
+from ..target import checks
+from ..target.target import NullTarget, check_target, open_target
 from ..target.writer import ImageWriter
 from ..wire import codecs, protocol, zstdframe
+from ..wire.zstdframe import require_zstd
 from ..wire.protocol import (COMMIT, COPY, DATA, END, ERROR, HOLE, MATCH, PREPARED, PROGRESS,
                              READY, RESULT)
 
@@ -52,6 +54,9 @@ def run_dup(job, inp, out):
     # is opened, let alone truncated.
     path = None if job.get("path") is None else os.path.expanduser(job["path"])
     source = job.get("source") or {}
+    if job.get("dry_run"):
+        out.send_json(READY, dry_run(job, path, source))
+        return
     saveset = open_output(job.get("saveset"), path, source)
     target = None  # type: Optional[AnyTarget]
     segments = None  # type: Optional[TargetSegments]
@@ -96,6 +101,19 @@ def run_dup(job, inp, out):
         else:
             sys.stderr.write("bacpac helper: a thread did not stop in time; the target and "
                              "the saveset stay open until the helper exits\n")
+
+
+def dry_run(job, path, source):
+    # type: (dict, Optional[str], dict) -> dict
+    """Every check of the target and the saveset, nothing written: what each would be."""
+    spec = job.get("saveset")
+    if spec:
+        require_zstd()
+        checks.check_saveset(checks.absolute(os.path.expanduser(spec["path"])), path, source)
+    kind = None
+    if path is not None:
+        kind = check_target(path, int(job["size"]), bool(job.get("force")), source)
+    return {"dry_run": True, "kind": kind, "saveset": spec["path"] if spec else None}
 
 
 def close_outputs(target, saveset):

@@ -25,6 +25,7 @@ from ..wire.protocol import ERROR, OPEN
 from .copy import run_read_tree, run_write_tree
 from .dup import run_dup
 from .restore_tree import run_restore_tree
+from .prune import run_prune
 from .savesets import run_info, run_read_saveset, run_verify
 
 READ_BUFFER = 1 << 20
@@ -127,7 +128,8 @@ def hello():
 
 JOBS = {"dup": run_dup, "read_saveset": run_read_saveset, "verify": run_verify,
         "info": run_info, "read_tree": run_read_tree, "write_tree": run_write_tree,
-        "restore_tree": run_restore_tree}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
+        "restore_tree": run_restore_tree,
+        "prune": run_prune}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
 
 
 def serve(inp, out):

@@ -182,9 +182,40 @@ def open_target(path, size, force, source, keep=False):
         return _open_block(path, size, force)
     if stat.S_ISREG(st.st_mode):
         return _open_file(path, size, keep, force)
+    raise _wrong_kind(path, st)
+
+
+def _wrong_kind(path, st):
+    # type: (str, os.stat_result) -> Refused
     if stat.S_ISDIR(st.st_mode):
-        raise Refused("%s: is a directory; name the image file or device to write" % path)
-    raise Refused("%s: not a regular file or block device" % path)
+        return Refused("%s: is a directory; name the image file or device to write" % path)
+    return Refused("%s: not a regular file or block device" % path)
+
+
+def check_target(path, size, force, source):
+    # type: (str, int, bool, dict) -> str
+    """Every check open_target makes, with nothing created, truncated or written (a dry run):
+    what the target is, "new file", "image file" or "block device", or Refused."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+        checks.require_directory(path)
+        checks.refuse_source(path, source, "target")
+        if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            raise HelperError("%s: Permission denied" % path, errno.EACCES)
+        return "new file"
+    checks.refuse_source(path, source, "target")
+    if stat.S_ISBLK(st.st_mode):
+        _open_block(path, size, force).close()  # opened for writing, and closed unwritten
+        return "block device"
+    if stat.S_ISREG(st.st_mode):
+        _refuse_busy(path)
+        _refuse_loop_backing(path, force)
+        os.close(_open_locked(path, os.O_RDWR))
+        return "image file"
+    raise _wrong_kind(path, st)
 
 
 def _refuse_busy(path):
