@@ -359,3 +359,15 @@ def test_a_host_that_cannot_be_reached_fails_the_run_naming_it(hosts, image, tmp
     run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostz:{tmp_path}/s.bps")
     run.one_error_line(1, "hostz")
     assert names_in(a) == []
+
+
+def test_a_dry_run_checks_the_saveset_on_b_and_writes_nothing(hosts, image, tmp_path) -> None:
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostb:{tmp_path}/nodir/s.bps",
+              "--dry-run")
+    run.one_error_line(2, "hostb", f"{tmp_path}/nodir")
+    run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/s.bps", "--dry-run")
+    assert run.returncode == 0, run.stderr
+    assert (names_in(a), names_in(b)) == ([], [])

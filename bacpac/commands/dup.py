@@ -110,6 +110,14 @@ def _dry_run(job: _Job) -> None:
                                            "dry_run": True}, READY, path)
         finally:
             session.close()
+        for endpoint in request.savesets:  # a fan-out's saveset hosts check theirs too
+            other = open_session(endpoint, job.options)
+            try:
+                leg = _leg_open(request, source, settings, SAVESET, remote_path(endpoint))
+                other.request(OPEN, {**leg, "confirm": False, "dry_run": True}, READY,
+                              remote_path(endpoint))
+            finally:
+                other.close()
     finally:
         close_source(source)
     job.summary.extra.update(dry_run=True, target_kind=ready.get("kind"))
@@ -118,6 +126,8 @@ def _dry_run(job: _Job) -> None:
              f"{where(request.target, path)}")
     if not request.backup and request.saveset_path:
         would += f" and a saveset at {request.saveset_path}"
+    for endpoint in request.savesets:
+        would += f" and a saveset at {endpoint}"
     job.sink.emit(JobMessage(job.name, "info", f"dry run: every check passed; {would}"))
 
 
