@@ -370,7 +370,8 @@ def _leg_open(request: DupRequest, source: Source, settings: StreamSettings, rol
 
 
 class _Sizes:
-    """What a fan-out's frames count, as SessionSender counts a single helper's."""
+    """What the sent frames count (bytes read and sent, blocks compared and sent), for one
+    helper's SessionSender and for a fan-out alike."""
 
     def __init__(self, counters: Counters, delta_block: int, delta: bool) -> None:
         self._counters = counters
@@ -448,11 +449,8 @@ class SessionSender:
                  delta_block: int, delta: bool) -> None:
         self._session = session
         self._receiver = receiver
-        self._counters = counters
-        self._delta_block = delta_block
-        self._delta = delta  # blocks are counted, and shown, only when they were compared
-        self.blocks_sent = 0
-        self.blocks_matched = 0
+        self.sizes = _Sizes(counters, delta_block, delta)
+        self._count = self.sizes.count
         self.bytes_copied = 0
 
     def block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
@@ -472,18 +470,6 @@ class SessionSender:
         self._receiver.send(self._session.send, frame)
         self._count(size, len(frame) - protocol.HEADER_SIZE, sent=True)
         self.bytes_copied += size
-
-    def _count(self, size: int, payload: int, sent: bool) -> None:
-        if not self._delta:
-            self._counters.add(read=size, sent=payload)
-            return
-        blocks = -(-size // self._delta_block)
-        if sent:
-            self.blocks_sent += blocks
-        else:
-            self.blocks_matched += blocks
-        self._counters.add(read=size, sent=payload, compared=blocks,
-                           blocks_sent=blocks if sent else 0)
 
     def check(self) -> None:
         if self._receiver.failed:
@@ -510,7 +496,8 @@ def _stream(job: _Job, image: ImageStream, session: HelperSession, receiver: Rec
     summary.extra["levels"] = streamed.levels
     summary.extra["bytes_copied"] = sender.bytes_copied
     if request.delta:
-        summary.extra.update(blocks_sent=sender.blocks_sent, blocks_matched=sender.blocks_matched,
+        summary.extra.update(blocks_sent=sender.sizes.blocks_sent,
+                             blocks_matched=sender.sizes.blocks_matched,
                              block_size=image.settings.delta_block)
     digest_cache_report(job.sink, job.name, summary, session.host, result)
     return result
