@@ -21,8 +21,6 @@ from .engine.pipeline import StreamSettings
 from .transport.helper import ConnectOptions
 from .ui.sinks import make_sink
 from .ui.text import human_size
-from .commands.run import RunRequest, run_inventory
-from .inventory.load import load as load_inventory
 from .ui.eventlines import EventLineSink
 from .ui.fleet import make_run_sink
 from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
@@ -341,6 +339,10 @@ def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, sink: Sink) -> None:
+    # here, not at the top: the YAML parser is for bacpac run alone (tests/test_lazy.py)
+    from .commands.run import RunRequest, run_inventory
+    from .inventory.load import load as load_inventory
+
     request = RunRequest(load_inventory(args.inventory), only=tuple(args.only), jobs=args.jobs,
                          dry_run=args.dry_run, json_output=args.json)
     run_inventory(request, sink)

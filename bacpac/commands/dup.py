@@ -277,7 +277,10 @@ def _refuse_twice_written(request: DupRequest) -> None:
     for endpoint in outputs:
         place = (endpoint.host, os.path.normpath(remote_path(endpoint)))
         if place in seen:
-            raise UsageError(f"{endpoint}: named twice as an output of the same {request.command}")
+            what = ("the saveset is the target itself" if not request.backup and
+                    place == (request.target.host, os.path.normpath(remote_path(request.target)))
+                    else f"named twice as an output of the same {request.command}")
+            raise UsageError(f"{endpoint}: {what}")
         seen.add(place)
 
 
