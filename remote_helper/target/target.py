@@ -169,20 +169,29 @@ def open_target(path, size, force, source, keep=False):
     would change the source (see checks.refuse_source) is refused. With `keep` (a delta run),
     an image file keeps its content and only its size is set to the image's.
     """
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise HelperError("%s: %s" % (path, e.strerror), e.errno)
-        checks.require_directory(path)
-        checks.refuse_source(path, source, "target")
+    st = _checked_stat(path, source)
+    if st is None:
         return _create_file(path, size)
-    checks.refuse_source(path, source, "target")
     if stat.S_ISBLK(st.st_mode):
         return _open_block(path, size, force)
     if stat.S_ISREG(st.st_mode):
         return _open_file(path, size, keep, force)
     raise _wrong_kind(path, st)
+
+
+def _checked_stat(path, source):
+    # type: (str, dict) -> Optional[os.stat_result]
+    """The target's stat, None when it is to be made (in a directory that exists), once it
+    is known not to be the source."""
+    try:
+        st = os.stat(path)  # type: Optional[os.stat_result]
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise HelperError("%s: %s" % (path, e.strerror), e.errno)
+        checks.require_directory(path)
+        st = None
+    checks.refuse_source(path, source, "target")
+    return st
 
 
 def _wrong_kind(path, st):
@@ -196,17 +205,11 @@ def check_target(path, size, force, source):
     # type: (str, int, bool, dict) -> str
     """Every check open_target makes, with nothing created, truncated or written (a dry run):
     what the target is, "new file", "image file" or "block device", or Refused."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise HelperError("%s: %s" % (path, e.strerror), e.errno)
-        checks.require_directory(path)
-        checks.refuse_source(path, source, "target")
+    st = _checked_stat(path, source)
+    if st is None:
         if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
             raise HelperError("%s: Permission denied" % path, errno.EACCES)
         return "new file"
-    checks.refuse_source(path, source, "target")
     if stat.S_ISBLK(st.st_mode):
         _open_block(path, size, force).close()  # opened for writing, and closed unwritten
         return "block device"
