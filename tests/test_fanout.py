@@ -25,15 +25,29 @@ from fixtures_disk import requires_root
 HOSTB_SETTINGS = ("MaxSessions 11",)  # any setting of its own: a server apart from `sshd`
 
 
+def two_hosts(config: Path, a, b) -> str:
+    """An ssh_config naming server a hosta and server b hostb."""
+    config.write_text(
+        Path(a.config_path).read_text().replace("Host testhost", "Host hosta") + "\n"
+        + Path(b.config_path).read_text().replace("Host testhost", "Host hostb"))
+    return str(config)
+
+
 @pytest.fixture
 def hosts(sshd, sshd_with, tmp_path, no_helper_left):
-    """(ssh_config naming hosta and hostb, the hostb server)."""
+    """(ssh_config naming hosta and hostb, the hostb server): both on 127.0.0.1, so that
+    these tests run unprivileged too."""
     other = sshd_with(*HOSTB_SETTINGS)
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        Path(sshd.config_path).read_text().replace("Host testhost", "Host hosta") + "\n"
-        + Path(other.config_path).read_text().replace("Host testhost", "Host hostb"))
-    return str(config), other
+    return two_hosts(tmp_path / "ssh_config", sshd, other), other
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def far_hosts(request, sshd, tmp_path, no_helper_left):
+    """As `hosts`, with hostb in a network namespace reached over a veth pair, as the
+    benchmark's second host (root only); and again with hostb on 127.0.0.1 (anyone)."""
+    other = (request.getfixturevalue("netns_sshd") if request.param == "netns"
+             else request.getfixturevalue("sshd_with")(*HOSTB_SETTINGS))
+    return two_hosts(tmp_path / "ssh_config", sshd, other), other
 
 
 @pytest.fixture
@@ -58,12 +72,15 @@ def restored_by_zstd(saveset: Path) -> str:
     return hashlib.sha256(out).hexdigest()
 
 
-def test_one_read_feeds_a_target_on_a_and_a_saveset_on_b(hosts, image, tmp_path) -> None:
-    config, _ = hosts
+def test_one_read_feeds_a_target_on_a_and_a_saveset_on_b(far_hosts, image, tmp_path) -> None:
+    config, server_b = far_hosts
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/s.bps")
     assert run.returncode == 0, run.stderr
+    if server_b.hostname != "127.0.0.1":  # B was reached over the veth pair, not loopback
+        log = Path(server_b.log_path).read_text()
+        assert "Connection from 10.251." in log and "Connection from 127." not in log, log
     want = sha256_of(image)
     assert sha256_of(a / "t.img") == want
     assert names_in(b) == ["s.bps"]
@@ -127,9 +144,10 @@ def test_a_refused_target_on_a_leaves_nothing_on_b(hosts, image, tmp_path) -> No
 
 
 @requires_root
-def test_a_too_small_target_on_a_leaves_nothing_on_b(hosts, image, tmp_path,
-                                                     loop_device) -> None:
-    config, _ = hosts
+def test_a_too_small_target_on_a_leaves_nothing_on_b(sshd, netns_sshd, image, tmp_path,
+                                                     loop_device, no_helper_left) -> None:
+    """hostb in a network namespace (root is needed for the loop device anyway)."""
+    config = two_hosts(tmp_path / "ssh_config", sshd, netns_sshd)
     b = tmp_path / "b"
     b.mkdir()
     device = loop_device(4 * MiB)

@@ -68,33 +68,50 @@ def images(tmp_path):
     return [random_image(tmp_path / f"source{i}.img", 2 * MiB, seed=i) for i in range(3)]
 
 
-def test_three_jobs_on_two_hosts_at_once(tmp_path, sshd, second, images, no_helper_left):
-    path = inventory(tmp_path, sshd, second, f"""
+def test_three_jobs_on_two_hosts_at_once(tmp_path, sshd, netns_sshd, images, no_helper_left):
+    """standby2 in a network namespace, reached over a veth pair as the benchmark's second
+    host is: a dup with its saveset there, a dup there, a copy there, and a backup beside."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a" * 1000)
+    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 40)
+    path = inventory(tmp_path, sshd, netns_sshd, f"""
 - name: disk1
   source: {images[0]}
   target: testhost:{tmp_path}/t1.img
-  saveset: {tmp_path}/{{job}}-{{date}}.bps
+  saveset: standby2:{tmp_path}/{{job}}-{{date}}.bps
 - name: disk2
   source: {images[1]}
   target: standby2:{tmp_path}/t2.img
+- name: tree
+  type: copy
+  source: {tree}
+  target: standby2:{tmp_path}/mirror
 - name: disk3
   type: backup
   source: {images[2]}
-  target: standby2:{tmp_path}/{{job}}.bps
+  target: testhost:{tmp_path}/{{job}}.bps
 """)
     run = bacpac("run", "--jobs", "3", "--json", "--no-progress", path)
     assert run.returncode == 0, run.stderr
     jobs, overall = json_lines(run)[:-1], json_lines(run)[-1]
-    assert sorted(j["job"] for j in jobs) == ["disk1", "disk2", "disk3"]
+    assert sorted(j["job"] for j in jobs) == ["disk1", "disk2", "disk3", "tree"]
     assert {j["job"]: j["host"] for j in jobs}["disk2"] == "standby2"
     assert all(j["status"] == "ok" for j in jobs)
-    assert (overall["command"], overall["status"], overall["jobs"]) == ("run", "ok", 3)
+    assert (overall["command"], overall["status"], overall["jobs"]) == ("run", "ok", 4)
     assert sha256_of(tmp_path / "t1.img") == sha256_of(images[0])
     assert sha256_of(tmp_path / "t2.img") == sha256_of(images[1])
     saveset = tmp_path / f"disk1-{time.strftime('%Y-%m-%d')}.bps"
     assert restored_sha256(saveset) == sha256_of(images[0])
     assert restored_sha256(tmp_path / "disk3.bps") == sha256_of(images[2])
-    assert overall["bytes_read"] == 6 * MiB
+    diff = subprocess.run(["diff", "-r", str(tree), str(tmp_path / "mirror")],
+                          capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    assert overall["bytes_read"] == 6 * MiB + 1000 + 256 * 40  # each image once, the tree
+    disk1 = {j["job"]: j for j in jobs}["disk1"]
+    assert disk1["bytes_read"] == 2 * MiB  # one read fed both hosts
+    log = Path(netns_sshd.log_path).read_text()  # standby2 was reached over the veth pair
+    assert "Connection from 10.251." in log and "Connection from 127." not in log, log
 
 
 def test_only_runs_the_named_job(tmp_path, sshd, second, images):
