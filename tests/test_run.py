@@ -6,8 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -472,7 +475,7 @@ def test_by_default_one_job_per_host_at_a_time(tmp_path, sshd, second, images):
     assert ["start", "b"] in order[:first_end], order  # the other host's job ran meanwhile
 
 
-def test_password_env_reaches_the_job_as_sshpass(tmp_path, sshd, second, images):
+def test_password_env_opens_a_locked_key(tmp_path, sshd, second, images):
     path = tmp_path / "inventory.yml"
     path.write_text(f"""\
 hosts:
@@ -495,6 +498,86 @@ jobs:
     assert run.returncode == 0, run.stderr
     assert sha256_of(tmp_path / "a.img") == sha256_of(images[0])
     assert second.passphrase not in (tmp_path / "inventory.yml").read_text()
+
+
+@pytest.fixture
+def password_only_host(sshd_with):
+    """(server, user, password, directory): a throwaway user of this machine that the server
+    lets in by password alone, and a directory of its own (tmp_path is root's only). Root
+    only: the user is made with useradd and removed after the test."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root (useradd) for a throwaway user with a password")
+    user, password = f"bpw{os.getpid()}", secrets.token_urlsafe(12)
+    subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", user], check=True)
+    home = Path(tempfile.mkdtemp(prefix="bacpac-pw-"))
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
+        uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True,
+                                 check=True).stdout)
+        os.chown(home, uid, -1)
+        os.chmod(home, 0o755)
+        server = sshd_with(f"Match User {user}", "    PasswordAuthentication yes")
+        yield server, user, password, home
+    finally:
+        subprocess.run(["userdel", "-f", user], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_password_env_reaches_a_saveset_host_and_its_pruning(tmp_path, sshd, images,
+                                                            password_only_host, no_helper_left):
+    """A fan-out's saveset host with a password of its own (not the target's), and keep's
+    pruning there by the run itself, with no SSHPASS anywhere."""
+    server, user, password, home = password_only_host
+    old = home / "fan-2026-01-01.bps"
+    old.write_bytes(b"old")
+    os.chown(old, os.stat(home).st_uid, -1)
+    os.utime(old, (time.time() - 86400,) * 2)
+    path = tmp_path / "inventory.yml"
+    path.write_text(f"""\
+hosts:
+  testhost:
+    ssh_config: {sshd.config_path}
+  vault-1:
+    hostname: {server.hostname}
+    port: {server.port}
+    user: {user}
+    known_hosts: {server.known_hosts}
+    password_env: VAULT_PASSWORD
+jobs:
+  - name: fan
+    source: {images[0]}
+    target: testhost:{tmp_path}/t.img
+    saveset: vault-1:{home}/{{job}}-{{date}}.bps
+    keep: 1
+""")
+    wrong = bacpac("run", "--json", "--no-progress", path,
+                   env=bacpac_env(VAULT_PASSWORD="not " + password))
+    assert wrong.returncode == 1
+    job = json_lines(wrong)[0]
+    assert "vault-1" in job["error"] and "authentication failed" in job["error"], job
+    assert sorted(p.name for p in home.iterdir()) == [old.name]
+    assert not (tmp_path / "t.img").exists()  # no host got a byte
+    run = bacpac("run", "--json", "--no-progress", path,
+                 env=bacpac_env(VAULT_PASSWORD=password))
+    assert run.returncode == 0, run.stderr
+    today = home / f"fan-{time.strftime('%Y-%m-%d')}.bps"
+    assert sorted(p.name for p in home.iterdir()) == [today.name]
+    assert restored_sha256(today) == sha256_of(images[0])
+    assert sha256_of(tmp_path / "t.img") == sha256_of(images[0])
+    assert json_lines(run)[0]["pruned"] == [str(old)]
+    assert f"Accepted password for {user}" in Path(server.log_path).read_text()
+    assert password not in path.read_text()
+
+
+def test_each_host_reads_its_own_password_variable(monkeypatch):
+    from bacpac.transport.ssh.config import password_variable
+    from bacpac.transport.ssh.connection import _Secrets
+
+    assert password_variable("vault-1.example") == "BACPAC_PASSWORD_VAULT_1_EXAMPLE"
+    monkeypatch.setenv("SSHPASS", "everyone's")
+    monkeypatch.setenv("BACPAC_PASSWORD_VAULT_1", "vault's")
+    assert _Secrets(False, "vault-1").ask("?") == "vault's"
+    assert _Secrets(False, "standby").ask("?") == "everyone's"
 
 
 def test_a_signal_ends_a_before_hook_and_its_job_never_starts(tmp_path, sshd, second, images):
