@@ -211,6 +211,62 @@ def test_delta_with_a_saveset_elsewhere_gives_a_complete_saveset(hosts, image, t
     assert sent["target"] < 512 << 10 < 4 * MiB < sent["saveset"]  # A: matches; B: the bytes
 
 
+def test_a_second_delta_fan_out_reads_the_target_through_its_digest_cache(hosts, tmp_path):
+    """As a plain --delta dup: the first run keeps the target's digests beside it, the second
+    uses them and reads only the held-back head of the target (1 MiB), not its 8 MiB."""
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    source = random_image(tmp_path / "random.img", 8 * MiB, seed=11)
+
+    def fan(saveset: str) -> dict:
+        run = bacpac("dup", "-F", config, "--no-progress", "--json", "--delta", source,
+                     f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/{saveset}")
+        assert run.returncode == 0, run.stderr
+        assert sha256_of(a / "t.img") == sha256_of(source)
+        assert restored_by_zstd(b / saveset) == sha256_of(source)
+        return run.summary
+
+    first = fan("1.bps")
+    assert first["digest_cache"] == "none" and first["digest_cache_kept"] is True, first
+    write_file(source, 8 * MiB, {5 * MiB + 100: os.urandom(1000)}, keep=True)
+    second = fan("2.bps")
+    assert second["digest_cache"] == "used", second
+    assert second["target_read"] <= 1 * MiB, second
+    assert second["blocks_sent"] == 1, second
+
+
+@requires_root
+def test_a_delta_fan_out_onto_a_device_trusts_its_cache_only_when_told(hosts, tmp_path,
+                                                                       loop_device) -> None:
+    """--nothing-else-writes-target reaches a fan-out's target helper as a plain dup's: a
+    block device's digest cache is kept and used with it, and the device read whole without.
+    The device here (its helper local, HOME in tmp_path, where it keeps a device's cache);
+    the saveset on hostb."""
+    from clirun import bacpac_env
+
+    config, _ = hosts
+    b = tmp_path / "b"
+    b.mkdir()
+    source = random_image(tmp_path / "random.img", 8 * MiB, seed=12)
+    device = loop_device(9 * MiB)
+    env = bacpac_env(HOME=str(tmp_path / "home"))
+
+    def fan(*extra: str) -> dict:
+        run = bacpac("dup", "-F", config, "--no-progress", "--json", "--delta", "--force",
+                     *extra, source, device, "--saveset", f"hostb:{b}/s.bps", env=env)
+        assert run.returncode == 0, run.stderr
+        assert sha256_of(device, 8 * MiB) == sha256_of(source)
+        assert restored_by_zstd(b / "s.bps") == sha256_of(source)
+        assert [h["role"] for h in run.summary["hosts"]] == ["target", "saveset"]
+        return run.summary
+
+    assert fan()["target_read"] == 8 * MiB  # no flag: a device is read, and no cache kept
+    assert fan("--nothing-else-writes-target")["digest_cache"] == "none"
+    trusted = fan("--nothing-else-writes-target")
+    assert trusted["digest_cache"] == "used" and trusted["target_read"] <= MiB, trusted
+
+
 def test_leaks_on_success_and_on_failure(hosts, image, tmp_path, no_leaks: Leftovers) -> None:
     config, _ = hosts
     a, b = tmp_path / "a", tmp_path / "b"
