@@ -569,6 +569,22 @@ jobs:
     assert password not in path.read_text()
 
 
+def test_two_hosts_sharing_a_password_variable_are_refused(tmp_path, images):
+    path = tmp_path / "inventory.yml"
+    path.write_text(f"""\
+hosts:
+  a-b: {{password_env: ONE}}
+  a_b: {{password_env: TWO}}
+jobs:
+  - name: j
+    source: {images[0]}
+    target: a-b:{tmp_path}/t.img
+""")
+    run = bacpac("run", "--no-progress", path, env=bacpac_env(ONE="1", TWO="2"))
+    run.one_error_line(2, "'a-b'", "'a_b'", "BACPAC_PASSWORD_A_B")
+    assert not (tmp_path / "t.img").exists()
+
+
 def test_each_host_reads_its_own_password_variable(monkeypatch):
     from bacpac.transport.ssh.config import password_variable
     from bacpac.transport.ssh.connection import _Secrets
