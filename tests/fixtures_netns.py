@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -77,9 +78,20 @@ def _free_subnet(seed: int) -> ipaddress.IPv4Network:
     raise RuntimeError(f"no free /30 left in {NETWORK}")
 
 
+def _remove_stale() -> None:
+    """The namespaces (and veth ends) of earlier sessions that were killed before their
+    teardown: named after a process that no longer exists."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name in re.findall(r"^bacpac-test-(\d+)\b", listed, re.MULTILINE):
+        if not os.path.exists(f"/proc/{name}"):
+            subprocess.run(["ip", "netns", "del", f"bacpac-test-{name}"], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"btH{name}"[:15]], capture_output=True)
+
+
 @contextlib.contextmanager
 def network_namespace() -> Iterator[Netns]:
     """A namespace of this process's own, joined to this one by a veth pair."""
+    _remove_stale()
     pid = os.getpid()
     subnet = _free_subnet(pid)
     ns = Netns(f"bacpac-test-{pid}", f"btH{pid}"[:15], f"btN{pid}"[:15],
