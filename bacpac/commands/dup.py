@@ -347,6 +347,8 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
         result["source_sha256"] = streamed.sha256
         summary.sha256 = check_result(request.verify and leg.role == TARGET, leg.where, result,
                                       check)
+        # as a plain dup's: each helper's warnings; the target's reads and digest cache (last)
+        digest_cache_report(job.sink, job.name, summary, leg.host, result)
     hello = target.session.hello
     summary.extra.update(codec=settings.codec, zstd=hello.get("zstd"),
                          cipher=target.session.cipher, helper_python=hello.get("python"),
