@@ -426,6 +426,15 @@ def test_the_live_table_shows_a_row_per_job_and_a_summary_at_the_end():
     assert "5.2 MB/s" in rows["disk1"] and "10.0 s" in rows["disk1"]  # ETA
     assert "queued" in rows["disk2"] and "queued" in rows["tree"]
     assert "0 of 3 jobs done, 50.0 MiB of 100.0 MiB" in text
+    # a fan-out sends its one stream to each helper: the ratio is the stream's, not 0.5×
+    fan = FleetView(Console(file=StringIO(), width=120, force_terminal=False),
+                    clock=lambda: now[0])
+    fan.emit(JobStarted("disk1", "dup", "/dev/sda", "sb1:/dev/sdb", "sb2:/s.bps", 100 * MiB))
+    fan.emit(JobProgress("disk1", 50 * MiB, 100 * MiB, 40 * MiB, streams=2))
+    shown = Console(file=StringIO(), width=120, record=True)
+    shown.print(fan.render())
+    assert "1.0×" in shown.export_text() and "0.5×" not in shown.export_text()
+    fan.close()
     summary = JobSummary("dup", "/dev/sda", "sb1:/dev/sdb", status="ok", bytes_read=100 * MiB,
                          bytes_sent=50 * MiB, seconds=20.0, sha256="ab" * 32)
     view.emit(JobFinished("disk1", summary))

@@ -320,6 +320,7 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
     settings = request.stream
     image = stream.use(settings)
     counters = Counters(job.name, job.sink)
+    counters.streams = len(fan.legs)
     sizes = _Sizes(counters, settings.delta_block, request.delta)
     opens = [_leg_open(request, source, settings, leg.role, leg.path) for leg in fan.legs]
     target = fan.legs[-1]  # the target's helper, or a backup's first saveset
