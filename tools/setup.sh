@@ -12,6 +12,8 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
 command -v sudo >/dev/null || need+=(sudo)
+command -v ip >/dev/null || need+=(iproute2)  # the tests' second host in a network namespace
+command -v useradd >/dev/null || need+=(passwd)  # a throwaway user for password authentication
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "setup: installing ${need[*]}"
