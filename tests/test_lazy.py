@@ -1,5 +1,6 @@
 """Start-up: invoke, which Paramiko imports for its own ssh_config reader, is deferred where
-bacpac first imports Paramiko, and importing bacpac itself changes nothing in sys.modules."""
+bacpac first imports Paramiko, importing bacpac itself changes nothing in sys.modules, and the
+helper loads a job's module only when it runs that job."""
 from __future__ import annotations
 
 import os
@@ -85,3 +86,32 @@ def test_defer_leaves_a_missing_module_missing() -> None:
             print("ImportError")
     """)
     assert out == "ImportError"
+
+
+def test_helper_start_loads_no_job_module_until_an_open_names_it() -> None:
+    """The helper's start is on a small dup's critical path: its server loads the dup job's
+    module when the OPEN names it, and never the tree writer or the tar codec (nor socket,
+    for the host name alone; platform comes with zstandard anyway)."""
+    out = _python("""
+        import sys
+        from remote_helper.jobs import server
+        jobs = lambda: sorted(n for n in sys.modules if n.startswith(("remote_helper.jobs.",
+                                                                      "remote_helper.tree")))
+        before = jobs()
+        server.job_handler("dup")
+        print(before, jobs(), "socket" in sys.modules)
+    """)
+    assert out == ("['remote_helper.jobs.server'] "
+                   "['remote_helper.jobs.dup', 'remote_helper.jobs.server'] False")
+
+
+def test_every_helper_job_resolves_to_a_function() -> None:
+    out = _python("""
+        from remote_helper.jobs import server
+        print(all(callable(server.job_handler(name)) for name in server.JOBS))
+        try:
+            server.job_handler("no_such_job")
+        except Exception as e:
+            print(type(e).__name__, e)
+    """)
+    assert out == "True\nProtocolError unknown job 'no_such_job'"
