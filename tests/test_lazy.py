@@ -115,3 +115,34 @@ def test_every_helper_job_resolves_to_a_function() -> None:
             print(type(e).__name__, e)
     """)
     assert out == "True\nProtocolError unknown job 'no_such_job'"
+
+
+def test_paramiko_knows_its_version_without_importlib_metadata() -> None:
+    """Paramiko reads its version at import; lazy.quick_version answers it from METADATA, the
+    same answer as importlib.metadata's, which is left unloaded and then loads for real."""
+    out = _python("""
+        import sys
+        import bacpac.transport.ssh.connection, paramiko
+        unloaded = "importlib.metadata" not in sys.modules
+        from importlib import metadata
+        print(unloaded, type(metadata).__name__, paramiko.__version__ == metadata.version("paramiko"))
+    """)
+    assert out == "True module True"
+
+
+def test_quick_version_leaves_what_it_is_unsure_of_to_importlib_metadata(tmp_path) -> None:
+    egg = tmp_path / "eggs"
+    (egg / "some_pkg-1.0.egg-info").mkdir(parents=True)
+    dist = tmp_path / "dists"
+    (dist / "Some.Pkg-2.0.dist-info").mkdir(parents=True)
+    (dist / "Some.Pkg-2.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: Some.Pkg\nVersion: 2.0\n\nVersion: 9\n")
+    out = _python(f"""
+        import sys
+        from bacpac import lazy
+        sys.path[:0] = [{str(dist)!r}]
+        print(lazy._dist_version("some-pkg"))
+        sys.path[:0] = [{str(egg)!r}]
+        print(lazy._dist_version("some_pkg"), lazy._dist_version("no-such-dist"))
+    """)
+    assert out == "2.0\nNone None"
