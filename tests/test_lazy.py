@@ -146,3 +146,45 @@ def test_quick_version_leaves_what_it_is_unsure_of_to_importlib_metadata(tmp_pat
         print(lazy._dist_version("some_pkg"), lazy._dist_version("no-such-dist"))
     """)
     assert out == "2.0\nNone None"
+
+
+def test_a_dup_helper_is_shipped_the_modules_its_job_loads_and_no_tree_writer() -> None:
+    out = _python("""
+        import marshal, sys, zlib
+        from bacpac.transport.helper import helper_payload
+        from remote_helper.jobs import server
+        server.job_handler("dup")
+        loaded = {n for n in sys.modules if n.split(".")[0] == "remote_helper"}
+        stage2 = marshal.loads(zlib.decompress(helper_payload("dup")[4:]))[1]
+        shipped = set(stage2["modules"])
+        print(sorted(loaded - shipped), sorted(n for n in shipped if ".tree" in n),
+              set(stage2["packages"]) <= shipped, len(helper_payload("dup")) < len(helper_payload()))
+    """)
+    assert out == "[] [] True True"
+
+
+def test_a_helper_refuses_a_job_whose_modules_were_not_shipped(tmp_path) -> None:
+    """The loader claims every remote_helper module: one not shipped is an error, never a copy
+    that an installed bacpac left on the target's path."""
+    out = _python(f"""
+        import subprocess, sys
+        from bacpac.transport.helper import helper_argv, helper_payload
+        from remote_helper.wire import protocol
+        job = {{"protocol": protocol.PROTOCOL_VERSION, "job": "write_tree", "dest": {str(tmp_path)!r}}}
+        done = subprocess.run(helper_argv(sys.executable, False), capture_output=True, timeout=60,
+                              input=helper_payload("dup") + protocol.encode_json(protocol.OPEN, job))
+        decoder = protocol.Decoder()
+        decoder.feed(done.stdout)
+        decoder.feed(b"")
+        frames = []
+        while True:
+            frame = decoder.next_frame()
+            if frame is None:
+                break
+            frames.append(frame)
+        print(done.returncode, [protocol.type_name(f.type) for f in frames])
+        print(frames[-1].json()["message"])
+    """)
+    status, message = out.split("\n")
+    assert status == "1 ['HELLO', 'ERROR']"
+    assert "remote_helper.jobs.copy was not shipped with this job" in message
