@@ -68,12 +68,24 @@ STAGE2 = '''
 import importlib.util, os, site, sys
 def path(name):
     return "<bacpac>/" + name.replace(".", "/") + ".py"
+class Platform(type(sys)):  # zstandard asks platform one thing, at its import; the real
+    def python_implementation(self):  # module's import (its regular expressions) took 3 ms
+        name = sys.implementation.name
+        return {"cpython": "CPython", "pypy": "PyPy"}.get(name, name)
+    def __getattr__(self, name):
+        del sys.modules["platform"]
+        sys.modules["platform"] = real = __import__("platform")
+        return getattr(real, name)
+stand_in = sys.modules.setdefault("platform", Platform("platform"))
 try:
     user = [site.getusersitepackages()] if site.check_enableusersite() else []
     sys.path.extend(p for p in user + site.getsitepackages() if p not in sys.path)
     import zstandard
 except Exception:
     site.main()
+finally:
+    if sys.modules.get("platform") is stand_in and isinstance(stand_in, Platform):
+        del sys.modules["platform"]
 class Loader(object):  # importlib.abc's base classes cost imports at start: the protocol suffices
     def create_module(self, spec):
         return None
@@ -212,9 +224,26 @@ def _imports_of(name: str, source: str, is_package: bool) -> set[str]:
 
 
 def _module_code(name: str, file: Path) -> bytes:
-    """The module's code, marshalled; the loader compiles as an import would, from the .pyc
-    cache where it is fresh (an installed bacpac has one)."""
+    """The module's code, marshalled: the bytes of its .pyc where that is fresh (an installed
+    bacpac has one; they are what marshal.dumps would give, without loading the code only to
+    dump it again), else compiled as an import would."""
+    fresh = _fresh_pyc(file)
+    if fresh is not None:
+        return fresh
     return marshal.dumps(importlib.machinery.SourceFileLoader(name, str(file)).get_code(name))
+
+
+def _fresh_pyc(file: Path) -> Optional[bytes]:
+    """The marshalled code in file's .pyc, if the cache is this Python's and is stamped with
+    the source's mtime and size (PEP 552's default, unchecked-hash pycs aside)."""
+    try:
+        data = Path(importlib.util.cache_from_source(str(file))).read_bytes()
+        stat = file.stat()
+    except (OSError, NotImplementedError):
+        return None
+    header = (importlib.util.MAGIC_NUMBER, bytes(4), (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(
+        4, "little"), (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little"))
+    return data[16:] if data[:16] == b"".join(header) else None
 
 
 def helper_argv(python: str, sudo: bool) -> list[str]:
