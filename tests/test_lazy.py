@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -188,3 +190,23 @@ def test_a_helper_refuses_a_job_whose_modules_were_not_shipped(tmp_path) -> None
     status, message = out.split("\n")
     assert status == "1 ['HELLO', 'ERROR']"
     assert "remote_helper.jobs.copy was not shipped with this job" in message
+
+
+def test_the_helper_loads_zstandard_without_the_platform_module() -> None:
+    """zstandard asks `platform` which Python runs it, at its import; the helper answers it
+    with a stand-in, and zstandard still loads its C backend."""
+    pytest.importorskip("zstandard")
+    out = _python("""
+        import subprocess, sys
+        from bacpac.transport.helper import helper_argv, helper_payload
+        from remote_helper.wire import protocol
+        probe = "import sys; print(sorted(m for m in sys.modules if m in ('platform', 'zstandard.backend_c')), file=sys.stderr)"
+        argv = helper_argv(sys.executable, False)
+        stage1 = argv[argv.index("-c") + 1].replace("exec(S)", "exec(S.replace('status = server.main()', " + repr(probe) + " + '; status = server.main()'))")
+        argv[argv.index("-c") + 1] = stage1
+        done = subprocess.run(argv, input=helper_payload("dup"), capture_output=True, timeout=60)
+        decoder = protocol.Decoder()
+        decoder.feed(done.stdout)
+        print(decoder.next_frame().json()["zstd"], done.stderr.decode().strip())
+    """)
+    assert out == "zstandard ['zstandard.backend_c']"
