@@ -72,10 +72,10 @@ class Platform(type(sys)):  # zstandard asks platform one thing, at its import; 
     def python_implementation(self):  # module's import (its regular expressions) took 3 ms
         name = sys.implementation.name
         return {"cpython": "CPython", "pypy": "PyPy"}.get(name, name)
-    def __getattr__(self, name):
-        del sys.modules["platform"]
-        sys.modules["platform"] = real = __import__("platform")
-        return getattr(real, name)
+    def __getattr__(self, name):  # anything else: the real module, from then on
+        if sys.modules.get("platform") is self:
+            del sys.modules["platform"]
+        return getattr(__import__("platform"), name)
 stand_in = sys.modules.setdefault("platform", Platform("platform"))
 try:
     user = [site.getusersitepackages()] if site.check_enableusersite() else []
@@ -186,8 +186,9 @@ def _helper_files() -> tuple[dict[str, Path], list[str]]:
 
 # `from X import a, b` (or a parenthesised list over several lines), `import X`: anywhere in a
 # module, inside functions too, so that a lazy import is shipped as much as one at the top.
-_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]*)"
-                     r"|import[ \t]+([\w., \t]+))", re.MULTILINE)
+# Compiled on first use (re's own cache), not at every client start.
+_IMPORT = (r"(?m)^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]*)"
+           r"|import[ \t]+([\w., \t]+))")
 
 
 def _imported(roots: tuple[str, ...], sources: dict[str, str], packages: list[str]) -> set[str]:
@@ -211,7 +212,7 @@ def _imports_of(name: str, source: str, is_package: bool) -> set[str]:
     from, and each name imported from it, which may be a submodule."""
     here = name if is_package else name.rpartition(".")[0]
     names: set[str] = set()
-    for dots, origin, imported, plain in _IMPORT.findall(source):
+    for dots, origin, imported, plain in re.findall(_IMPORT, source):
         if plain:
             names.update(part.split()[0] for part in plain.split(",") if part.strip())
             continue
