@@ -6,7 +6,6 @@ RPC errors). The helper knows nothing of the client's classes beyond these names
 """
 import errno as _errno
 import os
-import traceback
 from typing import Optional  # for the type comments
 
 # Whatever failed, a full disk is told as such: running again would only fill it again.
@@ -73,6 +72,7 @@ def as_helper_error(error, context=None):
     lead = "%s: " % context if context else ""
     if isinstance(error, OSError):
         return HelperError(lead + (error.strerror or str(error)), error.errno or 0)
+    import traceback  # for a bug alone: its import (tokenize, linecache) would slow every start
     frames = traceback.extract_tb(error.__traceback__)
     place = " (%s:%d)" % (os.path.basename(frames[-1][0]), frames[-1][1]) if frames else ""
     return HelperError("%shelper failed: %s: %s%s" % (lead, type(error).__name__, error, place))

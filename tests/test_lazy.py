@@ -1,5 +1,6 @@
 """Start-up: invoke, which Paramiko imports for its own ssh_config reader, is deferred where
-bacpac first imports Paramiko, and importing bacpac itself changes nothing in sys.modules."""
+bacpac first imports Paramiko, importing bacpac itself changes nothing in sys.modules, and the
+helper loads a job's module only when it runs that job."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Optional
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,3 +88,125 @@ def test_defer_leaves_a_missing_module_missing() -> None:
             print("ImportError")
     """)
     assert out == "ImportError"
+
+
+def test_helper_start_loads_no_job_module_until_an_open_names_it() -> None:
+    """The helper's start is on a small dup's critical path: its server loads the dup job's
+    module when the OPEN names it, and never the tree writer or the tar codec; nor socket (for
+    the host name alone) or subprocess (for the zstd tool, where zstandard is missing)."""
+    out = _python("""
+        import sys
+        from remote_helper.jobs import server
+        jobs = lambda: sorted(n for n in sys.modules if n.startswith(("remote_helper.jobs.",
+                                                                      "remote_helper.tree")))
+        before = jobs()
+        server.job_handler("dup")
+        print(before, jobs(), [m for m in ("socket", "subprocess") if m in sys.modules])
+    """)
+    assert out == ("['remote_helper.jobs.server'] "
+                   "['remote_helper.jobs.dup', 'remote_helper.jobs.server'] []")
+
+
+def test_every_helper_job_resolves_to_a_function() -> None:
+    out = _python("""
+        from remote_helper.jobs import server
+        print(all(callable(server.job_handler(name)) for name in server.JOBS))
+        try:
+            server.job_handler("no_such_job")
+        except Exception as e:
+            print(type(e).__name__, e)
+    """)
+    assert out == "True\nProtocolError unknown job 'no_such_job'"
+
+
+def test_paramiko_knows_its_version_without_importlib_metadata() -> None:
+    """Paramiko reads its version at import; lazy.quick_version answers it from METADATA, the
+    same answer as importlib.metadata's, which is left unloaded and then loads for real."""
+    out = _python("""
+        import sys
+        import bacpac.transport.ssh.connection, paramiko
+        unloaded = "importlib.metadata" not in sys.modules
+        from importlib import metadata
+        print(unloaded, type(metadata).__name__, paramiko.__version__ == metadata.version("paramiko"))
+    """)
+    assert out == "True module True"
+
+
+def test_quick_version_leaves_what_it_is_unsure_of_to_importlib_metadata(tmp_path) -> None:
+    egg = tmp_path / "eggs"
+    (egg / "some_pkg-1.0.egg-info").mkdir(parents=True)
+    dist = tmp_path / "dists"
+    (dist / "Some.Pkg-2.0.dist-info").mkdir(parents=True)
+    (dist / "Some.Pkg-2.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: Some.Pkg\nVersion: 2.0\n\nVersion: 9\n")
+    out = _python(f"""
+        import sys
+        from bacpac import lazy
+        sys.path[:0] = [{str(dist)!r}]
+        print(lazy._dist_version("some-pkg"))
+        sys.path[:0] = [{str(egg)!r}]
+        print(lazy._dist_version("some_pkg"), lazy._dist_version("no-such-dist"))
+    """)
+    assert out == "2.0\nNone None"
+
+
+def test_a_dup_helper_is_shipped_the_modules_its_job_loads_and_no_tree_writer() -> None:
+    out = _python("""
+        import marshal, sys, zlib
+        from bacpac.transport.helper import helper_payload
+        from remote_helper.jobs import server
+        server.job_handler("dup")
+        loaded = {n for n in sys.modules if n.split(".")[0] == "remote_helper"}
+        stage2 = marshal.loads(zlib.decompress(helper_payload("dup")[4:]))[1]
+        shipped = set(stage2["modules"])
+        print(sorted(loaded - shipped), sorted(n for n in shipped if ".tree" in n),
+              set(stage2["packages"]) <= shipped, len(helper_payload("dup")) < len(helper_payload()))
+    """)
+    assert out == "[] [] True True"
+
+
+def test_a_helper_refuses_a_job_whose_modules_were_not_shipped(tmp_path) -> None:
+    """The loader claims every remote_helper module: one not shipped is an error, never a copy
+    that an installed bacpac left on the target's path."""
+    out = _python(f"""
+        import subprocess, sys
+        from bacpac.transport.helper import helper_argv, helper_payload
+        from remote_helper.wire import protocol
+        job = {{"protocol": protocol.PROTOCOL_VERSION, "job": "write_tree", "dest": {str(tmp_path)!r}}}
+        done = subprocess.run(helper_argv(sys.executable, False), capture_output=True, timeout=60,
+                              input=helper_payload("dup") + protocol.encode_json(protocol.OPEN, job))
+        decoder = protocol.Decoder()
+        decoder.feed(done.stdout)
+        decoder.feed(b"")
+        frames = []
+        while True:
+            frame = decoder.next_frame()
+            if frame is None:
+                break
+            frames.append(frame)
+        print(done.returncode, [protocol.type_name(f.type) for f in frames])
+        print(frames[-1].json()["message"])
+    """)
+    status, message = out.split("\n")
+    assert status == "1 ['HELLO', 'ERROR']"
+    assert "remote_helper.jobs.copy was not shipped with this job" in message
+
+
+def test_the_helper_loads_zstandard_without_the_platform_module() -> None:
+    """zstandard asks `platform` which Python runs it, at its import; the helper answers it
+    with a stand-in, and zstandard still loads its C backend."""
+    pytest.importorskip("zstandard")
+    out = _python("""
+        import subprocess, sys
+        from bacpac.transport.helper import helper_argv, helper_payload
+        from remote_helper.wire import protocol
+        probe = "import sys; print(sorted(m for m in sys.modules if m in ('platform', 'zstandard.backend_c')), file=sys.stderr)"
+        argv = helper_argv(sys.executable, False)
+        stage1 = argv[argv.index("-c") + 1].replace("exec(S)", "exec(S.replace('status = server.main()', " + repr(probe) + " + '; status = server.main()'))")
+        argv[argv.index("-c") + 1] = stage1
+        done = subprocess.run(argv, input=helper_payload("dup"), capture_output=True, timeout=60)
+        decoder = protocol.Decoder()
+        decoder.feed(done.stdout)
+        print(decoder.next_frame().json()["zstd"], done.stderr.decode().strip())
+    """)
+    assert out == "zstandard ['zstandard.backend_c']"

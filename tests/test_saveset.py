@@ -3,6 +3,7 @@ import hashlib
 import io
 import os
 import random
+import shutil
 import stat
 import struct
 import subprocess
@@ -206,7 +207,7 @@ def test_verify_works_with_the_zstd_tool_when_zstandard_is_missing(monkeypatch, 
 
 def test_verify_says_what_to_install_when_no_zstd_at_all(monkeypatch, random_saveset):
     monkeypatch.setattr(zstdframe, "zstandard", None)
-    monkeypatch.setattr(zstdframe.shutil, "which", lambda name, path=None: None)
+    monkeypatch.setattr(shutil, "which", lambda name, path=None: None)
     with pytest.raises(zstdframe.ZstdMissing, match="install"):
         verify_bytes(random_saveset)
 

@@ -174,7 +174,8 @@ def _with_helper(job: _Job, stream: "_Stream", settings: StreamSettings) -> None
     """The transfer through a helper of its own, with the stream begun in `settings` before
     its HELLO is read (HelperSession.start). The requested settings first: every helper with
     zstd decodes them; one without refuses them, and the next helper is sent what it can."""
-    session = open_session(job.request.target, job.options, hello=False, on_route=stream.route)
+    session = open_session(job.request.target, job.options, hello=False, on_route=stream.route,
+                           job="dup")
     try:
         _transfer(job, stream, session, settings)
     finally:

@@ -7,7 +7,11 @@
 # holds a loader and, for every remote_helper module, its source and its code compiled here;
 # the loader imports them from memory (running the code where the target's Python is this
 # one, compiling the source elsewhere), so nothing is written on the target. The same stdin
-# then carries the frames. The first stage's code carries the marker "bacpac_stage1", by which
+# then carries the frames. A session that names its job ships only the modules that job's
+# module imports, followed through the import lines of their source (a dup's helper has no
+# use for the tree writer and the tar codec: nearly half the bytes to build, send and
+# inflate); the loader refuses any other remote_helper module rather than let an installed
+# copy on the target stand in. The first stage's code carries the marker "bacpac_stage1", by which
 # the tests find helpers left behind. -S keeps the target's .pth files out of the helper: any
 # of them may be slow (a large share of the helper's start; docs/performance.md) or
 # print on stdout, which carries frames. The site-packages directories are still searched,
@@ -20,6 +24,7 @@ import functools
 import importlib.machinery
 import importlib.util
 import marshal
+import re
 import shlex
 import sys
 import threading
@@ -63,12 +68,24 @@ STAGE2 = '''
 import importlib.util, os, site, sys
 def path(name):
     return "<bacpac>/" + name.replace(".", "/") + ".py"
+class Platform(type(sys)):  # zstandard asks platform one thing, at its import; the real
+    def python_implementation(self):  # module's import (its regular expressions) took 3 ms
+        name = sys.implementation.name
+        return {"cpython": "CPython", "pypy": "PyPy"}.get(name, name)
+    def __getattr__(self, name):  # anything else: the real module, from then on
+        if sys.modules.get("platform") is self:
+            del sys.modules["platform"]
+        return getattr(__import__("platform"), name)
+stand_in = sys.modules.setdefault("platform", Platform("platform"))
 try:
     user = [site.getusersitepackages()] if site.check_enableusersite() else []
     sys.path.extend(p for p in user + site.getsitepackages() if p not in sys.path)
     import zstandard
 except Exception:
     site.main()
+finally:
+    if sys.modules.get("platform") is stand_in and isinstance(stand_in, Platform):
+        del sys.modules["platform"]
 class Loader(object):  # importlib.abc's base classes cost imports at start: the protocol suffices
     def create_module(self, spec):
         return None
@@ -83,6 +100,8 @@ class Finder(object):
     def find_spec(self, name, path=None, target=None):
         if name in M["modules"]:
             return importlib.util.spec_from_loader(name, Loader(), is_package=name in M["packages"])
+        if name.split(".")[0] == "remote_helper":
+            raise ImportError("bacpac: %s was not shipped with this job" % name)
 sys.meta_path.insert(0, Finder())
 from remote_helper.jobs import server
 status = server.main()
@@ -105,16 +124,16 @@ class ConnectOptions:
     interactive: bool = False  # may we prompt on the terminal for passwords?
 
 
-def prepare_payload() -> threading.Thread:
+def prepare_payload(job: Optional[str] = None) -> threading.Thread:
     """Build the helper's payload on a thread of its own, while the connection is made."""
-    thread = threading.Thread(target=_prepare, name="payload", daemon=True)
+    thread = threading.Thread(target=_prepare, args=(job,), name="payload", daemon=True)
     thread.start()
     return thread
 
 
-def _prepare() -> None:
+def _prepare(job: Optional[str]) -> None:
     try:
-        helper_payload()
+        helper_payload(job)
     except Exception:  # said once, by the caller who needs it, not as a thread's traceback
         pass
 
@@ -122,39 +141,110 @@ def _prepare() -> None:
 _payload_lock = threading.Lock()
 
 
-def helper_payload() -> bytes:
+def helper_payload(job: Optional[str] = None) -> bytes:
     """What the first stage reads from stdin: its length in 4 bytes (big-endian), then the
-    second stage and, for each remote_helper module, its source and its code as this
+    second stage and, for each remote_helper module (with `job`, the name of a module of
+    remote_helper.jobs, those that it and the server import), its source and its code as this
     interpreter compiled it. Marshal's basic types read alike in every Python 3, its code
     objects only in the version that wrote them: the helper runs them where its MAGIC_NUMBER
     is ours (compiling was a good part of its start; docs/performance.md), and compiles
     the source elsewhere. The code costs the wire 60 KB more."""
     with _payload_lock:  # prepare_payload's thread may be building it: wait, do not build twice
-        return _payload()
+        return _payload(job)
 
 
-@functools.lru_cache(maxsize=1)
-def _payload() -> bytes:
-    root = Path(remote_helper.__file__).parent
-    modules, packages = {}, []
-    for file in sorted(root.rglob("*.py")):  # sorted: the same payload, byte for byte, each run
-        parts = ("remote_helper",) + file.relative_to(root).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-            packages.append(".".join(parts))
-        name = ".".join(parts)
-        modules[name] = (file.read_text(), _module_code(name, file))
-    stage2 = {"magic": importlib.util.MAGIC_NUMBER, "modules": modules, "packages": packages}
+@functools.lru_cache(maxsize=None)
+def _payload(job: Optional[str]) -> bytes:
+    files, packages = _helper_files()
+    sources = {name: file.read_text() for name, file in files.items()}
+    if job is not None:
+        wanted = _imported(("remote_helper.jobs.server", f"remote_helper.jobs.{job}"),
+                           sources, packages)
+        sources = {name: text for name, text in sources.items() if name in wanted}
+    modules = {name: (text, _module_code(name, files[name])) for name, text in sources.items()}
+    stage2 = {"magic": importlib.util.MAGIC_NUMBER, "modules": modules,
+              "packages": [name for name in packages if name in modules]}
     # Level 1: it is built at every start, on the way to the connection; level 6 took twice the
     # CPU for a payload an eighth smaller (docs/performance.md).
     payload = zlib.compress(marshal.dumps((STAGE2, stage2), 4), 1)
     return len(payload).to_bytes(4, "big") + payload
 
 
+def _helper_files() -> tuple[dict[str, Path], list[str]]:
+    """Every remote_helper module's file by its name, sorted (the same payload, byte for byte,
+    each run), and the names that are packages."""
+    root = Path(remote_helper.__file__).parent
+    files, packages = {}, []
+    for file in sorted(root.rglob("*.py")):
+        parts = ("remote_helper",) + file.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+            packages.append(".".join(parts))
+        files[".".join(parts)] = file
+    return files, packages
+
+
+# `from X import a, b` (or a parenthesised list over several lines), `import X`: anywhere in a
+# module, inside functions too, so that a lazy import is shipped as much as one at the top.
+# Compiled on first use (re's own cache), not at every client start.
+_IMPORT = (r"(?m)^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]*)"
+           r"|import[ \t]+([\w., \t]+))")
+
+
+def _imported(roots: tuple[str, ...], sources: dict[str, str], packages: list[str]) -> set[str]:
+    """The modules among `sources` that `roots` import, directly or through one another, with
+    the packages above each (an import runs every __init__ on the way)."""
+    found: set[str] = set()
+    todo = [name for name in roots if name in sources]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += [m for m in _imports_of(name, sources[name], name in packages) if m in sources]
+    return found
+
+
+def _imports_of(name: str, source: str, is_package: bool) -> set[str]:
+    """The absolute names an import line of the module `name` may load: the module imported
+    from, and each name imported from it, which may be a submodule."""
+    here = name if is_package else name.rpartition(".")[0]
+    names: set[str] = set()
+    for dots, origin, imported, plain in re.findall(_IMPORT, source):
+        if plain:
+            names.update(part.split()[0] for part in plain.split(",") if part.strip())
+            continue
+        base = here.rsplit(".", len(dots) - 1)[0] if dots else ""
+        module = ".".join(part for part in (base, origin) if part)
+        names.add(module)
+        names.update(f"{module}.{part.split()[0]}" for part in imported.strip("()").split(",")
+                     if part.split())
+    return names
+
+
 def _module_code(name: str, file: Path) -> bytes:
-    """The module's code, marshalled; the loader compiles as an import would, from the .pyc
-    cache where it is fresh (an installed bacpac has one)."""
+    """The module's code, marshalled: the bytes of its .pyc where that is fresh (an installed
+    bacpac has one; they are what marshal.dumps would give, without loading the code only to
+    dump it again), else compiled as an import would."""
+    fresh = _fresh_pyc(file)
+    if fresh is not None:
+        return fresh
     return marshal.dumps(importlib.machinery.SourceFileLoader(name, str(file)).get_code(name))
+
+
+def _fresh_pyc(file: Path) -> Optional[bytes]:
+    """The marshalled code in file's .pyc, if the cache is this Python's and is stamped with
+    the source's mtime and size (PEP 552's default, unchecked-hash pycs aside)."""
+    try:
+        data = Path(importlib.util.cache_from_source(str(file))).read_bytes()
+        stat = file.stat()
+    except (OSError, NotImplementedError):
+        return None
+    header = (importlib.util.MAGIC_NUMBER, bytes(4), (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(
+        4, "little"), (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little"))
+    return data[16:] if data[:16] == b"".join(header) else None
 
 
 def helper_argv(python: str, sudo: bool) -> list[str]:
@@ -163,13 +253,16 @@ def helper_argv(python: str, sudo: bool) -> list[str]:
 
 
 def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True,
-                 on_route: Optional[Callable[[bool], None]] = None) -> "HelperSession":
+                 on_route: Optional[Callable[[bool], None]] = None,
+                 job: Optional[str] = None) -> "HelperSession":
     """Connect (or spawn locally), ship and start the helper, and read its HELLO (with
     hello=False, leave both to the caller: see HelperSession.start). on_route, if given, is
-    told as early as can be whether the helper runs on this host (ssh.over_loopback)."""
-    payload = prepare_payload()  # while the connection is made and the helper's command starts
+    told as early as can be whether the helper runs on this host (ssh.over_loopback). job,
+    the remote_helper.jobs module of the one job the session will run, ships only what that
+    module needs (helper_payload)."""
+    payload = prepare_payload(job)  # while the connection is made and the helper's command starts
     try:
-        session = _start_session(endpoint, options, hello, on_route)
+        session = _start_session(endpoint, options, hello, on_route, job)
     except BaseException:
         threads.join((payload,), "the helper's payload")
         raise
@@ -178,20 +271,21 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
 
 
 def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
-                   on_route: Optional[Callable[[bool], None]]) -> "HelperSession":
+                   on_route: Optional[Callable[[bool], None]],
+                   job: Optional[str]) -> "HelperSession":
     if endpoint.is_local:
         if on_route is not None:
             on_route(True)
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
-        return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN)
+        return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN, job)
     conn = connect(endpoint.host or "", endpoint.user, options.ssh,
                    interactive=options.interactive, on_route=on_route)
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
         return HelperSession.start(channel, endpoint.host or "", conn, hello,
-                                   conn.connect_timeout or HELLO_WITHIN)
+                                   conn.connect_timeout or HELLO_WITHIN, job)
     except BaseException:
         conn.close()
         raise
@@ -219,10 +313,12 @@ def _printable(data: bytes) -> str:
 class HelperSession:
     """One running helper: send frames to it, receive frames from it."""
 
-    def __init__(self, channel: Channel, host: str, conn: Optional[SshConnection]) -> None:
+    def __init__(self, channel: Channel, host: str, conn: Optional[SshConnection],
+                 job: Optional[str] = None) -> None:
         self.channel = channel
         self.host = host
         self.conn = conn
+        self.job = job  # the remote_helper.jobs module shipped for, or None: all of them
         self.hello: dict = {}
         self.noise = 0  # bytes a login script printed on stdout before the helper's HELLO
         self._decoder = protocol.Decoder()
@@ -236,7 +332,8 @@ class HelperSession:
 
     @classmethod
     def start(cls, channel: Channel, host: str, conn: Optional[SshConnection],
-              hello: bool = True, hello_within: float = HELLO_WITHIN) -> "HelperSession":
+              hello: bool = True, hello_within: float = HELLO_WITHIN,
+              job: Optional[str] = None) -> "HelperSession":
         """Ship the helper and read its HELLO; with hello=False, neither: the caller starts a
         Receiver, which reads the HELLO as it comes (a login script may print first, more than
         a pipe holds, so its output is read while the helper is shipped), then ship()s the
@@ -244,7 +341,7 @@ class HelperSession:
         OpenSSH) carries them while the target's login shell and Python start, which on a slow
         link is time the link would otherwise stand idle. Either way, a HELLO that has not
         come within `hello_within` seconds ends the channel, and the wait for it."""
-        session = cls(channel, host, conn)
+        session = cls(channel, host, conn, job)
         session._watch_hello(hello_within)
         if not hello:
             return session
@@ -264,7 +361,7 @@ class HelperSession:
 
     def ship(self) -> None:
         """The helper's code, which the first stage reads from stdin."""
-        self.channel.write(helper_payload())
+        self.channel.write(helper_payload(self.job))
 
     @property
     def cipher(self) -> Optional[str]:

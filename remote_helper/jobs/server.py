@@ -8,10 +8,9 @@
 # diagnostics the client shows when the helper dies.
 """
 import fcntl
+import importlib
 import io
 import os
-import platform
-import socket
 import stat
 import sys
 import threading
@@ -22,11 +21,6 @@ from ..wire import codecs, protocol
 from ..target import devices
 from ..errors import ClientGone, ProtocolError, RemoteProtocolError, as_helper_error
 from ..wire.protocol import ERROR, OPEN
-from .copy import run_read_tree, run_write_tree
-from .dup import run_dup
-from .restore_tree import run_restore_tree
-from .prune import run_prune
-from .savesets import run_info, run_read_saveset, run_verify
 
 READ_BUFFER = 1 << 20
 # stdin's pipe from sshd: 64 KiB by default, so sshd had to wake us, and be woken, every 64 KiB
@@ -116,20 +110,34 @@ def hello():
     # type: () -> dict
     return {
         "protocol": protocol.PROTOCOL_VERSION,
-        "python": platform.python_version(),
+        "python": sys.version.split()[0],  # as platform.python_version(), without its import
         "codecs": codecs.available(),
         "zstd": codecs.zstd_backend(),
         "uid": os.getuid(),
-        "hostname": socket.gethostname(),
+        "hostname": os.uname()[1],  # gethostname(), without socket's import
         "boot_id": devices.boot_id(),
         "pid": os.getpid(),
     }
 
 
-JOBS = {"dup": run_dup, "read_saveset": run_read_saveset, "verify": run_verify,
-        "info": run_info, "read_tree": run_read_tree, "write_tree": run_write_tree,
-        "restore_tree": run_restore_tree,
-        "prune": run_prune}  # type: Dict[Any, Callable[[dict, Input, Output], None]]
+# A job's module is imported when an OPEN names it, not at the helper's start: a dup's helper
+# then never loads the tree writer, the tar codec and the saveset reader (its start is on a
+# small dup's critical path; docs/performance.md, fixed costs).
+JOBS = {"dup": "dup:run_dup", "read_saveset": "savesets:run_read_saveset",
+        "verify": "savesets:run_verify", "info": "savesets:run_info",
+        "read_tree": "copy:run_read_tree", "write_tree": "copy:run_write_tree",
+        "restore_tree": "restore_tree:run_restore_tree",
+        "prune": "prune:run_prune"}  # type: Dict[Any, str]
+
+
+def job_handler(name):
+    # type: (Any) -> Callable[[dict, Input, Output], None]
+    """The function that runs the job `name` ("module:function" in JOBS), its module imported."""
+    where = JOBS.get(name)
+    if where is None:
+        raise ProtocolError("unknown job %r" % name)
+    module, function = where.split(":")
+    return getattr(importlib.import_module("." + module, __package__), function)
 
 
 def serve(inp, out):
@@ -142,10 +150,7 @@ def serve(inp, out):
     if job.get("protocol") != protocol.PROTOCOL_VERSION:
         raise ProtocolError("client speaks protocol version %r, this helper speaks %d"
                             % (job.get("protocol"), protocol.PROTOCOL_VERSION))
-    handler = JOBS.get(job.get("job"))
-    if handler is None:
-        raise ProtocolError("unknown job %r" % job.get("job"))
-    handler(job, inp, out)
+    job_handler(job.get("job"))(job, inp, out)
 
 
 def error_frame(error):

@@ -10,9 +10,7 @@
 # has it, else the `zstd` command-line tool through a pipe (docs/wire.md, HELLO).
 """
 import os
-import shutil
 import struct
-import subprocess
 from typing import Callable, Optional, Tuple  # for the type comments
 
 from ..errors import ProtocolError, Refused
@@ -150,6 +148,7 @@ def backend():
 def zstd_tool():
     # type: () -> str
     """The zstd tool: on PATH, else in one of the usual places; "" when it is in neither."""
+    import shutil  # here, as subprocess below: a helper with the zstandard module never runs it
     return (shutil.which("zstd") or shutil.which("zstd", path=os.pathsep.join(USUAL_PLACES))
             or "")
 
@@ -191,6 +190,7 @@ def decompress_frame(frame, content_size):
 def _run_cli(args, data):
     # type: (list, bytes) -> bytes
     require_zstd()
+    import subprocess  # its import is a tenth of the helper's start (docs/performance.md)
     proc = subprocess.Popen([zstd_tool()] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out, err = proc.communicate(bytes(data))

@@ -31,10 +31,12 @@ from .config import (HostConfig, SshOptions, parse_jump, parse_o_option, passwor
                      resolve_host)
 
 # Paramiko imports invoke for its ssh_config's `Match exec` alone, which bacpac never runs
-# (config_file.py reads ssh_config): deferred here, where bacpac first imports Paramiko.
+# (config_file.py reads ssh_config): deferred here, where bacpac first imports Paramiko; and
+# its version is read without importlib.metadata's import (lazy.py).
 lazy.defer("invoke")
 
-import paramiko  # noqa: E402
+with lazy.quick_version():
+    import paramiko  # noqa: E402
 
 from .algorithms import Transport, no_match  # noqa: E402
 from .packets import BatchWriter  # noqa: E402
