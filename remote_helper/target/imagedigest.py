@@ -11,7 +11,7 @@
 # finished here, serially; whole pieces go to `lines` in one call.
 """
 import hashlib
-from typing import Callable, Dict, List, Optional  # for the type comments
+from typing import Any, Callable, Dict, List, Optional  # for the type comments
 
 from .devices import is_zero, zero_chunks
 
@@ -150,3 +150,10 @@ class PlainDigest(object):
     def hexdigest(self):
         # type: () -> str
         return self._hash.hexdigest()
+
+
+PLAIN = PlainDigest.algorithm
+# The digests a helper computes by name, as the OPEN's "hash" asks (the stream, --verify).
+DIGESTS = {ALGORITHM: ImageDigest, PLAIN: PlainDigest}  # type: Dict[str, Callable[[], Any]]
+# Their keys in END, RESULT and the client's report.
+KEYS = {ALGORITHM: "digest", PLAIN: "sha256"}
