@@ -77,3 +77,49 @@ def test_plain_digest_is_sha256sum(sparse_image):
     plain.zeros(0)
     plain.update(memoryview(sparse_image.read_bytes())[MiB:])
     assert plain.hexdigest() == hashlib.sha256(sparse_image.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("target_holds,pool_hashes", [("other data", 0), ("zeros", 3)])
+def test_a_delta_of_1m_blocks_reuses_its_comparison_digests(tmp_path, mocker, target_holds,
+                                                             pool_hashes):
+    """A block compared by its sha256 is not hashed again for the image digest; one that the
+    comparison did not need to hash (the target holds zeros there) is hashed on the pool."""
+    import os
+    import queue
+
+    from bacpac.engine import pipeline
+    from bacpac.engine.delta import SegmentReader
+    from bacpac.engine.pipeline import ImageStream, StreamSettings
+    from test_directio import Collect
+
+    rng = random.Random(3)
+    size = 6 * MiB + 100 * KiB
+    source = write_file(tmp_path / "src.img", size, {
+        0: rng.randbytes(MiB), 2 * MiB: rng.randbytes(MiB) + bytes(MiB) + rng.randbytes(MiB),
+        6 * MiB: rng.randbytes(100 * KiB)})
+    digests: queue.Queue = queue.Queue()
+    for offset, blocks in ((0, 4), (4 * MiB, 3)):
+        theirs = (bytes(32) if target_holds == "other data" else
+                  hashlib.sha256(bytes(MiB)).digest())
+        if target_holds == "zeros" and offset:  # the short last block's own zero digest
+            theirs_last = hashlib.sha256(bytes(100 * KiB)).digest()
+            digests.put((offset, theirs * 2 + theirs_last))
+        else:
+            digests.put((offset, theirs * blocks))
+    class Sink(Collect):
+        def match(self, offset, size, data=None):
+            pass  # the target's zeros stay
+
+    spy = mocker.spy(pipeline.imagedigest, "piece_line")
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        image = ImageStream(fd, size, StreamSettings(threads=2, delta_block=MiB),
+                            SegmentReader(digests))
+        try:
+            result = image.send(Sink(size))
+        finally:
+            image.close()
+    finally:
+        os.close(fd)
+    assert result.digest == digest_of(source) == stock_digest(source)
+    assert spy.call_count == pool_hashes  # the data pieces 0, 2 and 4 when not compared

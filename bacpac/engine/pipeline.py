@@ -133,6 +133,9 @@ class Planned:
     buffer: mmap.mmap
     size: int
     frames: "Future[list[Frame]]"
+    # The image digest's line of each piece, filled in by the planning (None: not hashed
+    # there), when the plan hashes the digest's pieces anyway (delta.py, 1 MiB blocks).
+    lines: Optional[list[Optional[bytes]]] = None
 
 
 _Item = Union[Hole, _Block, Planned, StreamResult, BaseException]
@@ -270,7 +273,7 @@ class BlockReader:
                     continue
                 if isinstance(item, (_Block, Planned)):
                     view = memoryview(item.buffer)[:item.size]
-                    digest.update(view, self._pool_lines)
+                    digest.update(view, self._lines_for(item))
                     if plain is not None:
                         plain.update(view)
                     if isinstance(item, _Block):
@@ -292,6 +295,20 @@ class BlockReader:
                 self._put(e, self.items)
             except _Stopped:
                 return
+
+    def _lines_for(self, item: Union[_Block, Planned]) -> imagedigest.Lines:
+        """How the item's whole pieces get their lines: from its plan, where it hashed them
+        (once planned: the hashing thread waits for it), the others on the pool."""
+        if not isinstance(item, Planned) or item.lines is None:
+            return self._pool_lines
+        self._result(item.frames)
+        known = item.lines
+
+        def lines(pieces: list[memoryview]) -> list[bytes]:
+            hashed = iter(self._pool_lines([piece for piece, line in zip(pieces, known)
+                                            if line is None]))
+            return [next(hashed) if line is None else line for line in known[:len(pieces)]]
+        return lines
 
     def _pool_lines(self, pieces: list[memoryview]) -> list[bytes]:
         """The digest lines of whole pieces, hashed on the compressor pool side by side; the
