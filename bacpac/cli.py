@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Duplicate SOURCE (a block device or image file) onto TARGET, a block "
         "device or image file on [USER@]HOST:PATH, or a local path. Holes and zero blocks are "
         "not sent; every block is proven by its checksum on arrival, and --verify re-reads the "
-        "target and compares its sha256 with the source's.")
+        "target and compares its digest with the source's. The digest reported is "
+        "`split -b 1M --filter=sha256sum IMAGE | sha256sum` of the source (holes cost nothing); "
+        "--sha256 adds the plain sha256.")
     dup.add_argument("source", metavar="SOURCE")
     dup.add_argument("target", metavar="[USER@]HOST:TARGET")
     dup.add_argument("--saveset", metavar="[USER@]HOST:PATH", action="append", default=[],
