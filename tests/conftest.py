@@ -11,5 +11,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from fixtures_sshd import *  # noqa: E402,F401,F403
 from fixtures_disk import *  # noqa: E402,F401,F403
 from fixtures_proxy import *  # noqa: E402,F401,F403
+from fixtures_netns import *  # noqa: E402,F401,F403
 from fixtures_leaks import *  # noqa: E402,F401,F403
 from strict import pytest_runtest_makereport  # noqa: E402,F401

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from treeutil import extents
 
 DOC = "/usr/share/doc"
 DOC_BYTES = 2 << 20  # bytes of real files copied from /usr/share/doc
@@ -202,23 +203,13 @@ def entries_of(top) -> list:
 
 
 def _extents(path: bytes, size: int) -> tuple:
-    extents = []
+    """Data extents of the file at path, ((0, size),) when it has no hole."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            extents.append((start, end - start))
-            pos = end
+        found = extents(fd, size)
     finally:
         os.close(fd)
-    if not extents or sum(extents[-1]) < size:
-        extents.append((size, 0))
-    return tuple(extents)
+    return found if found is not None else ((0, size),)
 
 
 def encode_tree(top) -> bytes:

@@ -25,15 +25,29 @@ from fixtures_disk import requires_root
 HOSTB_SETTINGS = ("MaxSessions 11",)  # any setting of its own: a server apart from `sshd`
 
 
+def two_hosts(config: Path, a, b) -> str:
+    """An ssh_config naming server a hosta and server b hostb."""
+    config.write_text(
+        Path(a.config_path).read_text().replace("Host testhost", "Host hosta") + "\n"
+        + Path(b.config_path).read_text().replace("Host testhost", "Host hostb"))
+    return str(config)
+
+
 @pytest.fixture
 def hosts(sshd, sshd_with, tmp_path, no_helper_left):
-    """(ssh_config naming hosta and hostb, the hostb server)."""
+    """(ssh_config naming hosta and hostb, the hostb server): both on 127.0.0.1, so that
+    these tests run unprivileged too."""
     other = sshd_with(*HOSTB_SETTINGS)
-    config = tmp_path / "ssh_config"
-    config.write_text(
-        Path(sshd.config_path).read_text().replace("Host testhost", "Host hosta") + "\n"
-        + Path(other.config_path).read_text().replace("Host testhost", "Host hostb"))
-    return str(config), other
+    return two_hosts(tmp_path / "ssh_config", sshd, other), other
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def far_hosts(request, sshd, tmp_path, no_helper_left):
+    """As `hosts`, with hostb in a network namespace reached over a veth pair, as the
+    benchmark's second host (root only); and again with hostb on 127.0.0.1 (anyone)."""
+    other = (request.getfixturevalue("netns_sshd") if request.param == "netns"
+             else request.getfixturevalue("sshd_with")(*HOSTB_SETTINGS))
+    return two_hosts(tmp_path / "ssh_config", sshd, other), other
 
 
 @pytest.fixture
@@ -58,12 +72,15 @@ def restored_by_zstd(saveset: Path) -> str:
     return hashlib.sha256(out).hexdigest()
 
 
-def test_one_read_feeds_a_target_on_a_and_a_saveset_on_b(hosts, image, tmp_path) -> None:
-    config, _ = hosts
+def test_one_read_feeds_a_target_on_a_and_a_saveset_on_b(far_hosts, image, tmp_path) -> None:
+    config, server_b = far_hosts
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     run = dup(config, image, f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/s.bps")
     assert run.returncode == 0, run.stderr
+    if server_b.hostname != "127.0.0.1":  # B was reached over the veth pair, not loopback
+        log = Path(server_b.log_path).read_text()
+        assert "Connection from 10.251." in log and "Connection from 127." not in log, log
     want = sha256_of(image)
     assert sha256_of(a / "t.img") == want
     assert names_in(b) == ["s.bps"]
@@ -127,9 +144,10 @@ def test_a_refused_target_on_a_leaves_nothing_on_b(hosts, image, tmp_path) -> No
 
 
 @requires_root
-def test_a_too_small_target_on_a_leaves_nothing_on_b(hosts, image, tmp_path,
-                                                     loop_device) -> None:
-    config, _ = hosts
+def test_a_too_small_target_on_a_leaves_nothing_on_b(sshd, netns_sshd, image, tmp_path,
+                                                     loop_device, no_helper_left) -> None:
+    """hostb in a network namespace (root is needed for the loop device anyway)."""
+    config = two_hosts(tmp_path / "ssh_config", sshd, netns_sshd)
     b = tmp_path / "b"
     b.mkdir()
     device = loop_device(4 * MiB)
@@ -191,6 +209,62 @@ def test_delta_with_a_saveset_elsewhere_gives_a_complete_saveset(hosts, image, t
     assert summary["blocks_matched"] > 0 and summary["blocks_sent"] > 0
     sent = {h["role"]: h["bytes_sent"] for h in summary["hosts"]}
     assert sent["target"] < 512 << 10 < 4 * MiB < sent["saveset"]  # A: matches; B: the bytes
+
+
+def test_a_second_delta_fan_out_reads_the_target_through_its_digest_cache(hosts, tmp_path):
+    """As a plain --delta dup: the first run keeps the target's digests beside it, the second
+    uses them and reads only the held-back head of the target (1 MiB), not its 8 MiB."""
+    config, _ = hosts
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    source = random_image(tmp_path / "random.img", 8 * MiB, seed=11)
+
+    def fan(saveset: str) -> dict:
+        run = bacpac("dup", "-F", config, "--no-progress", "--json", "--delta", source,
+                     f"hosta:{a}/t.img", "--saveset", f"hostb:{b}/{saveset}")
+        assert run.returncode == 0, run.stderr
+        assert sha256_of(a / "t.img") == sha256_of(source)
+        assert restored_by_zstd(b / saveset) == sha256_of(source)
+        return run.summary
+
+    first = fan("1.bps")
+    assert first["digest_cache"] == "none" and first["digest_cache_kept"] is True, first
+    write_file(source, 8 * MiB, {5 * MiB + 100: os.urandom(1000)}, keep=True)
+    second = fan("2.bps")
+    assert second["digest_cache"] == "used", second
+    assert second["target_read"] <= 1 * MiB, second
+    assert second["blocks_sent"] == 1, second
+
+
+@requires_root
+def test_a_delta_fan_out_onto_a_device_trusts_its_cache_only_when_told(hosts, tmp_path,
+                                                                       loop_device) -> None:
+    """--nothing-else-writes-target reaches a fan-out's target helper as a plain dup's: a
+    block device's digest cache is kept and used with it, and the device read whole without.
+    The device here (its helper local, HOME in tmp_path, where it keeps a device's cache);
+    the saveset on hostb."""
+    from clirun import bacpac_env
+
+    config, _ = hosts
+    b = tmp_path / "b"
+    b.mkdir()
+    source = random_image(tmp_path / "random.img", 8 * MiB, seed=12)
+    device = loop_device(9 * MiB)
+    env = bacpac_env(HOME=str(tmp_path / "home"))
+
+    def fan(*extra: str) -> dict:
+        run = bacpac("dup", "-F", config, "--no-progress", "--json", "--delta", "--force",
+                     *extra, source, device, "--saveset", f"hostb:{b}/s.bps", env=env)
+        assert run.returncode == 0, run.stderr
+        assert sha256_of(device, 8 * MiB) == sha256_of(source)
+        assert restored_by_zstd(b / "s.bps") == sha256_of(source)
+        assert [h["role"] for h in run.summary["hosts"]] == ["target", "saveset"]
+        return run.summary
+
+    assert fan()["target_read"] == 8 * MiB  # no flag: a device is read, and no cache kept
+    assert fan("--nothing-else-writes-target")["digest_cache"] == "none"
+    trusted = fan("--nothing-else-writes-target")
+    assert trusted["digest_cache"] == "used" and trusted["target_read"] <= MiB, trusted
 
 
 def test_leaks_on_success_and_on_failure(hosts, image, tmp_path, no_leaks: Leftovers) -> None:

@@ -129,6 +129,15 @@ def test_rich_row_shows_wire_bytes_and_ratio() -> None:
     assert "sent 512.0 MiB (2.0×)" in text
 
 
+def test_rich_row_of_a_fan_out_shows_the_ratio_of_its_one_stream() -> None:
+    console = rich_console()
+    sink = RichSink(console, clock=FakeClock())
+    sink.emit(started())
+    sink.emit(JobProgress("j1", GIB, 1024 * MIB, 0, streams=2))  # 512 MiB to each of 2 hosts
+    sink.close()
+    assert "sent 1.0 GiB (2.0×)" in console.export_text()
+
+
 def test_rich_prints_messages_above_display() -> None:
     console = rich_console()
     sink = RichSink(console, clock=FakeClock())

@@ -6,8 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,33 +71,50 @@ def images(tmp_path):
     return [random_image(tmp_path / f"source{i}.img", 2 * MiB, seed=i) for i in range(3)]
 
 
-def test_three_jobs_on_two_hosts_at_once(tmp_path, sshd, second, images, no_helper_left):
-    path = inventory(tmp_path, sshd, second, f"""
+def test_three_jobs_on_two_hosts_at_once(tmp_path, sshd, netns_sshd, images, no_helper_left):
+    """standby2 in a network namespace, reached over a veth pair as the benchmark's second
+    host is: a dup with its saveset there, a dup there, a copy there, and a backup beside."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a" * 1000)
+    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 40)
+    path = inventory(tmp_path, sshd, netns_sshd, f"""
 - name: disk1
   source: {images[0]}
   target: testhost:{tmp_path}/t1.img
-  saveset: {tmp_path}/{{job}}-{{date}}.bps
+  saveset: standby2:{tmp_path}/{{job}}-{{date}}.bps
 - name: disk2
   source: {images[1]}
   target: standby2:{tmp_path}/t2.img
+- name: tree
+  type: copy
+  source: {tree}
+  target: standby2:{tmp_path}/mirror
 - name: disk3
   type: backup
   source: {images[2]}
-  target: standby2:{tmp_path}/{{job}}.bps
+  target: testhost:{tmp_path}/{{job}}.bps
 """)
     run = bacpac("run", "--jobs", "3", "--json", "--no-progress", path)
     assert run.returncode == 0, run.stderr
     jobs, overall = json_lines(run)[:-1], json_lines(run)[-1]
-    assert sorted(j["job"] for j in jobs) == ["disk1", "disk2", "disk3"]
+    assert sorted(j["job"] for j in jobs) == ["disk1", "disk2", "disk3", "tree"]
     assert {j["job"]: j["host"] for j in jobs}["disk2"] == "standby2"
     assert all(j["status"] == "ok" for j in jobs)
-    assert (overall["command"], overall["status"], overall["jobs"]) == ("run", "ok", 3)
+    assert (overall["command"], overall["status"], overall["jobs"]) == ("run", "ok", 4)
     assert sha256_of(tmp_path / "t1.img") == sha256_of(images[0])
     assert sha256_of(tmp_path / "t2.img") == sha256_of(images[1])
     saveset = tmp_path / f"disk1-{time.strftime('%Y-%m-%d')}.bps"
     assert restored_sha256(saveset) == sha256_of(images[0])
     assert restored_sha256(tmp_path / "disk3.bps") == sha256_of(images[2])
-    assert overall["bytes_read"] == 6 * MiB
+    diff = subprocess.run(["diff", "-r", str(tree), str(tmp_path / "mirror")],
+                          capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    assert overall["bytes_read"] == 6 * MiB + 1000 + 256 * 40  # each image once, the tree
+    disk1 = {j["job"]: j for j in jobs}["disk1"]
+    assert disk1["bytes_read"] == 2 * MiB  # one read fed both hosts
+    log = Path(netns_sshd.log_path).read_text()  # standby2 was reached over the veth pair
+    assert "Connection from 10.251." in log and "Connection from 127." not in log, log
 
 
 def test_only_runs_the_named_job(tmp_path, sshd, second, images):
@@ -406,6 +426,15 @@ def test_the_live_table_shows_a_row_per_job_and_a_summary_at_the_end():
     assert "5.2 MB/s" in rows["disk1"] and "10.0 s" in rows["disk1"]  # ETA
     assert "queued" in rows["disk2"] and "queued" in rows["tree"]
     assert "0 of 3 jobs done, 50.0 MiB of 100.0 MiB" in text
+    # a fan-out sends its one stream to each helper: the ratio is the stream's, not 0.5×
+    fan = FleetView(Console(file=StringIO(), width=120, force_terminal=False),
+                    clock=lambda: now[0])
+    fan.emit(JobStarted("disk1", "dup", "/dev/sda", "sb1:/dev/sdb", "sb2:/s.bps", 100 * MiB))
+    fan.emit(JobProgress("disk1", 50 * MiB, 100 * MiB, 40 * MiB, streams=2))
+    shown = Console(file=StringIO(), width=120, record=True)
+    shown.print(fan.render())
+    assert "1.0×" in shown.export_text() and "0.5×" not in shown.export_text()
+    fan.close()
     summary = JobSummary("dup", "/dev/sda", "sb1:/dev/sdb", status="ok", bytes_read=100 * MiB,
                          bytes_sent=50 * MiB, seconds=20.0, sha256="ab" * 32)
     view.emit(JobFinished("disk1", summary))
@@ -455,7 +484,7 @@ def test_by_default_one_job_per_host_at_a_time(tmp_path, sshd, second, images):
     assert ["start", "b"] in order[:first_end], order  # the other host's job ran meanwhile
 
 
-def test_password_env_reaches_the_job_as_sshpass(tmp_path, sshd, second, images):
+def test_password_env_opens_a_locked_key(tmp_path, sshd, second, images):
     path = tmp_path / "inventory.yml"
     path.write_text(f"""\
 hosts:
@@ -478,6 +507,102 @@ jobs:
     assert run.returncode == 0, run.stderr
     assert sha256_of(tmp_path / "a.img") == sha256_of(images[0])
     assert second.passphrase not in (tmp_path / "inventory.yml").read_text()
+
+
+@pytest.fixture
+def password_only_host(sshd_with):
+    """(server, user, password, directory): a throwaway user of this machine that the server
+    lets in by password alone, and a directory of its own (tmp_path is root's only). Root
+    only: the user is made with useradd and removed after the test."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root (useradd) for a throwaway user with a password")
+    user, password = f"bpw{os.getpid()}", secrets.token_urlsafe(12)
+    subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", user], check=True)
+    home = Path(tempfile.mkdtemp(prefix="bacpac-pw-"))
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
+        uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True,
+                                 check=True).stdout)
+        os.chown(home, uid, -1)
+        os.chmod(home, 0o755)
+        server = sshd_with(f"Match User {user}", "    PasswordAuthentication yes")
+        yield server, user, password, home
+    finally:
+        subprocess.run(["userdel", "-f", user], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_password_env_reaches_a_saveset_host_and_its_pruning(tmp_path, sshd, images,
+                                                            password_only_host, no_helper_left):
+    """A fan-out's saveset host with a password of its own (not the target's), and keep's
+    pruning there by the run itself, with no SSHPASS anywhere."""
+    server, user, password, home = password_only_host
+    old = home / "fan-2026-01-01.bps"
+    old.write_bytes(b"old")
+    os.chown(old, os.stat(home).st_uid, -1)
+    os.utime(old, (time.time() - 86400,) * 2)
+    path = tmp_path / "inventory.yml"
+    path.write_text(f"""\
+hosts:
+  testhost:
+    ssh_config: {sshd.config_path}
+  vault-1:
+    hostname: {server.hostname}
+    port: {server.port}
+    user: {user}
+    known_hosts: {server.known_hosts}
+    password_env: VAULT_PASSWORD
+jobs:
+  - name: fan
+    source: {images[0]}
+    target: testhost:{tmp_path}/t.img
+    saveset: vault-1:{home}/{{job}}-{{date}}.bps
+    keep: 1
+""")
+    wrong = bacpac("run", "--json", "--no-progress", path,
+                   env=bacpac_env(VAULT_PASSWORD="not " + password))
+    assert wrong.returncode == 1
+    job = json_lines(wrong)[0]
+    assert "vault-1" in job["error"] and "authentication failed" in job["error"], job
+    assert sorted(p.name for p in home.iterdir()) == [old.name]
+    assert not (tmp_path / "t.img").exists()  # no host got a byte
+    run = bacpac("run", "--json", "--no-progress", path,
+                 env=bacpac_env(VAULT_PASSWORD=password))
+    assert run.returncode == 0, run.stderr
+    today = home / f"fan-{time.strftime('%Y-%m-%d')}.bps"
+    assert sorted(p.name for p in home.iterdir()) == [today.name]
+    assert restored_sha256(today) == sha256_of(images[0])
+    assert sha256_of(tmp_path / "t.img") == sha256_of(images[0])
+    assert json_lines(run)[0]["pruned"] == [str(old)]
+    assert f"Accepted password for {user}" in Path(server.log_path).read_text()
+    assert password not in path.read_text()
+
+
+def test_two_hosts_sharing_a_password_variable_are_refused(tmp_path, images):
+    path = tmp_path / "inventory.yml"
+    path.write_text(f"""\
+hosts:
+  a-b: {{password_env: ONE}}
+  a_b: {{password_env: TWO}}
+jobs:
+  - name: j
+    source: {images[0]}
+    target: a-b:{tmp_path}/t.img
+""")
+    run = bacpac("run", "--no-progress", path, env=bacpac_env(ONE="1", TWO="2"))
+    run.one_error_line(2, "'a-b'", "'a_b'", "BACPAC_PASSWORD_A_B")
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_each_host_reads_its_own_password_variable(monkeypatch):
+    from bacpac.transport.ssh.config import password_variable
+    from bacpac.transport.ssh.connection import _Secrets
+
+    assert password_variable("vault-1.example") == "BACPAC_PASSWORD_VAULT_1_EXAMPLE"
+    monkeypatch.setenv("SSHPASS", "everyone's")
+    monkeypatch.setenv("BACPAC_PASSWORD_VAULT_1", "vault's")
+    assert _Secrets(False, "vault-1").ask("?") == "vault's"
+    assert _Secrets(False, "standby").ask("?") == "everyone's"
 
 
 def test_a_signal_ends_a_before_hook_and_its_job_never_starts(tmp_path, sshd, second, images):

@@ -321,6 +321,7 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
     settings = request.stream
     image = stream.use(settings)
     counters = Counters(job.name, job.sink)
+    counters.streams = len(fan.legs)
     sizes = _Sizes(counters, settings.delta_block, request.delta)
     opens = [_leg_open(request, source, settings, leg.role, leg.path) for leg in fan.legs]
     target = fan.legs[-1]  # the target's helper, or a backup's first saveset
@@ -348,6 +349,8 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
         result["source_digests"] = digests_of(streamed)
         report_digests(summary, check_result(request.verify and leg.role == TARGET, leg.where,
                                              result, check))
+        # as a plain dup's: each helper's warnings; the target's reads and digest cache (last)
+        digest_cache_report(job.sink, job.name, summary, leg.host, result)
     hello = target.session.hello
     summary.extra.update(codec=settings.codec, zstd=hello.get("zstd"),
                          cipher=target.session.cipher, helper_python=hello.get("python"),

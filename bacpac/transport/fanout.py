@@ -177,6 +177,7 @@ class Fanout:
         """MATCH to the target, which holds these bytes; to a saveset elsewhere, which does
         not, the bytes themselves, compressed here (they were read for the comparison)."""
         payload: Optional[bytes] = None
+        sent = 0
         for leg in self.legs:
             if leg.role == TARGET:
                 frame = protocol.encode(MATCH, b"", offset, 0, size)
@@ -187,7 +188,8 @@ class Fanout:
             self._receiver(leg).send(leg.session.send_block, offset, size,
                                      protocol.CODEC_ZSTD, payload)
             leg.bytes_sent += len(payload)
-        self._count(size, 0 if payload is None else len(payload), False)
+            sent += len(payload)
+        self._count(size, sent, False)
 
     def copy(self, offset: int, size: int, source: int, digest: bytes) -> None:
         # A fan-out's reader plans no COPY frames: a saveset-only helper has no disk to copy from.

@@ -36,6 +36,7 @@ class JobProgress:
     files_wanted: int = 0
     current: str = ""  # the file being written
     slowest: Optional[str] = None  # a fan-out's host whose helper has written the least
+    streams: int = 1  # a fan-out's helpers: bytes_sent counts the stream once for each
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Counters:
         self.files_wanted = 0
         self.current = ""
         self.slowest: Optional[str] = None
+        self.streams = 1  # a fan-out sets its number of helpers
 
     def add(self, read: int = 0, sent: int = 0, compared: int = 0, blocks_sent: int = 0) -> None:
         with self._lock:
@@ -150,4 +152,4 @@ class Counters:
     def _snapshot(self) -> JobProgress:
         return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
                            self.blocks_compared, self.blocks_sent, self.files_done,
-                           self.files_wanted, self.current, self.slowest)
+                           self.files_wanted, self.current, self.slowest, self.streams)

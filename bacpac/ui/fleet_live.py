@@ -23,7 +23,7 @@ from rich.text import Text
 from .. import threads
 from .events import (Event, JobFinished, JobMessage, JobProgress, JobStarted, JobSummary,
                      RunFailed)
-from .text import Clock, human_duration, human_rate, human_size
+from .text import Clock, human_duration, human_rate, human_ratio, human_size
 
 REFRESH_PER_SECOND = 4
 QUEUED = "queued"
@@ -38,6 +38,7 @@ class _Job:
     total: int = 0
     read: int = 0
     sent: int = 0
+    streams: int = 1  # a fan-out's helpers, each sent the stream
     started: Optional[float] = None
     summary: Optional[JobSummary] = None
 
@@ -80,6 +81,7 @@ class FleetView:
             elif isinstance(event, JobProgress):
                 job.read = max(job.read, event.bytes_read)
                 job.sent = max(job.sent, event.bytes_sent)
+                job.streams = event.streams
             elif isinstance(event, JobFinished):
                 job.summary = event.summary
                 job.read = max(job.read, event.summary.bytes_read)
@@ -158,7 +160,7 @@ def _figures(job: _Job, now: float) -> tuple[str, str, str, str]:
     rate = job.read / seconds if seconds > 0 else 0.0
     size = f"{human_size(job.read)} / {human_size(job.total)}" if job.total else \
         human_size(job.read)
-    ratio = f"{job.read / job.sent:.1f}×" if job.sent else ""
+    ratio = human_ratio(job.read, job.sent, job.streams)
     eta = ""
     if job.state == "running" and rate > 0 and job.total:
         eta = human_duration(max(0, job.total - job.read) / rate)

@@ -21,7 +21,8 @@ from rich.text import Text
 
 from .. import threads
 from .events import Event, JobFinished, JobMessage, JobProgress, JobStarted
-from .text import Clock, status_mark, blocks_text, describe, files_text, human_size, result_line
+from .text import (Clock, blocks_text, describe, files_text, human_ratio, human_size,
+                   result_line, status_mark)
 
 
 REFRESH_PER_SECOND = 4
@@ -39,6 +40,7 @@ class _Row:
     blocks_sent: int = 0
     files: str = ""  # a tree copy's files done, wanted and current
     slowest: Optional[str] = None  # a fan-out's host that has written the least
+    streams: int = 1  # a fan-out's helpers, each sent the stream
     dirty: bool = False
 
 
@@ -47,7 +49,8 @@ class _WireColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         sent = int(task.fields.get("sent", 0))
-        ratio = f" ({task.completed / sent:.1f}×)" if sent else ""
+        ratio = human_ratio(int(task.completed), sent, int(task.fields.get("streams", 1)))
+        ratio = f" ({ratio})" if ratio else ""
         slowest = task.fields.get("slowest")
         slowest = f", slowest {slowest}" if slowest else ""
         return Text(f"sent {human_size(sent)}{ratio}{task.fields.get('blocks', '')}{slowest}",
@@ -159,21 +162,22 @@ class RichSink:
             row.blocks_sent = max(row.blocks_sent, event.blocks_sent)
             if event.files_wanted:
                 row.files = files_text(event.files_done, event.files_wanted, event.current)
-            row.slowest = event.slowest
+            row.slowest, row.streams = event.slowest, event.streams
             row.dirty = True
 
     def _sync(self) -> None:
         """Copy changed counters into rich's tasks; called by rich before it renders."""
         with self._lock:
             changed = [(row.task_id, row.read, row.sent,
-                        blocks_text(row.compared, row.blocks_sent) + row.files, row.slowest)
+                        blocks_text(row.compared, row.blocks_sent) + row.files, row.slowest,
+                        row.streams)
                        for row in self._rows.values() if row.dirty]
             for row in self._rows.values():
                 row.dirty = False
-        for task_id, read, sent, blocks, slowest in changed:
+        for task_id, read, sent, blocks, slowest, streams in changed:
             try:
                 self._progress.update(task_id, completed=read, sent=sent, blocks=blocks,
-                                      slowest=slowest)
+                                      slowest=slowest, streams=streams)
             except KeyError:  # the job finished between the copy and the update
                 pass
 

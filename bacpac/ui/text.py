@@ -22,6 +22,12 @@ def human_rate(bytes_per_second: float) -> str:
     return _scaled(float(bytes_per_second), _DECIMAL_UNITS, 1000, "/s")
 
 
+def human_ratio(read: int, sent: int, streams: int = 1) -> str:
+    """The compression ratio, read / sent: "3.2×", "" before anything was sent. A fan-out
+    sends its one stream to `streams` helpers, and `sent` counts it for each."""
+    return f"{read * streams / sent:.1f}×" if sent else ""
+
+
 def _scaled(value: float, units: tuple[str, ...], base: int, suffix: str = "") -> str:
     for unit in units[:-1]:
         if abs(value) < base:

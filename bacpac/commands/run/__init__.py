@@ -24,7 +24,7 @@ from ...errors import BacpacError, UsageError, interruption
 from ...inventory.model import Inventory, Job, Stamp
 from ...ui.events import JobMessage, JobSummary, Sink
 from ...ui.sinks import write_out
-from .commandline import Planned, plan, write_ssh_config
+from .commandline import Planned, host_passwords, plan, write_ssh_config
 from .hooks import HookEnv, run_hooks
 from .worker import RunContext, Worker
 
@@ -54,7 +54,7 @@ def run_inventory(request: RunRequest, sink: Sink) -> list[JobSummary]:
     env = HookEnv(job="", type="run", source="", dry_run=request.dry_run,
                   targets=" ".join(str(j.target) for j in selected))
     summaries: list[JobSummary] = []
-    with tempfile.TemporaryDirectory(prefix="bacpac-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bacpac-run-") as tmp, host_passwords(inventory):
         config = write_ssh_config(tmp, inventory)
         planned = [plan(job, inventory, stamp, config, request.dry_run) for job in selected]
         run_hooks("before", inventory.hooks.before, env, inventory.hook_timeout)

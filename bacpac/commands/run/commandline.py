@@ -7,18 +7,23 @@ temporary ssh_config that carries the inventory's connection settings to it.
 # reach the child as an ssh_config given with -F: one Host block per inventory host with what
 # the inventory sets, then the ssh_config files the hosts name (OpenSSH keeps the first value
 # of each option, so the inventory's win, and an alias defined there still resolves). Nothing
-# of a job goes through a shell, and no password goes on a command line: a host's password
-# reaches its child in $SSHPASS, read from the variable `password_env` names.
+# of a job goes through a shell, and no password goes on a command line or in a file: a host's
+# password, read from the variable its `password_env` names, is put for the run in that host's
+# own variable (BACPAC_PASSWORD_<HOST>, which the connection code reads for that host alone),
+# so the children inherit it, and a fan-out's saveset host gets its own as its target does.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
+from ...errors import UsageError
 from ...inventory.model import Host, Inventory, Job, Stamp
 from ...spec import Endpoint
+from ...transport.ssh.config import password_variable
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 
@@ -58,6 +63,33 @@ def write_ssh_config(directory: str, inventory: Inventory) -> str:
     return path
 
 
+@contextlib.contextmanager
+def host_passwords(inventory: Inventory) -> Iterator[None]:
+    """For the run: each host's password_env in that host's own variable (password_variable)
+    in this process's environment, where the children (each connection reading its host's
+    alone) and this process (keep's pruning) find it; the environment as it was afterwards."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for host in inventory.hosts.values():
+        if host.password_env is None:
+            continue
+        name = password_variable(host.name)
+        if name in wanted and wanted[name][1] != host.password_env:
+            raise UsageError(f"{inventory.path}: hosts {wanted[name][0]!r} and {host.name!r} "
+                             f"would share {name} for their passwords: rename one")
+        wanted[name] = (host.name, host.password_env)
+    saved = {name: os.environ.get(name) for name in wanted}
+    try:
+        for name, (_, source) in wanted.items():
+            os.environ[name] = os.environ[source]
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @dataclass(frozen=True)
 class Planned:
     """One job made concrete for this run: its placeholders filled, its command line built."""
@@ -66,7 +98,6 @@ class Planned:
     target: Endpoint
     savesets: tuple[Endpoint, ...]
     argv: tuple[str, ...]
-    password_env: Optional[str]
 
     @property
     def name(self) -> str:
@@ -84,8 +115,7 @@ def plan(job: Job, inventory: Inventory, stamp: Stamp, ssh_config: str,
         argv.append("--sudo")
     argv += _job_options(job, target, savesets, dry_run)
     argv += ["--", *job.sources, str(target)]
-    return Planned(job, target, savesets, tuple(argv),
-                   host.password_env if host is not None else None)
+    return Planned(job, target, savesets, tuple(argv))
 
 
 def _job_options(job: Job, target: Endpoint, savesets: tuple[Endpoint, ...],

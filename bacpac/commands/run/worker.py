@@ -93,9 +93,7 @@ class Worker(threading.Thread):
                        self._dry_run)
 
     def _run_child(self) -> None:
-        env = dict(os.environ)
-        if self.planned.password_env:
-            env["SSHPASS"] = os.environ[self.planned.password_env]
+        env = dict(os.environ)  # with each host's password in its own variable (commandline)
         with tempfile.TemporaryFile("w+") as stderr:
             with self._lock:
                 if self._stopped:

@@ -98,6 +98,17 @@ _BOOLEAN_KEYS = {"identitiesonly", "passwordauthentication", "batchmode", "hashk
 _O_OPTION = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+)(\S.*?)\s*$")
 
 
+PASSWORD_VARIABLE_PREFIX = "BACPAC_PASSWORD_"
+
+
+def password_variable(alias: str) -> str:
+    """The environment variable that holds the password (or key passphrase) of the host
+    named `alias`, as $SSHPASS does for every host: BACPAC_PASSWORD_ and the alias in capitals,
+    each character that is not a letter or a digit as "_" (standby-1 → BACPAC_PASSWORD_STANDBY_1).
+    A fan-out's hosts each get their own, and `bacpac run` passes a host's password_env so."""
+    return PASSWORD_VARIABLE_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", alias).upper()
+
+
 def parse_o_option(text: str) -> tuple[str, str]:
     """Split one -o argument, "Key=Value" or "Key Value"; a malformed one is a UsageError."""
     match = _O_OPTION.match(text)

@@ -27,7 +27,8 @@ from . import knownhosts
 from ... import lazy, threads
 from ..channel import Buffer, StderrTail
 from ...errors import AuthError, ConnectError, HostKeyError, TransferError, UsageError
-from .config import HostConfig, SshOptions, parse_jump, parse_o_option, resolve_host
+from .config import (HostConfig, SshOptions, parse_jump, parse_o_option, password_variable,
+                     resolve_host)
 
 # Paramiko imports invoke for its ssh_config's `Match exec` alone, which bacpac never runs
 # (config_file.py reads ssh_config): deferred here, where bacpac first imports Paramiko.
@@ -71,7 +72,7 @@ def _connect(cfg: HostConfig, config_file: Optional[str], interactive: bool,
         sock = _WatchedSocket(raw)
         transport = _start_transport(cfg, sock)
         _check_host_key(cfg, transport)
-        _authenticate(cfg, transport, _Secrets(interactive and not cfg.batch_mode))
+        _authenticate(cfg, transport, _Secrets(interactive and not cfg.batch_mode, cfg.alias))
         return SshConnection(cfg, transport, sock, jump)
     except BaseException as e:
         if transport is not None:
@@ -293,14 +294,16 @@ def _add_known_host(path: str, name: str, key: paramiko.PKey, hashed: bool) -> N
 # ---- authentication ----------------------------------------------------------------------
 
 class _Secrets:
-    """Passphrases and passwords: getpass on a terminal, else $SSHPASS (as sshpass -e)."""
+    """Passphrases and passwords: getpass on a terminal, else the host's own variable
+    (password_variable: BACPAC_PASSWORD_<ALIAS>), else $SSHPASS (as sshpass -e)."""
 
-    def __init__(self, interactive: bool) -> None:
+    def __init__(self, interactive: bool, alias: str = "") -> None:
         self.prompts = interactive and sys.stdin is not None and sys.stdin.isatty()
+        self.variable = password_variable(alias)
 
     def ask(self, prompt: str) -> Optional[str]:
         if not self.prompts:
-            return os.environ.get("SSHPASS")
+            return os.environ.get(self.variable, os.environ.get("SSHPASS"))
         try:
             return getpass.getpass(prompt)
         except EOFError:
@@ -332,7 +335,8 @@ def _authenticate(cfg: HostConfig, transport: paramiko.Transport, secrets: _Secr
             return
     methods = ", ".join(dict.fromkeys(tried)) or "nothing the server accepts"
     # Never the passphrase itself: only which key it failed to open, and where it came from.
-    source = "from the terminal" if secrets.prompts else "in SSHPASS"
+    source = ("from the terminal" if secrets.prompts
+              else f"in {secrets.variable if secrets.variable in os.environ else 'SSHPASS'}")
     locked_note = "".join(f"; key {path} is locked and no passphrase {source} opens it"
                           for path in undecrypted)
     raise AuthError(f"{cfg.user}@{cfg.alias}: authentication failed (tried: {methods})"
