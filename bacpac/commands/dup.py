@@ -2,9 +2,10 @@
 
 The client hashes the whole source: the image digest it reports (a sha256 over the sha256 of
 each 1 MiB piece, remote_helper/target/imagedigest.py), and the plain sha256 a saveset's
-trailer holds, when a saveset is written or --sha256 asks for it. The helper proves what it received frame by frame: every zstd frame carries its content checksum,
-which decompression verifies, and frames must be contiguous, in order and complete, so holes
-cost the helper nothing; zlib frames, which have no strong checksum, are hashed whole instead.
+trailer holds, when a saveset is written or --sha256 asks for it. The helper proves what it
+received frame by frame: every zstd frame carries its content checksum, which decompression
+verifies, and frames must be contiguous, in order and complete, so holes cost the helper
+nothing; zlib frames, which have no strong checksum, are hashed whole instead.
 --verify re-reads the target from its disk and compares the digests. A backup is a dup with no
 target disk: the helper writes only the saveset, from the same frames.
 """

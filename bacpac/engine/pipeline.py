@@ -14,7 +14,8 @@
 # as zeros) when settings.sha256 asks for it (--sha256, or a saveset's trailer). It has a
 # thread of its own because that plain sha256 is the longest serial step: between the
 # reader's reads it left the disk idle, and in the sender it held up the sends. Memory is the
-# pool (a few blocks) plus the compressed blocks in flight: bounded by configuration, never by the disk.
+# pool (a few blocks) plus the compressed blocks in flight: bounded by configuration, never by
+# the disk.
 # What is read, and how it is planned, is the reader's Producer: ExtentReader here, for a full
 # copy; delta.SegmentReader for a delta run. On a slow link ExtentReader also finds content the
 # image already sent (dedup.py) and plans the block as COPY frames and the DATA frames between
