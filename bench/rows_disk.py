@@ -162,7 +162,7 @@ def _sparse(ctx: Context, which: int) -> tuple[str, str, int]:
             part = path.with_suffix(".part")
             part.write_bytes(b"")  # a cut build's stretches are not kept
             os.truncate(part, size)
-            stretch = -(-args.sparse_data // SPREAD) // (1 << 20)  # MiB
+            stretch = -(-args.sparse_data // (SPREAD << 20))  # MiB, rounded up: all of it
             for n in range(SPREAD):
                 subprocess.run(["dd", f"if={data.original}", f"of={part}", "bs=1M",
                                 f"skip={n * stretch}", f"seek={n * (size // SPREAD >> 20)}",
