@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Duplicate SOURCE (a block device or image file) onto TARGET, a block "
         "device or image file on [USER@]HOST:PATH, or a local path. Holes and zero blocks are "
         "not sent; every block is proven by its checksum on arrival, and --verify re-reads the "
-        "target and compares its sha256 with the source's.")
+        "target and compares its digest with the source's. The digest reported is "
+        "`split -b 1M --filter=sha256sum IMAGE | sha256sum` of the source (holes cost nothing); "
+        "--sha256 adds the plain sha256.")
     dup.add_argument("source", metavar="SOURCE")
     dup.add_argument("target", metavar="[USER@]HOST:TARGET")
     dup.add_argument("--saveset", metavar="[USER@]HOST:PATH", action="append", default=[],
@@ -259,6 +261,11 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=parse_size, default=None, metavar="SIZE",
                         help="bytes per block compared by --delta (default 64K); without "
                         "--delta, bytes per compressed block (default 4M, at most 32M)")
+    parser.add_argument("--sha256", action="store_true",
+                        help="also compute and report the plain sha256 of the image (what "
+                        "sha256sum prints), one more pass over every byte, holes included; "
+                        "the default digest hashes the data only (split -b 1M "
+                        "--filter=sha256sum IMAGE | sha256sum)")
 
 
 def connect_options(args: argparse.Namespace) -> ConnectOptions:
@@ -276,9 +283,9 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a rate (e.g. 5000, 10M)") from None
 
 
-def _stream_settings(args: argparse.Namespace, delta: bool) -> StreamSettings:
+def _stream_settings(args: argparse.Namespace, delta: bool, sha256: bool) -> StreamSettings:
     pace = {"level": START_LEVEL if args.level is None else args.level, "adaptive": args.level is None,
-            "bwlimit": args.bwlimit}
+            "bwlimit": args.bwlimit, "sha256": sha256}
     size = args.block_size
     if size is None:
         return StreamSettings(**pace)
@@ -296,13 +303,15 @@ def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
     if backup:  # the first SAVESET is the backup's own; any more are fed the same frames
         first, *more = [parse_endpoint(text) for text in args.target]
         return DupRequest(source=args.source, target=first, backup=True,
-                          stream=_stream_settings(args, delta), savesets=tuple(more),
+                          stream=_stream_settings(args, delta, sha256=True),
+                          savesets=tuple(more),
                           dry_run=args.dry_run)
     target = parse_endpoint(args.target)
     saveset, others = fan_out_savesets(target, args.saveset)
     return DupRequest(source=args.source, target=target, saveset=saveset, backup=backup,
                       force=args.force, verify=args.verify, delta=delta,
-                      stream=_stream_settings(args, delta), savesets=others,
+                      stream=_stream_settings(args, delta, args.sha256 or bool(args.saveset)),
+                      savesets=others,
                       dry_run=args.dry_run)
 
 

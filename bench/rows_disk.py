@@ -5,9 +5,10 @@
 # that situation, in the same round: rsync for deltas, `ssh host 'cat > t.img' < t.img` for a
 # tiny image (fixed costs), `tar -S` for sparse files (GNU tar skips holes with SEEK_HOLE).
 # Their inputs are built on demand (cached under --work), so a run that leaves a group out
-# with --only never builds its disk. A sparse disk is checked by a digest of its non-zero
-# blocks and their offsets, which equals the source's exactly when the contents are equal,
-# without reading 64 GiB of holes.
+# with --only never builds its disk. A sparse disk (the sample's data cut in stretches spread
+# over its nominal size) is checked by a digest of its non-zero blocks and their offsets,
+# which equals the source's exactly when the contents are equal, without reading 64 GiB of
+# holes.
 """
 from __future__ import annotations
 
@@ -146,17 +147,27 @@ def content_digest(path: str) -> str:
     return h.hexdigest()
 
 
+SPREAD = 16  # stretches of the sample, spread evenly over a sparse disk
+
+
 def _sparse(ctx: Context, which: int) -> tuple[str, str, int]:
     """(path, content digest, size) of the which-th --sparse-sizes disk: the --sparse-data
-    sample's image, its trailing hole stretched to that size."""
+    sample's image cut in SPREAD stretches, each written (holes kept) at an even share of
+    that size, so that holes lie between data all over the disk, as on a real one."""
     def build(args: Any) -> tuple[str, str, int]:
         size = args.sparse_sizes[which]
         data = make_sample(Path(args.work), args.sparse_data)
-        path = Path(args.work).resolve() / f"sparse-{size}-{args.sparse_data}.img"
+        path = Path(args.work).resolve() / f"sparse-{size}-{args.sparse_data}-spread.img"
         if not path.exists():  # built under another name first: a cut build is not reused
             part = path.with_suffix(".part")
-            subprocess.run(["cp", "--sparse=always", data.original, str(part)], check=True)
+            part.write_bytes(b"")  # a cut build's stretches are not kept
             os.truncate(part, size)
+            stretch = -(-args.sparse_data // (SPREAD << 20))  # MiB, rounded up: all of it
+            for n in range(SPREAD):
+                subprocess.run(["dd", f"if={data.original}", f"of={part}", "bs=1M",
+                                f"skip={n * stretch}", f"seek={n * (size // SPREAD >> 20)}",
+                                f"count={stretch}", "conv=sparse,notrunc", "status=none"],
+                               check=True)
             part.rename(path)
         return str(path), content_digest(str(path)), size
     return ctx.inputs.get(f"sparse-{which}", build)

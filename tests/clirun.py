@@ -224,6 +224,22 @@ def sha256_of(path, size: Optional[int] = None) -> str:
     return digest.hexdigest()
 
 
+def digest_of(path, size: Optional[int] = None) -> str:
+    """The image digest bacpac reports (remote_helper/target/imagedigest.py): the sha256 of the
+    lines `HEX  -` of each 1 MiB piece's sha256, written out here with hashlib alone."""
+    outer = hashlib.sha256()
+    remaining = size if size is not None else -1
+    with open(path, "rb") as f:
+        while remaining:
+            piece = f.read(MiB if remaining < 0 else min(MiB, remaining))
+            if not piece:
+                assert size is None, f"{path} ended before {size} bytes"
+                break
+            outer.update(hashlib.sha256(piece).hexdigest().encode() + b"  -\n")
+            remaining -= len(piece) if remaining > 0 else 0
+    return outer.hexdigest()
+
+
 def allocated(path) -> int:
     """Bytes the file system holds for `path` (0 if it is gone): holes take none."""
     try:

@@ -13,7 +13,7 @@ from bacpac.engine import dedup
 from bacpac.engine.dedup import CHUNK, MIN_RUN, SeenChunks, Segment
 from bacpac.engine.frames import Copy, Data, Hole
 from bacpac.engine.pipeline import ExtentReader, StreamSettings
-from clirun import MiB, bacpac, random_bytes, sha256_of, write_file
+from clirun import MiB, bacpac, digest_of, random_bytes, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import requires_root
 from test_directio import Collect, stream
@@ -96,7 +96,7 @@ def test_the_reader_looks_for_repeats_only_from_its_level_on(tmp_path, level, co
                           sink=CollectCopies, producer=ExtentReader(SeenChunks()))
     assert getattr(sink, "copied", 0) == copied
     assert bytes(sink.image) == source.read_bytes()
-    assert result.sha256 == sha256_of(source)
+    assert result.digest == digest_of(source)
 
 
 # ---- whole dups ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from clirun import (FAIL_WITHIN, RUN_WITHIN, KiB, MiB, Transport, assert_failed_in_one_line,
-                    bacpac, random_bytes, sha256_of, start, write_file)
+                    bacpac, digest_of, random_bytes, sha256_of, start, write_file)
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import make_ext4_image, requires_root
 
@@ -52,7 +52,7 @@ def assert_delta_counts(summary: dict, size: int, sent: int, block: int = BLOCK)
     assert summary["block_size"] == block
     assert summary["blocks_sent"] == sent, summary
     assert summary["blocks_sent"] + summary["blocks_matched"] == blocks(size, block), summary
-    assert summary["sha256"] == sha256_of(summary["source"])
+    assert summary["digest"] == digest_of(summary["source"])
 
 
 def holders(path: Path) -> list[str]:

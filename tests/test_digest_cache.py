@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from clirun import (KiB, MiB, Result, Transport, bacpac, bacpac_env, random_bytes, sha256_of,
-                    write_file)
+from clirun import (KiB, MiB, Result, Transport, bacpac, bacpac_env, digest_of, random_bytes,
+                    sha256_of, write_file)
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from fixtures_disk import requires_root
 
@@ -67,7 +67,7 @@ def test_second_delta_run_reads_only_the_head_of_the_target(transport, pair) -> 
     assert summary["digest_cache"] == "used", summary
     assert summary["target_read"] <= HEAD, summary
     assert summary["blocks_sent"] == 1, summary
-    assert summary["sha256"] == sha256_of(source)
+    assert summary["digest"] == digest_of(source)
     # and the cache it keeps holds for the target as now written: a third run reads no more
     change(source, 100, seed=3)
     summary = transport.delta(source, target).summary

@@ -13,7 +13,7 @@ import zstandard
 
 from bacpac.errors import TransferError
 from bacpac.engine.pipeline import ImageStream, StreamSettings
-from clirun import MiB, write_file
+from clirun import MiB, digest_of, write_file
 from remote_helper.target import devices, directio
 from remote_helper.errors import HelperError
 from remote_helper.target.target import open_target
@@ -65,7 +65,7 @@ class Collect:
         return None
 
 
-def stream(path, settings=StreamSettings(threads=2), sink=Collect, **reader_args):
+def stream(path, settings=StreamSettings(threads=2, sha256=True), sink=Collect, **reader_args):
     """Send the image at `path` through a `sink` (a Collect); (collector, result)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -112,6 +112,7 @@ def test_the_reader_reads_aligned_blocks_directly_and_an_unaligned_tail_buffered
     sink, result = stream(path)
     assert bytes(sink.image) == content
     assert result.sha256 == hashlib.sha256(content).hexdigest()
+    assert result.digest == digest_of(path)
     assert result.bytes_read == len(content)
     direct = [c for c in calls if c[0]]
     buffered = [c for c in calls if not c[0]]
@@ -188,6 +189,7 @@ def test_the_reader_falls_back_to_buffered_reads_when_direct_io_is_refused(direc
     sink, result = stream(path)
     assert bytes(sink.image) == content
     assert result.sha256 == hashlib.sha256(content).hexdigest()
+    assert result.digest == digest_of(path)
     assert calls.count(True) == 1  # refused once, then never asked again
     assert calls[0] is True
 

@@ -20,7 +20,7 @@ from bacpac.commands.jobs import check_result
 from bacpac.errors import VerifyError
 from bacpac.engine.pacing import LOCAL_LEVEL, START_LEVEL
 from bacpac.transport.helper import helper_payload
-from clirun import MiB, allocated, bacpac, bacpac_env, sha256_of, write_file
+from clirun import MiB, allocated, bacpac, bacpac_env, digest_of, sha256_of, write_file
 from clirun import transport  # noqa: F401  (a fixture: each test locally and over ssh)
 from remote_helper.wire.zstdframe import USUAL_PLACES
 from fixtures_disk import make_ext4_image, mkfs_and_mount, partition_disk, requires_root, run
@@ -55,14 +55,17 @@ def test_dup_copies_ext4_image_byte_for_byte_with_json_summary(transport, ext4_i
     assert sha256_of(target) == sha256_of(ext4_image)
     summary = result.summary
     for key in ("command", "status", "source", "target", "saveset", "bytes_total", "bytes_read",
-                "bytes_sent", "bytes_written", "seconds", "sha256", "error"):
+                "bytes_sent", "bytes_written", "seconds", "sha256", "digest", "digest_algorithm",
+                "error"):
         assert key in summary, key
     assert summary["command"] == "dup"
     assert summary["status"] == "ok"
     assert summary["error"] is None
     assert summary["source"] == str(ext4_image)
     assert summary["target"] == transport.target(target)
-    assert summary["sha256"] == hashlib.sha256(ext4_image.read_bytes()).hexdigest()
+    assert summary["digest"] == digest_of(ext4_image)
+    assert summary["digest_algorithm"] == "sha256-1m"
+    assert summary["sha256"] is None  # not asked for: a pass over every byte, holes included
     assert summary["bytes_total"] == size
     assert summary["bytes_read"] == size
     assert summary["bytes_written"] == size
@@ -120,7 +123,7 @@ def test_dup_copies_fully_random_source(transport, tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert target.read_bytes() == data
     summary = result.summary
-    assert summary["sha256"] == hashlib.sha256(data).hexdigest()
+    assert summary["digest"] == digest_of(source)
     assert summary["bytes_written"] == len(data)
     assert summary["bytes_sent"] >= len(data) * 0.99  # random data does not compress
 
@@ -135,7 +138,15 @@ def test_dup_copies_source_of_unaligned_size(transport, tmp_path) -> None:
     assert target.stat().st_size == size
     assert target.read_bytes() == source.read_bytes()
     assert result.summary["bytes_total"] == size
-    assert result.summary["sha256"] == sha256_of(source)
+    assert result.summary["digest"] == digest_of(source)
+
+
+def test_dup_with_sha256_reports_the_plain_sha256_too(transport, ext4_image, tmp_path) -> None:
+    target = tmp_path / "copy.img"
+    result = transport.dup(ext4_image, target, "--sha256", "--verify")
+    assert result.returncode == 0, result.stderr
+    assert result.summary["sha256"] == sha256_of(ext4_image) == sha256_of(target)
+    assert result.summary["digest"] == digest_of(ext4_image)
 
 
 def test_dup_truncates_larger_existing_target_to_source_size(transport, ext4_image,
@@ -163,7 +174,7 @@ def test_dup_verify_rereads_target_and_passes(transport, ext4_image, tmp_path) -
     result = transport.dup(ext4_image, target, "--verify")
     assert result.returncode == 0, result.stderr
     assert result.summary["status"] == "ok"
-    assert result.summary["sha256"] == sha256_of(target) == sha256_of(ext4_image)
+    assert result.summary["digest"] == digest_of(target) == digest_of(ext4_image)
 
 
 FLIP_AT = 2 * MiB + 12345  # past the held-back head, in random data: a byte the helper writes
@@ -208,8 +219,8 @@ def test_dup_verify_catches_a_target_that_was_written_wrong(transport, tmp_path,
     if not verify:  # every check of the helper's passes: the bytes it hashed were right
         assert result.returncode == 0, result.stderr
         return
-    line = result.one_error_line(1, transport.target(target), sha256_of(source), alone=False)
-    assert f"re-read of the target gave sha256 {sha256_of(target)}" in line
+    line = result.one_error_line(1, transport.target(target), digest_of(source), alone=False)
+    assert f"re-read of the target gave digest {digest_of(target)}" in line
     assert result.summary["status"] == "error"
 
 
@@ -251,12 +262,13 @@ def test_helper_without_zstandard_falls_back_and_still_proves_the_copy(
     data = os.urandom(MiB) + bytes(2 * MiB) + b"tail" * (MiB // 4)
     source = write_file(tmp_path / "source.img", len(data), {0: data})
     target = tmp_path / "copy.img"
-    result = bacpac("dup", "--json", "--remote-python", _bare_python(tmp_path, path, hide_tool),
-                    str(source), str(target))
+    result = bacpac("dup", "--json", "--sha256", "--remote-python",
+                    _bare_python(tmp_path, path, hide_tool), str(source), str(target))
     assert result.returncode == 0, result.stderr
     summary = result.summary
     assert (summary["codec"], summary["zstd"], summary["check"]) == (codec, zstd, check)
     assert summary["sha256"] == hashlib.sha256(data).hexdigest()
+    assert summary["digest"] == digest_of(source)
     assert target.read_bytes() == data
 
 
@@ -391,32 +403,42 @@ def test_delta_to_a_helper_without_zstd_restarts_its_stream_with_zlib(tmp_path) 
     assert target.read_bytes() == bytes(new)
 
 
-def test_check_result_fails_when_helper_sha256_differs() -> None:
+def source(**digests: str) -> dict:
+    return {"source_digests": digests}
+
+
+def test_check_result_fails_when_helper_digest_differs() -> None:
     with pytest.raises(VerifyError, match="testhost:/x.img: the target's sha256") as info:
-        check_result(False, "testhost:/x.img", {"source_sha256": "a" * 64, "sha256": "b" * 64})
+        check_result(False, "testhost:/x.img", {**source(sha256="a" * 64), "sha256": "b" * 64})
     assert info.value.exit_code == 1
+    both = {**source(digest="d" * 64, sha256="a" * 64), "sha256": "a" * 64, "digest": "e" * 64}
+    with pytest.raises(VerifyError, match="the target's digest e+ differs from the source's d+"):
+        check_result(False, "testhost:/x.img", both)
 
 
 def test_check_result_fails_when_the_helper_checked_another_way_than_asked() -> None:
-    hashed = {"source_sha256": "a" * 64, "sha256": "a" * 64, "check": "sha256"}
+    hashed = {**source(sha256="a" * 64), "sha256": "a" * 64, "check": "sha256"}
     with pytest.raises(VerifyError, match="checked the copy by sha256, not by frames"):
         check_result(False, "testhost:/x.img", hashed, "frames")
-    framed = {"source_sha256": "a" * 64, "check": "frames"}
+    framed = {**source(digest="a" * 64), "check": "frames"}
     with pytest.raises(VerifyError, match="checked the copy by frames, not by sha256"):
         check_result(False, "testhost:/x.img", framed, "sha256")
-    assert check_result(False, "testhost:/x.img", framed, "frames") == "a" * 64
+    assert check_result(False, "testhost:/x.img", framed, "frames") == {"digest": "a" * 64}
 
 
 def test_check_result_fails_when_verify_reread_differs() -> None:
-    result = {"source_sha256": "a" * 64, "sha256": "a" * 64, "verify_sha256": "c" * 64}
-    with pytest.raises(VerifyError, match="re-read"):
+    result = {**source(digest="a" * 64), "digest": "a" * 64, "verify_digest": "c" * 64}
+    with pytest.raises(VerifyError, match="re-read of the target gave digest c+"):
         check_result(True, "testhost:/x.img", result)
-    assert check_result(False, "testhost:/x.img", result) == "a" * 64
+    assert check_result(False, "testhost:/x.img", result) == {"digest": "a" * 64}
 
 
-def test_check_result_fails_when_verify_reread_is_missing() -> None:
+def test_check_result_fails_when_verify_reread_is_missing_or_no_digest_came() -> None:
     with pytest.raises(VerifyError):
-        check_result(True, "testhost:/x.img", {"source_sha256": "a" * 64, "sha256": "a" * 64})
+        check_result(True, "testhost:/x.img", {**source(sha256="a" * 64), "sha256": "a" * 64})
+    with pytest.raises(VerifyError, match="no digest of the source"):
+        check_result(False, "testhost:/x.img", {**source(sha256=None), "check": "frames"},
+                     "frames")
 
 
 # ---- block devices ------------------------------------------------------------------------
@@ -563,7 +585,7 @@ def test_dup_copies_from_block_device_source(transport, ext4_image, loop_device,
     result = transport.dup(device, target)
     assert result.returncode == 0, result.stderr
     assert target.stat().st_size == 64 * MiB
-    assert sha256_of(target) == sha256_of(ext4_image) == result.summary["sha256"]
+    assert digest_of(target) == digest_of(ext4_image) == result.summary["digest"]
     assert result.summary["bytes_total"] == 64 * MiB
     assert result.summary["bytes_sent"] < 32 * MiB
 

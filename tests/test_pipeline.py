@@ -8,7 +8,7 @@ import pytest
 
 from bacpac.engine import pipeline
 from bacpac.engine.pipeline import ImageStream, StreamSettings
-from clirun import MiB, wait_until, write_file
+from clirun import MiB, digest_of, wait_until, write_file
 from test_directio import Collect, stream
 
 
@@ -36,6 +36,7 @@ def test_a_hole_is_sent_before_its_zeros_are_hashed(tmp_path, mocker):
     assert sink.holes == [(MiB, 63 * MiB)]
     assert bytes(sink.image[:MiB]) == data
     assert result.sha256 == hashlib.sha256(data + bytes(63 * MiB)).hexdigest()
+    assert result.digest == digest_of(path)
 
 
 def low_entropy(size):
@@ -84,7 +85,8 @@ def test_small_payloads_at_fast_levels_let_the_reader_run_ahead(tmp_path, level,
     finally:
         os.close(fd)
     assert bytes(sink.image) == data
-    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.sha256 is None  # not asked for
+    assert result.digest == digest_of(path)
     if ahead:
         assert queued[0] > 11, queued
     else:

@@ -57,6 +57,7 @@ def ok_summary() -> JobSummary:
     return JobSummary("dup", "disk.img", "host:/dev/sdb", saveset="/srv/disk.bacpac",
                       status="ok", bytes_total=2 * GIB, bytes_read=2 * GIB,
                       bytes_sent=812 * MIB, bytes_written=2 * GIB, seconds=6.1, sha256=SHA,
+                      digest=SHA[::-1], digest_algorithm="sha256-1m",
                       extra={"compression": "zstd"})
 
 
@@ -96,7 +97,7 @@ def test_rich_final_line_names_source_target_sizes_and_hash() -> None:
     [line] = result_lines(console)
     assert line.startswith("✓ disk.img → host:/dev/sdb: 2.0 GiB in 6.1 s")
     assert "sent 812.0 MiB" in line
-    assert "sha256 ab12cd34ef56…" in line
+    assert "sha256-1m 000000000000…, sha256 ab12cd34ef56…" in line
     assert sink.snapshot("j1") is None  # the row is gone once the job is done
 
 
@@ -219,6 +220,7 @@ def test_json_sink_prints_one_line_per_finished_job_with_all_fields() -> None:
         "command": "dup", "status": "ok", "source": "disk.img", "target": "host:/dev/sdb",
         "saveset": "/srv/disk.bacpac", "bytes_total": 2 * GIB, "bytes_read": 2 * GIB,
         "bytes_sent": 812 * MIB, "bytes_written": 2 * GIB, "seconds": 6.1, "sha256": SHA,
+        "digest": SHA[::-1], "digest_algorithm": "sha256-1m",
         "error": None, "warnings": [], "compression": "zstd",
     }
     assert second["status"] == "error"

@@ -1,10 +1,12 @@
 """bacpac dup and backup: a disk or image onto a target and/or a saveset, proven end to end.
 
-The client hashes the whole source (the sha256 it reports and a saveset's trailer holds). The
-helper proves what it received frame by frame: every zstd frame carries its content checksum,
-which decompression verifies, and frames must be contiguous, in order and complete, so holes
-cost the helper nothing; zlib frames, which have no strong checksum, are hashed whole instead.
---verify re-reads the target from its disk and compares sha256s. A backup is a dup with no
+The client hashes the whole source: the image digest it reports (a sha256 over the sha256 of
+each 1 MiB piece, remote_helper/target/imagedigest.py), and the plain sha256 a saveset's
+trailer holds, when a saveset is written or --sha256 asks for it. The helper proves what it
+received frame by frame: every zstd frame carries its content checksum, which decompression
+verifies, and frames must be contiguous, in order and complete, so holes cost the helper
+nothing; zlib frames, which have no strong checksum, are hashed whole instead.
+--verify re-reads the target from its disk and compares the digests. A backup is a dup with no
 target disk: the helper writes only the saveset, from the same frames.
 """
 from __future__ import annotations
@@ -16,18 +18,18 @@ import queue
 from dataclasses import dataclass, field
 from typing import Optional
 
-from remote_helper.target import devices
+from remote_helper.target import devices, imagedigest
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import END, MATCH, OPEN, READY
 
 from ..engine.source import Source, close_source, open_source
 from ..errors import BacpacError, DiskFullError, TransferError, UsageError, interruption
 from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
-from .jobs import (check_result, naming, remote_path, run_tracked, saveset_metadata, warn,
-                   where)
+from .jobs import (check_result, naming, remote_path, report_digests, run_tracked,
+                   saveset_metadata, warn, where)
 from ..engine.dedup import SeenChunks
 from ..engine.delta import SegmentReader
-from ..engine.pipeline import ExtentReader, ImageStream, Producer, StreamSettings
+from ..engine.pipeline import ExtentReader, ImageStream, Producer, StreamResult, StreamSettings
 from ..transport.fanout import SAVESET, TARGET, Fanout
 from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
 from ..spec import Endpoint
@@ -257,8 +259,8 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
         summary.bytes_sent = counters.bytes_sent
         summary.bytes_written = counters.bytes_written  # as the helper's PROGRESS said
     verify = request.verify and not request.backup
-    summary.sha256 = check_result(verify, where(request.target, path), result,
-                                  _check(settings))
+    report_digests(summary, check_result(verify, where(request.target, path), result,
+                                         _check(settings)))
     summary.extra.update(codec=settings.codec, zstd=session.hello.get("zstd"),
                          cipher=session.cipher, helper_python=session.hello.get("python"),
                          verified=verify, check=_check(settings))
@@ -331,7 +333,7 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
         job.sink.emit(JobStarted(job.name, request.command, request.source,
                                  str(request.target), _saveset_shown(request), source.size))
         streamed = image.send(fan)
-        results = fan.finish({"bytes": streamed.bytes_read, "sha256": streamed.sha256})
+        results = fan.finish(end_of(streamed))
     except BacpacError as e:
         leg = fan.culprit(e)
         partly = fan.target_ready() and not request.backup
@@ -346,9 +348,9 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
         summary.bytes_written = counters.bytes_written
     check = _check(settings)
     for leg, result in zip(fan.legs, results):
-        result["source_sha256"] = streamed.sha256
-        summary.sha256 = check_result(request.verify and leg.role == TARGET, leg.where, result,
-                                      check)
+        result["source_digests"] = digests_of(streamed)
+        report_digests(summary, check_result(request.verify and leg.role == TARGET, leg.where,
+                                             result, check))
         # as a plain dup's: each helper's warnings; the target's reads and digest cache (last)
         digest_cache_report(job.sink, job.name, summary, leg.host, result)
     hello = target.session.hello
@@ -421,6 +423,25 @@ def _agrees(request: DupRequest, settings: StreamSettings, host: str, hello: dic
         raise _Renegotiate(host, wanted)
 
 
+def digests_of(streamed: StreamResult) -> dict[str, str]:
+    """The source's digests by their keys in END and RESULT: those computed."""
+    digests = {"digest": streamed.digest}
+    if streamed.sha256 is not None:
+        digests["sha256"] = streamed.sha256
+    return digests
+
+
+def end_of(streamed: StreamResult) -> dict:
+    """END's payload: the byte count and the source's digests, as the helper compares them."""
+    return {"bytes": streamed.bytes_read, **digests_of(streamed)}
+
+
+def _hashes(settings: StreamSettings) -> list[str]:
+    """The digests the helper computes where it hashes (zlib frames, --verify): those the
+    client computes of the source."""
+    return [imagedigest.ALGORITHM] + ([imagedigest.PLAIN] if settings.sha256 else [])
+
+
 def _check(settings: StreamSettings) -> str:
     """How the helper proves the stream: by zstd's frame checksums, else by hashing it."""
     return "frames" if settings.codec == "zstd" else "sha256"
@@ -440,6 +461,7 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "force": request.force,
         "verify": request.verify,
         "check": _check(settings),
+        "hash": _hashes(settings),
         "codec": settings.codec,  # refused at once by a helper that cannot decode it
         "saveset": saveset,
         "delta": ({"block": settings.delta_block, "segment": settings.block_size,
@@ -493,13 +515,12 @@ def _stream(job: _Job, image: ImageStream, session: HelperSession, receiver: Rec
                            request.delta)
     try:
         streamed = image.send(sender)
-        receiver.send(session.send_json, END,
-                      {"bytes": streamed.bytes_read, "sha256": streamed.sha256})
+        receiver.send(session.send_json, END, end_of(streamed))
     except BacpacError:
         sender.check()  # the helper's own account of why the channel broke is the better message
         raise
     result = receiver.wait()
-    result["source_sha256"] = streamed.sha256
+    result["source_digests"] = digests_of(streamed)
     summary.extra["levels"] = streamed.levels
     summary.extra["bytes_copied"] = sender.bytes_copied
     if request.delta:

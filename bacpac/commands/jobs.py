@@ -7,6 +7,7 @@ import socket
 import time
 from typing import Callable
 
+from remote_helper.target import imagedigest
 from remote_helper.target.checks import absolute
 
 from .. import __version__
@@ -70,19 +71,34 @@ def naming(message: str, host: str, where: str) -> str:
     return message
 
 
-def check_result(verify: bool, where: str, result: dict, check: str = "sha256") -> str:
-    """The source's sha256, once the helper proved the copy the way it was asked to (its own
-    sha256 equal to the source's, or every frame's checksum) and a --verify re-read agrees."""
-    sha256 = str(result["source_sha256"])
+def check_result(verify: bool, where: str, result: dict, check: str = "sha256"
+                 ) -> dict[str, str]:
+    """The source's digests (`result["source_digests"]`: "digest", the image digest, and
+    "sha256", each if computed), once the helper proved the copy the way it was asked to (the
+    same digests of what it wrote, or every frame's checksum) and a --verify re-read agrees."""
+    source = {key: str(value) for key, value in result["source_digests"].items()
+              if value is not None}
+    if not source:
+        raise VerifyError(f"{where}: no digest of the source to prove the copy against")
     if result.get("check", "sha256") != check:
         raise VerifyError(f"{where}: the helper checked the copy by {result.get('check')}, "
                           f"not by {check} as asked")
-    if check == "sha256" and result.get("sha256") != sha256:
-        raise VerifyError(f"{where}: the target's sha256 {result.get('sha256')} differs from the "
-                          f"source's {sha256}")
-    if verify and "verify_sha256" not in result:
-        raise VerifyError(f"{where}: --verify was asked, but the helper did not re-read the target")
-    if verify and result["verify_sha256"] != sha256:
-        raise VerifyError(f"{where}: re-read of the target gave sha256 "
-                          f"{result.get('verify_sha256')}, the source's is {sha256}")
-    return sha256
+    for key, value in source.items():
+        if check == "sha256" and result.get(key) != value:
+            raise VerifyError(f"{where}: the target's {key} {result.get(key)} differs from the "
+                              f"source's {value}")
+        if verify and f"verify_{key}" not in result:
+            raise VerifyError(f"{where}: --verify was asked, but the helper did not re-read "
+                              "the target")
+        if verify and result[f"verify_{key}"] != value:
+            raise VerifyError(f"{where}: re-read of the target gave {key} "
+                              f"{result.get(f'verify_{key}')}, the source's is {value}")
+    return source
+
+
+def report_digests(summary: JobSummary, digests: dict[str, str]) -> None:
+    """The proven digests into the summary: the image digest (with its algorithm) and the
+    plain sha256, each if it was computed."""
+    summary.digest = digests.get("digest")
+    summary.digest_algorithm = imagedigest.ALGORITHM if summary.digest else None
+    summary.sha256 = digests.get("sha256")

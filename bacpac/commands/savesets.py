@@ -16,7 +16,7 @@ from remote_helper.wire.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
 from ..errors import BacpacError, ProtocolError, UsageError, VerifyError, interruption
 from ..ui.events import Counters, JobStarted, JobSummary, Sink
-from .jobs import check_result, naming, remote_path, run_tracked, where
+from .jobs import check_result, naming, remote_path, report_digests, run_tracked, where
 from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
 from ..spec import Endpoint
 
@@ -71,7 +71,7 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
                 summary.bytes_read = counters.bytes_read
                 summary.bytes_sent = counters.bytes_sent
                 summary.bytes_written = counters.bytes_written
-            summary.sha256 = check_result(request.verify, target, result)
+            report_digests(summary, check_result(request.verify, target, result))
             summary.extra["verified"] = request.verify
             summary.bytes_written = int(result.get("bytes_written", 0))
         finally:
@@ -145,7 +145,7 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
             raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
                                 "while reading the saveset")
     result = receiver.wait()
-    result["source_sha256"] = end.get("sha256")
+    result["source_digests"] = {"sha256": end.get("sha256")}
     return result
 
 

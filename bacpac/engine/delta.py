@@ -6,7 +6,9 @@
 # each block of the segment is hashed and compared; runs of equal blocks become MATCH frames,
 # runs that are zero in the source HOLE frames, and the rest is compressed into DATA frames.
 # Blocks that are holes in the source are never read and hashed from a cached zero digest;
-# blocks of zeros, and blocks where the target holds zeros, need no hash at all.
+# blocks of zeros, and blocks where the target holds zeros, need no hash at all. When a block
+# is the image digest's piece (1 MiB), the plan keeps each block's digest line, so the image
+# digest hashes none of them again (imagedigest.py).
 # sha256 is collision-safe and, with the CPU's SHA extensions, the fastest digest
 # hashlib has (docs/performance.md).
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import queue
-from typing import Callable
+from typing import Callable, Optional
 
+from remote_helper.target import imagedigest
 from remote_helper.target.devices import is_zero, zero_chunks
 from remote_helper.target.hashing import hole_blocks
 
@@ -45,9 +48,12 @@ class SegmentReader:
             view = memoryview(buffer)[:length]
             holes = _read_segment(reader, view, offset)
             theirs = self._target_digests(reader, offset)
-            plan = functools.partial(plan_segment, offset, view, holes, theirs,
-                                     reader.settings.delta_block, reader.compressor.compress)
-            reader.put(Planned(buffer, length, reader.submit(plan)))
+            block = reader.settings.delta_block
+            pieces = block == imagedigest.PIECE and segment % block == 0  # blocks are pieces
+            lines: Lines = [] if pieces else None
+            plan = functools.partial(plan_segment, offset, view, holes, theirs, block,
+                                     reader.compressor.compress, lines)
+            reader.put(Planned(buffer, length, reader.submit(plan), lines))
 
     def _target_digests(self, reader: BlockReader, offset: int) -> bytes:
         their_offset, digests = reader.wait_for(self._digests)
@@ -75,27 +81,42 @@ def _read_segment(reader: BlockReader, view: memoryview, offset: int) -> list[tu
 Compress = Callable[[memoryview], bytes]
 
 
+Lines = Optional[list[Optional[bytes]]]
+
+
 def plan_segment(offset: int, view: memoryview, holes: list[tuple[int, int]], theirs: bytes,
-                 block: int, compress: Compress) -> list[Frame]:
+                 block: int, compress: Compress, lines: Lines = None) -> list[Frame]:
     """The frames for one segment: a Match for each run of blocks the target holds already,
-    a Hole for each run of zeros, and a Data, compressed, for each run of the others."""
+    a Hole for each run of zeros, and a Data, compressed, for each run of the others.
+
+    With `lines`, each block's image digest line is appended to it (None where the block was
+    not hashed): the blocks must then be the digest's pieces."""
     kinds: list[type[Frame]] = []
     in_holes = hole_blocks(holes, block, len(view))
     for index, pos in enumerate(range(0, len(view), block)):
         piece = view[pos:pos + block]
-        kinds.append(_kind(piece, index in in_holes, theirs[index * 32:index * 32 + 32]))
+        kinds.append(_kind(piece, index in in_holes, theirs[index * 32:index * 32 + 32],
+                           lines))
     return _runs_to_frames(offset, view, kinds, block, compress)
 
 
-def _kind(piece: memoryview, in_hole: bool, theirs: bytes) -> type[Frame]:
+def _kind(piece: memoryview, in_hole: bool, theirs: bytes, lines: Lines) -> type[Frame]:
     """Match, Hole or Data for one block, hashing it only when the answer needs it: zeros
     (a hole, or a memcmp) need no hash, nor does data where the target holds zeros."""
     zeros = zero_digest(len(piece))
+    line: Optional[bytes] = None
     if in_hole or is_zero(piece):
-        return Match if theirs == zeros else Hole
-    if theirs == zeros:
-        return Data
-    return Match if hashlib.sha256(piece).digest() == theirs else Data
+        kind: type[Frame] = Match if theirs == zeros else Hole
+        line = imagedigest.zero_line(len(piece))
+    elif theirs == zeros:
+        kind = Data
+    else:
+        digest = hashlib.sha256(piece)
+        kind = Match if digest.digest() == theirs else Data
+        line = imagedigest.line(digest.hexdigest())
+    if lines is not None:
+        lines.append(line)
+    return kind
 
 
 def _runs_to_frames(offset: int, view: memoryview, kinds: list[type[Frame]], block: int,

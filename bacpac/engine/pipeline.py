@@ -4,13 +4,18 @@
 # never read), reads each block into a buffer from a fixed pool (by direct I/O where it can:
 # remote_helper/target/directio.py) and sorts it: an all-zero block joins the current zero run, any
 # other goes to the compressor pool. A hashing thread takes the blocks next, in stream order,
-# for the sha256 of the whole image (holes hashed as zeros), while the pool compresses them;
-# the sending thread then writes each as one DATA frame and gives its buffer back to the pool
-# (at the fast levels, a block compressed small gives it back as soon as it is hashed, and
-# waits as its payload alone: EARLY_BELOW).
-# Hashing has a thread of its own because it is the longest serial step: between the reader's
-# reads it left the disk idle, and in the sender it held up the sends. Memory is the pool (a few
-# blocks) plus the compressed blocks in flight: bounded by configuration, never by the disk.
+# for the image digest (remote_helper/target/imagedigest.py: a sha256 over the sha256 of each
+# 1 MiB piece), while the pool compresses them; the sending thread then writes each as one
+# DATA frame and gives its buffer back to the pool (at the fast levels, a block compressed
+# small gives it back as soon as it is hashed, and waits as its payload alone: EARLY_BELOW).
+# The pieces of a block are hashed on the compressor pool, side by side; a hole or a piece of
+# zeros adds a constant line, unhashed, so the digest's cost follows the data, not the disk's
+# size. The hashing thread only orders them, and hashes the plain sha256 of every byte (holes
+# as zeros) when settings.sha256 asks for it (--sha256, or a saveset's trailer). It has a
+# thread of its own because that plain sha256 is the longest serial step: between the
+# reader's reads it left the disk idle, and in the sender it held up the sends. Memory is the
+# pool (a few blocks) plus the compressed blocks in flight: bounded by configuration, never by
+# the disk.
 # What is read, and how it is planned, is the reader's Producer: ExtentReader here, for a full
 # copy; delta.SegmentReader for a delta run. On a slow link ExtentReader also finds content the
 # image already sent (dedup.py) and plans the block as COPY frames and the DATA frames between
@@ -35,7 +40,7 @@ from typing import Callable, Iterator, Optional, Protocol, TypeVar, Union
 
 import zstandard
 
-from remote_helper.target import directio
+from remote_helper.target import directio, imagedigest
 from remote_helper.wire import protocol
 from remote_helper.target.devices import data_extents, is_zero, zero_chunks
 
@@ -76,6 +81,7 @@ class StreamSettings:
     delta_block: int = 64 << 10
     adaptive: bool = True  # False when --level fixed it
     bwlimit: Optional[float] = None  # bytes/s on the wire, as rsync's --bwlimit
+    sha256: bool = False  # the plain sha256 of the image too (--sha256, a saveset's trailer)
 
 
 class FrameSender(Protocol):
@@ -100,8 +106,9 @@ class FrameSender(Protocol):
 
 @dataclass
 class StreamResult:
-    sha256: str  # filled in by the hashing thread
+    digest: str  # the image digest (imagedigest.ALGORITHM), filled in by the hashing thread
     bytes_read: int
+    sha256: Optional[str] = None  # the plain sha256, when settings.sha256 asked for it
     levels: dict[int, int] = field(default_factory=dict)  # blocks compressed at each level
 
 
@@ -127,6 +134,9 @@ class Planned:
     buffer: mmap.mmap
     size: int
     frames: "Future[list[Frame]]"
+    # The image digest's line of each piece, filled in by the planning (None: not hashed
+    # there), when the plan hashes the digest's pieces anyway (delta.py, 1 MiB blocks).
+    lines: Optional[list[Optional[bytes]]] = None
 
 
 _Item = Union[Hole, _Block, Planned, StreamResult, BaseException]
@@ -246,21 +256,27 @@ class BlockReader:
             directio.close(self._direct)
 
     def _hash_all(self) -> None:
-        """The hashing thread: every item, in stream order, into the sha256, then on."""
-        digest = hashlib.sha256()
+        """The hashing thread: every item, in stream order, into the digests, then on."""
+        digest = imagedigest.ImageDigest()
+        plain = hashlib.sha256() if self.settings.sha256 else None
         try:
             while True:
                 item = self.wait_for(self._read)
                 if isinstance(item, Hole):
                     # Its frame needs nothing of the hash: sent at once, hashed after. An
-                    # image's long trailing hole is a long sha256, which the helper's
+                    # image's long trailing hole is a long plain sha256, which the helper's
                     # final fsync now runs under instead of after.
                     self._put(item, self.items)
-                    for chunk in zero_chunks(item.size):
-                        digest.update(chunk)
+                    digest.zeros(item.size)
+                    if plain is not None:
+                        for chunk in zero_chunks(item.size):
+                            plain.update(chunk)
                     continue
                 if isinstance(item, (_Block, Planned)):
-                    digest.update(memoryview(item.buffer)[:item.size])
+                    view = memoryview(item.buffer)[:item.size]
+                    digest.update(view, self._lines_for(item))
+                    if plain is not None:
+                        plain.update(view)
                     if isinstance(item, _Block):
                         # Not the block itself: a future holding a callback that holds the
                         # block holding the future is a cycle, and each would keep its payload
@@ -268,7 +284,8 @@ class BlockReader:
                         item.compressed.add_done_callback(functools.partial(
                             self._give_back, item.buffer, item.claim, item.size))
                 elif isinstance(item, StreamResult):
-                    item.sha256 = digest.hexdigest()
+                    item.digest = digest.hexdigest()
+                    item.sha256 = plain.hexdigest() if plain is not None else None
                 self._put(item, self.items)
                 if isinstance(item, (StreamResult, BaseException)):
                     return
@@ -279,6 +296,35 @@ class BlockReader:
                 self._put(e, self.items)
             except _Stopped:
                 return
+
+    def _lines_for(self, item: Union[_Block, Planned]) -> imagedigest.Lines:
+        """How the item's whole pieces get their lines: from its plan, where it hashed them
+        (once planned: the hashing thread waits for it), the others on the pool."""
+        if not isinstance(item, Planned) or item.lines is None:
+            return self._pool_lines
+        self._result(item.frames)
+        known = item.lines
+
+        def lines(pieces: list[memoryview]) -> list[bytes]:
+            hashed = iter(self._pool_lines([piece for piece, line in zip(pieces, known)
+                                            if line is None]))
+            return [next(hashed) if line is None else line for line in known[:len(pieces)]]
+        return lines
+
+    def _pool_lines(self, pieces: list[memoryview]) -> list[bytes]:
+        """The digest lines of whole pieces, hashed on the compressor pool side by side; the
+        pieces' buffer is not given back before they are done."""
+        futures = [self._pool.submit(imagedigest.piece_line, piece) for piece in pieces]
+        return [self._result(future) for future in futures]
+
+    def _result(self, future: "Future[T]") -> T:
+        """The future's result, unless the sender gives up first."""
+        while not self._stop.is_set():
+            try:
+                return future.result(timeout=0.2)
+            except FutureTimeout:
+                continue
+        raise _Stopped()
 
     def _give_back(self, buffer: mmap.mmap, claim: threading.Lock, size: int,
                    compressed: "Future[tuple[int, bytes]]") -> None:
@@ -450,7 +496,7 @@ class ImageStream:
             self._compressor.level = LOCAL_LEVEL
 
     def send(self, sender: FrameSender) -> StreamResult:
-        """Send the whole image as frames, in order, through `sender`; returns its sha256."""
+        """Send the whole image as frames, in order, through `sender`; returns its digests."""
         settings = self.settings
         pacer = Pacer(self._compressor, settings.adaptive, settings.bwlimit, sender.helper_idle)
         ahead: collections.deque[_Item] = collections.deque()

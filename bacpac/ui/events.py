@@ -63,7 +63,9 @@ class JobSummary:
     bytes_sent: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
-    sha256: Optional[str] = None
+    sha256: Optional[str] = None  # the plain sha256 of the image, when computed
+    digest: Optional[str] = None  # the image digest (remote_helper/target/imagedigest.py)
+    digest_algorithm: Optional[str] = None
     error: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)

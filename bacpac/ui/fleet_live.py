@@ -168,9 +168,9 @@ def _figures(job: _Job, now: float) -> tuple[str, str, str, str]:
 
 
 def summary_table(finished: list[tuple[str, _Job]]) -> Table:
-    """Job, host, result, bytes read and sent, time, sha256 prefix: one row per job."""
+    """Job, host, result, bytes read and sent, time, digest prefix: one row per job."""
     table = Table(title="bacpac run", title_justify="left")
-    for column in ("job", "host", "result", "read", "sent", "time", "sha256"):
+    for column in ("job", "host", "result", "read", "sent", "time", "digest"):
         table.add_column(column)
     for name, job in finished:
         summary = job.summary
@@ -179,5 +179,6 @@ def summary_table(finished: list[tuple[str, _Job]]) -> Table:
         shown = result if result != "failed" else f"failed: {summary.error}"
         table.add_row(name, job.host, Text(shown, style=_STYLES[result]),
                       human_size(summary.bytes_read), human_size(summary.bytes_sent),
-                      human_duration(summary.seconds), (summary.sha256 or "")[:12])
+                      human_duration(summary.seconds),
+                      (summary.digest or summary.sha256 or "")[:12])
     return table

@@ -73,6 +73,8 @@ def result_line(summary: JobSummary) -> str:
         parts.append(f"{human_size(summary.extra['bytes_copied'])} copied on the target")
     if summary.saveset:
         parts.append(f"saveset {summary.saveset}")
+    if summary.digest:
+        parts.append(f"{summary.digest_algorithm} {summary.digest[:12]}…")
     if summary.sha256:
         parts.append(f"sha256 {summary.sha256[:12]}…")
     return ", ".join(parts)

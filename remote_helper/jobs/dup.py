@@ -1,16 +1,15 @@
 """The dup job (a backup is a dup with no target path): the stream of blocks written into the
-target and the saveset, and proven by sha256 or frame by frame.
+target and the saveset, and proven by its digests or frame by frame.
 """
-import hashlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Optional  # for the type comments
+from typing import TYPE_CHECKING, Dict, List, Optional  # for the type comments
 
 from ..errors import ClientGone, IntegrityError, ProtocolError
 from ..saveset.digestcache import CacheRun
 from ..saveset.output import open_output
-from ..target import devices
+from ..target import devices, imagedigest
 from ..target.delta import TargetSegments
 from ..target import checks
 from ..target.target import NullTarget, check_target, open_target
@@ -27,15 +26,17 @@ if TYPE_CHECKING:  # for the type comments only: the server imports this module
 
 VERIFY_CHUNK = 4 << 20
 # How the helper proves what it received (the job's "check"): "sha256" hashes the whole stream
-# and compares it with END's; "frames" requires every DATA frame to be one zstd frame carrying
-# its content checksum, which decompression verifies, so the bytes are proven frame by frame
-# and holes need no hashing. A restore must prove its saveset's trailer, so it asks for sha256.
+# and compares its digests with END's; "frames" requires every DATA frame to be one zstd frame
+# carrying its content checksum, which decompression verifies, so the bytes are proven frame by
+# frame and holes need no hashing. A restore must prove its saveset's trailer, so it asks for
+# sha256. Which digests are hashed (the stream, the --verify re-read) is the job's "hash":
+# imagedigest's names, the plain sha256 alone when the client does not say (a restore).
 CHECKS = ("sha256", "frames")
 
 
 def run_dup(job, inp, out):
     # type: (dict, Input, Output) -> None
-    """Check and open the target and the saveset, write the stream into them, prove it by sha256.
+    """Check and open the target and the saveset, write the stream into them, prove it.
 
     A backup is a dup with no target path: only the saveset is written. A delta run keeps the
     target's content and first sends the digests of its blocks (see delta.py).
@@ -44,6 +45,8 @@ def run_dup(job, inp, out):
     delta = job.get("delta")
     if job.get("check", "sha256") not in CHECKS:
         raise ProtocolError("unknown check %r" % (job.get("check"),))
+    if any(name not in imagedigest.DIGESTS for name in hashes(job)):
+        raise ProtocolError("unknown digest in %r" % (job.get("hash"),))
     # The client may have sent this OPEN, and the stream behind it, before it read our HELLO:
     # frames this host cannot decompress are refused before anything is opened.
     codec = job.get("codec")
@@ -124,13 +127,26 @@ def close_outputs(target, saveset):
         saveset.discard()  # harmless after commit: only a temporary file is ever removed
 
 
+def hashes(job):
+    # type: (dict) -> List[str]
+    """The digests the job asks for, by imagedigest's names."""
+    return list(job.get("hash") or [imagedigest.PLAIN])
+
+
+def key(name):
+    # type: (str) -> str
+    """The key a digest has in END and RESULT (the re-read's: "verify_" + it)."""
+    return imagedigest.KEYS[name]
+
+
 def with_cache(result, cache, segments, target):
     # type: (dict, Optional[CacheRun], Optional[TargetSegments], AnyTarget) -> dict
     """The run's RESULT, once its digest cache is kept (or not), with what the helper read."""
-    source_sha256 = result.pop("end_sha256")
+    source = result.pop("end_digests")  # type: Dict[str, str]
     if cache is not None and segments is not None:
         # a --verify that found the target differing proves the run wrong: no cache
-        proven = result.get("verify_sha256", source_sha256) == source_sha256
+        proven = all(result.get("verify_" + name, value) == value
+                     for name, value in source.items())
         result.update(cache.commit(target.fd, proven))  # type: ignore[union-attr]
     if segments is not None:
         result.update(target_read=segments.read_bytes, io_read_bytes=devices.io_read_bytes())
@@ -153,8 +169,9 @@ def image_writer(job, inp, out, target, saveset, segments, record=None):
         last[:] = [now, idle]
         out.send_json(PROGRESS, {"written": written, "idle": round(min(share, 1.0), 3)})
 
-    return ImageWriter(target, progress, out.fail, saveset, segments,
-                       hash_stream=job.get("check", "sha256") == "sha256", record=record)
+    hashed = hashes(job) if job.get("check", "sha256") == "sha256" else []
+    return ImageWriter(target, progress, out.fail, saveset, segments, hashes=hashed,
+                       record=record)
 
 
 def write_image(job, inp, out, writer, target, saveset):
@@ -162,28 +179,33 @@ def write_image(job, inp, out, writer, target, saveset):
     """Receive the image into the writer, prove it, and finish the target and the saveset."""
     check = job.get("check", "sha256")
     end = receive_image(inp, writer, target, check == "frames")
-    written, sha256 = writer.drain()
+    written, digests = writer.drain()
     where = target.path or (saveset.path if saveset else "stream")
-    result = {"bytes_written": written, "check": check, "end_sha256": end.get("sha256")}
-    if check == "frames":
-        sha256 = end.get("sha256")  # the source's, for the saveset's trailer and --verify
-        if not _is_sha256(sha256):
-            raise ProtocolError("END carries no sha256 of the source: %r" % (sha256,))
-    elif end.get("sha256") != sha256:
-        raise IntegrityError("%s: sha256 of what was written (%s) differs from the source's (%s)"
-                             % (where, sha256, end.get("sha256")))
-    else:
-        result["sha256"] = sha256
+    # The source's digests, for the comparisons here and the client's, the saveset's trailer
+    # (its plain sha256) and --verify.
+    wanted = hashes(job) + ([imagedigest.PLAIN] if saveset is not None else [])
+    source = dict((key(name), end.get(key(name))) for name in wanted)
+    for name, value in source.items():
+        if not _is_sha256(value):
+            raise ProtocolError("END carries no %s of the source: %r" % (name, value))
+    result = {"bytes_written": written, "check": check, "end_digests": source}
+    for name, value in digests.items():  # check sha256: the stream, hashed as it was written
+        if value != source[key(name)]:
+            raise IntegrityError("%s: %s of what was written (%s) differs from the source's (%s)"
+                                 % (where, key(name), value, source[key(name)]))
+        result[key(name)] = value
+    sha256 = source.get("sha256")
     writer.finish()  # the head last, once the image is proven: else the target will not mount
     if job.get("verify") and target.path is not None:
-        result["verify_sha256"] = reread_sha256(target)
+        for name, value in reread(target, hashes(job)).items():
+            result["verify_" + key(name)] = value
     if job.get("confirm"):  # a fan-out: no final name before every host has got this far
         if saveset is not None:
             saveset.prepare(sha256, written)  # type: ignore[arg-type]
         out.send_json(PREPARED, result)
         await_commit(inp)
     if saveset is not None:
-        # sha256 is not None here: the writer's hash (check sha256) or END's, proven above
+        # sha256 is not None here: END's, required above for a saveset
         saveset.commit(sha256, written)  # type: ignore[arg-type]
         result["saveset"] = saveset.path
     return result
@@ -269,11 +291,14 @@ def _require_checksum(frame):
                             % frame.offset)
 
 
-def reread_sha256(target):
-    # type: (Target) -> str
-    """Read the target back from the disk, not the page cache, and hash it (--verify)."""
+def reread(target, names):
+    # type: (Target, List[str]) -> Dict[str, str]
+    """Read the target back from the disk, not the page cache, and hash it (--verify): each
+    digest of `names`, in one pass (the image digest's zero pieces by a memcmp)."""
     devices.drop_cache(target.fd)
-    digest = hashlib.sha256()
+    digests = [imagedigest.DIGESTS[name]() for name in names]
     for offset in range(0, target.size, VERIFY_CHUNK):
-        digest.update(target.read_back(offset, min(VERIFY_CHUNK, target.size - offset)))
-    return digest.hexdigest()
+        data = memoryview(target.read_back(offset, min(VERIFY_CHUNK, target.size - offset)))
+        for digest in digests:
+            digest.update(data)
+    return dict((digest.algorithm, digest.hexdigest()) for digest in digests)

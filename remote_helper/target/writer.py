@@ -3,8 +3,9 @@
 # Strategy: the helper's main thread receives and decompresses; this thread writes. pwrite,
 # sha256 and zstd all release the GIL, so receiving, decompressing and writing overlap instead
 # of adding up. Blocks arrive strictly in order (the helper checks). When the job asks for the
-# stream's sha256 (a restore, whose saveset trailer must be proven, or zlib frames, which carry
-# no strong checksum), it is computed here in one pass, holes hashed as zeros; otherwise every
+# stream's digests (a restore, whose saveset trailer's sha256 must be proven, or zlib frames,
+# which carry no strong checksum), they are computed here in one pass (imagedigest.py: the
+# image digest takes holes as constant lines, the plain sha256 as zeros); otherwise every
 # zstd frame was proven by its own content checksum and nothing is hashed twice. On a
 # truncated image file, zero runs
 # inside blocks are not written either. The first MiB is held back: it is zeroed before
@@ -21,13 +22,15 @@
 import hashlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union  # for the type comments
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple,  # for the
+                    Union)  # type comments
 
 import queue
 
 from ..errors import IntegrityError
 from ..wire.protocol import COPY, DATA, HOLE, MATCH
-from .devices import is_zero, zero_chunks
+from . import imagedigest
+from .devices import is_zero
 from ..wire.zstdframe import compress_frame
 from .target import HEAD
 
@@ -55,8 +58,9 @@ QUEUE_DEPTH = 16
 
 
 class ImageWriter(object):
-    """Takes decompressed blocks and holes in stream order; finish() returns (bytes, sha256),
-    the sha256 None unless hash_stream.
+    """Takes decompressed blocks and holes in stream order; finish() returns (bytes, digests):
+    the hex digest of the stream for each algorithm of `hashes` (imagedigest.DIGESTS's names;
+    none: every zstd frame is proven by its own checksum).
 
     With a saveset, each block's wire frame is appended to it as it is written to the target.
     A failure is handed to on_error at once (the helper's ERROR frame: the client may be
@@ -64,8 +68,8 @@ class ImageWriter(object):
     """
 
     def __init__(self, target, on_progress, on_error, saveset=None, segments=None,
-                 depth=QUEUE_DEPTH, hash_stream=True, record=None):
-        # type: (AnyTarget, OnProgress, OnError, Saveset, Segments, int, bool, Record) -> None
+                 depth=QUEUE_DEPTH, hashes=(imagedigest.PLAIN,), record=None):
+        # type: (AnyTarget, OnProgress, OnError, Saveset, Segments, int, Sequence[str], Record) -> None
         self._target = target
         self._record = record  # the target's block digests as written, for the digest cache
         self._saveset = saveset
@@ -73,14 +77,14 @@ class ImageWriter(object):
         self._on_progress = on_progress
         self._on_error = on_error
         self._queue = queue.Queue(depth)  # type: queue.Queue[Optional[tuple]]
-        self._hash = hashlib.sha256() if hash_stream else None
+        self._hashes = [imagedigest.DIGESTS[name]() for name in hashes]
         self._head = bytearray(min(HEAD, target.size))
         self._written = 0
         self._error = None  # type: Optional[BaseException]
         self._next_progress = time.monotonic() + FIRST_PROGRESS
         self._head_zeroed = False
         self._head_changed = False  # new bytes (not MATCHed ones) went into the held-back head
-        self._drained = None  # type: Optional[Tuple[int, Optional[str]]]  # drain()'s, once done
+        self._drained = None  # type: Optional[Tuple[int, Dict[str, str]]]  # drain()'s, once done
         self._finished = False  # the head is written and the target synced
         self._thread = threading.Thread(target=self._run, name="writer")
         self._thread.daemon = True
@@ -108,20 +112,20 @@ class ImageWriter(object):
         self._put((COPY, offset, (source, digest), length, None))
 
     def drain(self):
-        # type: () -> Tuple[int, Optional[str]]
-        """Wait for every block to be written (not the held-back head); (bytes, sha256 hex)."""
+        # type: () -> Tuple[int, Dict[str, str]]
+        """Wait for every block to be written (not the held-back head); (bytes, digests)."""
         if self._drained is None:
             self._put(None)
             self._thread.join()
             self._raise_error()
             self._drained = (self._written,
-                             self._hash.hexdigest() if self._hash is not None else None)
+                             dict((h.algorithm, h.hexdigest()) for h in self._hashes))
         return self._drained
 
     def finish(self):
-        # type: () -> Tuple[int, Optional[str]]
+        # type: () -> Tuple[int, Dict[str, str]]
         """drain(), then write the held-back head and fsync, once: the image is proven whole.
-        Returns drain()'s (bytes, sha256 hex)."""
+        Returns drain()'s (bytes, digests)."""
         drained = self.drain()
         if not self._finished:
             self._finished = True
@@ -179,7 +183,7 @@ class ImageWriter(object):
         # type: (int, int, Any, int, Optional[bytes]) -> None
         if kind == MATCH:
             # Old bytes are read only where needed: with a digest cache, they were not read yet
-            need = length if self._hash is not None or self._saveset is not None else max(
+            need = length if self._hashes or self._saveset is not None else max(
                 0, min(length, len(self._head) - offset))  # the held-back head's part
             # receive_image refuses MATCH outside a delta run: there are segments here
             old, digests = self._segments.take(offset, length, need)  # type: ignore[union-attr]
@@ -298,14 +302,13 @@ class ImageWriter(object):
 
     def _digest(self, view):
         # type: (memoryview) -> None
-        if self._hash is not None:
-            self._hash.update(view)
+        for digest in self._hashes:
+            digest.update(view)
 
     def _hash_zeros(self, length):
         # type: (int) -> None
-        if self._hash is not None:
-            for chunk in zero_chunks(length):
-                self._hash.update(chunk)
+        for digest in self._hashes:
+            digest.zeros(length)
 
     def _report(self):
         # type: () -> None
