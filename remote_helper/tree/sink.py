@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Optional  # for the type comments
 
 from ..errors import HelperError, IntegrityError, Refused
-from . import meta
+from . import delta, meta
 from .entry import Entry
 from .safepath import UnsafePath, show
 
@@ -36,6 +36,7 @@ class FileSink(object):
         self._base = base
         self._copy_file_range = getattr(os, "copy_file_range", None)
         self.written = 0  # bytes of content received (data and base copies; holes excluded)
+        self.expect_sha256 = None  # type: Optional[str]  # a delta's: the whole file's, hex
 
     def write(self, offset, data):
         # type: (int, bytes) -> None
@@ -85,6 +86,18 @@ class FileSink(object):
                 raise
             self._copy_file_range = None
             return 0
+
+    def check_sha256(self):
+        # type: () -> bool
+        """Whether the file as built has expect_sha256 (true when none is expected): a delta
+        built from an old file that changed meanwhile is caught here, before its rename."""
+        if self.expect_sha256 is None or self._fd < 0:
+            return True
+        fd = os.open(self._tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        try:  # the file was made with O_EXCL by this sink, and its descriptor is write-only
+            return delta.sha256_fd(fd, self.entry.size) == self.expect_sha256
+        finally:
+            os.close(fd)
 
     def _check(self, offset, length):
         # type: (int, int) -> None

@@ -1,0 +1,254 @@
+"""A large file that changed crosses as its changed blocks only: both ends of a copy's delta.
+
+# Strategy: dup's --delta, per file. The writing side, for a file it wants whose old version
+# DEST holds (large enough, quick check failed), sends the sha256 of each BLOCK of the old file
+# (BaseDigests: a thread, the blocks of each segment hashed on target/hashing.py's threads,
+# frames sent as they are hashed, never a round trip per file). The reading side compares the
+# source file's blocks at the same offsets (plan()): the blocks that differ are its literal
+# runs, and the sha256 of the whole source file is taken in the same read. It sends the file
+# as a tar member whose sparse map (GNU 1.0) lists the literal runs; the ranges outside them
+# are "copy from the old file", not holes. Two pax records mark the member: the file's sha256
+# (DELTA_KEY) and, for a file that could not be read, the cause (FAILED_KEY, no data). They
+# ride as SCHILY.xattr records, which the tar decoder hands over in the member's xattrs; the
+# writer takes them out (marks()) and never applies them. The writer builds the new file under
+# its temporary name from the old file (copy_file_range) and the literals, hashes the result
+# and renames it only if the sha256 is the one sent: an old file changed meanwhile gives a
+# different sha256, and the file is reported as not copied, never written wrong.
+"""
+import hashlib
+import os
+import queue
+import struct
+import threading
+from typing import Callable, List, Optional, Tuple  # for the type comments
+
+from ..target.hashing import Hashers
+from .entry import Entry
+
+BLOCK = 64 << 10  # bytes per digest, as dup's delta
+SEGMENT = 4 << 20  # bytes read and hashed at a time
+MIN_SIZE = 1 << 20  # files smaller than this are sent whole
+MAX_RUNS = 65536  # literal runs beyond this: the file is sent whole (the map would be huge)
+MAX_PENDING = 64  # old files queued for hashing (each holds a descriptor); beyond: whole
+DIGEST = 32
+FRAME_DIGESTS = 16384  # digests per BLOCKS frame (512 KiB, under the control cap)
+FIRST = struct.Struct(">Q")  # a BLOCKS payload: the index of its first block, then digests
+
+DELTA_KEY = b"bacpac.delta.sha256"
+FAILED_KEY = b"bacpac.failed"
+JOIN_WITHIN = 30.0  # seconds
+WAIT = 0.5  # seconds between looks at the stop flag
+
+Send = Callable[[int, int, bytes], None]  # (entry index, old size, payload)
+
+
+def blocks_payload(first, digests):
+    # type: (int, bytes) -> bytes
+    return FIRST.pack(first) + digests
+
+
+def parse_blocks(payload):
+    # type: (bytes) -> Tuple[int, bytes]
+    """(first block index, digests) of a BLOCKS payload; ValueError when malformed."""
+    if len(payload) < FIRST.size or (len(payload) - FIRST.size) % DIGEST:
+        raise ValueError("a BLOCKS payload of %d bytes" % len(payload))
+    return FIRST.unpack_from(payload)[0], payload[FIRST.size:]
+
+
+def block_count(size):
+    # type: (int) -> int
+    return -(-size // BLOCK)
+
+
+class BaseDigests(object):
+    """The writer's thread that hashes old files and sends their BLOCKS frames, in order."""
+
+    def __init__(self, send):
+        # type: (Send) -> None
+        self._send = send
+        self._queue = queue.Queue()  # type: queue.Queue
+        self._stop = threading.Event()
+        self._hashers = None  # type: Optional[Hashers]
+        self.pending = 0  # files queued and not yet hashed
+        self.error = None  # type: Optional[BaseException]
+        self._thread = threading.Thread(target=self._run, name="base-digests")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def add(self, index, fd, size):
+        # type: (int, int, int) -> None
+        """Hash the old file at fd (closed here) of `size` bytes for the entry `index`."""
+        if self.error is not None:
+            os.close(fd)
+            raise self.error
+        self.pending += 1
+        self._queue.put((index, fd, size))
+
+    def _run(self):
+        # type: () -> None
+        try:
+            while not self._stop.is_set():
+                try:
+                    job = self._queue.get(timeout=WAIT)
+                except queue.Empty:
+                    continue
+                if job is None:
+                    return
+                index, fd, size = job
+                try:
+                    self._hash(index, fd, size)
+                finally:
+                    os.close(fd)
+                    self.pending -= 1
+        except BaseException as e:
+            self.error = e
+        finally:
+            self._drain()
+
+    def _drain(self):
+        # type: () -> None
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                os.close(job[1])
+
+    def _hash(self, index, fd, size):
+        # type: (int, int, int) -> None
+        if self._hashers is None:
+            self._hashers = Hashers()
+        first = 0
+        held = []  # type: List[bytes]
+        pos = 0
+        while pos < size and not self._stop.is_set():
+            data = os.pread(fd, min(SEGMENT, size - pos), pos)
+            if not data:  # the old file shrank since its stat: the rest is what it holds
+                size = pos
+                break
+            for share in self._hashers.submit(memoryview(data), BLOCK, set()):
+                digests = share.result(self._stop)
+                if digests is None:
+                    return
+                held.append(digests)
+            pos += len(data)
+            if pos < size and sum(len(d) for d in held) >= FRAME_DIGESTS * DIGEST:
+                first = self._flush(index, size, first, b"".join(held))
+                held = []
+        if not self._stop.is_set():  # the last frame says the size: the reader then has all
+            self._flush(index, size, first, b"".join(held))
+
+    def _flush(self, index, size, first, data):
+        # type: (int, int, int, bytes) -> int
+        for start in range(0, max(len(data), 1), FRAME_DIGESTS * DIGEST):
+            piece = data[start:start + FRAME_DIGESTS * DIGEST]
+            self._send(index, size, blocks_payload(first, piece))
+            first += len(piece) // DIGEST
+        return first
+
+    def close(self):
+        # type: () -> None
+        """Stop, within a deadline; descriptors still queued are closed."""
+        self._stop.set()
+        self._queue.put(None)
+        self._thread.join(JOIN_WITHIN)
+        if self._hashers is not None:
+            self._hashers.stop(JOIN_WITHIN)
+
+
+def plan(fd, size, theirs):
+    # type: (int, int, bytes) -> Optional[Tuple[List[Tuple[int, int]], str]]
+    """The literal runs of the source file at fd ((offset, length), in order) against the old
+    file's block digests, and the sha256 of the whole source as read; None when a delta does
+    not pay (too many runs, or nothing of the old file matches)."""
+    whole = hashlib.sha256()
+    runs = []  # type: List[Tuple[int, int]]
+    matched = 0
+    pos = 0
+    while pos < size:
+        data = os.pread(fd, min(SEGMENT, size - pos), pos)
+        if not data:  # shrank since the walk: the writer's sha256 check will tell
+            data = bytes(min(SEGMENT, size - pos))
+        whole.update(data)
+        view = memoryview(data)
+        for rel in range(0, len(data), BLOCK):
+            piece = view[rel:rel + BLOCK]
+            index = (pos + rel) // BLOCK
+            digest = theirs[index * DIGEST:(index + 1) * DIGEST]
+            if digest and hashlib.sha256(piece).digest() == digest:
+                matched += 1
+                continue
+            _extend(runs, pos + rel, len(piece))
+        pos += len(data)
+        if len(runs) > MAX_RUNS:
+            return None
+    if not matched:
+        return None
+    return runs, whole.hexdigest()
+
+
+def _extend(runs, offset, length):
+    # type: (List[Tuple[int, int]], int, int) -> None
+    if runs and runs[-1][0] + runs[-1][1] == offset:
+        runs[-1] = (runs[-1][0], runs[-1][1] + length)
+    else:
+        runs.append((offset, length))
+
+
+def gaps(runs, size):
+    # type: (Tuple[Tuple[int, int], ...], int) -> List[Tuple[int, int]]
+    """The ranges of [0, size) outside the literal runs: those the old file gives."""
+    out = []  # type: List[Tuple[int, int]]
+    pos = 0
+    for offset, length in runs:
+        if offset > pos:
+            out.append((pos, offset - pos))
+        pos = offset + length
+    if pos < size:
+        out.append((pos, size - pos))
+    return out
+
+
+def marks(xattrs):
+    # type: (tuple) -> Tuple[Optional[str], Optional[str]]
+    """(sha256 of a delta member, cause of a failed one) from a decoded member's xattrs."""
+    found = dict(xattrs)
+    sha = found.get(DELTA_KEY)
+    failed = found.get(FAILED_KEY)
+    return (None if sha is None else sha.decode("ascii", "replace"),
+            None if failed is None else failed.decode("utf-8", "replace"))
+
+
+def sha256_fd(fd, size):
+    # type: (int, int) -> str
+    """The sha256 of the first `size` bytes at fd (a hole reads as zeros)."""
+    sha = hashlib.sha256()
+    pos = 0
+    while pos < size:
+        data = os.pread(fd, min(SEGMENT, size - pos), pos)
+        if not data:
+            break
+        sha.update(data)
+        pos += len(data)
+    return sha.hexdigest()
+
+
+def delta_entry(fd, item, theirs):
+    # type: (int, Entry, bytes) -> Entry
+    """The member to send for a FILE against its old file's digests: sparse-mapped literal
+    runs and the sha256 mark, or the entry as it is when a delta does not pay."""
+    planned = plan(fd, item.size, theirs)
+    if planned is None:
+        return item
+    runs, sha = planned
+    if not runs or runs[-1][0] + runs[-1][1] < item.size:
+        runs.append((item.size, 0))  # as a sparse map ending in a hole says so
+    return item._replace(extents=tuple(runs), xattrs=((DELTA_KEY, sha.encode("ascii")),))
+
+
+def failed_entry(item, cause):
+    # type: (Entry, str) -> Entry
+    """The member that stands for a FILE that could not be read: no data, and why."""
+    return item._replace(size=0, extents=None,
+                         xattrs=((FAILED_KEY, cause.encode("utf-8", "replace")),))
