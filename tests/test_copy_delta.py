@@ -7,12 +7,24 @@ is told apart from a delta by its size alone.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
 
 from clirun import MiB, bacpac, random_bytes, sha256_of, transport_for
+from remote_helper.jobs.copy import _ContentSender
+from remote_helper.tree import delta, tar
+from remote_helper.tree.entry import DIR, FILE, ROOT, entry
+from remote_helper.tree.tardecode import TarDecoder
+from remote_helper.wire import protocol
+from remote_helper.wire.protocol import BLOCKS, DATA, END, OPEN, READY, RESULT, WANTS
+from test_copy_safety import _window
+from test_hostile import LocalHelper
 
 SIZE = 8 * MiB
 SPOTS = (100_000, 3 * MiB + 5, 7 * MiB + 12_345)  # three changed 4 KiB spots
@@ -97,3 +109,170 @@ def test_a_shrunk_or_grown_file_is_rebuilt_exactly(tmp_path: Path, new_size: int
     assert (dst / "big").stat().st_size == new_size
     assert run.summary["delta_files"] == 1
     assert run.summary["bytes_sent"] < max(0, new_size - SIZE) + 256 * 1024
+
+
+# ---- the old file changes between its digests and the delta: caught, never a wrong file ------
+
+def _writer(dest: Path) -> LocalHelper:
+    helper = LocalHelper()
+    helper.send(protocol.encode_json(OPEN, {
+        "protocol": protocol.PROTOCOL_VERSION, "job": "write_tree", "dest": str(dest),
+        "roots": [{"path": "/src/", "kind": "d", "contents": True, "name": "src"}],
+        "source": {}, "delete": False, "dry_run": False, "xattrs": False, "excludes": []}))
+    assert helper.recv().type == READY
+    return helper
+
+
+def _old_digests(helper: LocalHelper, index: int) -> bytes:
+    """The BLOCKS the writer sends for entry `index`, once all have come."""
+    got = b""
+    while True:
+        frame = helper.answer()
+        assert frame.type == BLOCKS and frame.offset == index, frame
+        first, digests = delta.parse_blocks(frame.payload)
+        assert first == len(got) // 32
+        got += digests
+        if len(got) // 32 >= delta.block_count(frame.size):
+            return got
+
+
+def _delta_stream(src: Path, item, theirs: bytes) -> bytes:
+    """The tar stream the reading side sends for one wanted file, made by its own code."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        member = delta.delta_entry(fd, item, theirs)
+        assert member.xattrs, "the test wants a delta member"
+        data = tar.encode_header(member) + tar.sparse_map(member)
+        for offset, length in member.extents:
+            data += os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    return data + tar.padding(tar.member_data_size(member)) + tar.END_OF_ARCHIVE
+
+
+@pytest.mark.parametrize("meanwhile", ["changed", "shrunk", "removed"])
+def test_an_old_file_changed_during_the_delta_is_not_used(tmp_path: Path,
+                                                          meanwhile: str) -> None:
+    src, dest = tmp_path / "new", tmp_path / "dst"
+    dest.mkdir()
+    old = random_bytes(2 * MiB, 5)
+    (dest / "big").write_bytes(old)
+    new = bytearray(old)
+    new[70_000:70_004] = b"new!"
+    src.write_bytes(bytes(new))
+    item = entry(b"big", FILE, 0o644, size=len(new), mtime_ns=1_600_000_000 * 10**9)
+    helper = _writer(dest)
+    try:
+        helper.send(_window(entry(ROOT, DIR, 0o755), item))
+        wants = helper.answer()
+        assert wants.type == WANTS and wants.json()["delta"] == [1]
+        theirs = _old_digests(helper, 1)
+        if meanwhile == "changed":  # a block the delta takes from the old file
+            with open(dest / "big", "r+b") as f:
+                f.seek(MiB)
+                f.write(b"someone else")
+        elif meanwhile == "shrunk":
+            os.truncate(dest / "big", MiB)
+        else:
+            (dest / "big").unlink()
+        left = (dest / "big").read_bytes() if meanwhile != "removed" else None
+        data = _delta_stream(src, item, theirs)
+        helper.send(protocol.encode(DATA, data, 0, protocol.CODEC_RAW, len(data)))
+        helper.send(protocol.encode_json(END, {"bytes": len(data),
+                                               "sha256": hashlib.sha256(data).hexdigest()}))
+        result = helper.answer()
+        assert result.type == RESULT, result
+        assert helper.proc.wait(timeout=10) == 0
+    finally:
+        helper.close()
+    counts = result.json()
+    assert counts["files_failed"] == 1 and counts["files_sent"] == 0
+    (path, cause), = counts["failed"]
+    assert path.endswith("/big") and "changed" in cause or "went away" in cause
+    assert sorted(os.listdir(dest)) == ([] if left is None else ["big"])  # no temporary file
+    if left is not None:
+        assert (dest / "big").read_bytes() == left  # the old file, as it was left: never a mix
+
+
+# ---- a source file that cannot be read: the others are copied, exit 1, each one named ------
+
+PY_NOBODY = "#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {python} \"$@\"\n"
+
+
+@pytest.fixture
+def nobody_dir():
+    """A directory user nobody can write, and a python that runs helpers as nobody (so that
+    mode 000 stops a read, as it does not for root): the reading side's own refusal."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the helpers as another user")
+    top = Path(tempfile.mkdtemp(prefix="bacpac-nobody-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 for user nobody")
+    wrapper = top / "py-nobody"
+    wrapper.write_text(PY_NOBODY.format(python=python))
+    wrapper.chmod(0o755)
+    yield top
+    shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("direction", ["local", "push", "pull"])
+def test_an_unreadable_file_is_reported_and_the_others_copied(
+        nobody_dir: Path, direction: str, request: pytest.FixtureRequest,
+        no_helper_left) -> None:
+    src, dst = nobody_dir / "src", nobody_dir / "dst"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"a\n")
+    (src / "sub" / "secret").write_bytes(b"s" * 5000)
+    (src / "z").write_bytes(random_bytes(3 * MiB, 9))
+    (src / "sub" / "secret").chmod(0)
+    for p in (src, src / "sub", src / "a", src / "z", src / "sub" / "secret"):
+        os.chown(p, 65534, 65534)
+    dst.mkdir()
+    os.chown(dst, 65534, 65534)
+    copier = Copier(direction, request)
+    run = copier.run(src, dst, "--remote-python", nobody_dir / "py-nobody")
+    line = run.one_error_line(1, "1 file", "not copied", alone=False)
+    assert run.stderr.splitlines()[-1] == line  # the last line counts them
+    warning = [w for w in run.stderr.splitlines() if w.startswith("bacpac: warning:")]
+    secret = f"{src}/sub/secret"
+    named = copier.remote.target(secret) if direction == "pull" else secret  # HOST:PATH
+    assert warning == [f"bacpac: warning: {named}: cannot read: Permission denied"]
+    assert run.summary["status"] == "error"
+    assert run.summary["files_failed"] == 1
+    assert run.summary["failed"] == [f"{named}: cannot read: Permission denied"]
+    assert (dst / "a").read_bytes() == b"a\n"
+    assert sha256_of(dst / "z") == sha256_of(src / "z")
+    assert os.listdir(dst / "sub") == []  # nothing half-written for it
+
+
+def test_a_file_gone_before_it_is_read_becomes_a_member_that_says_why(tmp_path: Path) -> None:
+    """The reading side's sender, given a file the walk saw and that is gone since."""
+    sent = []
+
+    class Out:
+        def send(self, data: bytes) -> None:
+            sent.append(data)
+
+    sender = _ContentSender(Out(), protocol.CODEC_ZLIB, 1)  # type: ignore[arg-type]
+    (tmp_path / "kept").write_bytes(b"kept\n")
+    sender.add(os.fsencode(tmp_path / "gone"), entry(b"gone", FILE, size=7))
+    sender.add(os.fsencode(tmp_path / "kept"), entry(b"kept", FILE, size=5))
+    sender.finish()
+    sender.close()
+    decoder = protocol.Decoder()
+    decoder.feed(b"".join(sent))
+    stream = b""
+    while (frame := decoder.next_frame()) is not None:
+        stream += zlib.decompress(frame.payload)
+    events = TarDecoder()
+    events.feed(stream)
+    seen = []
+    while (event := events.next_event()) is not None:
+        seen.append(event)
+    gone, kept = [e[1] for e in seen if e[0] == "entry"]
+    assert delta.marks(gone.xattrs) == (None, "cannot read: No such file or directory")
+    assert gone.size == 0 and delta.marks(kept.xattrs) == (None, None)
+    assert [e[2] for e in seen if e[0] == "data"] == [b"kept\n"]
+    assert sender.failed == [[str(tmp_path / "gone"), "cannot read: No such file or directory"]]
