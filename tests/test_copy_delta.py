@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from bacpac.commands.copy import CopyRequest, run_copy
+from bacpac.spec import parse_endpoint
+from bacpac.transport.helper import ConnectOptions
+from bacpac.ui.events import JobProgress
 from clirun import MiB, bacpac, random_bytes, sha256_of, transport_for
 from remote_helper.jobs.copy import _ContentSender
 from remote_helper.tree import delta, tar
@@ -276,3 +280,36 @@ def test_a_file_gone_before_it_is_read_becomes_a_member_that_says_why(tmp_path: 
     assert gone.size == 0 and delta.marks(kept.xattrs) == (None, None)
     assert [e[2] for e in seen if e[0] == "data"] == [b"kept\n"]
     assert sender.failed == [[str(tmp_path / "gone"), "cannot read: No such file or directory"]]
+
+
+# ---- the progress display learns the total to send -------------------------------------------
+
+def test_the_progress_learns_the_bytes_to_send(tmp_path: Path, no_helper_left) -> None:
+    """JobStarted cannot know a copy's total (the walk has not begun): each WANTS adds its
+    files' bytes, so the bar and the ETA have a total; a delta's reused bytes count as done."""
+    src, dst = two_trees(tmp_path)
+    (src / "more").write_bytes(random_bytes(3 * MiB, 4))
+    events: list = []
+
+    class Record:
+        def emit(self, event: object) -> None:
+            events.append(event)
+
+        def close(self) -> None:
+            pass
+
+    def copy() -> list[JobProgress]:
+        events.clear()
+        request = CopyRequest(sources=(parse_endpoint(f"{src}/"),), dest=parse_endpoint(str(dst)))
+        run_copy(request, ConnectOptions(), Record())
+        return [e for e in events if isinstance(e, JobProgress)]
+
+    first = copy()
+    total = SIZE + 3 * MiB + len(b"small file\n")
+    assert max(p.bytes_total for p in first) == total
+    assert first[-1].bytes_total == total
+    assert total <= max(p.bytes_read for p in first) < total + 64 * 1024  # tar headers
+    change(src / "big", SPOTS, 30)
+    again = copy()
+    assert again[-1].bytes_total == SIZE
+    assert SIZE <= max(p.bytes_read for p in again) < SIZE + 64 * 1024  # reused counted

@@ -249,6 +249,7 @@ class _Answers:
         self._counters = counters
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
+        self._reused = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="copy-answers", daemon=True)
         writer.owns(self._thread)
@@ -260,6 +261,7 @@ class _Answers:
                 frame = self._writer.recv()
                 if frame.type == WANTS:
                     self._reader.send(protocol.encode(WANTS, frame.payload, frame.offset))
+                    self._counters.add_total(int(self._writer.json(frame).get("bytes", 0)))
                     continue
                 if frame.type == BLOCKS:
                     self._reader.send(protocol.encode(BLOCKS, frame.payload, frame.offset, 0,
@@ -267,12 +269,16 @@ class _Answers:
                     continue
                 if frame.type == PROGRESS:
                     progress = self._writer.json(frame)
+                    reused = int(progress.get("reused", 0))  # a delta's old bytes: done too
+                    self._counters.add(read=reused - self._reused)
+                    self._reused = reused
                     self._counters.set_written(int(progress.get("written", 0)))
                     self._counters.set_files(int(progress.get("files", 0)),
                                              int(progress.get("wanted", 0)),
                                              str(progress.get("current", "")))
                     continue
                 self.result = self._writer.expect(frame, RESULT, self._where)
+                self._counters.add(read=int(self.result.get("delta_reused", 0)) - self._reused)
                 return
         except BaseException as e:
             self.error = e

@@ -36,6 +36,7 @@ class JobProgress:
     files_wanted: int = 0
     current: str = ""  # the file being written
     slowest: Optional[str] = None  # a fan-out's host whose helper has written the least
+    bytes_total: int = 0  # a total learnt mid-job (a tree copy's, as the writer asks): 0 if not
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class Counters:
         self.files_wanted = 0
         self.current = ""
         self.slowest: Optional[str] = None
+        self.bytes_total = 0
 
     def add(self, read: int = 0, sent: int = 0, compared: int = 0, blocks_sent: int = 0) -> None:
         with self._lock:
@@ -145,7 +147,14 @@ class Counters:
             event = self._snapshot()
         self._sink.emit(event)
 
+    def add_total(self, more: int) -> None:
+        """A total that grows as the job learns it (a tree copy's bytes to send)."""
+        with self._lock:
+            self.bytes_total += more
+            event = self._snapshot()
+        self._sink.emit(event)
+
     def _snapshot(self) -> JobProgress:
         return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
                            self.blocks_compared, self.blocks_sent, self.files_done,
-                           self.files_wanted, self.current, self.slowest)
+                           self.files_wanted, self.current, self.slowest, self.bytes_total)

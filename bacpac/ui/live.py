@@ -39,6 +39,7 @@ class _Row:
     blocks_sent: int = 0
     files: str = ""  # a tree copy's files done, wanted and current
     slowest: Optional[str] = None  # a fan-out's host that has written the least
+    total: Optional[int] = None  # a total learnt mid-job, for the bar and the ETA
     dirty: bool = False
 
 
@@ -160,18 +161,22 @@ class RichSink:
             if event.files_wanted:
                 row.files = files_text(event.files_done, event.files_wanted, event.current)
             row.slowest = event.slowest
+            if event.bytes_total:
+                row.total = event.bytes_total
             row.dirty = True
 
     def _sync(self) -> None:
         """Copy changed counters into rich's tasks; called by rich before it renders."""
         with self._lock:
             changed = [(row.task_id, row.read, row.sent,
-                        blocks_text(row.compared, row.blocks_sent) + row.files, row.slowest)
-                       for row in self._rows.values() if row.dirty]
+                        blocks_text(row.compared, row.blocks_sent) + row.files, row.slowest,
+                        row.total) for row in self._rows.values() if row.dirty]
             for row in self._rows.values():
                 row.dirty = False
-        for task_id, read, sent, blocks, slowest in changed:
+        for task_id, read, sent, blocks, slowest, total in changed:
             try:
+                if total is not None:
+                    self._progress.update(task_id, total=total)
                 self._progress.update(task_id, completed=read, sent=sent, blocks=blocks,
                                       slowest=slowest)
             except KeyError:  # the job finished between the copy and the update

@@ -589,6 +589,7 @@ class _TreeReceiver(object):
         window.entries, digests = manifest.decode_window_digests(frame.payload)
         want = []
         deltas = []
+        to_send = 0  # bytes of content the wanted files hold: the client's progress total
         counts = self.counts
         for index, item in enumerate(window.entries):
             counts["entries"] += 1
@@ -612,6 +613,7 @@ class _TreeReceiver(object):
                 self._writer.update(item)
             else:
                 want.append(index)
+                to_send += item.data_length()
                 counts["files_sent"] += 1
                 if self._dry:
                     if len(self.would_send) < MAX_LISTED:
@@ -621,7 +623,8 @@ class _TreeReceiver(object):
                     self._expected.append((window, item))
                     if self._base_digests(frame.offset + index, item):
                         deltas.append(index)
-        self._out.send_json(WANTS, {"window": frame.offset, "want": want, "delta": deltas})
+        self._out.send_json(WANTS, {"window": frame.offset, "want": want, "delta": deltas,
+                                    "bytes": to_send})
         self._windows.append(window)
         self._settle()
 
@@ -709,6 +712,7 @@ class _TreeReceiver(object):
             self._last_progress = now
             current = self._current[1].path if self._current is not None else b""
             self._out.send_json(PROGRESS, {"written": self.counts["bytes_sent"],
+                                           "reused": self.counts["delta_reused"],
                                            "files": self._done_files(),
                                            "wanted": self.counts["files_sent"],
                                            "current": current.decode("utf-8", "replace")})
