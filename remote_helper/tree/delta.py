@@ -161,8 +161,19 @@ def plan(fd, size, theirs):
     # type: (int, int, bytes) -> Optional[Tuple[List[Tuple[int, int]], str]]
     """The literal runs of the source file at fd ((offset, length), in order) against the old
     file's block digests, and the sha256 of the whole source as read; None when a delta does
-    not pay (too many runs, or nothing of the old file matches)."""
+    not pay (too many runs, or nothing of the old file matches). One read: each segment's
+    blocks are hashed on Hashers' threads while this thread hashes the whole."""
+    hashers = Hashers()
+    try:
+        return _plan(fd, size, theirs, hashers)
+    finally:
+        hashers.stop(JOIN_WITHIN)
+
+
+def _plan(fd, size, theirs, hashers):
+    # type: (int, int, bytes, Hashers) -> Optional[Tuple[List[Tuple[int, int]], str]]
     whole = hashlib.sha256()
+    never = threading.Event()
     runs = []  # type: List[Tuple[int, int]]
     matched = 0
     pos = 0
@@ -170,16 +181,17 @@ def plan(fd, size, theirs):
         data = os.pread(fd, min(SEGMENT, size - pos), pos)
         if not data:  # shrank since the walk: the writer's sha256 check will tell
             data = bytes(min(SEGMENT, size - pos))
+        shares = hashers.submit(memoryview(data), BLOCK, set())
         whole.update(data)
-        view = memoryview(data)
-        for rel in range(0, len(data), BLOCK):
-            piece = view[rel:rel + BLOCK]
-            index = (pos + rel) // BLOCK
-            digest = theirs[index * DIGEST:(index + 1) * DIGEST]
-            if digest and hashlib.sha256(piece).digest() == digest:
+        ours = b"".join(share.result(never) or b"" for share in shares)
+        first = pos // BLOCK
+        for index in range(len(ours) // DIGEST):
+            at = (first + index) * DIGEST
+            mine = ours[index * DIGEST:(index + 1) * DIGEST]
+            if theirs[at:at + DIGEST] == mine:
                 matched += 1
-                continue
-            _extend(runs, pos + rel, len(piece))
+            else:
+                _extend(runs, pos + index * BLOCK, min(BLOCK, len(data) - index * BLOCK))
         pos += len(data)
         if len(runs) > MAX_RUNS:
             return None
