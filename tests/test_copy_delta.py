@@ -251,6 +251,29 @@ def test_an_unreadable_file_is_reported_and_the_others_copied(
     assert os.listdir(dst / "sub") == []  # nothing half-written for it
 
 
+def test_an_unlistable_directory_is_reported_and_the_others_copied(nobody_dir: Path,
+                                                                   no_helper_left) -> None:
+    src, dst = nobody_dir / "src", nobody_dir / "dst"
+    (src / "locked").mkdir(parents=True)
+    (src / "locked" / "inside").write_bytes(b"x")
+    (src / "secret").write_bytes(b"s")
+    (src / "a").write_bytes(b"a\n")
+    for p in (src, src / "locked", src / "locked" / "inside", src / "secret", src / "a"):
+        os.chown(p, 65534, 65534)
+    (src / "locked").chmod(0o300)  # may be entered, not listed
+    (src / "secret").chmod(0)
+    dst.mkdir()
+    os.chown(dst, 65534, 65534)
+    run = bacpac("copy", "--no-progress", "--json", "--remote-python", nobody_dir / "py-nobody",
+                 f"{src}/", dst)
+    line = run.one_error_line(1, alone=False)
+    assert line == (f"bacpac: 2 files or directories of {dst} were not copied (see the "
+                    "warnings above); the others were")
+    assert sorted(run.summary["failed"]) == [f"{src}/locked: Permission denied",
+                                             f"{src}/secret: cannot read: Permission denied"]
+    assert (dst / "a").read_bytes() == b"a\n" and os.listdir(dst / "locked") == []
+
+
 def test_a_file_gone_before_it_is_read_becomes_a_member_that_says_why(tmp_path: Path) -> None:
     """The reading side's sender, given a file the walk saw and that is gone since."""
     sent = []

@@ -170,29 +170,31 @@ def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, 
             sink.emit(JobMessage(job, "info", f"would send {path}"))
         for path in extra["would_delete"]:
             sink.emit(JobMessage(job, "info", f"would delete {path}"))
-    for problem in end.get("problems", []):
-        summary.warnings.append(str(problem))
-        sink.emit(JobMessage(job, "warning", f"not copied: {problem}"))
 
 
 def _report_failed(summary: JobSummary, result: dict, end: dict, sink: Sink, job: str,
                    src_host: Optional[str], dest_host: Optional[str]) -> None:
-    """Files not copied (the reader could not read them, or a delta's old file changed): each
-    told as a warning and listed in --json; the others were copied, and the job fails (exit 1)
-    with a last line that counts them, as rsync's partial transfer does."""
+    """Files not copied (the reader could not read them, or a delta's old file changed) and
+    directories the walk could not list: each told as a warning and listed in --json; the
+    others were copied, and the job fails (exit 1) with a last line that counts them, as
+    rsync's partial transfer does."""
     failed = []
     for host, rows in ((src_host, end.get("failed", [])), (dest_host, result.get("failed", []))):
         for path, cause in rows:
             failed.append(f"{host}:{path}: {cause}" if host else f"{path}: {cause}")
-    count = int(result.get("files_failed", 0))
-    summary.extra["files_failed"] = count
-    summary.extra["failed"] = failed
-    for line in failed:
+    problems = [f"{src_host}:{p}" if src_host else str(p) for p in end.get("problems", [])]
+    files = int(result.get("files_failed", 0))
+    count = files + int(end.get("problem_count", len(problems)))
+    summary.extra["files_failed"] = files
+    summary.extra["failed"] = failed + problems
+    for line in failed + problems:
         summary.warnings.append(line)
         sink.emit(JobMessage(job, "warning", line))
     if count:
-        raise TransferError(f"{count} file{'s' if count > 1 else ''} of {summary.target} "
-                            f"{'were' if count > 1 else 'was'} not copied (see the warnings "
+        what = ("file" if count == files else "file or directory") if count == 1 else \
+            ("files" if count == files else "files or directories")
+        raise TransferError(f"{count} {what} of {summary.target} "
+                            f"{'was' if count == 1 else 'were'} not copied (see the warnings "
                             "above); the others were")
 
 
