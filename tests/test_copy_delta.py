@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -154,9 +155,12 @@ def _delta_stream(src: Path, item, theirs: bytes) -> bytes:
     return data + tar.padding(tar.member_data_size(member)) + tar.END_OF_ARCHIVE
 
 
-@pytest.mark.parametrize("meanwhile", ["changed", "shrunk", "removed"])
+@pytest.mark.parametrize("meanwhile", ["changed", "changed-aged", "shrunk", "removed"])
 def test_an_old_file_changed_during_the_delta_is_not_used(tmp_path: Path,
                                                           meanwhile: str) -> None:
+    """"changed": the old file was written just before, so the writer reads the rebuilt file
+    back to check it; "changed-aged": an old file it trusts by its stat, which the change
+    alters (a file's ctime cannot be set back: the test waits for it to age)."""
     src, dest = tmp_path / "new", tmp_path / "dst"
     dest.mkdir()
     old = random_bytes(2 * MiB, 5)
@@ -164,6 +168,8 @@ def test_an_old_file_changed_during_the_delta_is_not_used(tmp_path: Path,
     new = bytearray(old)
     new[70_000:70_004] = b"new!"
     src.write_bytes(bytes(new))
+    if meanwhile == "changed-aged":
+        time.sleep(delta.RECENT + 0.2)
     item = entry(b"big", FILE, 0o644, size=len(new), mtime_ns=1_600_000_000 * 10**9)
     helper = _writer(dest)
     try:
@@ -171,7 +177,7 @@ def test_an_old_file_changed_during_the_delta_is_not_used(tmp_path: Path,
         wants = helper.answer()
         assert wants.type == WANTS and wants.json()["delta"] == [1]
         theirs = _old_digests(helper, 1)
-        if meanwhile == "changed":  # a block the delta takes from the old file
+        if meanwhile.startswith("changed"):  # a block the delta takes from the old file
             with open(dest / "big", "r+b") as f:
                 f.seek(MiB)
                 f.write(b"someone else")
@@ -336,3 +342,33 @@ def test_the_progress_learns_the_bytes_to_send(tmp_path: Path, no_helper_left) -
     again = copy()
     assert again[-1].bytes_total == SIZE
     assert SIZE <= max(p.bytes_read for p in again) < SIZE + 64 * 1024  # reused counted
+
+
+# ---- the delta's check, on its own -------------------------------------------------------------
+
+def test_the_check_of_a_rebuilt_file_is_the_readers(tmp_path: Path) -> None:
+    """plan() on the source and rebuilt() on the file built from the old one agree, whether
+    the old file's digests are trusted (reused blocks not read) or not (every block read);
+    a reused block that differs is caught when not trusted."""
+    old = random_bytes(3 * MiB + 1000, 7)
+    new = bytearray(old)
+    new[200_000:200_010] = b"0123456789"
+    new += b"grown"
+    theirs = b"".join(hashlib.sha256(old[i:i + delta.BLOCK]).digest()
+                      for i in range(0, len(old), delta.BLOCK))
+    (tmp_path / "new").write_bytes(bytes(new))
+    fd = os.open(tmp_path / "new", os.O_RDONLY)
+    try:
+        runs, check = delta.plan(fd, len(new), theirs)
+        assert runs == [(196608, 65536), (3 * MiB, 1005)]
+        assert delta.rebuilt(fd, len(new), tuple(runs), theirs) == check
+        assert delta.rebuilt(fd, len(new), tuple(runs), b"") == check
+    finally:
+        os.close(fd)
+    new[MiB] ^= 1  # a reused block that is not what the old file's digest says
+    (tmp_path / "new").write_bytes(bytes(new))
+    fd = os.open(tmp_path / "new", os.O_RDONLY)
+    try:
+        assert delta.rebuilt(fd, len(new), tuple(runs), b"") != check
+    finally:
+        os.close(fd)

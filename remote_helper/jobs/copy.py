@@ -537,7 +537,7 @@ class _TreeReceiver(object):
         self._bases = None  # type: Optional[delta.BaseDigests]  # made for the first delta
         self._deltas = deltas and not dry_run
         self._member = None  # type: Optional[Entry]  # the tar member of the current file
-        self._skipping = False  # the current file is not copied: its data is dropped
+        self._old = None  # type: Optional[Tuple[str, bytes]]  # a delta's check, old digests
         self.failed = []  # type: List[List[str]]  # [path, cause] of files not copied here
         self._checksum = checksum
         self._saveset = saveset
@@ -639,15 +639,14 @@ class _TreeReceiver(object):
         fd = self._writer.old_file(item)
         if fd is None:
             return False
-        size = os.fstat(fd).st_size
-        if size < delta.BLOCK:
+        if os.fstat(fd).st_size < delta.BLOCK:
             os.close(fd)
             return False
         if self._bases is None:
             out = self._out
             self._bases = delta.BaseDigests(
                 lambda at, old, payload: out.send(protocol.encode(BLOCKS, payload, at, 0, old)))
-        self._bases.add(index, fd, size)
+        self._bases.add(index, item.path, fd)
         return True
 
     def _same_digest(self, item, digest):
@@ -764,7 +763,8 @@ class _TreeReceiver(object):
         """A wanted file's member begins: a plain one, a delta against the old file, or one
         the reader could not read (delta.py's marks)."""
         self._member = member
-        self._skipping = False
+        self._old = None
+        old = self._bases.take(item.path) if self._bases is not None else None
         sha, failed = delta.marks(member.xattrs)
         if failed is not None:
             self._fail(item, failed, counted=False)
@@ -772,26 +772,37 @@ class _TreeReceiver(object):
         if sha is None:
             self._sink = self._writer.add(item)
             return
+        if old is None:
+            raise ProtocolError("%s: a delta member where no old file's digests were sent"
+                                % _show(item.path))
         base = self._writer.old_file(item)
         if base is None:
             self._fail(item, "the old file in DEST went away during the copy")
             return
         self._sink = self._writer.add(item, base)
-        self._sink.expect_sha256 = sha
         try:
             for offset, length in delta.gaps(member.extents or (), item.size):
                 self._sink.copy_from_base(offset, length)
                 self.counts["delta_reused"] += length
+            trusted = delta.unchanged(old[1], delta.stat_key(self._sink.base_stat()))
         except IntegrityError:
             self._drop()
             self._fail(item, "the old file in DEST changed during the copy")
             return
+        self._old = (sha, old[0] if trusted else b"")
         self.counts["delta_files"] += 1
 
     def _finish_file(self, item):
         # type: (Entry) -> None
-        assert self._sink is not None
-        if not self._sink.check_sha256():
+        assert self._sink is not None and self._member is not None
+        if self._old is not None:
+            sha, theirs = self._old
+            runs = self._member.extents or ()
+            size = item.size
+            ok = self._sink.check(lambda fd: delta.rebuilt(fd, size, runs, theirs) == sha)
+        else:
+            ok = True
+        if not ok:
             self._drop()
             self._fail(item, "the old file in DEST changed during the copy (sha256 differs)")
             return

@@ -20,7 +20,8 @@ import os
 import queue
 import struct
 import threading
-from typing import Callable, List, Optional, Tuple  # for the type comments
+import time
+from typing import Callable, Dict, List, Optional, Tuple  # for the type comments
 
 from ..target.hashing import Hashers
 from .entry import Entry
@@ -37,6 +38,7 @@ FIRST = struct.Struct(">Q")  # a BLOCKS payload: the index of its first block, t
 DELTA_KEY = b"bacpac.delta.sha256"
 FAILED_KEY = b"bacpac.failed"
 JOIN_WITHIN = 30.0  # seconds
+RECENT = 2  # seconds: an old file written this recently is read again to check a delta
 WAIT = 0.5  # seconds between looks at the stop flag
 
 Send = Callable[[int, int, bytes], None]  # (entry index, old size, payload)
@@ -70,19 +72,26 @@ class BaseDigests(object):
         self._stop = threading.Event()
         self._hashers = None  # type: Optional[Hashers]
         self.pending = 0  # files queued and not yet hashed
+        self._results = {}  # type: Dict[bytes, Tuple[bytes, tuple]]  # path: digests, stat
         self.error = None  # type: Optional[BaseException]
         self._thread = threading.Thread(target=self._run, name="base-digests")
         self._thread.daemon = True
         self._thread.start()
 
-    def add(self, index, fd, size):
-        # type: (int, int, int) -> None
-        """Hash the old file at fd (closed here) of `size` bytes for the entry `index`."""
+    def add(self, index, path, fd):
+        # type: (int, bytes, int) -> None
+        """Hash the old file at fd (closed here) for the copy's entry `index` at `path`."""
         if self.error is not None:
             os.close(fd)
             raise self.error
         self.pending += 1
-        self._queue.put((index, fd, size))
+        self._queue.put((index, path, fd, stat_key(os.fstat(fd))))
+
+    def take(self, path):
+        # type: (bytes) -> Optional[Tuple[bytes, tuple]]
+        """The old file's digests and its stat_key() when they were taken (None if not
+        hashed); each is taken once, when the file's member comes."""
+        return self._results.pop(path, None)
 
     def _run(self):
         # type: () -> None
@@ -94,9 +103,9 @@ class BaseDigests(object):
                     continue
                 if job is None:
                     return
-                index, fd, size = job
+                index, path, fd, key = job
                 try:
-                    self._hash(index, fd, size)
+                    self._hash(index, path, fd, key)
                 finally:
                     os.close(fd)
                     self.pending -= 1
@@ -113,14 +122,16 @@ class BaseDigests(object):
             except queue.Empty:
                 return
             if job is not None:
-                os.close(job[1])
+                os.close(job[2])
 
-    def _hash(self, index, fd, size):
-        # type: (int, int, int) -> None
+    def _hash(self, index, path, fd, key):
+        # type: (int, bytes, int, tuple) -> None
+        size = key[2]
         if self._hashers is None:
             self._hashers = Hashers()
         first = 0
         held = []  # type: List[bytes]
+        self._sent = []  # type: List[bytes]
         pos = 0
         while pos < size and not self._stop.is_set():
             data = os.pread(fd, min(SEGMENT, size - pos), pos)
@@ -135,8 +146,11 @@ class BaseDigests(object):
             pos += len(data)
             if pos < size and sum(len(d) for d in held) >= FRAME_DIGESTS * DIGEST:
                 first = self._flush(index, size, first, b"".join(held))
+                self._sent.extend(held)
                 held = []
         if not self._stop.is_set():  # the last frame says the size: the reader then has all
+            self._results[path] = (b"".join(self._sent) + b"".join(held), key)
+            self._sent = []
             self._flush(index, size, first, b"".join(held))
 
     def _flush(self, index, size, first, data):
@@ -160,9 +174,9 @@ class BaseDigests(object):
 def plan(fd, size, theirs):
     # type: (int, int, bytes) -> Optional[Tuple[List[Tuple[int, int]], str]]
     """The literal runs of the source file at fd ((offset, length), in order) against the old
-    file's block digests, and the sha256 of the whole source as read; None when a delta does
-    not pay (too many runs, or nothing of the old file matches). One read: each segment's
-    blocks are hashed on Hashers' threads while this thread hashes the whole."""
+    file's block digests, and the file's check: the sha256 of its block digests in order;
+    None when a delta does not pay (too many runs, or nothing of the old file matches). One
+    read, the blocks of each segment hashed on Hashers' threads."""
     hashers = Hashers()
     try:
         return _plan(fd, size, theirs, hashers)
@@ -172,7 +186,7 @@ def plan(fd, size, theirs):
 
 def _plan(fd, size, theirs, hashers):
     # type: (int, int, bytes, Hashers) -> Optional[Tuple[List[Tuple[int, int]], str]]
-    whole = hashlib.sha256()
+    listed = hashlib.sha256()  # of the block digests, in order: the file's check (rebuilt())
     never = threading.Event()
     runs = []  # type: List[Tuple[int, int]]
     matched = 0
@@ -182,8 +196,8 @@ def _plan(fd, size, theirs, hashers):
         if not data:  # shrank since the walk: the writer's sha256 check will tell
             data = bytes(min(SEGMENT, size - pos))
         shares = hashers.submit(memoryview(data), BLOCK, set())
-        whole.update(data)
         ours = b"".join(share.result(never) or b"" for share in shares)
+        listed.update(ours)
         first = pos // BLOCK
         for index in range(len(ours) // DIGEST):
             at = (first + index) * DIGEST
@@ -197,7 +211,7 @@ def _plan(fd, size, theirs, hashers):
             return None
     if not matched:
         return None
-    return runs, whole.hexdigest()
+    return runs, listed.hexdigest()
 
 
 def _extend(runs, offset, length):
@@ -232,20 +246,6 @@ def marks(xattrs):
             None if failed is None else failed.decode("utf-8", "replace"))
 
 
-def sha256_fd(fd, size):
-    # type: (int, int) -> str
-    """The sha256 of the first `size` bytes at fd (a hole reads as zeros)."""
-    sha = hashlib.sha256()
-    pos = 0
-    while pos < size:
-        data = os.pread(fd, min(SEGMENT, size - pos), pos)
-        if not data:
-            break
-        sha.update(data)
-        pos += len(data)
-    return sha.hexdigest()
-
-
 def delta_entry(fd, item, theirs):
     # type: (int, Entry, bytes) -> Entry
     """The member to send for a FILE against its old file's digests: sparse-mapped literal
@@ -264,3 +264,35 @@ def failed_entry(item, cause):
     """The member that stands for a FILE that could not be read: no data, and why."""
     return item._replace(size=0, extents=None,
                          xattrs=((FAILED_KEY, cause.encode("utf-8", "replace")),))
+
+
+def stat_key(st):
+    # type: (os.stat_result) -> tuple
+    """What tells that a file was not written since: identity, size, mtime, ctime (ns)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def unchanged(before, after):
+    # type: (tuple, tuple) -> bool
+    """Whether an old file's stat_key() still says that its digests hold. One written in
+    the RECENT seconds before its digests were taken is not trusted: a write in the same
+    tick of the file system's clock would leave mtime and ctime as they were."""
+    return before == after and time.time() - max(before[3], before[4]) / 1e9 > RECENT
+
+
+def rebuilt(fd, size, runs, theirs):
+    # type: (int, int, Tuple[Tuple[int, int], ...], bytes) -> str
+    """The check of a file rebuilt from an old file (plan()'s: the sha256 of its block
+    digests): blocks of the literal runs are hashed from fd, the others are the old file's
+    digests `theirs` (b"" when the old file is not trusted: then every block is hashed)."""
+    literal = set()  # type: set
+    for offset, length in runs:
+        if length:
+            literal.update(range(offset // BLOCK, -(-(offset + length) // BLOCK)))
+    listed = hashlib.sha256()
+    for index in range(block_count(size)):
+        known = theirs[index * DIGEST:(index + 1) * DIGEST]
+        if index in literal or len(known) != DIGEST:
+            known = hashlib.sha256(os.pread(fd, BLOCK, index * BLOCK)).digest()
+        listed.update(known)
+    return listed.hexdigest()

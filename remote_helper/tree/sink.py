@@ -9,10 +9,10 @@
 """
 import errno
 import os
-from typing import TYPE_CHECKING, Optional  # for the type comments
+from typing import TYPE_CHECKING, Callable, Optional  # for the type comments
 
 from ..errors import HelperError, IntegrityError, Refused
-from . import delta, meta
+from . import meta
 from .entry import Entry
 from .safepath import UnsafePath, show
 
@@ -36,7 +36,6 @@ class FileSink(object):
         self._base = base
         self._copy_file_range = getattr(os, "copy_file_range", None)
         self.written = 0  # bytes of content received (data and base copies; holes excluded)
-        self.expect_sha256 = None  # type: Optional[str]  # a delta's: the whole file's, hex
 
     def write(self, offset, data):
         # type: (int, bytes) -> None
@@ -87,15 +86,22 @@ class FileSink(object):
             self._copy_file_range = None
             return 0
 
-    def check_sha256(self):
-        # type: () -> bool
-        """Whether the file as built has expect_sha256 (true when none is expected): a delta
-        built from an old file that changed meanwhile is caught here, before its rename."""
-        if self.expect_sha256 is None or self._fd < 0:
+    def base_stat(self):
+        # type: () -> os.stat_result
+        """The old file's stat (add(base=...)), to tell whether it was written meanwhile."""
+        if self._base is None or self._base < 0:
+            raise Refused("%s: no old file" % self._where())
+        return os.fstat(self._base)
+
+    def check(self, test):
+        # type: (Callable[[int], bool]) -> bool
+        """test(fd) on a read descriptor of the file as built so far (its own descriptor is
+        write-only): a delta's check, before commit()."""
+        if self._fd < 0:
             return True
         fd = os.open(self._tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
-        try:  # the file was made with O_EXCL by this sink, and its descriptor is write-only
-            return delta.sha256_fd(fd, self.entry.size) == self.expect_sha256
+        try:  # the file was made with O_EXCL by this sink
+            return test(fd)
         finally:
             os.close(fd)
 
