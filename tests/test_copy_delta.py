@@ -359,7 +359,9 @@ def test_the_check_of_a_rebuilt_file_is_the_readers(tmp_path: Path) -> None:
     (tmp_path / "new").write_bytes(bytes(new))
     fd = os.open(tmp_path / "new", os.O_RDONLY)
     try:
-        runs, check = delta.plan(fd, len(new), theirs)
+        planned = delta.plan(fd, len(new), theirs)
+        assert planned is not None
+        runs, check = planned
         assert runs == [(196608, 65536), (3 * MiB, 1005)]
         assert delta.rebuilt(fd, len(new), tuple(runs), theirs) == check
         assert delta.rebuilt(fd, len(new), tuple(runs), b"") == check

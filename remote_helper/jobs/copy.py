@@ -15,6 +15,7 @@
 # local copies.
 """
 import errno
+import functools
 import hashlib
 import os
 import queue
@@ -23,7 +24,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple  # for the type comments
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple  # for the type comments
 
 from ..errors import HelperError, IntegrityError, ProtocolError, Refused
 from ..target import devices
@@ -134,7 +135,7 @@ def _send_wanted(inbox, window, sender, dry_run):
         if type(index) is not int or not 0 <= index < len(batch) or batch[index][1].kind != FILE:
             raise ProtocolError("WANTS names entry %r, which is no file of its window" % (index,))
         if not dry_run:
-            theirs = inbox.blocks(first + index) if index in deltas else None
+            theirs = functools.partial(inbox.blocks, first + index) if index in deltas else None
             sender.add(batch[index][0], batch[index][1], theirs)
 
 
@@ -255,7 +256,7 @@ class _ContentSender(object):
         self.failed = []  # type: List[List[str]]  # [path, cause] of files that could not be read
 
     def add(self, disk, item, theirs=None):
-        # type: (bytes, Entry, Optional[bytes]) -> None
+        # type: (bytes, Entry, Optional[Callable[[], bytes]]) -> None
         """The file's member; with `theirs` (the old file's block digests) its changed blocks
         only; a file that cannot be opened becomes a member that says why (delta.py)."""
         try:
@@ -263,6 +264,8 @@ class _ContentSender(object):
         except OSError as e:
             cause = "cannot read: %s" % (e.strerror or e)
             self.failed.append([_show(disk), cause])
+            if theirs is not None:
+                theirs()  # the old file's digests, taken so that they are not kept
             self._put(tar.encode_header(delta.failed_entry(item, cause)))
             return
         try:

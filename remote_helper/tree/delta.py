@@ -21,7 +21,7 @@ import queue
 import struct
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple  # for the type comments
+from typing import Callable, Dict, List, Optional, Tuple, Union  # for the type comments
 
 from ..target.hashing import Hashers
 from .entry import Entry
@@ -172,46 +172,48 @@ class BaseDigests(object):
 
 
 def plan(fd, size, theirs):
-    # type: (int, int, bytes) -> Optional[Tuple[List[Tuple[int, int]], str]]
+    # type: (int, int, Union[bytes, Callable[[], bytes]]) -> Optional[Tuple[List[Tuple[int, int]], str]]
     """The literal runs of the source file at fd ((offset, length), in order) against the old
-    file's block digests, and the file's check: the sha256 of its block digests in order;
-    None when a delta does not pay (too many runs, or nothing of the old file matches). One
-    read, the blocks of each segment hashed on Hashers' threads."""
-    hashers = Hashers()
-    try:
-        return _plan(fd, size, theirs, hashers)
-    finally:
-        hashers.stop(JOIN_WITHIN)
-
-
-def _plan(fd, size, theirs, hashers):
-    # type: (int, int, bytes, Hashers) -> Optional[Tuple[List[Tuple[int, int]], str]]
-    listed = hashlib.sha256()  # of the block digests, in order: the file's check (rebuilt())
-    never = threading.Event()
+    file's block digests `theirs`, and the file's check: the sha256 of its block digests in
+    order; None when a delta does not pay (too many runs, or nothing of the old file
+    matches). `theirs` may be a function that waits for them: the source is hashed first
+    (one read, each segment's blocks on Hashers' threads), so both sides hash at once."""
+    ours = own_digests(fd, size)
+    theirs = theirs() if callable(theirs) else theirs
     runs = []  # type: List[Tuple[int, int]]
     matched = 0
-    pos = 0
-    while pos < size:
-        data = os.pread(fd, min(SEGMENT, size - pos), pos)
-        if not data:  # shrank since the walk: the writer's sha256 check will tell
-            data = bytes(min(SEGMENT, size - pos))
-        shares = hashers.submit(memoryview(data), BLOCK, set())
-        ours = b"".join(share.result(never) or b"" for share in shares)
-        listed.update(ours)
-        first = pos // BLOCK
-        for index in range(len(ours) // DIGEST):
-            at = (first + index) * DIGEST
-            mine = ours[index * DIGEST:(index + 1) * DIGEST]
-            if theirs[at:at + DIGEST] == mine:
-                matched += 1
-            else:
-                _extend(runs, pos + index * BLOCK, min(BLOCK, len(data) - index * BLOCK))
-        pos += len(data)
-        if len(runs) > MAX_RUNS:
-            return None
+    for index in range(len(ours) // DIGEST):
+        at = index * DIGEST
+        if theirs[at:at + DIGEST] == ours[at:at + DIGEST]:
+            matched += 1
+        else:
+            _extend(runs, index * BLOCK, min(BLOCK, size - index * BLOCK))
+            if len(runs) > MAX_RUNS:
+                return None
     if not matched:
         return None
-    return runs, listed.hexdigest()
+    return runs, hashlib.sha256(ours).hexdigest()
+
+
+def own_digests(fd, size):
+    # type: (int, int) -> bytes
+    """The sha256 of each BLOCK of the file at fd, concatenated (a file that shrank since
+    the walk reads as zeros past its end: the writer's check tells)."""
+    hashers = Hashers()
+    never = threading.Event()
+    digests = []  # type: List[bytes]
+    try:
+        pos = 0
+        while pos < size:
+            data = os.pread(fd, min(SEGMENT, size - pos), pos)
+            if not data:
+                data = bytes(min(SEGMENT, size - pos))
+            for share in hashers.submit(memoryview(data), BLOCK, set()):
+                digests.append(share.result(never) or b"")
+            pos += len(data)
+    finally:
+        hashers.stop(JOIN_WITHIN)
+    return b"".join(digests)
 
 
 def _extend(runs, offset, length):
@@ -247,7 +249,7 @@ def marks(xattrs):
 
 
 def delta_entry(fd, item, theirs):
-    # type: (int, Entry, bytes) -> Entry
+    # type: (int, Entry, Union[bytes, Callable[[], bytes]]) -> Entry
     """The member to send for a FILE against its old file's digests: sparse-mapped literal
     runs and the sha256 mark, or the entry as it is when a delta does not pay."""
     planned = plan(fd, item.size, theirs)
