@@ -8,6 +8,7 @@ is told apart from a delta by its size alone.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -20,7 +21,8 @@ import pytest
 from bacpac.commands.copy import CopyRequest, run_copy
 from bacpac.spec import parse_endpoint
 from bacpac.transport.helper import ConnectOptions
-from bacpac.ui.events import JobProgress
+from bacpac.ui.events import Counters, JobProgress, JobStarted
+from bacpac.ui.sinks import LogSink
 from clirun import MiB, bacpac, random_bytes, sha256_of, transport_for
 from remote_helper.jobs.copy import _ContentSender
 from remote_helper.tree import delta, tar
@@ -374,3 +376,14 @@ def test_the_check_of_a_rebuilt_file_is_the_readers(tmp_path: Path) -> None:
         assert delta.rebuilt(fd, len(new), tuple(runs), b"") != check
     finally:
         os.close(fd)
+
+
+def test_the_log_lines_show_the_share_of_a_total_learnt_mid_job() -> None:
+    out = io.StringIO()
+    ticks = iter(range(100))
+    sink = LogSink(out, clock=lambda: float(next(ticks)), interval=0.5)
+    sink.emit(JobStarted("job", "copy", "src/", "dst", None, 0))
+    counters = Counters("job", sink)
+    counters.add_total(8 * MiB)
+    counters.add(read=2 * MiB, sent=MiB)
+    assert "25% 2.0 MiB of 8.0 MiB" in out.getvalue().splitlines()[-1]
