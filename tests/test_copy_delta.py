@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import zlib
@@ -387,3 +388,26 @@ def test_the_log_lines_show_the_share_of_a_total_learnt_mid_job() -> None:
     counters.add_total(8 * MiB)
     counters.add(read=2 * MiB, sent=MiB)
     assert "25% 2.0 MiB of 8.0 MiB" in out.getvalue().splitlines()[-1]
+
+
+def test_an_unreadable_file_and_its_hard_link_are_left_out_of_dest_and_the_saveset(
+        nobody_dir: Path, no_helper_left) -> None:
+    out = nobody_dir / "out"
+    src, dst, saveset = nobody_dir / "src", out / "dst", out / "tree.bps"
+    src.mkdir()
+    out.mkdir()
+    os.chown(out, 65534, 65534)
+    (src / "a").write_bytes(b"a\n")
+    (src / "secret").write_bytes(b"s" * 100)
+    os.link(src / "secret", src / "twin")
+    for p in (src, src / "a", src / "secret"):
+        os.chown(p, 65534, 65534)
+    (src / "secret").chmod(0)
+    run = bacpac("copy", "--no-progress", "--json", "--remote-python", nobody_dir / "py-nobody",
+                 "--saveset", saveset, f"{src}/", dst)
+    run.one_error_line(1, "1 file", "not copied", alone=False)
+    assert sorted(os.listdir(dst)) == ["a"]
+    listed = subprocess.run(["tar", "--zstd", "-tf", str(saveset)], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert sorted(listed) == ["./", "a"]
+    assert bacpac("verify", "--no-progress", saveset).returncode == 0

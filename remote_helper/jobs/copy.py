@@ -35,7 +35,7 @@ from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
 from ..tree.writer import CONTENT, META, SAME, TreeWriter
 from ..saveset.treeset import TreeSavesetOutput
-from ..tree.entry import DIR, FILE, ROOT, Entry
+from ..tree.entry import DIR, FILE, HARDLINK, ROOT, Entry
 from ..tree.walk import WalkError, Walker
 from ..wire import codecs, protocol, zstdframe
 from ..wire.protocol import BLOCKS, DATA, END, MANIFEST, PROGRESS, READY, RESULT, WANTS
@@ -541,6 +541,7 @@ class _TreeReceiver(object):
         self._deltas = deltas and not dry_run
         self._member = None  # type: Optional[Entry]  # the tar member of the current file
         self._old = None  # type: Optional[Tuple[str, bytes]]  # a delta's check, old digests
+        self._not_copied = set()  # type: set  # paths of files not copied, and links to them
         self.failed = []  # type: List[List[str]]  # [path, cause] of files not copied here
         self._checksum = checksum
         self._saveset = saveset
@@ -671,6 +672,9 @@ class _TreeReceiver(object):
         while self._windows and not self._windows[0].left:
             window = self._windows.popleft()
             for item in window.deferred:
+                if item.kind == HARDLINK and item.target in self._not_copied:
+                    self._not_copied.add(item.path)  # its file is not there to link to
+                    continue
                 if self._writer.compare(item) != SAME:
                     self._writer.update(item)
             if self._saveset is not None:
@@ -682,6 +686,8 @@ class _TreeReceiver(object):
         sent nothing still writes a complete saveset)."""
         assert self._saveset is not None and self._tar_out is not None
         for item in window.entries:
+            if item.path in self._not_copied:
+                continue  # not in DEST as the source has it: left out, and reported
             for piece in self._tar_out.member(item):
                 self._saveset.add_tar(piece)
 
@@ -823,6 +829,7 @@ class _TreeReceiver(object):
         the reader could not read is listed by the reader (END), not here."""
         self.counts["files_failed"] += 1
         self.counts["files_sent"] -= 1
+        self._not_copied.add(item.path)
         if counted and len(self.failed) < MAX_FAILED:
             self.failed.append([_show(self._writer.dest) + "/" + _show(item.path), cause])
 
