@@ -649,7 +649,8 @@ class _TreeReceiver(object):
         if self._bases is None:
             out = self._out
             self._bases = delta.BaseDigests(
-                lambda at, old, payload: out.send(protocol.encode(BLOCKS, payload, at, 0, old)))
+                lambda at, old, payload: out.send(protocol.encode(BLOCKS, payload, at, 0, old)),
+                out.fail)
         self._bases.add(index, item.path, fd)
         return True
 

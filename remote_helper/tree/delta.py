@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Union  # for the type comments
 
+from ..errors import HelperError
 from ..target.hashing import Hashers
 from .entry import Entry
 
@@ -65,9 +66,10 @@ def block_count(size):
 class BaseDigests(object):
     """The writer's thread that hashes old files and sends their BLOCKS frames, in order."""
 
-    def __init__(self, send):
-        # type: (Send) -> None
+    def __init__(self, send, fail):
+        # type: (Send, Callable[[BaseException], None]) -> None
         self._send = send
+        self._fail = fail  # the reader waits for these digests: a failure must end the job
         self._queue = queue.Queue()  # type: queue.Queue
         self._stop = threading.Event()
         self._hashers = None  # type: Optional[Hashers]
@@ -106,11 +108,15 @@ class BaseDigests(object):
                 index, path, fd, key = job
                 try:
                     self._hash(index, path, fd, key)
+                except OSError as e:
+                    raise HelperError("%s: reading the old file for a delta: %s"
+                                      % (path.decode("utf-8", "replace"), e.strerror), e.errno)
                 finally:
                     os.close(fd)
                     self.pending -= 1
         except BaseException as e:
             self.error = e
+            self._fail(e)
         finally:
             self._drain()
 
