@@ -183,6 +183,8 @@ def _add_copy_parser(commands: argparse._SubParsersAction, parent: _Parser) -> N
                       help="compare files by their sha256, not by size and mtime")
     copy.add_argument("--xattrs", action="store_true",
                       help="keep extended attributes and POSIX ACLs")
+    copy.add_argument("-W", "--whole-file", action="store_true",
+                      help="send a changed file whole, never only its changed blocks")
     copy.add_argument("--level", type=int, default=None,
                       choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)",
                       help="zstd compression level (default 3)")
@@ -208,7 +210,8 @@ def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
                           dest=parse_endpoint(args.paths[-1]), excludes=_exclude_patterns(args),
                           one_file_system=args.one_file_system, delete=args.delete,
                           dry_run=args.dry_run, xattrs=args.xattrs, checksum=args.checksum,
-                          saveset=args.saveset, level=args.level)
+                          saveset=args.saveset, level=args.level,
+                          whole_file=args.whole_file)
     run_copy(request, connect_options(args), sink)
 
 

@@ -56,6 +56,9 @@ def sample_frames() -> list[tuple[bytes, Frame]]:
                    Frame(protocol.MANIFEST, 0, 4096, 1, window)))
     frames.append((protocol.encode_json(protocol.WANTS, {"want": [0]}),
                    Frame(protocol.WANTS, 0, 0, 0, b'{"want": [0]}')))
+    blocks = (3).to_bytes(8, "big") + os.urandom(32 * 4)
+    frames.append((protocol.encode(protocol.BLOCKS, blocks, 70000, 0, 7 << 20),
+                   Frame(protocol.BLOCKS, 0, 70000, 7 << 20, blocks)))
     return frames
 
 
@@ -163,7 +166,7 @@ def raw_header(frame_type: int, length: int, size: int = 0, magic: bytes = b"BK"
 
 @pytest.mark.parametrize("frame_type,length", [
     (DATA, MAX_PAYLOAD + 1), (DATA, 0xFFFFFFFF), (OPEN, MAX_CONTROL + 1), (HELLO, 0xFFFFFFFF),
-    (DIGESTS, MAX_CONTROL + 1)])
+    (DIGESTS, MAX_CONTROL + 1), (protocol.BLOCKS, MAX_CONTROL + 1)])
 def test_oversize_length_rejected_on_header_alone(frame_type: int, length: int) -> None:
     decoder = Decoder()
     decoder.feed(raw_header(frame_type, length))  # no payload follows: nothing is waited for

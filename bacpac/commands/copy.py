@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from remote_helper.wire import protocol
-from remote_helper.wire.protocol import (DATA, END, ERROR, MANIFEST, OPEN, PROGRESS, READY,
-                                         RESULT, WANTS)
+from remote_helper.wire.protocol import (BLOCKS, DATA, END, ERROR, MANIFEST, OPEN, PROGRESS,
+                                         READY, RESULT, WANTS)
 
 from .. import threads
-from ..errors import BacpacError, ProtocolError, UsageError, interruption
+from ..errors import BacpacError, ProtocolError, TransferError, UsageError, interruption
 from ..spec import Endpoint
 from ..transport.helper import ConnectOptions, HelperSession, open_session
 from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
@@ -40,6 +40,7 @@ class CopyRequest:
     checksum: bool = False
     saveset: Optional[str] = None  # a path on the writing host
     level: Optional[int] = None
+    whole_file: bool = False  # a changed file is sent whole, not as its changed blocks
     extra: dict = field(default_factory=dict)
 
 
@@ -105,6 +106,7 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
                                                 "roots": facts["roots"]},
             "delete": request.delete, "dry_run": request.dry_run, "xattrs": request.xattrs,
             "checksum": request.checksum, "excludes": list(request.excludes),
+            "whole_file": request.whole_file,
             "saveset": _saveset_spec(request, paths[0])}, READY, dest_where)
         reader.send_json(READY, {"names": ready["names"]})
         sink.emit(JobStarted(job, "copy", summary.source, str(request.dest), None, 0))
@@ -120,6 +122,9 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
             summary.bytes_sent = counters.bytes_sent
             summary.bytes_read = counters.bytes_read
         _report(summary, result, end, request, sink, job)
+        _report_failed(summary, result, end, sink, job,
+                       None if first.is_local else reader.host,
+                       None if request.dest.is_local else writer.host)
     except BaseException:
         reader.close(hang_up=True)
         if writer is not None:
@@ -147,7 +152,8 @@ def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, 
     summary.bytes_read = int(end.get("content", 0))
     summary.bytes_sent = int(result.get("stream_bytes", 0))
     extra = summary.extra
-    for key in ("files_total", "files_sent", "files_unchanged", "files_meta"):
+    for key in ("files_total", "files_sent", "files_unchanged", "files_meta", "delta_files",
+                "delta_reused"):
         extra[key] = int(result.get(key, 0))
     extra["files_deleted"] = int(result.get("deleted", 0))
     extra["entries"] = int(result.get("entries", 0))
@@ -164,9 +170,32 @@ def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, 
             sink.emit(JobMessage(job, "info", f"would send {path}"))
         for path in extra["would_delete"]:
             sink.emit(JobMessage(job, "info", f"would delete {path}"))
-    for problem in end.get("problems", []):
-        summary.warnings.append(str(problem))
-        sink.emit(JobMessage(job, "warning", f"not copied: {problem}"))
+
+
+def _report_failed(summary: JobSummary, result: dict, end: dict, sink: Sink, job: str,
+                   src_host: Optional[str], dest_host: Optional[str]) -> None:
+    """Files not copied (the reader could not read them, or a delta's old file changed) and
+    directories the walk could not list: each told as a warning and listed in --json; the
+    others were copied, and the job fails (exit 1) with a last line that counts them, as
+    rsync's partial transfer does."""
+    failed = []
+    for host, rows in ((src_host, end.get("failed", [])), (dest_host, result.get("failed", []))):
+        for path, cause in rows:
+            failed.append(f"{host}:{path}: {cause}" if host else f"{path}: {cause}")
+    problems = [f"{src_host}:{p}" if src_host else str(p) for p in end.get("problems", [])]
+    files = int(result.get("files_failed", 0))
+    count = files + int(end.get("problem_count", len(problems)))
+    summary.extra["files_failed"] = files
+    summary.extra["failed"] = failed + problems
+    for line in failed + problems:
+        summary.warnings.append(line)
+        sink.emit(JobMessage(job, "warning", line))
+    if count:
+        what = ("file" if count == files else "file or directory") if count == 1 else \
+            ("files" if count == files else "files or directories")
+        raise TransferError(f"{count} {what} of {summary.target} "
+                            f"{'was' if count == 1 else 'were'} not copied (see the warnings "
+                            "above); the others were")
 
 
 class _Opening:
@@ -222,6 +251,7 @@ class _Answers:
         self._counters = counters
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
+        self._reused = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="copy-answers", daemon=True)
         writer.owns(self._thread)
@@ -233,15 +263,24 @@ class _Answers:
                 frame = self._writer.recv()
                 if frame.type == WANTS:
                     self._reader.send(protocol.encode(WANTS, frame.payload, frame.offset))
+                    self._counters.add_total(int(self._writer.json(frame).get("bytes", 0)))
+                    continue
+                if frame.type == BLOCKS:
+                    self._reader.send(protocol.encode(BLOCKS, frame.payload, frame.offset, 0,
+                                                      frame.size))
                     continue
                 if frame.type == PROGRESS:
                     progress = self._writer.json(frame)
+                    reused = int(progress.get("reused", 0))  # a delta's old bytes: done too
+                    self._counters.add(read=reused - self._reused)
+                    self._reused = reused
                     self._counters.set_written(int(progress.get("written", 0)))
                     self._counters.set_files(int(progress.get("files", 0)),
                                              int(progress.get("wanted", 0)),
                                              str(progress.get("current", "")))
                     continue
                 self.result = self._writer.expect(frame, RESULT, self._where)
+                self._counters.add(read=int(self.result.get("delta_reused", 0)) - self._reused)
                 return
         except BaseException as e:
             self.error = e

@@ -37,6 +37,7 @@ class JobProgress:
     current: str = ""  # the file being written
     slowest: Optional[str] = None  # a fan-out's host whose helper has written the least
     streams: int = 1  # a fan-out's helpers: bytes_sent counts the stream once for each
+    bytes_total: int = 0  # a total learnt mid-job (a tree copy's, as the writer asks): 0 if not
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Counters:
         self.current = ""
         self.slowest: Optional[str] = None
         self.streams = 1  # a fan-out sets its number of helpers
+        self.bytes_total = 0
 
     def add(self, read: int = 0, sent: int = 0, compared: int = 0, blocks_sent: int = 0) -> None:
         with self._lock:
@@ -149,7 +151,15 @@ class Counters:
             event = self._snapshot()
         self._sink.emit(event)
 
+    def add_total(self, more: int) -> None:
+        """A total that grows as the job learns it (a tree copy's bytes to send)."""
+        with self._lock:
+            self.bytes_total += more
+            event = self._snapshot()
+        self._sink.emit(event)
+
     def _snapshot(self) -> JobProgress:
         return JobProgress(self._job, self.bytes_read, self.bytes_sent, self.bytes_written,
                            self.blocks_compared, self.blocks_sent, self.files_done,
-                           self.files_wanted, self.current, self.slowest, self.streams)
+                           self.files_wanted, self.current, self.slowest, self.streams,
+                           self.bytes_total)

@@ -41,6 +41,7 @@ class _Row:
     files: str = ""  # a tree copy's files done, wanted and current
     slowest: Optional[str] = None  # a fan-out's host that has written the least
     streams: int = 1  # a fan-out's helpers, each sent the stream
+    total: Optional[int] = None  # a total learnt mid-job, for the bar and the ETA
     dirty: bool = False
 
 
@@ -163,6 +164,8 @@ class RichSink:
             if event.files_wanted:
                 row.files = files_text(event.files_done, event.files_wanted, event.current)
             row.slowest, row.streams = event.slowest, event.streams
+            if event.bytes_total:
+                row.total = event.bytes_total
             row.dirty = True
 
     def _sync(self) -> None:
@@ -170,12 +173,14 @@ class RichSink:
         with self._lock:
             changed = [(row.task_id, row.read, row.sent,
                         blocks_text(row.compared, row.blocks_sent) + row.files, row.slowest,
-                        row.streams)
+                        row.streams, row.total)
                        for row in self._rows.values() if row.dirty]
             for row in self._rows.values():
                 row.dirty = False
-        for task_id, read, sent, blocks, slowest, streams in changed:
+        for task_id, read, sent, blocks, slowest, streams, total in changed:
             try:
+                if total is not None:
+                    self._progress.update(task_id, total=total)
                 self._progress.update(task_id, completed=read, sent=sent, blocks=blocks,
                                       slowest=slowest, streams=streams)
             except KeyError:  # the job finished between the copy and the update

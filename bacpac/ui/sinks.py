@@ -75,6 +75,8 @@ class LogSink:
         elapsed = now - job.last_time
         if elapsed < self._interval:
             return
+        if event.bytes_total:
+            job.total = event.bytes_total
         read = max(event.bytes_read, job.last_read)
         rate = (read - job.last_read) / elapsed if elapsed > 0 else 0.0
         job.last_time, job.last_read = now, read

@@ -15,6 +15,7 @@
 # local copies.
 """
 import errno
+import functools
 import hashlib
 import os
 import queue
@@ -23,21 +24,21 @@ import threading
 import time
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple  # for the type comments
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple  # for the type comments
 
 from ..errors import HelperError, IntegrityError, ProtocolError, Refused
 from ..target import devices
 from ..target.checks import absolute, require_directory
-from ..tree import manifest, tar
+from ..tree import delta, manifest, tar
 from ..tree.exclude import Excludes
 from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
 from ..tree.writer import CONTENT, META, SAME, TreeWriter
 from ..saveset.treeset import TreeSavesetOutput
-from ..tree.entry import DIR, FILE, ROOT, Entry
+from ..tree.entry import DIR, FILE, HARDLINK, ROOT, Entry
 from ..tree.walk import WalkError, Walker
 from ..wire import codecs, protocol, zstdframe
-from ..wire.protocol import DATA, END, MANIFEST, PROGRESS, READY, RESULT, WANTS
+from ..wire.protocol import BLOCKS, DATA, END, MANIFEST, PROGRESS, READY, RESULT, WANTS
 
 if TYPE_CHECKING:  # server.py imports this module
     from .server import Input, Output
@@ -47,6 +48,7 @@ READ_CHUNK = 1 << 20
 JOIN_WITHIN = 30  # seconds: a thread of the reader ends within this once told to
 PROGRESS_EVERY = 0.5  # seconds between the writer's PROGRESS frames
 MAX_LISTED = 10000  # paths a dry run lists by name
+MAX_FAILED = 100  # files not copied, listed by name
 
 
 def _excludes(job):
@@ -98,38 +100,122 @@ def run_read_tree(job, inp, out):
     roots = [(os.fsencode(p), n) for p, n in zip(paths, names)]
     sender = _ContentSender(out, codec, level)
     entries = 0
-    waiting = deque()  # type: Deque[List[Tuple[bytes, Entry]]]
+    waiting = deque()  # type: Deque[Tuple[int, List[Tuple[bytes, Entry]]]]
+    inbox = _Inbox(inp)
     try:
         digest_of = _file_digest if job.get("checksum") else None
         for batch, payload in manifest.windows(walker.walk(roots), digest_of):
             out.send(protocol.encode(MANIFEST, payload, entries, 0, len(batch)))
+            waiting.append((entries, batch))
             entries += len(batch)
-            waiting.append(batch)
             if len(waiting) > 1:  # window k+1 is on its way: now take k's wants
-                _send_wanted(inp, waiting.popleft(), sender, dry_run)
+                _send_wanted(inbox, waiting.popleft(), sender, dry_run)
         while waiting:
-            _send_wanted(inp, waiting.popleft(), sender, dry_run)
+            _send_wanted(inbox, waiting.popleft(), sender, dry_run)
         total, sha256 = sender.finish()
     except WalkError as e:
         raise HelperError(str(e), e.errno)
     finally:
         sender.close()
+        inbox.close()
     out.send_json(END, {"bytes": total, "sha256": sha256, "entries": entries,
                         "files_sent": sender.files, "content": sender.content,
+                        "delta_files": sender.delta_files, "failed": sender.failed[:MAX_FAILED],
+                        "failed_count": len(sender.failed),
                         "problems": walker.problems[:20], "problem_count": len(walker.problems)})
 
 
-def _send_wanted(inp, batch, sender, dry_run):
-    # type: (Input, List[Tuple[bytes, Entry]], _ContentSender, bool) -> None
-    frame = inp.next()
-    if frame.type != WANTS:
-        raise ProtocolError("expected WANTS, got %s" % protocol.type_name(frame.type))
-    wanted = frame.json().get("want", [])
+def _send_wanted(inbox, window, sender, dry_run):
+    # type: (_Inbox, Tuple[int, List[Tuple[bytes, Entry]]], _ContentSender, bool) -> None
+    first, batch = window
+    wants = inbox.wants()
+    wanted = wants.get("want", [])
+    deltas = set(wants.get("delta", []))
     for index in wanted:
         if type(index) is not int or not 0 <= index < len(batch) or batch[index][1].kind != FILE:
             raise ProtocolError("WANTS names entry %r, which is no file of its window" % (index,))
         if not dry_run:
-            sender.add(*batch[index])
+            theirs = functools.partial(inbox.blocks, first + index) if index in deltas else None
+            sender.add(batch[index][0], batch[index][1], theirs)
+
+
+class _Inbox(object):
+    """The reading side's input on a thread of its own: WANTS, and the BLOCKS of old files,
+    taken as they come, so the writer's digests never wait on a reader busy sending content
+    (which would wait on the writer in turn)."""
+
+    def __init__(self, inp):
+        # type: (Input) -> None
+        self._inp = inp
+        self._frames = queue.Queue()  # type: queue.Queue
+        self._wants = deque()  # type: Deque[dict]
+        self._blocks = {}  # type: Dict[int, List[bytes]]
+        self._sizes = {}  # type: Dict[int, int]
+        self._done = set()  # type: set
+        self.error = None  # type: Optional[BaseException]
+        self._thread = threading.Thread(target=self._run, name="tree-inbox")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self):
+        # type: () -> None
+        try:
+            while True:
+                frame = self._inp.next()
+                if frame.type not in (WANTS, BLOCKS):
+                    raise ProtocolError("expected WANTS or BLOCKS, got %s"
+                                        % protocol.type_name(frame.type))
+                self._frames.put(frame)
+        except BaseException as e:
+            self.error = e
+            self._frames.put(None)
+
+    def _take(self):
+        # type: () -> None
+        """One more frame into the stash; the input's error once it has ended."""
+        while True:
+            try:
+                frame = self._frames.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._frames.empty():
+                    frame = None
+                    break
+        if frame is None:
+            self._frames.put(None)
+            raise self.error or ProtocolError("the input ended")
+        if frame.type == WANTS:
+            self._wants.append(frame.json())
+            return
+        try:
+            first, digests = delta.parse_blocks(frame.payload)
+        except ValueError as e:
+            raise ProtocolError("bad BLOCKS: %s" % e)
+        held = self._blocks.setdefault(frame.offset, [])
+        if first != sum(len(d) for d in held) // delta.DIGEST:
+            raise ProtocolError("BLOCKS for entry %d out of order" % frame.offset)
+        held.append(digests)
+        if first + len(digests) // delta.DIGEST >= delta.block_count(frame.size):
+            self._done.add(frame.offset)
+
+    def wants(self):
+        # type: () -> dict
+        while not self._wants:
+            self._take()
+        return self._wants.popleft()
+
+    def blocks(self, index):
+        # type: (int) -> bytes
+        """The old file's block digests of the copy's entry `index`, once all have come."""
+        while index not in self._done:
+            self._take()
+        self._done.discard(index)
+        return b"".join(self._blocks.pop(index))
+
+    def close(self):
+        # type: () -> None
+        """The thread reads until the input ends (the client closes it after RESULT)."""
+        self._thread.join(0.0)
 
 
 def _file_digest(disk, item):
@@ -166,9 +252,33 @@ class _ContentSender(object):
         self._compressor = _Compressor(out, codec, level)
         self.files = 0
         self.content = 0  # bytes of file content sent (holes excluded)
+        self.delta_files = 0
+        self.failed = []  # type: List[List[str]]  # [path, cause] of files that could not be read
 
-    def add(self, disk, item):
-        # type: (bytes, Entry) -> None
+    def add(self, disk, item, theirs=None):
+        # type: (bytes, Entry, Optional[Callable[[], bytes]]) -> None
+        """The file's member; with `theirs` (the old file's block digests) its changed blocks
+        only; a file that cannot be opened becomes a member that says why (delta.py)."""
+        try:
+            fd = os.open(disk, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            cause = "cannot read: %s" % (e.strerror or e)
+            self.failed.append([_show(disk), cause])
+            if theirs is not None:
+                theirs()  # the old file's digests, taken so that they are not kept
+            self._put(tar.encode_header(delta.failed_entry(item, cause)))
+            return
+        try:
+            if theirs is not None:
+                item = delta.delta_entry(fd, item, theirs)
+                self.delta_files += item.xattrs != ()
+            self._member(fd, item)
+        finally:
+            os.close(fd)
+        self.files += 1
+
+    def _member(self, fd, item):
+        # type: (int, Entry) -> None
         self._put(tar.encode_header(item))
         size = tar.member_data_size(item)
         written = 0
@@ -179,29 +289,21 @@ class _ContentSender(object):
             spans = [e for e in item.extents if e[1]]
         else:
             spans = [(0, item.size)] if item.size else []
-        try:
-            fd = os.open(disk, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            raise HelperError("%s: %s" % (_show(disk), e.strerror), e.errno or 0)
-        try:
-            for start, length in spans:
-                pos = start
-                end = start + length
-                while pos < end:
-                    chunk = os.pread(fd, min(READ_CHUNK, end - pos), pos)
-                    if not chunk:  # the file shrank since the walk: zeros keep the stream whole
-                        chunk = b"\0" * min(READ_CHUNK, end - pos)
-                    self._put(chunk)
-                    pos += len(chunk)
-                    written += len(chunk)
-                    self.content += len(chunk)
-        finally:
-            os.close(fd)
+        for start, length in spans:
+            pos = start
+            end = start + length
+            while pos < end:
+                chunk = os.pread(fd, min(READ_CHUNK, end - pos), pos)
+                if not chunk:  # the file shrank since the walk: zeros keep the stream whole
+                    chunk = b"\0" * min(READ_CHUNK, end - pos)
+                self._put(chunk)
+                pos += len(chunk)
+                written += len(chunk)
+                self.content += len(chunk)
         if written != size:
             raise HelperError("%s: tar member of %d bytes, %d announced"
                               % (_show(item.path), written, size))
         self._put(tar.padding(size))
-        self.files += 1
 
     def _put(self, data):
         # type: (bytes) -> None
@@ -412,7 +514,8 @@ def run_write_tree(job, inp, out):
         raise
     try:
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
-        receiver = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum")), saveset)
+        receiver = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum")), saveset,
+                                 not job.get("whole_file"))
         result = receiver.run(inp)
         if dry_run:
             result["would_delete"] = would_delete
@@ -431,9 +534,15 @@ def run_write_tree(job, inp, out):
 class _TreeReceiver(object):
     """The writing side's main loop: manifest windows in, WANTS out, tar content into sinks."""
 
-    def __init__(self, writer, out, dry_run, checksum=False, saveset=None):
-        # type: (TreeWriter, Output, bool, bool, Optional[TreeSavesetOutput]) -> None
+    def __init__(self, writer, out, dry_run, checksum=False, saveset=None, deltas=False):
+        # type: (TreeWriter, Output, bool, bool, Optional[TreeSavesetOutput], bool) -> None
         self._writer = writer
+        self._bases = None  # type: Optional[delta.BaseDigests]  # made for the first delta
+        self._deltas = deltas and not dry_run
+        self._member = None  # type: Optional[Entry]  # the tar member of the current file
+        self._old = None  # type: Optional[Tuple[str, bytes]]  # a delta's check, old digests
+        self._not_copied = set()  # type: set  # paths of files not copied, and links to them
+        self.failed = []  # type: List[List[str]]  # [path, cause] of files not copied here
         self._checksum = checksum
         self._saveset = saveset
         self._tar_out = TarStream(self._old_file) if saveset is not None else None
@@ -451,7 +560,8 @@ class _TreeReceiver(object):
         self._last_progress = time.monotonic()
         self.counts = {"files_total": 0, "files_sent": 0, "files_unchanged": 0,
                        "files_meta": 0, "entries": 0, "bytes_total": 0, "bytes_sent": 0,
-                       "stream_bytes": 0}
+                       "stream_bytes": 0, "files_failed": 0, "delta_files": 0,
+                       "delta_reused": 0}
         self.would_send = []  # type: List[str]
 
     def run(self, inp):
@@ -473,12 +583,17 @@ class _TreeReceiver(object):
                 self._sink.abort()
                 self._sink = None
             raise
+        finally:
+            if self._bases is not None:
+                self._bases.close()
 
     def _manifest(self, frame):
         # type: (protocol.Frame) -> None
         window = _Window()
         window.entries, digests = manifest.decode_window_digests(frame.payload)
         want = []
+        deltas = []
+        to_send = 0  # bytes of content the wanted files hold: the client's progress total
         counts = self.counts
         for index, item in enumerate(window.entries):
             counts["entries"] += 1
@@ -502,6 +617,7 @@ class _TreeReceiver(object):
                 self._writer.update(item)
             else:
                 want.append(index)
+                to_send += item.data_length()
                 counts["files_sent"] += 1
                 if self._dry:
                     if len(self.would_send) < MAX_LISTED:
@@ -509,9 +625,34 @@ class _TreeReceiver(object):
                 else:
                     window.left += 1
                     self._expected.append((window, item))
-        self._out.send_json(WANTS, {"window": frame.offset, "want": want})
+                    if self._base_digests(frame.offset + index, item):
+                        deltas.append(index)
+        self._out.send_json(WANTS, {"window": frame.offset, "want": want, "delta": deltas,
+                                    "bytes": to_send})
         self._windows.append(window)
         self._settle()
+
+    def _base_digests(self, index, item):
+        # type: (int, Entry) -> bool
+        """Whether the old file of a wanted FILE serves as the base of a delta: then its
+        block digests go to the reader (BLOCKS, from BaseDigests' thread)."""
+        if not self._deltas or item.extents is not None or item.size < delta.MIN_SIZE:
+            return False
+        if self._bases is not None and self._bases.pending >= delta.MAX_PENDING:
+            return False
+        fd = self._writer.old_file(item)
+        if fd is None:
+            return False
+        if os.fstat(fd).st_size < delta.BLOCK:
+            os.close(fd)
+            return False
+        if self._bases is None:
+            out = self._out
+            self._bases = delta.BaseDigests(
+                lambda at, old, payload: out.send(protocol.encode(BLOCKS, payload, at, 0, old)),
+                out.fail)
+        self._bases.add(index, item.path, fd)
+        return True
 
     def _same_digest(self, item, digest):
         # type: (Entry, Optional[str]) -> bool
@@ -532,6 +673,9 @@ class _TreeReceiver(object):
         while self._windows and not self._windows[0].left:
             window = self._windows.popleft()
             for item in window.deferred:
+                if item.kind == HARDLINK and item.target in self._not_copied:
+                    self._not_copied.add(item.path)  # its file is not there to link to
+                    continue
                 if self._writer.compare(item) != SAME:
                     self._writer.update(item)
             if self._saveset is not None:
@@ -543,6 +687,8 @@ class _TreeReceiver(object):
         sent nothing still writes a complete saveset)."""
         assert self._saveset is not None and self._tar_out is not None
         for item in window.entries:
+            if item.path in self._not_copied:
+                continue  # not in DEST as the source has it: left out, and reported
             for piece in self._tar_out.member(item):
                 self._saveset.add_tar(piece)
 
@@ -575,6 +721,7 @@ class _TreeReceiver(object):
             self._last_progress = now
             current = self._current[1].path if self._current is not None else b""
             self._out.send_json(PROGRESS, {"written": self.counts["bytes_sent"],
+                                           "reused": self.counts["delta_reused"],
                                            "files": self._done_files(),
                                            "wanted": self.counts["files_sent"],
                                            "current": current.decode("utf-8", "replace")})
@@ -595,28 +742,97 @@ class _TreeReceiver(object):
                                     % (_show(event[1].path), _show(item.path)))
             self._current = (window, item)
             self._got = 0
-            self._sink = self._writer.add(item)
+            self._start(item, event[1])
         elif what == "data":
-            if self._sink is None:
+            if self._current is None:
                 raise ProtocolError("tar data outside a member")
-            self._sink.write(event[1], event[2])
             self._got += len(event[2])
-            self.counts["bytes_sent"] += len(event[2])
+            if self._sink is not None:
+                self._sink.write(event[1], event[2])
+                self.counts["bytes_sent"] += len(event[2])
         elif what == "end":
-            if self._sink is None or self._current is None:
+            if self._current is None:
                 return  # the end of a member that is no file (none is sent)
             window, item = self._current
-            if self._got != item.data_length():
-                self._sink.abort()
-                self._sink = None
+            assert self._member is not None
+            if self._got != self._member.data_length():
+                self._drop()
                 raise IntegrityError("%s: %d bytes of content came, %d announced"
-                                     % (_show(item.path), self._got, item.data_length()))
-            self._sink.commit()
+                                     % (_show(item.path), self._got, self._member.data_length()))
+            if self._sink is not None:
+                self._finish_file(item)
             self._sink = None
             self._current = None
+            self._member = None
             self._expected.popleft()
             window.left -= 1
             self._settle()
+
+    def _start(self, item, member):
+        # type: (Entry, Entry) -> None
+        """A wanted file's member begins: a plain one, a delta against the old file, or one
+        the reader could not read (delta.py's marks)."""
+        self._member = member
+        self._old = None
+        old = self._bases.take(item.path) if self._bases is not None else None
+        sha, failed = delta.marks(member.xattrs)
+        if failed is not None:
+            self._fail(item, failed, counted=False)
+            return
+        if sha is None:
+            self._sink = self._writer.add(item)
+            return
+        if old is None:
+            raise ProtocolError("%s: a delta member where no old file's digests were sent"
+                                % _show(item.path))
+        base = self._writer.old_file(item)
+        if base is None:
+            self._fail(item, "the old file in DEST went away during the copy")
+            return
+        self._sink = self._writer.add(item, base)
+        try:
+            for offset, length in delta.gaps(member.extents or (), item.size):
+                self._sink.copy_from_base(offset, length)
+                self.counts["delta_reused"] += length
+            trusted = delta.unchanged(old[1], delta.stat_key(self._sink.base_stat()))
+        except IntegrityError:
+            self._drop()
+            self._fail(item, "the old file in DEST changed during the copy")
+            return
+        self._old = (sha, old[0] if trusted else b"")
+        self.counts["delta_files"] += 1
+
+    def _finish_file(self, item):
+        # type: (Entry) -> None
+        assert self._sink is not None and self._member is not None
+        if self._old is not None:
+            sha, theirs = self._old
+            runs = self._member.extents or ()
+            size = item.size
+            ok = self._sink.check(lambda fd: delta.rebuilt(fd, size, runs, theirs) == sha)
+        else:
+            ok = True
+        if not ok:
+            self._drop()
+            self._fail(item, "the old file in DEST changed during the copy (sha256 differs)")
+            return
+        self._sink.commit()
+
+    def _drop(self):
+        # type: () -> None
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
+
+    def _fail(self, item, cause, counted=True):
+        # type: (Entry, str, bool) -> None
+        """This file is not copied (nothing of it under its name); the others go on. A file
+        the reader could not read is listed by the reader (END), not here."""
+        self.counts["files_failed"] += 1
+        self.counts["files_sent"] -= 1
+        self._not_copied.add(item.path)
+        if counted and len(self.failed) < MAX_FAILED:
+            self.failed.append([_show(self._writer.dest) + "/" + _show(item.path), cause])
 
     def _end(self, end):
         # type: (dict) -> dict
@@ -637,6 +853,7 @@ class _TreeReceiver(object):
             self._writer.fsync = False
         finished = self._writer.finish()
         result = dict(self.counts)  # type: Dict[str, Any]
+        result["failed"] = self.failed
         result["sha256"] = sha256
         result["tar_bytes"] = self._offset
         if isinstance(finished, dict):

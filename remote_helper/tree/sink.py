@@ -9,7 +9,7 @@
 """
 import errno
 import os
-from typing import TYPE_CHECKING, Optional  # for the type comments
+from typing import TYPE_CHECKING, Callable, Optional  # for the type comments
 
 from ..errors import HelperError, IntegrityError, Refused
 from . import meta
@@ -85,6 +85,25 @@ class FileSink(object):
                 raise
             self._copy_file_range = None
             return 0
+
+    def base_stat(self):
+        # type: () -> os.stat_result
+        """The old file's stat (add(base=...)), to tell whether it was written meanwhile."""
+        if self._base is None or self._base < 0:
+            raise Refused("%s: no old file" % self._where())
+        return os.fstat(self._base)
+
+    def check(self, test):
+        # type: (Callable[[int], bool]) -> bool
+        """test(fd) on a read descriptor of the file as built so far (its own descriptor is
+        write-only): a delta's check, before commit()."""
+        if self._fd < 0:
+            return True
+        fd = os.open(self._tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        try:  # the file was made with O_EXCL by this sink
+            return test(fd)
+        finally:
+            os.close(fd)
 
     def _check(self, offset, length):
         # type: (int, int) -> None

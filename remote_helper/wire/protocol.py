@@ -47,12 +47,13 @@ MANIFEST = 13  # tree reader -> writer: a window of entries (zlib JSON), `offset
 WANTS = 14  # tree writer -> reader: JSON, the indices of a window whose content it needs
 PREPARED = 15  # helper -> client (confirm): all written and proven; the saveset awaits COMMIT
 COMMIT = 16  # client -> helper (confirm): every host prepared: rename the saveset into place
+BLOCKS = 17  # tree writer -> reader: sha256 of each block of the old file of entry `offset`
 
 TYPE_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", READY: "READY", DATA: "DATA", HOLE: "HOLE", END: "END",
     RESULT: "RESULT", ERROR: "ERROR", PROGRESS: "PROGRESS", DIGESTS: "DIGESTS", MATCH: "MATCH",
     COPY: "COPY", MANIFEST: "MANIFEST", WANTS: "WANTS", PREPARED: "PREPARED",
-    COMMIT: "COMMIT",
+    COMMIT: "COMMIT", BLOCKS: "BLOCKS",
 }
 # Frames capped at MAX_CONTROL: everything but DATA (HOLE and MATCH have no payload at all).
 CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}
