@@ -189,6 +189,8 @@ def test_a_helper_killed_on_b_fails_the_run_naming_b(hosts, tmp_path) -> None:
     line = run.one_error_line(1, "hostb", alone=False)
     assert f"{b}/s.bps" in line, line
     assert "partly written" in line  # the target on A was begun
+    # and the line, which leads with B's saveset, says which target that is
+    assert f"the target hosta:{a}/t.img was partly written" in line, line
     assert names_in(b) == []  # no saveset, under any name
 
 

@@ -338,7 +338,10 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
         leg = fan.culprit(e)
         partly = fan.target_ready() and not request.backup
         message = str(e) if leg is None else naming(str(e), leg.host, leg.where)
-        raise type(e)(message + (partly_written(e) if partly else "")) from None
+        hint = partly_written(e) if partly else ""
+        if leg is not None and leg is not target:  # the line names another host's saveset
+            hint = hint.replace("the target", f"the target {target.where}", 1)
+        raise type(e)(message + hint) from None
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
         hint = PARTLY_WRITTEN if fan.target_ready() and not request.backup else ""
         raise interruption(e, target.where, hint) from None
