@@ -311,6 +311,7 @@ def _fan_out(job: _Job, stream: _Stream) -> None:
         fan.open([(endpoint, role, remote_path(endpoint), where(endpoint, remote_path(endpoint)))
                   for endpoint, role in legs + [(request.target, main_role)]], stream.route)
         fan.require_codec(request.stream.codec)
+        fan.refuse_one_file_twice()
         _fan_transfer(job, stream, fan)
     finally:
         summary.extra["hosts"] = [leg.report() for leg in  # the target's first
