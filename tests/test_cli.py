@@ -124,3 +124,30 @@ def test_an_internal_error_is_one_line_and_the_error_of_the_json(monkeypatch, ca
     message = "internal error: RuntimeError: a bug (set BACPAC_DEBUG=1 for the traceback)"
     assert err == f"bacpac: {message}\n"
     assert json.loads(out)["error"] == message
+
+
+# A Ctrl-C delivered while `bacpac` is still importing its modules (a good part of its
+# start-up): the import hook sends SIGINT to the process itself, as a terminal would, while
+# bacpac.cli is being imported.
+CTRL_C_DURING_START = """\
+import builtins, os, signal, sys
+real_import = builtins.__import__
+def ctrl_c(name, *args, **kwargs):
+    if name == "argparse":
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = ctrl_c
+sys.argv = ["bacpac", "info", "--json", "some.saveset"]
+from bacpac.__main__ import main
+main()
+"""
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130() -> None:
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", CTRL_C_DURING_START], capture_output=True,
+                         text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (130, "bacpac: interrupted by SIGINT\n")
+    assert json.loads(run.stdout) == {"command": "info", "status": "error",
+                                      "error": "interrupted by SIGINT", "exit_code": 130}

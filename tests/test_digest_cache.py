@@ -154,6 +154,30 @@ def test_cache_is_bound_to_the_files_ctime(tmp_path) -> None:
         os.close(fd)
 
 
+@pytest.mark.xfail(strict=True, reason="qa: digestcache._read_header checks the file's length "
+                   "against the asked block size and image size before it reads the header, so "
+                   "a good cache of another --block-size (or of a source that grew) is called "
+                   "broken; delta-pieces owns digestcache.py (format bump under way)")
+@pytest.mark.parametrize("block,size", [(16 * BLOCK, 3 * BLOCK + 5), (BLOCK, 5 * BLOCK)],
+                         ids=["another_block_size", "another_image_size"])
+def test_a_good_cache_out_of_date_is_ignored_without_a_warning(tmp_path, block: int,
+                                                               size: int) -> None:
+    """README: "another --block-size means the image is read as before; a broken cache gives a
+    warning". A cache that is well formed but was made for other parameters is out of date,
+    not broken: no warning for the user to worry about."""
+    image = tmp_path / "image"
+    image.write_bytes(random_bytes(3 * BLOCK + 5, 8))
+    path = digestcache.cache_path(str(image), image.stat())
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        new = digestcache.NewCache(path, 3 * BLOCK + 5, BLOCK, 0)
+        new.add(bytes(32 * 4))
+        assert new.commit(fd)
+        assert digestcache.load(path, fd, size, block, False) == (None, None)
+    finally:
+        os.close(fd)
+
+
 def test_nothing_else_writes_target_needs_delta(pair) -> None:
     source, target = pair
     run = Transport("local").dup(source, target, "--nothing-else-writes-target")

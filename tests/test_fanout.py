@@ -189,6 +189,8 @@ def test_a_helper_killed_on_b_fails_the_run_naming_b(hosts, tmp_path) -> None:
     line = run.one_error_line(1, "hostb", alone=False)
     assert f"{b}/s.bps" in line, line
     assert "partly written" in line  # the target on A was begun
+    # and the line, which leads with B's saveset, says which target that is
+    assert f"the target hosta:{a}/t.img was partly written" in line, line
     assert names_in(b) == []  # no saveset, under any name
 
 
@@ -314,6 +316,24 @@ def test_an_output_named_twice_is_refused(hosts, image, tmp_path) -> None:
               "--saveset", f"hostb:{b}/./s.bps")
     run.one_error_line(2, "named twice")
     assert names_in(b) == [] and not (tmp_path / "t.img").exists()
+
+
+def test_one_file_named_through_two_names_of_one_machine_is_refused(hosts, image,
+                                                                    tmp_path) -> None:
+    """hosta and hostb are one machine (one boot id), as an alias and an address of a standby
+    are: the saveset on hostb at the target's path on hosta would replace the copied disk with
+    a saveset, and the run said ok."""
+    config, _ = hosts
+    d = tmp_path / "d"
+    d.mkdir()
+    run = dup(config, image, f"hosta:{d}/t.img", "--saveset", f"hostb:{d}/t.img")
+    line = run.one_error_line(2, f"hostb:{d}/t.img", "the saveset is the target itself",
+                              f"hosta:{d}/t.img")
+    assert "boot id" in line, line
+    run = bacpac("backup", "-F", config, "--no-progress", image, f"hosta:{d}/s.bps",
+                 f"hostb:{d}/./s.bps")
+    run.one_error_line(2, f"hostb:{d}/./s.bps", "named twice", f"hosta:{d}/s.bps")
+    assert names_in(d) == []
 
 
 def read_chars() -> int:

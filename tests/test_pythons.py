@@ -11,7 +11,10 @@ zstandard module: their helper decompresses through the zstd tool, which this pa
 """
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,28 @@ def test_dup_delta_saveset_verify_and_restore_through_the_helper_on_python(
                      saveset, transport.target(restored), timeout=SMALL_WITHIN)
     ok(restore)
     assert sha256_of(restored) == first
+
+
+def an_old_python() -> str:
+    """A Python older than the helper's 3.6 (pyenv's 2.7 here), or a skip."""
+    for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/2.*/bin/python"))) + [
+            shutil.which("python2")]:  # a pyenv shim may name a version it lacks: run it
+        if path and subprocess.run([path, "-c", "import sys; assert sys.version_info < (3, 6)"],
+                                   capture_output=True, timeout=30).returncode == 0:
+            return path
+    pytest.skip("no Python older than 3.6 on this machine (pyenv install 2.7 brings one)")
+
+
+@pytest.mark.parametrize("where", TRANSPORTS)
+def test_a_python_older_than_3_6_is_named_with_its_version(where, request, tmp_path,
+                                                           no_helper_left) -> None:
+    """`--remote-python /usr/bin/python` on an old host: the line says which Python the helper
+    needs and which it found, not the first stage's AttributeError."""
+    transport = transport_for(where, request)
+    python = an_old_python()
+    source, target = source_image(tmp_path / "source.img"), tmp_path / "target.img"
+    run = bacpac(*transport.dup_args(source, target, "--remote-python", python),
+                 timeout=SMALL_WITHIN)
+    line = run.one_error_line(1, "the helper needs Python 3.6 or newer", f"{python} is 2.7")
+    assert "Error" not in line, line
+    assert not target.exists()

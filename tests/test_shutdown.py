@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from bacpac import cli, threads
-from bacpac.commands import dup
+from bacpac.commands import dup, savesets
 from bacpac.engine import pipeline
 from bacpac.ui.live import RichSink
 from bacpac.ui.events import JobFinished, JobStarted, JobSummary
@@ -110,6 +110,23 @@ def test_an_interrupt_mid_transfer_leaves_nothing_behind(
 
     after_the_first_block(monkeypatch, interrupt)
     assert run(*dup_argv(where, source, tmp_path / "target.img", *SLICED)) == 128 + signal.SIGINT
+
+
+@pytest.mark.parametrize("command", ["dup", "verify"])
+def test_an_interrupt_while_connecting_names_what_the_job_was_for(
+        command: str, source: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C while the helper is still being reached (a slow login): nothing was written,
+    and the line still says which host and path the job was for."""
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt()
+
+    module = dup if command == "dup" else savesets
+    monkeypatch.setattr(module, "open_session", ctrl_c)
+    path = tmp_path / ("target.img" if command == "dup" else "some.saveset")
+    argv = [source, f"standby:{path}"] if command == "dup" else [f"standby:{path}"]
+    assert run(command, "--no-progress", *argv) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == f"bacpac: standby:{path}: interrupted by SIGINT\n"
+    assert not path.exists()
 
 
 def after_the_first_block(monkeypatch, action) -> None:

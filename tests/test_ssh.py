@@ -229,6 +229,18 @@ def test_locked_key_without_passphrase_is_auth_error(sshd, tmp_path, monkeypatch
     assert "wrong passphrase" not in str(e.value)
 
 
+def test_locked_key_with_no_secret_set_names_the_hosts_own_variable(sshd, tmp_path,
+                                                                      monkeypatch) -> None:
+    """Neither BACPAC_PASSWORD_TESTHOST nor SSHPASS is set: the message must say where the
+    passphrase is looked for, the host's own variable first, not blame SSHPASS alone."""
+    config = write_config(tmp_path, sshd, IdentityFile=sshd.locked_key_path)
+    monkeypatch.delenv("BACPAC_PASSWORD_TESTHOST", raising=False)
+    with pytest.raises(AuthError) as e:
+        connect("testhost", None, SshOptions(config_file=config), interactive=False)
+    assert str(e.value).endswith(f"key {sshd.locked_key_path} is locked and neither "
+                                 "BACPAC_PASSWORD_TESTHOST nor SSHPASS is set")
+
+
 def test_identity_file_option_is_used(sshd, tmp_path) -> None:
     config = write_config(tmp_path, sshd, IdentityFile=str(tmp_path / "missing"))
     options = SshOptions(config_file=config, identity_files=(sshd.key_path,))

@@ -249,8 +249,8 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
     except BacpacError as e:
         if request.backup or (e is receiver.error and not receiver.ready):
             raise  # a backup writes no target; a refused OPEN wrote nothing
-        raise type(e)(naming(str(e), session.host, where(request.target, path))
-                      + partly_written(e)) from None
+        raise type(e)(with_partly_written(e, naming(str(e), session.host, where(
+            request.target, path)), where(request.target, path))) from None
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
         hint = "" if request.backup else PARTLY_WRITTEN
         raise interruption(e, where(request.target, path), hint) from None
@@ -311,6 +311,7 @@ def _fan_out(job: _Job, stream: _Stream) -> None:
         fan.open([(endpoint, role, remote_path(endpoint), where(endpoint, remote_path(endpoint)))
                   for endpoint, role in legs + [(request.target, main_role)]], stream.route)
         fan.require_codec(request.stream.codec)
+        fan.refuse_one_file_twice()
         _fan_transfer(job, stream, fan)
     finally:
         summary.extra["hosts"] = [leg.report() for leg in  # the target's first
@@ -338,7 +339,8 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
         leg = fan.culprit(e)
         partly = fan.target_ready() and not request.backup
         message = str(e) if leg is None else naming(str(e), leg.host, leg.where)
-        raise type(e)(message + (partly_written(e) if partly else "")) from None
+        raise type(e)(with_partly_written(e, message, target.where) if partly else message
+                      ) from None
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
         hint = PARTLY_WRITTEN if fan.target_ready() and not request.backup else ""
         raise interruption(e, target.where, hint) from None
@@ -539,6 +541,15 @@ def digest_cache_report(sink: Sink, name: str, summary: JobSummary, host: str,
     for key in ("target_read", "io_read_bytes", "digest_cache", "digest_cache_kept"):
         if key in result:
             summary.extra[key] = result[key]
+
+
+def with_partly_written(error: BacpacError, message: str, target: str) -> str:
+    """message, and what became of the target; named when the message leads with another
+    output (a saveset, maybe on another host), which a reader would take it for."""
+    hint = partly_written(error)
+    if not message.startswith(f"{target}: "):
+        hint = hint.replace("the target", f"the target {target}", 1)
+    return message + hint
 
 
 def partly_written(error: BacpacError) -> str:

@@ -29,8 +29,8 @@ def run_tracked(sink: Sink, job: str, summary: JobSummary,
     except BacpacError as e:
         summary.error = str(e)
         raise
-    except KeyboardInterrupt as e:
-        interrupted = interruption(e)
+    except KeyboardInterrupt as e:  # before the body named it (a slow login): its output
+        interrupted = interruption(e, summary.target or summary.saveset or None)
         summary.error = str(interrupted)
         raise interrupted from None
     except Exception as e:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import posixpath
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -129,6 +130,27 @@ class Fanout:
             if codec not in (leg.session.hello.get("codecs") or []):
                 raise UsageError(f"{leg.host}: a saveset needs zstd on every host it is fed "
                                  "to: install python3-zstandard or the zstd tool there")
+
+    def refuse_one_file_twice(self) -> None:
+        """Two legs on one machine reached by two names (an alias and an address of one
+        standby) share a boot id: the same path there is one file, which one leg would
+        overwrite with the other's output (each helper checks its own path alone)."""
+        seen: dict[tuple, Leg] = {}
+        for leg in self.legs:
+            boot_id = leg.session.hello.get("boot_id")
+            if not boot_id:
+                continue
+            path = posixpath.normpath(leg.path)  # a relative one is under the user's home
+            home = None if path.startswith("/") else leg.session.hello.get("uid")
+            place = (boot_id, home, path)
+            first = seen.setdefault(place, leg)
+            if first is not leg:
+                if {first.role, leg.role} == {TARGET, SAVESET}:
+                    saveset, target = (first, leg) if first.role == SAVESET else (leg, first)
+                    raise UsageError(f"{saveset.where}: the saveset is the target itself "
+                                     f"({target.where}: the same machine, by its boot id)")
+                raise UsageError(f"{leg.where}: named twice as an output ({first.where}: the "
+                                 "same machine, by its boot id)")
 
     def start(self, opens: list[dict], on_written: Callable[[int, Optional[str]], None],
               on_digests: Callable[[Frame], None], count: Count) -> None:

@@ -54,6 +54,9 @@ HELLO_WITHIN = 30.0
 SHOWN = 80  # characters of what a command in the helper's place wrote on stdout, shown
 STAGE1 = (
     "import marshal,os,sys,zlib #" + MARKER + "\n"
+    # An older Python would fail below on int.from_bytes or in the helper's f-strings: say so.
+    "if sys.version_info<(3,6):sys.exit('the helper needs Python 3.6 or newer; %s is %s'"
+    "%(sys.executable,sys.version.split()[0]))\n"
     "def r(n):\n"
     " b=b''\n"
     " while len(b)<n:\n"

@@ -303,6 +303,15 @@ class _Secrets:
         self.prompts = interactive and sys.stdin is not None and sys.stdin.isatty()
         self.variable = password_variable(alias)
 
+    def failed(self) -> str:
+        """Why no passphrase opened a key: where it came from, or where none was found."""
+        if self.prompts:
+            return "no passphrase from the terminal opens it"
+        for name in (self.variable, "SSHPASS"):
+            if name in os.environ:
+                return f"no passphrase in {name} opens it"
+        return f"neither {self.variable} nor SSHPASS is set"
+
     def ask(self, prompt: str) -> Optional[str]:
         if not self.prompts:
             return os.environ.get(self.variable, os.environ.get("SSHPASS"))
@@ -337,9 +346,7 @@ def _authenticate(cfg: HostConfig, transport: paramiko.Transport, secrets: _Secr
             return
     methods = ", ".join(dict.fromkeys(tried)) or "nothing the server accepts"
     # Never the passphrase itself: only which key it failed to open, and where it came from.
-    source = ("from the terminal" if secrets.prompts
-              else f"in {secrets.variable if secrets.variable in os.environ else 'SSHPASS'}")
-    locked_note = "".join(f"; key {path} is locked and no passphrase {source} opens it"
+    locked_note = "".join(f"; key {path} is locked and {secrets.failed()}"
                           for path in undecrypted)
     raise AuthError(f"{cfg.user}@{cfg.alias}: authentication failed (tried: {methods})"
                     f"{locked_note}")
