@@ -245,6 +245,68 @@ def test_delta_with_saveset_saves_the_whole_new_image(transport, dense_pair, tmp
     assert summary["sha256"] in verified.stdout
 
 
+# ---- two levels: 1 MiB pieces first, then the blocks of a piece that differs ---------------
+
+def stock_digest(path: Path) -> str:
+    """The image digest as the README tells a user to recompute it, with coreutils."""
+    out = subprocess.run(f"split -b 1M --filter=sha256sum '{path}' | sha256sum", shell=True,
+                         stdout=subprocess.PIPE, check=True).stdout
+    return out.split()[0].decode()
+
+
+def scatter(path: Path, size: int, seed: int) -> int:
+    """Change a few scattered bytes of `path` in place: in 9 blocks of 6 pieces (two blocks
+    in one piece, one change across a block edge, one in the short last piece); the number
+    of 64 KiB blocks changed."""
+    rng = random.Random(seed)
+    offsets = [100, 3 * MiB + 5 * BLOCK + 7, 3 * MiB + 12 * BLOCK, 5 * MiB + 2 * BLOCK - 10,
+               9 * MiB + 1, 12 * MiB + 15 * BLOCK + 100, size - 50]
+    write_file(path, size, {offset: rng.randbytes(20) for offset in offsets}, keep=True)
+    return 8  # the one across a block edge changes two
+
+
+SCATTERED = 13 * MiB + 3 * BLOCK  # a short last piece
+
+
+@pytest.fixture
+def scattered_pair(tmp_path) -> tuple[Path, Path]:
+    source = write_file(tmp_path / "source.img", SCATTERED,
+                        {0: random_bytes(SCATTERED, 21)})
+    target = copy_file(source, tmp_path / "target.img")
+    return source, target
+
+
+def test_delta_of_scattered_changes_sends_exactly_the_changed_blocks(transport,
+                                                                     scattered_pair) -> None:
+    """The default 64 KiB blocks compare in two levels: whole pieces first, then the blocks
+    of the pieces that differ. Exactly the changed blocks go, and the reported digest is the
+    one coreutils recompute."""
+    source, target = scattered_pair
+    changed = scatter(source, SCATTERED, seed=22)
+    summary = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert_delta_counts(summary, SCATTERED, sent=changed)
+    assert summary["digest"] == stock_digest(source)
+    # a second run, from the digest cache the first kept (its pieces the first run changed
+    # in part are UNKNOWN there: compared block by block), gives the same
+    changed = scatter(source, SCATTERED, seed=23)
+    summary = transport.delta(source, target).summary
+    assert summary["digest_cache"] == "used", summary
+    assert_identical(source, target)
+    assert_delta_counts(summary, SCATTERED, sent=changed)
+    assert summary["digest"] == stock_digest(source)
+
+
+def test_delta_with_blocks_of_1m_or_off_the_piece_keeps_one_level(transport,
+                                                                 scattered_pair) -> None:
+    source, target = scattered_pair
+    scatter(source, SCATTERED, seed=24)
+    summary = transport.delta(source, target, "--block-size", "2M").summary
+    assert_identical(source, target)
+    assert_delta_counts(summary, SCATTERED, sent=5, block=2 * MiB)  # blocks 0, 1, 2, 4, 6
+    assert summary["digest"] == stock_digest(source)
+
+
 # ---- the helper's target reader: on Python 3.6, and failing ------------------------------
 
 @pytest.fixture(scope="module")
@@ -265,6 +327,18 @@ def test_delta_through_a_python_3_6_helper_gives_an_identical_target(transport, 
     assert summary["helper_python"].startswith("3.6."), summary
     assert_identical(source, target)
     assert_delta_counts(summary, 4 * MiB, sent=3)
+
+
+def test_two_level_delta_and_its_cache_through_a_python_3_6_helper(transport, scattered_pair,
+                                                                  python36) -> None:
+    source, target = scattered_pair
+    for seed, cache in ((25, "none"), (26, "used")):
+        changed = scatter(source, SCATTERED, seed=seed)
+        summary = transport.delta(source, target, "--remote-python", python36).summary
+        assert summary["helper_python"].startswith("3.6."), summary
+        assert summary["digest_cache"] == cache, summary
+        assert_identical(source, target)
+        assert_delta_counts(summary, SCATTERED, sent=changed)
 
 
 def failed_delta(transport: Transport, source: Path, target, *extra: object) -> str:

@@ -385,3 +385,136 @@ def test_with_a_cache_the_helper_reads_almost_nothing_from_the_disk(transport, t
     second = transport.delta(source, target).summary
     assert second["digest_cache"] == "used", second
     assert second["io_read_bytes"] <= 4 * MiB, second  # the head, read-ahead and little else
+
+
+# ---- two levels: piece digests --------------------------------------------------------------
+
+def test_a_piece_equal_to_the_targets_hashes_none_of_its_blocks(monkeypatch) -> None:
+    """Each piece is hashed once (its image digest line); a piece equal to the target's is
+    MATCHed whole with no block hashed, one that differs has its blocks hashed to find the
+    one to send, and a piece of zeros hashes nothing."""
+    import hashlib
+    from bacpac.engine import delta
+    from bacpac.engine.frames import Data, Match
+    from remote_helper.target import imagedigest
+    per = MiB // BLOCK
+    same, changed = random_bytes(MiB, 30), bytearray(random_bytes(MiB, 31))
+    target = same + bytes(changed) + bytes(MiB)
+    changed[3 * BLOCK + 5] ^= 1
+    mine = same + bytes(changed) + bytes(MiB)
+    theirs = b"".join(hashlib.sha256(target[at:at + BLOCK]).digest()
+                      for at in range(0, len(target), BLOCK))
+    pieces = b"".join(hashlib.sha256(target[at:at + MiB]).digest()
+                      for at in range(0, len(target), MiB))
+    hashed = []
+
+    class Counting:
+        @staticmethod
+        def sha256(data):
+            hashed.append(len(data))
+            return hashlib.sha256(data)
+
+    delta.zero_digest(BLOCK)  # computed once per length, before the count starts
+    imagedigest.zero_line(MiB)
+    monkeypatch.setattr(delta, "hashlib", Counting)
+    lines: list = []
+    frames = delta.plan_pieces(0, memoryview(mine), [], theirs, pieces, BLOCK,
+                               lambda view: bytes(view), lines)
+    kinds = [(type(f), f.offset // BLOCK, f.size // BLOCK) for f in frames]
+    assert kinds == [(Match, 0, per + 3), (Data, per + 3, 1), (Match, per + 4, 2 * per - 4)]
+    assert hashed == [MiB, MiB] + [BLOCK] * per  # pieces 0 and 1, then piece 1's blocks
+    assert lines == [imagedigest.piece_line(memoryview(mine[at:at + MiB]))
+                     for at in range(0, len(mine), MiB)]
+
+
+def test_an_unknown_piece_is_compared_block_by_block() -> None:
+    import hashlib
+    from bacpac.engine import delta
+    from bacpac.engine.frames import Match
+    from remote_helper.target.delta import UNKNOWN
+    data = random_bytes(MiB, 32)
+    theirs = b"".join(hashlib.sha256(data[at:at + BLOCK]).digest()
+                      for at in range(0, MiB, BLOCK))
+    frames = delta.plan_pieces(0, memoryview(data), [], theirs, UNKNOWN, BLOCK,
+                               lambda view: bytes(view), [])
+    assert [(type(f), f.size) for f in frames] == [(Match, MiB)]
+
+
+def test_block_digests_keep_a_piece_digest_for_every_piece_or_unknown() -> None:
+    """Kept whole: the target's piece digest; written or zeroed whole: hashed as written (a
+    short last piece too); kept in part: UNKNOWN, since its kept bytes may not have been read."""
+    import hashlib
+    from remote_helper.target.delta import UNKNOWN, BlockDigests
+    size = 3 * MiB + 2 * BLOCK
+    blocks: list = []
+    pieces: list = []
+    record = BlockDigests(BLOCK, size, blocks.append, pieces.append)
+
+    class Segments:
+        kept_pieces = {0: b"k" * 32}
+
+    record.segments = Segments()  # type: ignore[assignment]
+    old = b"o" * 32
+    written = random_bytes(MiB, 33)
+    record.kept(0, MiB, old * 16)  # piece 0, whole
+    record.wrote(MiB, memoryview(written[:MiB // 2]))  # piece 1, written in two parts
+    record.wrote(MiB + MiB // 2, memoryview(written[MiB // 2:]))
+    record.kept(2 * MiB, BLOCK, old)  # piece 2: kept in part
+    record.wrote(2 * MiB + BLOCK, memoryview(written[:MiB - BLOCK]))
+    record.zeroed(3 * MiB, 2 * BLOCK)  # the short last piece
+    assert record.complete()
+    assert b"".join(pieces) == (b"k" * 32 + hashlib.sha256(written).digest() + UNKNOWN
+                                + hashlib.sha256(bytes(2 * BLOCK)).digest())
+    assert len(b"".join(blocks)) == -(-size // BLOCK) * 32
+
+
+def test_a_two_level_cache_keeps_both_levels_and_an_older_cache_is_ignored_silently(
+        tmp_path) -> None:
+    """Format 2 holds the block digests, then the piece digests; a cache of format 1 (before
+    piece digests), or one of the other level count, is not used, and no warning said."""
+    import hashlib
+    import json
+    import struct
+    size = 2 * MiB + BLOCK
+    image = tmp_path / "image"
+    image.write_bytes(random_bytes(size, 34))
+    path = digestcache.cache_path(str(image), image.stat())
+    blocks, pieces = random_bytes(33 * 32, 35), random_bytes(3 * 32, 36)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        new = digestcache.NewCache(path, size, BLOCK, 0, MiB)
+        new.add(blocks)
+        new.add_pieces(pieces[:64])
+        new.add_pieces(pieces[64:])
+        assert new.commit(fd)
+        cached, warning = digestcache.load(path, fd, size, BLOCK, False, MiB)
+        assert cached is not None and warning is None
+        assert cached.digests(0, 33) == blocks and cached.pieces(1, 2) == pieces[32:]
+        cached.close()
+        assert digestcache.load(path, fd, size, BLOCK, False) == (None, None)  # one level
+        # the same, as format 1 wrote it (one level): older, ignored, no warning
+        data = Path(path).read_bytes()
+        (length,) = struct.unpack(">Q", data[-56:-48])
+        header = json.loads(data[36 * 32:36 * 32 + length])
+        del header["pieces"]
+        payload = json.dumps(header).encode()
+        body = blocks + payload + struct.pack(">Q", len(payload)) + b"bacpac-digests-1"
+        Path(path).write_bytes(body + hashlib.sha256(body).digest())
+        assert digestcache.load(path, fd, size, BLOCK, False) == (None, None)
+        assert digestcache.load(path, fd, size, BLOCK, False, MiB) == (None, None)
+    finally:
+        os.close(fd)
+
+
+def test_a_piece_digest_short_of_pieces_keeps_no_cache(tmp_path) -> None:
+    image = tmp_path / "image"
+    image.write_bytes(random_bytes(MiB, 37))
+    path = digestcache.cache_path(str(image), image.stat())
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        new = digestcache.NewCache(path, MiB, BLOCK, 0, MiB)
+        new.add(bytes(16 * 32))
+        assert not new.commit(fd)
+        assert not os.path.exists(path)
+    finally:
+        os.close(fd)

@@ -28,7 +28,7 @@ from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import (check_result, naming, remote_path, report_digests, run_tracked,
                    saveset_metadata, warn, where)
 from ..engine.dedup import SeenChunks
-from ..engine.delta import SegmentReader
+from ..engine.delta import SegmentReader, two_levels
 from ..engine.pipeline import ExtentReader, ImageStream, Producer, StreamResult, StreamSettings
 from ..transport.fanout import SAVESET, TARGET, Fanout
 from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
@@ -467,7 +467,9 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "codec": settings.codec,  # refused at once by a helper that cannot decode it
         "saveset": saveset,
         "delta": ({"block": settings.delta_block, "segment": settings.block_size,
-                   "trust": request.nothing_else_writes_target}
+                   "trust": request.nothing_else_writes_target,
+                   # two levels: the helper's DIGESTS carry piece digests too (delta.py)
+                   "pieces": imagedigest.PIECE if two_levels(settings) else 0}
                   if request.delta else None),
         "source": {"boot_id": devices.boot_id(), "identity": source.identity},
     }

@@ -9,6 +9,11 @@
 # blocks of zeros, and blocks where the target holds zeros, need no hash at all. When a block
 # is the image digest's piece (1 MiB), the plan keeps each block's digest line, so the image
 # digest hashes none of them again (imagedigest.py).
+# Two levels (smaller blocks that divide the piece, the default 64 KiB): the helper's DIGESTS
+# also carry the sha256 of each 1 MiB piece of the target (docs/wire.md). Each piece of the
+# source is hashed once, for the image digest; a piece equal to the target's is MATCHed whole,
+# and only the blocks of a piece that differs are hashed, to find which to send: about one
+# pass over the data plus the changed pieces, where one level hashed every byte twice.
 # sha256 is collision-safe and, with the CPU's SHA extensions, the fastest digest
 # hashlib has (docs/performance.md).
 """
@@ -25,7 +30,7 @@ from remote_helper.target.hashing import hole_blocks
 
 from ..errors import ProtocolError
 from .frames import Data, Frame, Hole, Match
-from .pipeline import BlockReader, Planned
+from .pipeline import BlockReader, Planned, StreamSettings
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,10 +54,19 @@ class SegmentReader:
             holes = _read_segment(reader, view, offset)
             theirs = self._target_digests(reader, offset)
             block = reader.settings.delta_block
-            pieces = block == imagedigest.PIECE and segment % block == 0  # blocks are pieces
-            lines: Lines = [] if pieces else None
-            plan = functools.partial(plan_segment, offset, view, holes, theirs, block,
-                                     reader.compressor.compress, lines)
+            lines: Lines
+            if two_levels(reader.settings):
+                found: list[Optional[bytes]] = []
+                lines = found
+                split = -(-length // block) * 32
+                plan = functools.partial(plan_pieces, offset, view, holes, theirs[:split],
+                                         theirs[split:], block, reader.compressor.compress,
+                                         found)
+            else:
+                pieces = block == imagedigest.PIECE and segment % block == 0  # blocks: pieces
+                lines = [] if pieces else None
+                plan = functools.partial(plan_segment, offset, view, holes, theirs, block,
+                                         reader.compressor.compress, lines)
             reader.put(Planned(buffer, length, reader.submit(plan), lines))
 
     def _target_digests(self, reader: BlockReader, offset: int) -> bytes:
@@ -97,6 +111,44 @@ def plan_segment(offset: int, view: memoryview, holes: list[tuple[int, int]], th
         piece = view[pos:pos + block]
         kinds.append(_kind(piece, index in in_holes, theirs[index * 32:index * 32 + 32],
                            lines))
+    return _runs_to_frames(offset, view, kinds, block, compress)
+
+
+def two_levels(settings: StreamSettings) -> bool:
+    """Whether a delta run with these settings compares pieces, then blocks (OPEN's
+    delta.pieces): blocks that divide the image digest's piece, in segments it divides."""
+    block, piece = settings.delta_block, imagedigest.PIECE
+    return block < piece and piece % block == 0 and settings.block_size % piece == 0
+
+
+def plan_pieces(offset: int, view: memoryview, holes: list[tuple[int, int]], theirs: bytes,
+                their_pieces: bytes, block: int, compress: Compress,
+                lines: list[Optional[bytes]]) -> list[Frame]:
+    """plan_segment's frames, two levels down: each 1 MiB piece of the segment is hashed once
+    (its image digest line, appended to `lines`) and MATCHed whole if the target's piece has
+    its digest; only the blocks of a piece that differs are hashed. A piece of zeros (a hole,
+    or a memcmp) hashes nothing, and is compared block by block, as plan_segment does."""
+    kinds: list[type[Frame]] = []
+    in_holes = hole_blocks(holes, block, len(view))
+    piece_holes = hole_blocks(holes, imagedigest.PIECE, len(view))
+    per = imagedigest.PIECE // block
+    for index, pos in enumerate(range(0, len(view), imagedigest.PIECE)):
+        piece = view[pos:pos + imagedigest.PIECE]
+        first = index * per
+        count = -(-len(piece) // block)
+        if index in piece_holes or is_zero(piece):
+            lines.append(imagedigest.zero_line(len(piece)))
+            mine = None
+        else:
+            digest = hashlib.sha256(piece)
+            lines.append(imagedigest.line(digest.hexdigest()))
+            mine = digest.digest()
+        if mine is not None and mine == their_pieces[index * 32:index * 32 + 32]:
+            kinds.extend([Match] * count)
+            continue
+        for at in range(first, first + count):
+            kinds.append(_kind(view[at * block:(at + 1) * block], at in in_holes,
+                               theirs[at * 32:at * 32 + 32], None))
     return _runs_to_frames(offset, view, kinds, block, compress)
 
 

@@ -43,6 +43,8 @@ def run_dup(job, inp, out):
     """
     size = int(job["size"])
     delta = job.get("delta")
+    if delta:
+        two_levels(delta)  # refused before anything is opened
     if job.get("check", "sha256") not in CHECKS:
         raise ProtocolError("unknown check %r" % (job.get("check"),))
     if any(name not in imagedigest.DIGESTS for name in hashes(job)):
@@ -80,7 +82,10 @@ def run_dup(job, inp, out):
             segments = TargetSegments(target,  # type: ignore[arg-type]
                                       int(delta["block"]), int(delta["segment"]),
                                       out.send, out.fail,
-                                      cache.cached if cache is not None else None)
+                                      cache.cached if cache is not None else None,
+                                      two_levels(delta))
+            if cache is not None and cache.record is not None:
+                cache.record.segments = segments
         writer = image_writer(job, inp, out, target, saveset, segments,
                               cache.record if cache is not None else None)
         out.send_json(RESULT, with_cache(write_image(job, inp, out, writer, target, saveset),
@@ -104,6 +109,20 @@ def run_dup(job, inp, out):
         else:
             sys.stderr.write("bacpac helper: a thread did not stop in time; the target and "
                              "the saveset stay open until the helper exits\n")
+
+
+def two_levels(delta):
+    # type: (dict) -> bool
+    """Whether the delta's DIGESTS carry piece digests too (`pieces`, docs/wire.md): only
+    with blocks that divide the image digest's piece, in segments that it divides."""
+    pieces = int(delta.get("pieces") or 0)
+    if not pieces:
+        return False
+    block, segment = int(delta["block"]), int(delta["segment"])
+    if pieces != imagedigest.PIECE or block >= pieces or pieces % block or segment % pieces:
+        raise ProtocolError("delta pieces of %d bytes with blocks of %d in segments of %d"
+                            % (pieces, block, segment))
+    return True
 
 
 def dry_run(job, path, source):

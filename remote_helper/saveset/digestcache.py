@@ -15,22 +15,29 @@
 # Every run that opens a target forgets its cache before the first byte is written, and a new
 # one is linked into place only after the run is proven: a run cut short leaves none.
 # The file, written as the run goes (never all in memory: 1 TB of 64 KiB blocks has 512 MB of
-# digests): the digests, then a JSON header, its length (8 bytes, big-endian), MAGIC, and the
-# sha256 of everything before it. A file that fails any check is ignored with a warning.
+# digests): the block digests, then the piece digests of a two-level run (header "pieces":
+# one per 1 MiB piece, UNKNOWN for a piece the run changed in part; spooled to a temporary
+# file as the run goes, 32 MB for 1 TB), then a JSON header, its length (8 bytes, big-endian),
+# MAGIC, and the sha256 of everything before it. A file that fails any check is ignored with a
+# warning; one of an older format (OLD_MAGICS) or of the other level count, silently.
 """
 import hashlib
 import json
 import os
 import stat
+import shutil
 import struct
+import tempfile
 import time
 from typing import Optional, Tuple  # for the type comments
 
 from ..target import devices
+from ..target.imagedigest import PIECE
 from ..target.delta import BlockDigests
 from .atomic import AtomicFile
 
-MAGIC = b"bacpac-digests-1"
+MAGIC = b"bacpac-digests-2"
+OLD_MAGICS = (b"bacpac-digests-1",)  # same length: its tail is read as this one's
 DIGEST = 32
 SETTLE = 0.05  # seconds: several ticks of the coarse clock ctime is read from (HZ >= 100)
 _TAIL = 8 + len(MAGIC) + DIGEST
@@ -58,15 +65,21 @@ def forget(path):
         pass
 
 
-def _key(fd, st, size, block):
-    # type: (int, os.stat_result, int, int) -> dict
+def _key(fd, st, size, block, pieces=0):
+    # type: (int, os.stat_result, int, int, int) -> dict
     """What binds a cache to its target open at fd, as `st` saw it: all but the generation
-    and when that stat was taken."""
+    and when that stat was taken. `pieces`: the piece size of a two-level cache, else 0."""
     if stat.S_ISBLK(st.st_mode):
         return {"kind": "block", "rdev": st.st_rdev, "size": size, "block": block,
-                "device_size": devices.open_size(fd), "boot_id": devices.boot_id()}
+                "pieces": pieces, "device_size": devices.open_size(fd),
+                "boot_id": devices.boot_id()}
     return {"kind": "file", "dev": st.st_dev, "ino": st.st_ino, "size": size, "block": block,
-            "st_size": st.st_size, "ctime_ns": st.st_ctime_ns}
+            "pieces": pieces, "st_size": st.st_size, "ctime_ns": st.st_ctime_ns}
+
+
+def _count(size, unit):
+    # type: (int, int) -> int
+    return -(-size // unit) if unit else 0
 
 
 class CachedDigests(object):
@@ -76,6 +89,7 @@ class CachedDigests(object):
         # type: (int, dict) -> None
         self._fd = fd
         self.generation = int(header.get("generation", 0))
+        self._pieces_at = _count(int(header["size"]), int(header["block"])) * DIGEST
 
     def digests(self, first, count):
         # type: (int, int) -> bytes
@@ -84,13 +98,18 @@ class CachedDigests(object):
             raise OSError("the digest cache ended early")
         return data
 
+    def pieces(self, first, count):
+        # type: (int, int) -> bytes
+        """The digests of `count` pieces from piece `first` (a two-level cache)."""
+        return self.digests(self._pieces_at // DIGEST + first, count)
+
     def close(self):
         # type: () -> None
         os.close(self._fd)
 
 
-def load(path, fd, size, block, trusted):
-    # type: (str, int, int, int, bool) -> Tuple[Optional[CachedDigests], Optional[str]]
+def load(path, fd, size, block, trusted, pieces=0):
+    # type: (str, int, int, int, bool, int) -> Tuple[Optional[CachedDigests], Optional[str]]
     """The cache at `path` if it holds for the target open at fd, else None; and a warning,
     if a cache was there but broken (a cache that is merely out of date is no surprise)."""
     try:
@@ -98,11 +117,13 @@ def load(path, fd, size, block, trusted):
     except OSError:
         return None, None
     try:
-        header, why = _read_header(cache_fd, size, block)
+        header, why = _read_header(cache_fd, size, block, pieces)
         if header is None:
             os.close(cache_fd)
+            if why in ("older", "other levels"):  # no surprise after an upgrade, or a new -b
+                return None, None
             return None, "%s: digest cache ignored (%s); the target is read instead" % (path, why)
-        if not _holds(header, fd, size, block, trusted):
+        if not _holds(header, fd, size, block, trusted, pieces):
             os.close(cache_fd)
             return None, None
         return CachedDigests(cache_fd, header), None
@@ -111,18 +132,25 @@ def load(path, fd, size, block, trusted):
         raise
 
 
-def _read_header(fd, size, block):
-    # type: (int, int, int) -> Tuple[Optional[dict], str]
-    """The header of a well-formed cache of a `size`-byte image, or None and why not."""
+def _read_header(fd, size, block, pieces=0):
+    # type: (int, int, int, int) -> Tuple[Optional[dict], str]
+    """The header of a well-formed cache of a `size`-byte image, or None and why not
+    ("older": a cache of an older format; "other levels": one or two where we want the other)."""
     length = os.fstat(fd).st_size
-    blocks = -(-size // block)
+    one = -(-size // block)
+    blocks = one + _count(size, pieces)  # digests in all
+    other = one if pieces else one + _count(size, PIECE)
     if length < _TAIL:
         return None, "truncated"
     tail = os.pread(fd, _TAIL, length - _TAIL)
     (header_length,) = struct.unpack(">Q", tail[:8])
+    if tail[8:8 + len(MAGIC)] in OLD_MAGICS:
+        return None, "older"
     if tail[8:8 + len(MAGIC)] != MAGIC:
         return None, "not a digest cache"
     if length != blocks * DIGEST + header_length + _TAIL:
+        if length == other * DIGEST + header_length + _TAIL:
+            return None, "other levels"
         return None, "truncated or of another image size"
     digest = hashlib.sha256()
     done, end = 0, length - DIGEST
@@ -143,10 +171,10 @@ def _read_header(fd, size, block):
     return header, ""
 
 
-def _holds(header, fd, size, block, trusted):
-    # type: (dict, int, int, int, bool) -> bool
+def _holds(header, fd, size, block, trusted, pieces=0):
+    # type: (dict, int, int, int, bool, int) -> bool
     """Whether the target open at fd is provably what the cache describes."""
-    key = _key(fd, os.fstat(fd), size, block)
+    key = _key(fd, os.fstat(fd), size, block, pieces)
     if key["kind"] == "block" and not trusted:
         return False
     if any(header.get(name) != value for name, value in key.items()):
@@ -159,8 +187,8 @@ def _holds(header, fd, size, block, trusted):
 class NewCache(object):
     """The cache a run writes as it goes: add() the digests in order, commit() once proven."""
 
-    def __init__(self, path, size, block, generation):
-        # type: (str, int, int, int) -> None
+    def __init__(self, path, size, block, generation, pieces=0):
+        # type: (str, int, int, int, int) -> None
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o700)
@@ -168,6 +196,11 @@ class NewCache(object):
         self._hash = hashlib.sha256()
         self._expected = -(-size // block) * DIGEST
         self._added = 0
+        self.pieces = pieces
+        # the piece digests, appended after the blocks' at commit()
+        self._spool = tempfile.SpooledTemporaryFile(1 << 20, dir=directory) if pieces \
+            else None
+        self._pieces_added = 0
         self.error = None  # type: Optional[str]  # why the cache could not be written
         self.size = size
         self.block = block
@@ -185,6 +218,32 @@ class NewCache(object):
             self._hash.update(digests)
             self._added += len(digests)
 
+    def add_pieces(self, digests):
+        # type: (bytes) -> None
+        """The next pieces' digests (a two-level cache)."""
+        if self.error is None and self._spool is not None:
+            try:
+                self._spool.write(digests)
+            except OSError as e:
+                self.error = "%s: %s" % (self._file.path, e.strerror or e)
+                return
+            self._pieces_added += len(digests)
+
+    def _append_pieces(self):
+        # type: () -> bool
+        """The piece digests after the blocks'; whether there were all of them."""
+        if self._spool is None:
+            return True
+        if self._pieces_added != _count(self.size, self.pieces) * DIGEST:
+            return False
+        self._spool.seek(0)
+        while True:
+            chunk = self._spool.read(_READ)
+            if not chunk:
+                return True
+            self._file.fileobj.write(chunk)
+            self._hash.update(chunk)
+
     def commit(self, fd):
         # type: (int) -> bool
         """Link the cache into place, bound to the target open at fd as it stands now (synced
@@ -193,8 +252,10 @@ class NewCache(object):
             settled = _settled(fd)
             if settled is None or self.error is not None or self._added != self._expected:
                 return False
+            if not self._append_pieces():
+                return False
             stat_ns, st = settled
-            header = _key(fd, st, self.size, self.block)
+            header = _key(fd, st, self.size, self.block, self.pieces)
             header.update(stat_ns=stat_ns, generation=self.generation + 1)
             payload = json.dumps(header, sort_keys=True).encode("utf-8")
             tail = payload + struct.pack(">Q", len(payload)) + MAGIC
@@ -203,11 +264,13 @@ class NewCache(object):
             self._file.commit()
             return True
         finally:
-            self._file.discard()
+            self.discard()
 
     def discard(self):
         # type: () -> None
         self._file.discard()
+        if self._spool is not None:
+            self._spool.close()
 
 
 def _settled(fd):
@@ -243,16 +306,18 @@ class CacheRun(object):
         st = os.fstat(fd)
         path = cache_path(target_path, st)
         block = int(delta["block"]) if delta else 0
+        pieces = int(delta.get("pieces") or 0) if delta else 0
         try:
             if delta:
-                self.cached, warning = load(path, fd, size, block, trusted)
+                self.cached, warning = load(path, fd, size, block, trusted, pieces)
                 if warning:
                     self.warnings.append(warning)
             forget(path)
             if delta and (trusted or not stat.S_ISBLK(st.st_mode)):
                 generation = self.cached.generation if self.cached is not None else 0
-                self._new = NewCache(path, size, block, generation)
-                self.record = BlockDigests(block, size, self._new.add)
+                self._new = NewCache(path, size, block, generation, pieces)
+                self.record = BlockDigests(block, size, self._new.add,
+                                           self._new.add_pieces if pieces else None)
         except OSError as e:
             self.warnings.append("%s: digest cache: %s" % (path, e.strerror or e))
 

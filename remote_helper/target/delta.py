@@ -13,15 +13,21 @@
 # is read only where the writer needs old bytes (a MATCH in the held-back head, or one to hash
 # or to put in a saveset). BlockDigests collects the digests of the target as the run leaves
 # it, for the next run's cache.
+# Two levels (OPEN's delta.pieces, docs/wire.md): a DIGESTS frame then also carries the sha256
+# of each whole 1 MiB piece of the segment (the image digest's pieces), hashed by the same
+# threads, so that the client hashes a piece that equals the target's once, for the image
+# digest, and none of its blocks. The helper so hashes each byte twice (blocks and pieces).
 """
+import hashlib
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Tuple  # for the type comments
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple  # for the type comments
 
 from ..wire import protocol
 from .devices import data_extents
 from .hashing import Hashers, block_digests, hole_blocks, zero_digest
+from .imagedigest import PIECE
 from ..errors import HelperError, IntegrityError, as_helper_error
 
 if TYPE_CHECKING:  # target.py is not needed to run this module
@@ -34,9 +40,16 @@ if TYPE_CHECKING:  # target.py is not needed to run this module
             # type: (int, int) -> bytes
             ...
 
+        def pieces(self, first, count):
+            # type: (int, int) -> bytes
+            ...
+
 Send = Callable[[bytes], None]
 # A segment of the target: offset, length, its block digests, its bytes (None if not read)
 Segment = Tuple[int, int, bytes, Optional[bytearray]]
+# A piece whose digest is not known (the digest cache's, for a piece a run changed in part):
+# no sha256 is all zeros, so the client compares its blocks one by one.
+UNKNOWN = bytes(32)
 
 DEPTH = 8  # segments read ahead of the writer
 STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the target closes
@@ -45,15 +58,21 @@ STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the
 class TargetSegments(object):
     """Reads the target ahead of the writer, announcing each segment's block digests."""
 
-    def __init__(self, target, block, segment, send, fail, cached=None):
-        # type: (Target, int, int, Send, Callable[[BaseException], None], Optional[Cached]) -> None
+    def __init__(self, target, block, segment, send, fail, cached=None, pieces=False):
+        # type: (Target, int, int, Send, Callable[[BaseException], None], Optional[Cached], bool) -> None
+        """With `pieces`, each DIGESTS also carries the segment's piece digests (two levels:
+        the caller checked that block divides PIECE and PIECE divides segment)."""
         self._target = target
+        self._pieces = pieces
+        self._piece_digests = b""  # the current segment's piece digests
+        self.kept_pieces = {}  # type: dict  # piece index -> digest, of the last take()
         self._cached = cached
         self._block = block
         self._segment = segment
         self._send = send
         self._fail = fail
-        self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Segment]]
+        # each segment with its piece digests
+        self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Tuple[Segment, bytes]]]
         self._current = None  # type: Optional[Segment]  # the writer's segment
         self.read_bytes = 0  # of the target, by either thread
         self._stop = threading.Event()
@@ -85,12 +104,17 @@ class TargetSegments(object):
                 if self._hashers is None:  # a digest cache: nothing read, nothing hashed
                     cached = self._cached.digests(  # type: ignore[union-attr]
                         offset // self._block, -(-length // self._block))
-                    if not self._announce((offset, length, cached, None)):
+                    pieces = self._cached.pieces(  # type: ignore[union-attr]
+                        offset // PIECE, -(-length // PIECE)) if self._pieces else b""
+                    if not self._announce((offset, length, cached, None), pieces):
                         return
                     continue
                 data, holes = self._read(offset, length)
                 shares = self._hashers.submit(memoryview(data), self._block,
                                               hole_blocks(holes, self._block, length))
+                if self._pieces:  # after the blocks': the DIGESTS payload's order
+                    shares += self._hashers.submit(memoryview(data), PIECE,
+                                                   hole_blocks(holes, PIECE, length))
                 if hashing is not None and not self._hashed(hashing):
                     return
                 hashing = (offset, length, shares, data)
@@ -109,16 +133,19 @@ class TargetSegments(object):
         digests = [share.result(self._stop) for share in shares]
         if None in digests:
             return False
-        return self._announce((offset, length, b"".join(digests), data))
+        both = b"".join(digests)
+        split = -(-length // self._block) * 32
+        return self._announce((offset, length, both[:split], data), both[split:])
 
-    def _announce(self, segment):
-        # type: (Segment) -> bool
-        """Send the segment's DIGESTS and queue it for the writer; False once stopped."""
-        self._send(protocol.encode(protocol.DIGESTS, segment[2], segment[0]))
-        return self._put(segment)
+    def _announce(self, segment, pieces=b""):
+        # type: (Segment, bytes) -> bool
+        """Send the segment's DIGESTS (its block digests, then its piece digests, if any) and
+        queue it for the writer; False once stopped."""
+        self._send(protocol.encode(protocol.DIGESTS, segment[2] + pieces, segment[0]))
+        return self._put((segment, pieces))
 
     def _put(self, item):
-        # type: (Optional[Segment]) -> bool
+        # type: (Optional[Tuple[Segment, bytes]]) -> bool
         """Queue item for the writer, unless stop() comes first; whether it was queued."""
         while not self._stop.is_set():
             try:
@@ -148,10 +175,12 @@ class TargetSegments(object):
         they were before anything was written (None if need is 0), and its block digests (None
         unless the range is on the block grid)."""
         pieces, digests = [], []  # type: list, list
+        self.kept_pieces = {}
         while length:
             seg_offset, seg_length, seg_digests, data = self._segment_at(offset)
             start = offset - seg_offset
             n = min(length, seg_length - start)
+            self._keep_pieces(seg_offset, seg_length, start, n)
             if need > 0:
                 pieces.append(self._bytes(data, offset, start, min(n, need), seg_digests))
                 need -= n
@@ -163,6 +192,19 @@ class TargetSegments(object):
         if pieces:
             view = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
         return view, None if None in digests else b"".join(digests)
+
+    def _keep_pieces(self, seg_offset, seg_length, start, n):
+        # type: (int, int, int, int) -> None
+        """Into kept_pieces: the digests of the pieces wholly inside [start, start+n) of the
+        current segment (pieces never straddle segments)."""
+        if not self._piece_digests:
+            return
+        end = start + n
+        last = seg_length if end == seg_length else end // PIECE * PIECE
+        for pos in range(-(-start // PIECE) * PIECE, last, PIECE):
+            index = pos // PIECE
+            self.kept_pieces[(seg_offset + pos) // PIECE] = \
+                self._piece_digests[index * 32:index * 32 + 32]
 
     def _bytes(self, data, offset, start, n, digests):
         # type: (Optional[bytearray], int, int, int, bytes) -> memoryview
@@ -215,22 +257,32 @@ class TargetSegments(object):
             if item is None:
                 assert self.error is not None  # _run sets it before it queues the None
                 raise self.error
-            self._current = item
+            self._current, self._piece_digests = item
         return self._current
 
 
 class BlockDigests(object):
     """The target's block digests as a delta run leaves it, in order, for the next run's cache:
     those of MATCHed blocks as the run found them, of written ones hashed as written. Any
-    range off the block grid spoils it (`ok` False): the run then keeps no cache."""
+    range off the block grid spoils it (`ok` False): the run then keeps no cache.
 
-    def __init__(self, block, size, sink):
-        # type: (int, int, Callable[[bytes], None]) -> None
+    With `pieces` (a sink), also the digest of each 1 MiB piece: a piece MATCHed whole keeps
+    the digest `segments` had for it (TargetSegments.kept_pieces), one written whole (DATA,
+    COPY, HOLE) is hashed as written, and one partly kept, partly written is UNKNOWN (its
+    kept bytes may not have been read: a cached run)."""
+
+    def __init__(self, block, size, sink, pieces=None):
+        # type: (int, int, Callable[[bytes], None], Optional[Callable[[bytes], None]]) -> None
         self._block = block
         self._size = size
         self._sink = sink
         self._next = 0
         self.ok = True
+        self._pieces = pieces
+        self.segments = None  # type: Optional[TargetSegments]  # set by the job, for kept_pieces
+        self._hash = None  # type: Optional[hashlib._Hash]  # the piece under way, while known
+        self._filled = 0  # bytes of the piece under way
+        self._known = True  # whether the piece under way was written whole so far
 
     def complete(self):
         # type: () -> bool
@@ -243,20 +295,26 @@ class BlockDigests(object):
         if digests is None:
             self.ok = False
         elif self._aligned(offset, length):
-            self._add(length, digests)
+            kept = self.segments.kept_pieces if self.segments is not None else {}
+            self._add(length, digests, lambda start, n: kept.get(
+                (offset + start) // PIECE, UNKNOWN) if n == self._piece_length(
+                    offset + start) else None)
 
     def wrote(self, offset, view):
         # type: (int, memoryview) -> None
         """Bytes written (a DATA or COPY): hashed here, on the writer's thread."""
         if self._aligned(offset, len(view)):
-            self._add(len(view), block_digests(view, self._block))
+            self._add(len(view), block_digests(view, self._block),
+                      lambda start, n: view[start:start + n])
 
     def zeroed(self, offset, length):
         # type: (int, int) -> None
         if self._aligned(offset, length):
             block, whole = self._block, length // self._block
             tail = length - whole * block
-            self._add(length, zero_digest(block) * whole + (zero_digest(tail) if tail else b""))
+            self._add(length, zero_digest(block) * whole + (zero_digest(tail) if tail else b""),
+                      lambda start, n: zero_digest(n) if n == self._piece_length(
+                          offset + start) else memoryview(bytes(n)))
 
     def _aligned(self, offset, length):
         # type: (int, int) -> bool
@@ -265,7 +323,41 @@ class BlockDigests(object):
             end % self._block == 0 or end == self._size)
         return self.ok
 
-    def _add(self, length, digests):
-        # type: (int, bytes) -> None
+    def _add(self, length, digests, part):
+        # type: (int, bytes, Callable[[int, int], Any]) -> None
+        """The next `length` bytes' block digests; part(start, n) says what is known of the
+        n bytes at `start` within them, for the piece digests: a digest (the whole piece's),
+        bytes (to hash), or None (kept: unknown unless the piece was kept whole)."""
         self._sink(digests)
+        if self._pieces is not None:
+            start = 0
+            while start < length:
+                pos = self._next + start
+                n = min(length - start, self._piece_length(pos) - pos % PIECE)
+                self._piece(part(start, n), n, pos)
+                start += n
         self._next += length
+
+    def _piece_length(self, pos):
+        # type: (int) -> int
+        """The length of the piece that holds byte `pos` (the image's last may be short)."""
+        first = pos // PIECE * PIECE
+        return min(PIECE, self._size - first)
+
+    def _piece(self, known, n, pos):
+        # type: (Any, int, int) -> None
+        assert self._pieces is not None
+        if isinstance(known, bytes) and n == self._piece_length(pos) and not self._filled:
+            self._pieces(known)  # a whole piece's digest
+            return
+        if known is None or isinstance(known, bytes):
+            self._known = False
+        elif self._known:
+            if self._hash is None:
+                self._hash = hashlib.sha256()
+            self._hash.update(known)
+        self._filled += n
+        if self._filled == self._piece_length(pos):
+            self._pieces(self._hash.digest() if self._known and self._hash is not None
+                         else UNKNOWN)
+            self._hash, self._filled, self._known = None, 0, True
