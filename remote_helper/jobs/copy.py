@@ -162,7 +162,8 @@ class _ContentSender(object):
 
     def __init__(self, out, codec, level):
         # type: (Output, int, int) -> None
-        self._buf = bytearray()
+        self._pieces = []  # type: List[bytes]  # the next frame's, joined once (one copy)
+        self._held = 0
         self._compressor = _Compressor(out, codec, level)
         self.files = 0
         self.content = 0  # bytes of file content sent (holes excluded)
@@ -205,21 +206,23 @@ class _ContentSender(object):
 
     def _put(self, data):
         # type: (bytes) -> None
-        self._buf += data
-        if len(self._buf) >= FRAME_BYTES:
+        self._pieces.append(data)
+        self._held += len(data)
+        if self._held >= FRAME_BYTES:
             self._flush()
 
     def _flush(self):
         # type: () -> None
-        if self._buf:
-            data = bytes(self._buf)
-            self._buf = bytearray()
+        if self._held:
+            data = b"".join(self._pieces)
+            self._pieces = []
+            self._held = 0
             self._compressor.put(data)
 
     def finish(self):
         # type: () -> tuple
         if self.files:
-            self._buf += tar.END_OF_ARCHIVE
+            self._put(tar.END_OF_ARCHIVE)
         self._flush()
         return self._compressor.finish()
 
