@@ -36,8 +36,9 @@ from ..tree.writer import CONTENT, META, SAME, TreeWriter
 from ..saveset.treeset import TreeSavesetOutput
 from ..tree.entry import DIR, FILE, ROOT, Entry
 from ..tree.walk import WalkError, Walker
-from ..wire import codecs, protocol, zstdframe
+from ..wire import protocol, zstdframe
 from ..wire.protocol import DATA, END, MANIFEST, PROGRESS, READY, RESULT, WANTS
+from .unpacker import Unpacker
 
 if TYPE_CHECKING:  # server.py imports this module
     from .server import Input, Output
@@ -445,8 +446,7 @@ class _TreeReceiver(object):
         self._windows = deque()  # type: Deque[_Window]
         self._expected = deque()  # type: Deque[tuple]  # (window, entry) of each wanted file
         self._decoder = TarDecoder()
-        self._decompressor = codecs.Decompressor()
-        self._sha = hashlib.sha256()
+        self._unpacker = Unpacker()  # decompresses frame k+1 while frame k is written
         self._offset = 0
         self._sink = None  # type: Any
         self._current = None  # type: Optional[tuple]
@@ -467,6 +467,7 @@ class _TreeReceiver(object):
                 elif frame.type == DATA:
                     self._data(frame)
                 elif frame.type == END:
+                    self._decode(self._unpacker.drain())
                     return self._end(frame.json())
                 else:
                     raise ProtocolError("unexpected %s in a tree copy"
@@ -476,6 +477,8 @@ class _TreeReceiver(object):
                 self._sink.abort()
                 self._sink = None
             raise
+        finally:
+            self._unpacker.close()
 
     def _manifest(self, frame):
         # type: (protocol.Frame) -> None
@@ -563,16 +566,9 @@ class _TreeReceiver(object):
         if frame.offset != self._offset:
             raise ProtocolError("DATA at tar offset %d, %d expected" % (frame.offset,
                                                                          self._offset))
-        data = self._decompressor.decompress(frame.flags, frame.payload, frame.size)
-        self._sha.update(data)
-        self._offset += len(data)
+        self._offset += frame.size
         self.counts["stream_bytes"] += len(frame.payload)
-        self._decoder.feed(data)
-        while True:
-            event = self._decoder.next_event()
-            if event is None:
-                break
-            self._event(event)  # type: ignore[arg-type]  # next_event says object: a tuple
+        self._decode(self._unpacker.put(frame.flags, frame.payload, frame.size))
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
@@ -581,6 +577,18 @@ class _TreeReceiver(object):
                                            "files": self._done_files(),
                                            "wanted": self.counts["files_sent"],
                                            "current": current.decode("utf-8", "replace")})
+
+    def _decode(self, data):
+        # type: (Optional[bytes]) -> None
+        """A frame's content (None: no frame was in flight) through the tar decoder."""
+        if data is None:
+            return
+        self._decoder.feed(data)
+        while True:
+            event = self._decoder.next_event()
+            if event is None:
+                return
+            self._event(event)  # type: ignore[arg-type]  # next_event says object: a tuple
 
     def _done_files(self):
         # type: () -> int
@@ -626,7 +634,7 @@ class _TreeReceiver(object):
         if self._sink is not None or self._expected:
             raise IntegrityError("the stream ended with %d files still to come"
                                  % len(self._expected))
-        sha256 = self._sha.hexdigest()
+        sha256 = self._unpacker.hexdigest()
         if int(end.get("bytes", -1)) != self._offset or (self._offset and
                                                           end.get("sha256") != sha256):
             raise IntegrityError("tar stream of %d bytes, sha256 %s; the sender's: %s bytes, %s"
