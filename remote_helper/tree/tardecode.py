@@ -296,7 +296,9 @@ def _check_sum(block, at):
 def _number(field, what, at):
     # type: (bytes, str, int) -> int
     """An octal field, or GNU's base-256 form (first byte 0x80 or 0xff)."""
-    if field[:1] in (b"\x80", b"\xff"):
+    if field[0] >= 0x80:
+        if field[:1] not in (b"\x80", b"\xff"):
+            raise TarError("bad %s field %r in the tar header at byte %d" % (what, field, at))
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * (len(field) - 1))) if field[:1] == b"\xff" else value
     text = field.split(b"\0", 1)[0].strip(b" ")
@@ -414,6 +416,8 @@ def _xattrs(pax, at):
     """SCHILY.xattr.* as they are, and the ACLs of SCHILY.acl.* unless the raw xattr came too
     (GNU tar --xattrs-include='*' writes both); an access ACL of the three base entries only is
     the mode bits, which the kernel keeps as no xattr, so it is dropped."""
+    if not pax:
+        return ()
     found = {}
     for key, value in pax.items():
         if key.startswith(b"SCHILY.xattr."):
