@@ -30,6 +30,7 @@ from ..target import devices
 from ..target.checks import absolute, require_directory
 from ..tree import manifest, tar
 from ..tree.exclude import Excludes
+from ..tree.prefetch import Prefetcher
 from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
 from ..tree.writer import CONTENT, META, SAME, TreeWriter
@@ -129,8 +130,11 @@ def _send_wanted(inp, batch, sender, dry_run):
     for index in wanted:
         if type(index) is not int or not 0 <= index < len(batch) or batch[index][1].kind != FILE:
             raise ProtocolError("WANTS names entry %r, which is no file of its window" % (index,))
-        if not dry_run:
-            sender.add(*batch[index])
+    if dry_run:
+        return
+    sender.prefetch.add([(batch[i][0], batch[i][1].size) for i in wanted])
+    for index in wanted:
+        sender.add(*batch[index])
 
 
 def _file_digest(disk, item):
@@ -166,6 +170,7 @@ class _ContentSender(object):
         self._pieces = []  # type: List[bytes]  # the next frame's, joined once (one copy)
         self._held = 0
         self._compressor = _Compressor(out, codec, level)
+        self.prefetch = Prefetcher()  # the disk reads the next files while this one is sent
         self.files = 0
         self.content = 0  # bytes of file content sent (holes excluded)
 
@@ -203,6 +208,7 @@ class _ContentSender(object):
             raise HelperError("%s: tar member of %d bytes, %d announced"
                               % (_show(item.path), written, size))
         self._put(tar.padding(size))
+        self.prefetch.taken(item.size)
         self.files += 1
 
     def _put(self, data):
@@ -229,6 +235,7 @@ class _ContentSender(object):
 
     def close(self):
         # type: () -> None
+        self.prefetch.close()
         self._compressor.close()
 
 
