@@ -16,7 +16,7 @@ from fixtures_tree import contents, listing, tree_src  # noqa: F401
 from remote_helper.tree import manifest, tar
 from remote_helper.tree.entry import DIR, FILE, ROOT, entry
 from remote_helper.wire import protocol
-from remote_helper.wire.protocol import DATA, ERROR, MANIFEST, OPEN, READY, WANTS
+from remote_helper.wire.protocol import DATA, END, ERROR, MANIFEST, OPEN, READY, WANTS
 from test_copy import Copier, copier, same_tree  # noqa: F401
 from test_hostile import LocalHelper
 
@@ -87,6 +87,8 @@ def test_a_tar_member_named_outside_dest_is_refused(tmp_path: Path) -> None:
         evil = entry(b"../evil", FILE, size=5)
         data = tar.encode_header(evil) + b"evil\n" + tar.padding(5) + tar.END_OF_ARCHIVE
         helper.send(protocol.encode(DATA, data, 0, protocol.CODEC_RAW, len(data)))
+        # a frame is decoded while the next one is unpacked: END, as a reader sends, is next
+        helper.send(protocol.encode_json(END, {"bytes": len(data), "sha256": "0" * 64}))
         frame = helper.recv()
         assert frame.type == ERROR and "evil" in frame.json()["message"], frame
         helper.proc.stdin.close()

@@ -230,10 +230,14 @@ def test_a_directory_where_the_source_has_a_file_needs_delete_unless_empty(tmp_p
     same_tree(src, dest)
 
 
-def test_a_cut_run_leaves_only_temporary_names_and_the_rerun_removes_them(tmp_path):
+@pytest.mark.parametrize("unnamed", [False, True], ids=["temporary-names", "unnamed-files"])
+def test_a_cut_run_leaves_only_temporary_names_and_the_rerun_removes_them(tmp_path, unnamed):
     src = make_source(tmp_path / "src")
     dest = tmp_path / "dest"
     writer = TreeWriter(os.fsencode(str(dest)), True, False, False)
+    if unnamed and not writer.unnamed:
+        pytest.skip("no O_TMPFILE or no /proc here")
+    writer.unnamed = unnamed
     for e in walk(src):
         if e.kind == FILE and e.path == b"docs/page 5.txt":
             sink = writer.add(e)
@@ -244,10 +248,32 @@ def test_a_cut_run_leaves_only_temporary_names_and_the_rerun_removes_them(tmp_pa
     writer.close()
     left = os.listdir(dest / "docs")
     assert "page 5.txt" not in left
-    assert [n for n in left if TEMP_NAME.match(os.fsencode(n))]
+    temps = [n for n in left if TEMP_NAME.match(os.fsencode(n))]
+    assert len(temps) == (0 if unnamed else 1)  # an unnamed file vanishes with its process
     counts = copy(src, dest)
-    assert counts["temps_removed"] == 1
+    assert counts["temps_removed"] == len(temps)
     same_tree(src, dest)
+
+
+@pytest.mark.parametrize("unnamed", [False, True], ids=["temporary-names", "unnamed-files"])
+def test_a_new_file_replaces_an_old_one_whole_by_either_way_of_naming(tmp_path, unnamed):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "f").write_bytes(b"old content")
+    (dest / "gone").mkdir()
+    writer = TreeWriter(os.fsencode(str(dest)), True, False, False)
+    writer.unnamed = unnamed and writer.unnamed
+    try:
+        for path, data in ((b"f", b"new content!"), (b"gone", b"a file now"), (b"g", b"")):
+            sink = writer.add(entry(path, FILE, size=len(data)))
+            sink.write(0, data)
+            sink.commit()
+    finally:
+        writer.close()
+    assert (dest / "f").read_bytes() == b"new content!"
+    assert (dest / "gone").read_bytes() == b"a file now"
+    assert (dest / "g").read_bytes() == b""
+    assert sorted(os.listdir(dest)) == ["f", "g", "gone"]
 
 
 def test_commit_refuses_a_file_whose_content_is_short_and_leaves_nothing(tmp_path):

@@ -31,6 +31,7 @@ from ..target import devices
 from ..target.checks import absolute, require_directory
 from ..tree import delta, manifest, tar
 from ..tree.exclude import Excludes
+from ..tree.prefetch import Prefetcher
 from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
 from ..tree.writer import CONTENT, META, SAME, TreeWriter
@@ -39,6 +40,7 @@ from ..tree.entry import DIR, FILE, HARDLINK, ROOT, Entry
 from ..tree.walk import WalkError, Walker
 from ..wire import codecs, protocol, zstdframe
 from ..wire.protocol import BLOCKS, DATA, END, MANIFEST, PROGRESS, READY, RESULT, WANTS
+from .unpacker import Unpacker
 
 if TYPE_CHECKING:  # server.py imports this module
     from .server import Input, Output
@@ -134,9 +136,12 @@ def _send_wanted(inbox, window, sender, dry_run):
     for index in wanted:
         if type(index) is not int or not 0 <= index < len(batch) or batch[index][1].kind != FILE:
             raise ProtocolError("WANTS names entry %r, which is no file of its window" % (index,))
-        if not dry_run:
-            theirs = functools.partial(inbox.blocks, first + index) if index in deltas else None
-            sender.add(batch[index][0], batch[index][1], theirs)
+    if dry_run:
+        return
+    sender.prefetch.add([(batch[i][0], batch[i][1].size) for i in wanted])
+    for index in wanted:
+        theirs = functools.partial(inbox.blocks, first + index) if index in deltas else None
+        sender.add(batch[index][0], batch[index][1], theirs)
 
 
 class _Inbox(object):
@@ -248,8 +253,10 @@ class _ContentSender(object):
 
     def __init__(self, out, codec, level):
         # type: (Output, int, int) -> None
-        self._buf = bytearray()
+        self._pieces = []  # type: List[bytes]  # the next frame's, joined once (one copy)
+        self._held = 0
         self._compressor = _Compressor(out, codec, level)
+        self.prefetch = Prefetcher()  # the disk reads the next files while this one is sent
         self.files = 0
         self.content = 0  # bytes of file content sent (holes excluded)
         self.delta_files = 0
@@ -304,29 +311,33 @@ class _ContentSender(object):
             raise HelperError("%s: tar member of %d bytes, %d announced"
                               % (_show(item.path), written, size))
         self._put(tar.padding(size))
+        self.prefetch.taken(item.size)
 
     def _put(self, data):
         # type: (bytes) -> None
-        self._buf += data
-        if len(self._buf) >= FRAME_BYTES:
+        self._pieces.append(data)
+        self._held += len(data)
+        if self._held >= FRAME_BYTES:
             self._flush()
 
     def _flush(self):
         # type: () -> None
-        if self._buf:
-            data = bytes(self._buf)
-            self._buf = bytearray()
+        if self._held:
+            data = b"".join(self._pieces)
+            self._pieces = []
+            self._held = 0
             self._compressor.put(data)
 
     def finish(self):
         # type: () -> tuple
         if self.files:
-            self._buf += tar.END_OF_ARCHIVE
+            self._put(tar.END_OF_ARCHIVE)
         self._flush()
         return self._compressor.finish()
 
     def close(self):
         # type: () -> None
+        self.prefetch.close()
         self._compressor.close()
 
 
@@ -551,8 +562,7 @@ class _TreeReceiver(object):
         self._windows = deque()  # type: Deque[_Window]
         self._expected = deque()  # type: Deque[tuple]  # (window, entry) of each wanted file
         self._decoder = TarDecoder()
-        self._decompressor = codecs.Decompressor()
-        self._sha = hashlib.sha256()
+        self._unpacker = Unpacker()  # decompresses frame k+1 while frame k is written
         self._offset = 0
         self._sink = None  # type: Any
         self._current = None  # type: Optional[tuple]
@@ -574,6 +584,7 @@ class _TreeReceiver(object):
                 elif frame.type == DATA:
                     self._data(frame)
                 elif frame.type == END:
+                    self._decode(self._unpacker.drain())
                     return self._end(frame.json())
                 else:
                     raise ProtocolError("unexpected %s in a tree copy"
@@ -586,6 +597,7 @@ class _TreeReceiver(object):
         finally:
             if self._bases is not None:
                 self._bases.close()
+            self._unpacker.close()
 
     def _manifest(self, frame):
         # type: (protocol.Frame) -> None
@@ -706,16 +718,9 @@ class _TreeReceiver(object):
         if frame.offset != self._offset:
             raise ProtocolError("DATA at tar offset %d, %d expected" % (frame.offset,
                                                                          self._offset))
-        data = self._decompressor.decompress(frame.flags, frame.payload, frame.size)
-        self._sha.update(data)
-        self._offset += len(data)
+        self._offset += frame.size
         self.counts["stream_bytes"] += len(frame.payload)
-        self._decoder.feed(data)
-        while True:
-            event = self._decoder.next_event()
-            if event is None:
-                break
-            self._event(event)  # type: ignore[arg-type]  # next_event says object: a tuple
+        self._decode(self._unpacker.put(frame.flags, frame.payload, frame.size))
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
@@ -725,6 +730,18 @@ class _TreeReceiver(object):
                                            "files": self._done_files(),
                                            "wanted": self.counts["files_sent"],
                                            "current": current.decode("utf-8", "replace")})
+
+    def _decode(self, data):
+        # type: (Optional[bytes]) -> None
+        """A frame's content (None: no frame was in flight) through the tar decoder."""
+        if data is None:
+            return
+        self._decoder.feed(data)
+        while True:
+            event = self._decoder.next_event()
+            if event is None:
+                return
+            self._event(event)  # type: ignore[arg-type]  # next_event says object: a tuple
 
     def _done_files(self):
         # type: () -> int
@@ -839,7 +856,7 @@ class _TreeReceiver(object):
         if self._sink is not None or self._expected:
             raise IntegrityError("the stream ended with %d files still to come"
                                  % len(self._expected))
-        sha256 = self._sha.hexdigest()
+        sha256 = self._unpacker.hexdigest()
         if int(end.get("bytes", -1)) != self._offset or (self._offset and
                                                           end.get("sha256") != sha256):
             raise IntegrityError("tar stream of %d bytes, sha256 %s; the sender's: %s bytes, %s"

@@ -2,11 +2,14 @@
 
 # Strategy: a FileSink holds its own descriptor of its directory (a dup, so the writer's
 # descriptor chain may move on while content arrives) and of the temporary file
-# `.NAME.bacpac-XXXXXXXX` the writer made there. Content is written at offsets; a hole is
-# not written, so it stays a hole; unchanged ranges of a large file can be copied from the old
-# file (a delta). commit() checks that exactly the promised bytes came, sets size and metadata
-# on the descriptor and renames the file over its name; abort() removes it.
+# `.NAME.bacpac-XXXXXXXX` the writer made there, or of an unnamed one (O_TMPFILE, no temporary
+# name). Content is written at offsets; a hole is not written, so it stays a hole; unchanged
+# ranges of a large file can be copied from the old file (a delta). commit() checks that
+# exactly the promised bytes came, sets size and metadata on the descriptor and renames the
+# file over its name (an unnamed one is linked there, through a temporary name only when the
+# name is taken); abort() removes it.
 """
+import binascii
 import errno
 import os
 from typing import TYPE_CHECKING, Callable, Optional  # for the type comments
@@ -26,7 +29,7 @@ class FileSink(object):
     """The content of one file, written at offsets into a temporary file beside its name."""
 
     def __init__(self, writer, entry, dir_fd, name, tmp, fd, base):
-        # type: (TreeWriter, Entry, int, bytes, bytes, int, Optional[int]) -> None
+        # type: (TreeWriter, Entry, int, bytes, Optional[bytes], int, Optional[int]) -> None
         self.writer = writer
         self.entry = entry
         self._dir_fd = dir_fd
@@ -36,6 +39,7 @@ class FileSink(object):
         self._base = base
         self._copy_file_range = getattr(os, "copy_file_range", None)
         self.written = 0  # bytes of content received (data and base copies; holes excluded)
+        self._end = 0  # the file's size so far: the end of the last byte written
 
     def write(self, offset, data):
         # type: (int, bytes) -> None
@@ -45,6 +49,8 @@ class FileSink(object):
             done = os.pwrite(self._fd, view, offset)
             view, offset = view[done:], offset + done
         self.written += len(data)
+        if data:  # an empty write at the end marks no size
+            self._end = max(self._end, offset)
 
     def hole(self, offset, length):
         # type: (int, int) -> None
@@ -63,6 +69,7 @@ class FileSink(object):
             if done:
                 self.written += done
                 offset += done
+                self._end = max(self._end, offset)
                 continue
             data = os.pread(self._base, min(COPY_CHUNK, end - offset), offset)
             if not data:
@@ -99,8 +106,12 @@ class FileSink(object):
         write-only): a delta's check, before commit()."""
         if self._fd < 0:
             return True
-        fd = os.open(self._tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
-        try:  # the file was made with O_EXCL by this sink
+        if self._tmp is None:  # an unnamed file (O_TMPFILE): reopened through its descriptor
+            fd = os.open("/proc/self/fd/%d" % self._fd, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open(self._tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=self._dir_fd)
+        try:  # the file was made by this sink (O_EXCL or unnamed)
             return test(fd)
         finally:
             os.close(fd)
@@ -126,10 +137,17 @@ class FileSink(object):
             if self.written != self.entry.data_length():
                 raise IntegrityError("%s: got %d bytes of content, expected %d" % (
                     self._where(), self.written, self.entry.data_length()))
-            os.ftruncate(self._fd, self.entry.size)
+            if self._end != self.entry.size:  # a hole at the end (or none written at all)
+                os.ftruncate(self._fd, self.entry.size)
             meta.apply_fd(self._fd, self.entry, writer.owners, writer.xattrs)
-            writer._clear_for(self._dir_fd, self._name, self.entry.path)
-            os.rename(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            if self._tmp is not None or not self._link(self._name):
+                if self._tmp is None:
+                    self._tmp = temp_name(self._name)
+                    if not self._link(self._tmp):
+                        raise FileExistsError(errno.EEXIST, "temporary name taken")
+                writer._clear_for(self._dir_fd, self._name, self.entry.path)
+                os.rename(self._tmp, self._name, src_dir_fd=self._dir_fd,
+                          dst_dir_fd=self._dir_fd)
         except OSError as e:
             self.abort()
             raise HelperError("%s: %s" % (self._where(), e.strerror), e.errno)
@@ -142,10 +160,21 @@ class FileSink(object):
         writer.counts["files"] += 1
         self._close()
 
+    def _link(self, name):
+        # type: (bytes) -> bool
+        """Name the unnamed file name (linkat by /proc/self/fd: no privilege needed); False
+        when the name is taken (linkat never replaces)."""
+        try:
+            os.link("/proc/self/fd/%d" % self._fd, name, src_dir_fd=self._dir_fd,
+                    dst_dir_fd=self._dir_fd, follow_symlinks=True)
+            return True
+        except FileExistsError:
+            return False
+
     def abort(self):
         # type: () -> None
         """Drop the temporary file; nothing appears under the final name."""
-        if self._fd >= 0:
+        if self._fd >= 0 and self._tmp is not None:
             unlink_quietly(self._dir_fd, self._tmp)
         self._close()
 
@@ -156,6 +185,12 @@ class FileSink(object):
             if fd is not None and fd >= 0:
                 os.close(fd)
             setattr(self, attr, -1)
+
+
+def temp_name(name):
+    # type: (bytes) -> bytes
+    """A fresh temporary name beside name (cut to stay under NAME_MAX)."""
+    return b"." + name[:200] + b".bacpac-" + binascii.hexlify(os.urandom(4))
 
 
 def unlink_quietly(dir_fd, name):

@@ -183,9 +183,13 @@ def _ascii_tail(name, width):
     return bytes(c if 32 <= c < 127 else 0x5F for c in name)[-width:]
 
 
+_PRINTABLE = bytes(range(32, 127))
+
+
 def _is_ascii(raw):
     # type: (bytes) -> bool
-    return all(32 <= c < 127 for c in raw)
+    """Printable ASCII only (in C: this runs for every name of a tree)."""
+    return not raw.translate(None, _PRINTABLE)
 
 
 def _pax_time(mtime_ns):

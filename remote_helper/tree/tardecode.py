@@ -2,15 +2,18 @@
 
 # Strategy: `TarDecoder.feed(data)` appends input, `next_event()` returns the next event it can
 # make of what it holds, or None when it needs more: ("entry", Entry) when a member's headers
-# are complete, ("data", offset_in_file, bytes) for each piece of its content as it arrives
-# (never more than was fed: a large file is not held), ("end", Entry) when the member is done,
+# are complete, ("data", offset_in_file, memoryview) for each piece of its content as it arrives
+# (never more than was fed: a large file is not held; a view of the fed bytes, not a copy: the
+# input is held as the bytes fed, never appended to a growing buffer, so content costs no copy
+# here), ("end", Entry) when the member is done,
 # for every member. It reads what GNU tar writes: ustar and GNU magic, pax extended headers
 # ('x', 'g' ignored), GNU long names ('L', 'K'), base-256 numbers, GNU sparse 0.0, 0.1 and
 # 1.0, SCHILY xattrs and ACLs. Every header, pax body and sparse map is held whole, so each
 # is capped; anything malformed is a TarError that names the member and the byte offset.
 """
 import os
-from typing import Any, Optional  # for the type comments
+from collections import deque
+from typing import Any, Deque, Optional  # for the type comments
 
 from remote_helper.tree import acl
 from remote_helper.tree.entry import (BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, ROOT, SYMLINK,
@@ -28,8 +31,9 @@ class TarDecoder(object):
 
     def __init__(self):
         # type: () -> None
-        self._buf = bytearray()
-        self._pos = 0  # stream offset of the first byte of _buf
+        self._buf = b""  # the input fed and not yet used, from _at on
+        self._at = 0
+        self._pos = 0  # stream offset of _buf[_at]
         self._step = self._header  # what to make of the next bytes
         self._pax = {}  # type: dict
         self._long = {}  # type: dict
@@ -41,7 +45,7 @@ class TarDecoder(object):
         self._pad_left = 0
         self._extents = []  # type: list
         self._ext = (b"", 0, 0)
-        self._pending = []  # type: list
+        self._pending = deque()  # type: Deque[tuple]
         self.finished = False  # two zero blocks seen: the end of the archive
 
     def feed(self, data):
@@ -49,7 +53,11 @@ class TarDecoder(object):
         """Append input."""
         if self.finished and data.strip(b"\0"):
             raise TarError("data after the end of the tar archive at byte %d" % self._pos)
-        self._buf += data
+        if self._at < len(self._buf):  # a header's start waits for its end: a small copy
+            self._buf = self._buf[self._at:] + bytes(data)
+        else:
+            self._buf = bytes(data)
+        self._at = 0
 
     def close(self):
         # type: () -> None
@@ -58,7 +66,7 @@ class TarDecoder(object):
             where = ("inside %s" % os.fsdecode(self._entry.path) if self._entry
                      else "between members")
             raise TarError("tar archive truncated %s at byte %d" %
-                           (where, self._pos + len(self._buf)))
+                           (where, self._pos + len(self._buf) - self._at))
 
     def next_event(self):
         # type: () -> object
@@ -66,18 +74,31 @@ class TarDecoder(object):
         while not self._pending:
             if self.finished or not self._step():
                 return None
-        return self._pending.pop(0)
+        return self._pending.popleft()
 
     # ---- input -----------------------------------------------------------------------------
 
+    def _available(self):
+        # type: () -> int
+        return len(self._buf) - self._at
+
     def _take(self, n):
         # type: (int) -> Optional[bytes]
-        if len(self._buf) < n:
+        """The next n bytes (a copy: headers are small), or None until they are all in."""
+        at = self._at
+        if len(self._buf) - at < n:
             return None
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+        self._at = at + n
         self._pos += n
-        return data
+        return self._buf[at:at + n]
+
+    def _view(self, n):
+        # type: (int) -> memoryview
+        """The next n bytes, which are in, as a view (content: no copy)."""
+        at = self._at
+        self._at = at + n
+        self._pos += n
+        return memoryview(self._buf)[at:at + n]
 
     def _skip_padding(self, n):
         # type: (int) -> None
@@ -206,10 +227,10 @@ class TarDecoder(object):
         # type: () -> bool
         if self._extents:
             offset, length = self._extents[0]
-            n = min(length, len(self._buf))
+            n = min(length, self._available())
             if n == 0:
                 return False
-            self._pending.append(("data", offset, self._take(n)))
+            self._pending.append(("data", offset, self._view(n)))
             self._data_left -= n
             if n == length:
                 self._extents.pop(0)
@@ -217,8 +238,8 @@ class TarDecoder(object):
                 self._extents[0] = (offset + n, length - n)
             return True
         if self._data_left:  # bytes the map does not account for: skipped, as GNU tar does
-            n = min(self._data_left, len(self._buf))
-            self._take(n)
+            n = min(self._data_left, self._available())
+            self._view(n)
             self._data_left -= n
             return n > 0
         self._pending.append(("end", self._entry))
@@ -264,7 +285,9 @@ class TarDecoder(object):
 def _check_sum(block, at):
     # type: (bytes, int) -> None
     stored = _number(block[148:156], "checksum", at)
-    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    unsigned = sum(block) - sum(block[148:156]) + 256
+    if stored == unsigned:  # what every tar writes: the signed sum only for old ones
+        return
     signed = unsigned - 2 * sum(c for c in block[:148] + block[156:] if c > 127)
     if stored not in (unsigned, signed):
         raise TarError("bad tar header checksum at byte %d (not a tar archive, or corrupt)" % at)
@@ -273,7 +296,9 @@ def _check_sum(block, at):
 def _number(field, what, at):
     # type: (bytes, str, int) -> int
     """An octal field, or GNU's base-256 form (first byte 0x80 or 0xff)."""
-    if field[:1] in (b"\x80", b"\xff"):
+    if field[0] >= 0x80:
+        if field[:1] not in (b"\x80", b"\xff"):
+            raise TarError("bad %s field %r in the tar header at byte %d" % (what, field, at))
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * (len(field) - 1))) if field[:1] == b"\xff" else value
     text = field.split(b"\0", 1)[0].strip(b" ")
@@ -391,6 +416,8 @@ def _xattrs(pax, at):
     """SCHILY.xattr.* as they are, and the ACLs of SCHILY.acl.* unless the raw xattr came too
     (GNU tar --xattrs-include='*' writes both); an access ACL of the three base entries only is
     the mode bits, which the kernel keeps as no xattr, so it is dropped."""
+    if not pax:
+        return ()
     found = {}
     for key, value in pax.items():
         if key.startswith(b"SCHILY.xattr."):
