@@ -249,10 +249,6 @@ def test_saveset_inside_dest_is_refused(tree_src: Path, tmp_path: Path) -> None:
     assert os.listdir(dst) == []
 
 
-@pytest.mark.xfail(strict=True, reason="qa: commands/copy.py passes dest_where/src_where "
-                   "(host:path) as the path of Session.request, and from_remote puts the host "
-                   "before it again: 'testhost:testhost:/d: zstd is needed here'; the fix is to "
-                   "pass dest_path and the source path (tree copy code, owned by copy-delta)")
 def test_a_helper_error_without_a_path_names_the_host_once(request, tmp_path,
                                                            no_helper_left) -> None:
     """A copy with --saveset onto a host whose Python lacks zstandard and whose zstd tool is

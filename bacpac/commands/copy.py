@@ -98,7 +98,7 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
             "protocol": protocol.PROTOCOL_VERSION, "job": "read_tree", "roots": paths,
             "one_file_system": request.one_file_system, "excludes": list(request.excludes),
             "xattrs": request.xattrs, "level": request.level or 3,
-            "dry_run": request.dry_run, "checksum": request.checksum}, READY, src_where)
+            "dry_run": request.dry_run, "checksum": request.checksum}, READY, paths[0])
         writer = opening.session()
         ready = writer.request(OPEN, {
             "protocol": protocol.PROTOCOL_VERSION, "job": "write_tree", "dest": dest_path,
@@ -107,7 +107,7 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
             "delete": request.delete, "dry_run": request.dry_run, "xattrs": request.xattrs,
             "checksum": request.checksum, "excludes": list(request.excludes),
             "whole_file": request.whole_file,
-            "saveset": _saveset_spec(request, paths[0])}, READY, dest_where)
+            "saveset": _saveset_spec(request, paths[0])}, READY, dest_path)
         reader.send_json(READY, {"names": ready["names"]})
         sink.emit(JobStarted(job, "copy", summary.source, str(request.dest), None, 0))
         counters = Counters(job, sink)
