@@ -17,32 +17,17 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 
 from fixtures_sshd import SshServer, start_sshd
 from loopback_sshd import SshdError, sshd_available
+from veth import Netns, NetnsError, veth_namespace
 
 __all__ = ["netns_sshd", "Netns", "network_namespace", "netns_unavailable"]
 
 NETWORK = ipaddress.ip_network("10.251.0.0/16")
-
-
-@dataclass(frozen=True)
-class Netns:
-    """A namespace reached from here at `address`; `prefix` runs a command inside it."""
-
-    name: str
-    host_if: str
-    ns_if: str
-    host_address: str
-    address: str
-
-    @property
-    def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
 
 
 def netns_unavailable() -> str:
@@ -57,12 +42,6 @@ def netns_unavailable() -> str:
     return ""
 
 
-def _ip(*args: str) -> None:
-    done = subprocess.run(args, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {done.stderr.strip()}")
-
-
 def _addresses_in_use() -> str:
     return subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
 
@@ -75,7 +54,7 @@ def _free_subnet(seed: int) -> ipaddress.IPv4Network:
         subnet = subnets[(seed + step) % len(subnets)]
         if f" {subnet[1]}/" not in used and f" {subnet[2]}/" not in used:
             return subnet  # type: ignore[return-value]
-    raise RuntimeError(f"no free /30 left in {NETWORK}")
+    raise NetnsError(f"no free /30 left in {NETWORK}")
 
 
 def _remove_stale() -> None:
@@ -96,19 +75,8 @@ def network_namespace() -> Iterator[Netns]:
     subnet = _free_subnet(pid)
     ns = Netns(f"bacpac-test-{pid}", f"btH{pid}"[:15], f"btN{pid}"[:15],
                str(subnet[1]), str(subnet[2]))
-    try:
-        _ip("ip", "netns", "add", ns.name)
-        _ip("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if)
-        _ip("ip", "link", "set", ns.ns_if, "netns", ns.name)
-        _ip("ip", "addr", "add", f"{ns.host_address}/30", "dev", ns.host_if)
-        _ip("ip", "link", "set", ns.host_if, "up")
-        _ip(*ns.prefix, "ip", "addr", "add", f"{ns.address}/30", "dev", ns.ns_if)
-        _ip(*ns.prefix, "ip", "link", "set", ns.ns_if, "up")
-        _ip(*ns.prefix, "ip", "link", "set", "lo", "up")
+    with veth_namespace(ns):
         yield ns
-    finally:  # deleting the namespace destroys its veth end, and with it the pair
-        subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
-        subprocess.run(["ip", "link", "del", ns.host_if], capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +92,6 @@ def netns_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
             server = stack.enter_context(start_sshd(
                 str(tmp_path_factory.mktemp("netns-sshd")), listen=ns.address,
                 prefix=ns.prefix))
-        except (RuntimeError, SshdError) as e:
+        except (NetnsError, SshdError) as e:
             pytest.fail(f"the namespace's sshd: {e}")
         yield server

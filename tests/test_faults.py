@@ -170,16 +170,21 @@ def test_client_interrupted_mid_transfer_names_target_and_hints_delta(
     assert head_is_invalidated(target)
 
 
-def test_helper_killed_mid_transfer_fails_in_one_line_and_leaves_no_saveset(
-        no_helper_left, sshd, big_image, outdir) -> None:
-    target, saveset = outdir / "t.img", outdir / "disk.bacpac"
-    proc, _ = _start_slow_dup(sshd, big_image, target, saveset)
+def kill_helpers(sshd, proc):
+    """SIGKILL every helper of `sshd` and wait for the client's end."""
     pids = helper_pids(sshd)
     assert pids, "no helper process found by its marker"
     killed = time.monotonic()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    run = finish(proc, killed, timeout=FAIL_WITHIN)
+    return finish(proc, killed, timeout=FAIL_WITHIN)
+
+
+def test_helper_killed_mid_transfer_fails_in_one_line_and_leaves_no_saveset(
+        no_helper_left, sshd, big_image, outdir) -> None:
+    target, saveset = outdir / "t.img", outdir / "disk.bacpac"
+    proc, _ = _start_slow_dup(sshd, big_image, target, saveset)
+    run = kill_helpers(sshd, proc)
     assert_failed_in_one_line(run, "testhost", str(target), "--delta")
     assert head_is_invalidated(target)
     assert saveset_leftovers(saveset) == []
@@ -190,12 +195,7 @@ def test_helper_killed_mid_transfer_fails_in_one_line_naming_target_and_delta(
     target = outdir / "t.img"
     proc = start(*dup_args(sshd.cli_args(), big_image, target, *SLOW))
     wait_until(lambda: allocated(target) > MiB, 30, "data written to the target", proc)
-    pids = helper_pids(sshd)
-    assert pids, "no helper process found by its marker"
-    killed = time.monotonic()
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    run = finish(proc, killed, timeout=FAIL_WITHIN)
+    run = kill_helpers(sshd, proc)
     line = assert_failed_in_one_line(run, f"testhost:{target}", "--delta")
     assert "helper" in line
     assert head_is_invalidated(target)

@@ -71,13 +71,18 @@ def images(tmp_path):
     return [random_image(tmp_path / f"source{i}.img", 2 * MiB, seed=i) for i in range(3)]
 
 
-def test_three_jobs_on_two_hosts_at_once(tmp_path, sshd, netns_sshd, images, no_helper_left):
-    """standby2 in a network namespace, reached over a veth pair as the benchmark's second
-    host is: a dup with its saveset there, a dup there, a copy there, and a backup beside."""
-    tree = tmp_path / "tree"
+def small_tree(tree):
+    """A text file and a binary one in a subdirectory: what a copy job copies."""
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_text("a" * 1000)
     (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 40)
+    return tree
+
+
+def test_three_jobs_on_two_hosts_at_once(tmp_path, sshd, netns_sshd, images, no_helper_left):
+    """standby2 in a network namespace, reached over a veth pair as the benchmark's second
+    host is: a dup with its saveset there, a dup there, a copy there, and a backup beside."""
+    tree = small_tree(tmp_path / "tree")
     path = inventory(tmp_path, sshd, netns_sshd, f"""
 - name: disk1
   source: {images[0]}
@@ -330,10 +335,7 @@ def test_a_saveset_on_the_other_host_from_one_read(tmp_path, sshd, second, image
 
 
 def test_a_copy_job_gives_an_identical_tree(tmp_path, sshd, second):
-    tree = tmp_path / "tree"
-    (tree / "sub").mkdir(parents=True)
-    (tree / "a.txt").write_text("a" * 1000)
-    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 40)
+    tree = small_tree(tmp_path / "tree")
     path = inventory(tmp_path, sshd, second, f"""
 - name: tree
   type: copy
