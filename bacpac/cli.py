@@ -369,8 +369,10 @@ def _cmd_restore(args: argparse.Namespace, sink: Sink) -> None:
 def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
     summary = run_verify(parse_endpoint(args.saveset), connect_options(args), sink)
     if not args.json:
+        digest = f", {summary.digest_algorithm} {summary.digest}" if summary.digest else ""
         print(f"{args.saveset}: ok, {summary.extra['frames']} frames, "
-              f"{summary.bytes_total} bytes, sha256 {summary.sha256}" + _unchecked(summary.extra))
+              f"{summary.bytes_total} bytes, sha256 {summary.sha256}{digest}"
+              + _unchecked(summary.extra))
 
 
 def _unchecked(result: dict) -> str:
@@ -382,8 +384,8 @@ def _unchecked(result: dict) -> str:
 
 def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
     result = query_saveset("info", parse_endpoint(args.saveset), connect_options(args))
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
+    if args.json:  # as every command's --json: its command and status
+        print(json.dumps(dict(result, command="info", status="ok"), sort_keys=True))
         return
     meta, trailer = result.get("metadata") or {}, result.get("trailer") or {}
     rows = [
@@ -394,6 +396,8 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         ("source", f"{meta.get('source_host')}:{meta.get('source_path')}"),
         ("created", meta.get("created")), ("bacpac", meta.get("bacpac_version")),
         ("sha256", trailer.get("sha256")),
+        ("digest", f"{result['digest']} ({result['digest_algorithm']})" if result.get("digest")
+         else "none in this saveset's format (verify computes it)"),
         ("format", format_note(meta.get("version"), result.get("metadata_checked"))),
     ]
     for name, value in rows:

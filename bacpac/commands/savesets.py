@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from remote_helper.target import imagedigest
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
@@ -118,8 +119,9 @@ def _writer_open(request: RestoreRequest, path: str, meta: dict) -> dict:
         return {"protocol": protocol.PROTOCOL_VERSION, "job": "restore_tree", "path": path}
     return {"protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": path,
             "size": int(meta["size"]), "force": request.force, "verify": request.verify,
-            # the trailer's sha256 is a claim the restore must prove: hash the stream whole
-            "check": "sha256", "codec": "zstd", "saveset": None,
+            # the trailer's digests are a claim the restore must prove: hash the stream whole
+            "check": "sha256", "hash": [imagedigest.ALGORITHM, imagedigest.PLAIN],
+            "codec": "zstd", "saveset": None,
             # the saveset itself is the source: a target that is the saveset file is refused
             "source": {"boot_id": meta.get("boot_id"), "identity": meta.get("identity")}}
 
@@ -145,7 +147,7 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
             raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
                                 "while reading the saveset")
     result = receiver.wait()
-    result["source_digests"] = {"sha256": end.get("sha256")}
+    result["source_digests"] = {key: end.get(key) for key in ("digest", "sha256")}
     return result
 
 
@@ -174,7 +176,8 @@ def run_verify(saveset: Endpoint, options: ConnectOptions, sink: Sink) -> JobSum
 
     def body(summary: JobSummary) -> None:
         result = query_saveset("verify", saveset, options)
-        summary.sha256 = result.get("sha256")
+        report_digests(summary, {key: result[key] for key in ("digest", "sha256")
+                                 if result.get(key)})
         summary.bytes_total = summary.bytes_read = int(result.get("bytes", 0))
         summary.extra.update(frames=result.get("frames"), compressed=result.get("compressed"),
                              version=result.get("version"),
