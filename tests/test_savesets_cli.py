@@ -10,6 +10,7 @@ the session's OpenSSH server on this machine, so a test reads remote files back 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import stat
@@ -344,6 +345,34 @@ def test_info_json_has_its_command_and_status(one: Made, transport: Transport, n
     result = bacpac("info", *transport.args(), "--json", transport.target(one.saveset))
     assert result.returncode == 0, result.stderr
     assert (result.summary["command"], result.summary["status"]) == ("info", "ok")
+
+
+@pytest.mark.parametrize("host", ["standby:", ""], ids=["remote", "local"])
+@pytest.mark.parametrize("stage", ["connecting", "waiting"])
+def test_info_interrupted_before_the_helper_answers_names_host_and_path(
+        host: str, stage: str, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a slow login, or before the helper's RESULT: the line names the saveset."""
+    from bacpac import cli
+    from bacpac.commands import savesets
+
+    class Answerless:
+        def request(self, *args, **kwargs):
+            raise KeyboardInterrupt()
+
+        def close(self):
+            pass
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(savesets, "open_session",
+                        ctrl_c if stage == "connecting" else lambda *a, **k: Answerless())
+    path = tmp_path / "some.saveset"
+    args = cli.build_parser().parse_args(["info", "--json", f"{host}{path}"])
+    assert cli.run(args.run, args) == 128 + signal.SIGINT
+    out, err = capsys.readouterr()
+    assert err == f"bacpac: {host}{path}: interrupted by SIGINT\n"
+    assert json.loads(out)["error"] == f"{host}{path}: interrupted by SIGINT"
 
 
 # --- the image digest: the dup's, in every command on its saveset (format 3) ------------------

@@ -152,14 +152,18 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
 
 
 def query_saveset(job_name: str, saveset: Endpoint, options: ConnectOptions) -> dict:
-    """Run `verify` or `info` in a helper where the saveset lives; its RESULT."""
-    session = open_session(saveset, options)
+    """Run `verify` or `info` in a helper where the saveset lives; its RESULT. An interrupt
+    before it answers (a slow login, a long verify) names the saveset, host and path."""
+    path = remote_path(saveset)
     try:
-        path = remote_path(saveset)
-        return session.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION, "job": job_name,
-                                      "path": path}, RESULT, path)
-    finally:
-        session.close()
+        session = open_session(saveset, options)
+        try:
+            return session.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION,
+                                          "job": job_name, "path": path}, RESULT, path)
+        finally:
+            session.close()
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
+        raise interruption(e, where(saveset, path)) from None
 
 
 def format_note(version: object, metadata_checked: object) -> str:

@@ -5,7 +5,7 @@
 # 1. Its ends, when the reader is made, before a byte of data is read (so before a restore
 #    writes anything): the metadata frame; the seek table, from the end of the file; the trailer
 #    the table points at. Both JSON objects must be in canonical form with every field of its
-#    type; the metadata's sha256 must be the one the trailer records (version 2); the table's
+#    type; the metadata's sha256 must be the one the trailer records (from version 2); the table's
 #    running sum must be its own offset; the table, the trailer and the metadata must agree on
 #    the frame count and the image size. A fault in the table is then located by walking the
 #    frame headers against it (reading headers and checksum fields only): the message names
@@ -26,9 +26,9 @@ import os
 from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple  # for the type comments
 
 from .format import (CHECKSUM_FLAG, DIGEST_ALGORITHM, DIGEST_VERSION, EMPTY_CHECKSUM, ENTRY,
-                      FOOTER, FORMAT, KINDS, MAX_JSON, META_MAGIC, READABLE_VERSIONS, RESERVED_BITS, SEEK_TABLE_MAGIC,
-                      SEEKABLE_MAGIC, TRAILER_MAGIC, NotASaveset, SavesetCorrupt,
-                      canonical_json)
+                      FOOTER, FORMAT, KINDS, MAX_JSON, META_MAGIC, READABLE_VERSIONS,
+                      RESERVED_BITS, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, TRAILER_MAGIC,
+                      NotASaveset, SavesetCorrupt, canonical_json)
 from .treeset import TarCheck
 from ..target.imagedigest import ImageDigest
 from ..wire.zstdframe import (BadFrame, Truncated, decompress_frame, frame_length, is_skippable,
