@@ -146,7 +146,8 @@ def _saveset_spec(request: CopyRequest, source: str) -> Optional[dict]:
 
 def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, sink: Sink,
             job: str) -> None:
-    summary.sha256 = result.get("sha256")
+    # no digest of a stream that was never sent (-n, or nothing changed): not the empty one's
+    summary.sha256 = result.get("sha256") if end.get("bytes") else None
     summary.bytes_total = int(result.get("bytes_total", 0))
     summary.bytes_written = int(result.get("bytes_sent", 0))
     summary.bytes_read = int(end.get("content", 0))
