@@ -188,6 +188,8 @@ def _add_copy_parser(commands: argparse._SubParsersAction, parent: _Parser) -> N
     copy.add_argument("--level", type=int, default=None,
                       choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)",
                       help="zstd compression level (default 3)")
+    copy.add_argument("--bwlimit", type=_rate, default=None, metavar="RATE",
+                      help="cap the wire at RATE, as rsync's: KiB/s, or with K, M or G")
     copy.set_defaults(run=_cmd_copy)
 
 
@@ -211,7 +213,7 @@ def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
                           one_file_system=args.one_file_system, delete=args.delete,
                           dry_run=args.dry_run, xattrs=args.xattrs, checksum=args.checksum,
                           saveset=args.saveset, level=args.level,
-                          whole_file=args.whole_file)
+                          whole_file=args.whole_file, bwlimit=args.bwlimit)
     run_copy(request, connect_options(args), sink)
 
 

@@ -89,3 +89,49 @@ def test_dup_dry_run_delta_says_it_sends_only_the_blocks_that_differ(tmp_path: P
         in run.stderr
     assert "only the blocks that differ; how many, only the run can tell" in run.stderr
     assert target.read_bytes() == before
+
+
+# --- an inventory copy job's bwlimit, as a dup job's ----------------------------------------
+
+def test_an_inventory_copy_job_passes_its_bwlimit_to_the_copy(tmp_path: Path) -> None:
+    from bacpac import cli
+    from bacpac.commands.run.commandline import plan
+    from bacpac.inventory.load import load
+    from bacpac.inventory.model import Stamp
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("jobs:\n  - name: tree\n    type: copy\n    source: /home\n"
+                         "    target: /srv/mirror\n    bwlimit: 500K\n")
+    inv = load(str(inventory), {})
+    argv = plan(inv.jobs[0], inv, Stamp("2026-12-05", "010203", "ctl"), "/tmp/cfg").argv
+    assert argv[3:] == ("copy", "-F", "/tmp/cfg", "--events", "--bwlimit", "500K", "--",
+                        "/home", "/srv/mirror")
+    assert cli.build_parser().parse_args(argv[3:]).bwlimit == 500 * 1024
+
+
+def test_copy_bwlimit_holds_the_relay_to_the_rate() -> None:
+    from bacpac.engine.pacing import RateLimit
+    now, slept = [10.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limit = RateLimit(MiB, clock=lambda: now[0], sleep=sleep)
+    for _ in range(4):
+        limit.sent(MiB // 2)
+    assert now[0] == 12.0 and slept == [0.5, 0.5, 0.5, 0.5]
+    unlimited = RateLimit(None, clock=lambda: now[0], sleep=sleep)
+    unlimited.sent(100 * MiB)
+    assert len(slept) == 4
+
+
+def test_a_run_s_copy_job_with_a_bwlimit_copies_the_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.bin").write_bytes(bytes(range(256)) * 1000)
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(f"jobs:\n  - name: tree\n    type: copy\n    source: {tree}/\n"
+                         f"    target: {tmp_path}/dest\n    bwlimit: 100M\n")
+    run = bacpac("run", "--json", "--no-progress", inventory)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "dest" / "a.bin").read_bytes() == (tree / "a.bin").read_bytes()

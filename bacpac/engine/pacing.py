@@ -122,3 +122,23 @@ def parse_rate(text: str) -> float:
     if number <= 0:
         raise ValueError(text)
     return number * units[suffix]
+
+
+class RateLimit:
+    """--bwlimit alone, for a stream with no compressor to pace (a copy's relayed frames):
+    sent() sleeps while the bytes sent so far are ahead of `rate` bytes per second."""
+
+    def __init__(self, rate: Optional[float], clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._started = clock()
+        self._total = 0
+
+    def sent(self, nbytes: int) -> None:
+        self._total += nbytes
+        if self._rate:
+            ahead = self._total / self._rate - (self._clock() - self._started)
+            if ahead > 0:
+                self._sleep(ahead)

@@ -28,7 +28,7 @@ COMMON_JOB_KEYS = ("name", "type", "source", "target") + HOOK_KEYS
 JOB_KEYS = {
     "dup": COMMON_JOB_KEYS + ("saveset", "force", "delta", "verify", "keep", "bwlimit"),
     "backup": COMMON_JOB_KEYS + ("saveset", "keep", "bwlimit"),
-    "copy": COMMON_JOB_KEYS + ("saveset", "delete"),
+    "copy": COMMON_JOB_KEYS + ("saveset", "delete", "bwlimit"),
 }
 T = TypeVar("T")
 
