@@ -135,3 +135,19 @@ def test_a_run_s_copy_job_with_a_bwlimit_copies_the_tree(tmp_path: Path) -> None
     run = bacpac("run", "--json", "--no-progress", inventory)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "dest" / "a.bin").read_bytes() == (tree / "a.bin").read_bytes()
+
+
+def test_an_unknown_job_key_lists_each_known_key_once(tmp_path: Path) -> None:
+    from bacpac.inventory.load import InventoryError, load
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("jobs:\n  - name: a\n    source: /dev/sda\n    target: /x.img\n"
+                         "    hooks: {before: 'exit 1'}\n")
+    try:
+        load(str(inventory), {})
+    except InventoryError as e:
+        message = str(e)
+    else:
+        raise AssertionError("an unknown key was accepted")
+    assert message.startswith(f"{inventory}:5: hooks: unknown key in a job (known: name, ")
+    known = message[message.index("(known: ") + 8:-1].split(", ")
+    assert len(known) == len(set(known)) and "bwlimit" in known and "delete" in known
