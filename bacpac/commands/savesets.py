@@ -72,7 +72,8 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
                 summary.bytes_read = counters.bytes_read
                 summary.bytes_sent = counters.bytes_sent
                 summary.bytes_written = counters.bytes_written
-            report_digests(summary, check_result(request.verify, target, result))
+            proven = check_result(request.verify, target, result)
+            report_digests(summary, dict(proven, sha256=result["content_sha256"]))
             summary.extra["verified"] = request.verify
             summary.bytes_written = int(result.get("bytes_written", 0))
         finally:
@@ -119,8 +120,9 @@ def _writer_open(request: RestoreRequest, path: str, meta: dict) -> dict:
         return {"protocol": protocol.PROTOCOL_VERSION, "job": "restore_tree", "path": path}
     return {"protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": path,
             "size": int(meta["size"]), "force": request.force, "verify": request.verify,
-            # the trailer's digests are a claim the restore must prove: hash the stream whole
-            "check": "sha256", "hash": [imagedigest.ALGORITHM, imagedigest.PLAIN],
+            # the reading helper proved the content against the trailer's digests; this one
+            # proves it wrote that content by its image digest (a hole's needs no hashing)
+            "check": "sha256", "hash": [imagedigest.ALGORITHM],
             "codec": "zstd", "saveset": None,
             # the saveset itself is the source: a target that is the saveset file is refused
             "source": {"boot_id": meta.get("boot_id"), "identity": meta.get("identity")}}
@@ -147,7 +149,10 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
             raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
                                 "while reading the saveset")
     result = receiver.wait()
-    result["source_digests"] = {key: end.get(key) for key in ("digest", "sha256")}
+    # what the writing helper proves it wrote: a disk's image digest, a tree's tar sha256
+    key = "digest" if end.get("digest") else "sha256"
+    result["source_digests"] = {key: end.get(key)}
+    result["content_sha256"] = end.get("sha256")  # the trailer's, proven by the reader
     return result
 
 
