@@ -399,9 +399,11 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         ("created", meta.get("created")), ("bacpac", meta.get("bacpac_version")),
         ("sha256", trailer.get("sha256")),
         ("digest", f"{result['digest']} ({result['digest_algorithm']})" if result.get("digest")
-         else "none in this saveset's format (verify computes it)"),
+         else f"none in format version {meta.get('version')} (verify computes it)"),
         ("format", format_note(meta.get("version"), result.get("metadata_checked"))),
     ]
+    if meta.get("kind") == "tree":  # a copy reports its tar's sha256 alone
+        rows = [row for row in rows if row[0] != "digest"]
     for name, value in rows:
         print(f"{name:<11} {value}")
 

@@ -412,6 +412,11 @@ def test_restore_of_a_version_2_saveset_reports_its_computed_digest(transport: T
     assert result.summary["digest"] == stock_digest(target)
     described = bacpac("info", *transport.args(), "--json", transport.target(V2_SAVESET))
     assert described.summary["digest"] is None and described.summary["metadata"]["version"] == 2
+    lines = dict(line.split(None, 1) for line in bacpac(
+        "info", *transport.args(), transport.target(V2_SAVESET)).stdout.splitlines())
+    assert lines["digest"] == "none in format version 2 (verify computes it)"
+    verified = bacpac("verify", *transport.args(), transport.target(V2_SAVESET))
+    assert f"sha256-1m {stock_digest(target)}" in verified.stdout
 
 
 # --- restore ------------------------------------------------------------------------------------
