@@ -33,7 +33,6 @@ import time
 from typing import Optional, Tuple  # for the type comments
 
 from ..target import devices
-from ..target.imagedigest import PIECE
 from ..target.delta import BlockDigests
 from .atomic import AtomicFile
 
