@@ -399,6 +399,16 @@ def test_info_verify_and_restore_report_the_dup_s_sha256_1m(one: Made, transport
     assert lines["digest"] == f"{expected} (sha256-1m)"
 
 
+def test_restore_verify_rereads_the_target_and_proves_the_dup_s_digest(one: Made, tmp_path,
+                                                                       no_helper_left):
+    target = tmp_path / "restored.img"
+    run = bacpac("restore", "--no-progress", "--json", "--verify", one.saveset, target)
+    assert run.returncode == 0, run.stderr
+    assert run.summary["verified"] is True
+    assert run.summary["digest"] == stock_digest(target) == one.result.summary["digest"]
+    assert run.summary["sha256"] == one.image_sha256 == sha256_of(target)
+
+
 V2_SAVESET = Path(__file__).parent / "data" / "saveset-v2.bacpac"  # before the image digest
 
 
