@@ -188,6 +188,8 @@ def _add_copy_parser(commands: argparse._SubParsersAction, parent: _Parser) -> N
     copy.add_argument("--level", type=int, default=None,
                       choices=[n for n in range(-5, 20) if n], metavar="-5..19 (not 0)",
                       help="zstd compression level (default 3)")
+    copy.add_argument("--bwlimit", type=_rate, default=None, metavar="RATE",
+                      help="cap the wire at RATE, as rsync's: KiB/s, or with K, M or G")
     copy.set_defaults(run=_cmd_copy)
 
 
@@ -211,7 +213,7 @@ def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
                           one_file_system=args.one_file_system, delete=args.delete,
                           dry_run=args.dry_run, xattrs=args.xattrs, checksum=args.checksum,
                           saveset=args.saveset, level=args.level,
-                          whole_file=args.whole_file)
+                          whole_file=args.whole_file, bwlimit=args.bwlimit)
     run_copy(request, connect_options(args), sink)
 
 
@@ -369,8 +371,10 @@ def _cmd_restore(args: argparse.Namespace, sink: Sink) -> None:
 def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
     summary = run_verify(parse_endpoint(args.saveset), connect_options(args), sink)
     if not args.json:
+        digest = f", {summary.digest_algorithm} {summary.digest}" if summary.digest else ""
         print(f"{args.saveset}: ok, {summary.extra['frames']} frames, "
-              f"{summary.bytes_total} bytes, sha256 {summary.sha256}" + _unchecked(summary.extra))
+              f"{summary.bytes_total} bytes, sha256 {summary.sha256}{digest}"
+              + _unchecked(summary.extra))
 
 
 def _unchecked(result: dict) -> str:
@@ -382,8 +386,8 @@ def _unchecked(result: dict) -> str:
 
 def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
     result = query_saveset("info", parse_endpoint(args.saveset), connect_options(args))
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
+    if args.json:  # as every command's --json: its command and status
+        print(json.dumps(dict(result, command="info", status="ok"), sort_keys=True))
         return
     meta, trailer = result.get("metadata") or {}, result.get("trailer") or {}
     rows = [
@@ -394,8 +398,12 @@ def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
         ("source", f"{meta.get('source_host')}:{meta.get('source_path')}"),
         ("created", meta.get("created")), ("bacpac", meta.get("bacpac_version")),
         ("sha256", trailer.get("sha256")),
+        ("digest", f"{result['digest']} ({result['digest_algorithm']})" if result.get("digest")
+         else f"none in format version {meta.get('version')} (verify computes it)"),
         ("format", format_note(meta.get("version"), result.get("metadata_checked"))),
     ]
+    if meta.get("kind") == "tree":  # a copy reports its tar's sha256 alone
+        rows = [row for row in rows if row[0] != "digest"]
     for name, value in rows:
         print(f"{name:<11} {value}")
 

@@ -154,14 +154,12 @@ def test_cache_is_bound_to_the_files_ctime(tmp_path) -> None:
         os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="qa: digestcache._read_header checks the file's length "
-                   "against the asked block size and image size before it reads the header, so "
-                   "a good cache of another --block-size (or of a source that grew) is called "
-                   "broken; delta-pieces owns digestcache.py (format bump under way)")
-@pytest.mark.parametrize("block,size", [(16 * BLOCK, 3 * BLOCK + 5), (BLOCK, 5 * BLOCK)],
-                         ids=["another_block_size", "another_image_size"])
+@pytest.mark.parametrize("block,size,pieces", [(16 * BLOCK, 3 * BLOCK + 5, 0),
+                                               (BLOCK, 5 * BLOCK, 0),
+                                               (BLOCK, 3 * BLOCK + 5, MiB)],
+                         ids=["another_block_size", "another_image_size", "two_levels"])
 def test_a_good_cache_out_of_date_is_ignored_without_a_warning(tmp_path, block: int,
-                                                               size: int) -> None:
+                                                               size: int, pieces: int) -> None:
     """README: "another --block-size means the image is read as before; a broken cache gives a
     warning". A cache that is well formed but was made for other parameters is out of date,
     not broken: no warning for the user to worry about."""
@@ -173,9 +171,24 @@ def test_a_good_cache_out_of_date_is_ignored_without_a_warning(tmp_path, block: 
         new = digestcache.NewCache(path, 3 * BLOCK + 5, BLOCK, 0)
         new.add(bytes(32 * 4))
         assert new.commit(fd)
-        assert digestcache.load(path, fd, size, block, False) == (None, None)
+        assert digestcache.load(path, fd, size, block, False, pieces) == (None, None)
     finally:
         os.close(fd)
+
+
+def test_a_cache_of_another_block_size_is_replaced_without_a_warning(transport, pair) -> None:
+    source, target = pair
+    transport.delta(source, target)
+    change(source, 3 * MiB, seed=9)
+    run = transport.dup(source, target, "--delta", "--block-size", "128K")
+    assert run.returncode == 0, run.stderr
+    assert_identical(source, target)
+    summary = run.summary
+    assert summary["digest_cache"] == "none" and summary["target_read"] == SIZE, summary
+    assert not summary["warnings"] and "digest cache" not in run.stderr, summary
+    assert summary["digest_cache_kept"] is True
+    again = transport.dup(source, target, "--delta", "--block-size", "128K").summary
+    assert again["digest_cache"] != "none" and again["target_read"] == HEAD, again
 
 
 def test_nothing_else_writes_target_needs_delta(pair) -> None:

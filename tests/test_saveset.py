@@ -19,6 +19,7 @@ from remote_helper.saveset.format import NotASaveset, SavesetCorrupt, SavesetWri
 from remote_helper.wire.zstdframe import (compress_frame, decompress_frame, frame_content_size,
                                      frame_has_checksum)
 from remote_helper.saveset.reader import SavesetReader, info, verify
+from remote_helper.target.imagedigest import ImageDigest
 
 FRAME = MiB
 XXH64_EMPTY_LOW = 0x51D8E999
@@ -45,12 +46,18 @@ def metadata(size, frame_size=FRAME):
             "source_path": "/dev/sdz", "bacpac_version": "0.0-test"}
 
 
+def image_digest(data):
+    digest = ImageDigest()
+    digest.update(memoryview(data))
+    return digest.hexdigest()
+
+
 def write_saveset(fileobj, data, frame_size=FRAME, level=3):
     writer = SavesetWriter(fileobj, metadata(len(data), frame_size))
     for start in range(0, len(data), frame_size):
         chunk = data[start:start + frame_size]
         writer.add_frame(compress_frame(chunk, level), len(chunk))
-    writer.finish(hashlib.sha256(data).hexdigest(), len(data))
+    writer.finish(hashlib.sha256(data).hexdigest(), len(data), image_digest(data))
 
 
 @pytest.fixture(params=sorted(CONTENTS))
@@ -257,7 +264,7 @@ def test_the_trailer_records_the_sha256_of_the_metadata_frame(random_saveset):
     reader = SavesetReader(io.BytesIO(random_saveset))
     metadata_frame = random_saveset[:reader.data_offset]
     assert reader.trailer["metadata_sha256"] == hashlib.sha256(metadata_frame).hexdigest()
-    assert reader.metadata_checked and reader.metadata["version"] == 2
+    assert reader.metadata_checked and reader.metadata["version"] == 3
 
 
 @pytest.mark.parametrize("old, new", [
@@ -288,16 +295,19 @@ def test_every_byte_of_the_metadata_and_the_trailer_is_checked(small_saveset):
                 verify_bytes(bytes(damaged))
 
 
-def test_a_version_2_saveset_relabelled_version_1_is_refused(small_saveset):
-    damaged = replaced(small_saveset, b'"version": 2', b'"version": 1')
-    with pytest.raises(SavesetCorrupt, match="metadata frame at byte 0: damaged: its sha256"):
+@pytest.mark.parametrize("older", [b'"version": 1', b'"version": 2'])
+def test_a_version_3_saveset_relabelled_older_is_refused(small_saveset, older):
+    damaged = replaced(small_saveset, b'"version": 3', older)
+    # its trailer's digest fields are unknown to the older version, and its metadata's sha256
+    # no longer the trailer's: either way, refused
+    with pytest.raises(SavesetCorrupt, match="damaged: (unknown field 'digest'|its sha256)"):
         verify_bytes(damaged)
 
 
 def test_a_saveset_from_a_newer_bacpac_is_refused_naming_its_version(small_saveset):
-    with pytest.raises(SavesetCorrupt, match="saveset version 3: this bacpac reads versions 1 "
-                       "and 2"):
-        verify_bytes(replaced(small_saveset, b'"version": 2', b'"version": 3'))
+    with pytest.raises(SavesetCorrupt, match="saveset version 4: this bacpac reads versions 1, "
+                       "2 and 3"):
+        verify_bytes(replaced(small_saveset, b'"version": 3', b'"version": 4'))
 
 
 def test_a_metadata_frame_with_a_damaged_length_is_damaged_not_foreign(small_saveset):
@@ -312,6 +322,76 @@ def test_a_version_1_saveset_is_verified_and_says_its_metadata_is_unchecked():
         assert (summary["version"], summary["metadata_checked"]) == (1, False)
         assert summary["sha256"] == V1_IMAGE_SHA256
         assert info(f)["metadata_checked"] is False
+
+
+# --- the image digest: sha256-1m in the trailer (format version 3) ---------------------------
+
+V2_SAVESET = os.path.join(os.path.dirname(__file__), "data", "saveset-v2.bacpac")
+V2_IMAGE_SHA256 = "d9a5577cba1c637f175bd4edaa69b3e1d2611394b811379c62baced5bf2616ff"
+
+
+def stock_digest(image_path):
+    """What a user types to get a dup's digest: split -b 1M --filter=sha256sum IMG | sha256sum."""
+    out = subprocess.run("split -b 1M --filter=sha256sum %s | sha256sum" % image_path,
+                         shell=True, capture_output=True, check=True)
+    return out.stdout.split()[0].decode("ascii")
+
+
+def test_verify_and_info_report_the_sha256_1m_a_user_recomputes_with_stock_tools(
+        saveset_path, content, tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(content)
+    with open(str(saveset_path), "rb") as f:
+        verified, described = verify(f), info(f)
+    assert verified["digest"] == described["digest"] == stock_digest(image)
+    assert verified["digest_algorithm"] == described["digest_algorithm"] == "sha256-1m"
+    assert verified["sha256"] == described["sha256"] == hashlib.sha256(content).hexdigest()
+    assert described["trailer"]["digest"] == stock_digest(image)
+
+
+def test_verify_refuses_a_trailer_whose_sha256_1m_is_not_the_content_s(small_saveset):
+    claimed = SavesetReader(io.BytesIO(small_saveset)).trailer["digest"]
+    other = ("0" if claimed[0] != "0" else "1") + claimed[1:]
+    damaged = replaced(small_saveset, claimed.encode("ascii"), other.encode("ascii"))
+    assert info(io.BytesIO(damaged))["digest"] == other  # info reads the ends only
+    with pytest.raises(SavesetCorrupt, match="^trailer at byte [0-9]+: sha256-1m digest %s, "
+                       "but the content's is %s$" % (other, claimed)):
+        verify_bytes(damaged)
+
+
+def test_a_flipped_byte_in_a_frame_fails_verify_of_a_version_3_saveset(small_saveset):
+    index, offset, frame = data_frames(small_saveset)[1]
+    with pytest.raises(SavesetCorrupt, match="^frame 1 at byte %d: " % offset):
+        verify_bytes(flipped(small_saveset, offset + len(frame) // 2))
+
+
+def test_a_disk_saveset_is_not_finished_without_its_image_digest():
+    writer = SavesetWriter(io.BytesIO(), metadata(0))
+    with pytest.raises(HelperError, match="no sha256-1m digest"):
+        writer.finish(hashlib.sha256(b"").hexdigest(), 0)
+
+
+def test_a_version_2_saveset_is_verified_and_its_digest_computed(tmp_path):
+    """Written by bacpac before format 3 (no digest in its trailer): verify computes the
+    digest from the content it proves by the trailer's sha256; info has none to tell."""
+    image = tmp_path / "v2.img"
+    image.write_bytes(subprocess.run(["zstd", "-d", "-c", V2_SAVESET], capture_output=True,
+                                     check=True).stdout)
+    with open(V2_SAVESET, "rb") as f:
+        verified, described = verify(f), info(f)
+    assert (verified["version"], verified["metadata_checked"]) == (2, True)
+    assert verified["sha256"] == V2_IMAGE_SHA256 == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert verified["digest"] == stock_digest(image)
+    assert (described["digest"], described["digest_algorithm"]) == (None, None)
+    assert described["sha256"] == V2_IMAGE_SHA256
+
+
+def test_a_version_1_saveset_is_verified_and_its_digest_computed(tmp_path):
+    image = tmp_path / "v1.img"
+    image.write_bytes(subprocess.run(["zstd", "-d", "-c", V1_SAVESET], capture_output=True,
+                                     check=True).stdout)
+    with open(V1_SAVESET, "rb") as f:
+        assert verify(f)["digest"] == stock_digest(image)
 
 
 def test_a_version_1_saveset_with_a_damaged_frame_is_refused():
@@ -373,7 +453,7 @@ def test_info_reads_sizes_from_the_ends_without_walking_the_data():
 def test_info_reports_the_metadata(saveset_path):
     with open(str(saveset_path), "rb") as f:
         meta = info(f)["metadata"]
-    assert meta["format"] == "bacpac-saveset" and meta["version"] == 2
+    assert meta["format"] == "bacpac-saveset" and meta["version"] == 3
     assert (meta["kind"], meta["source_host"], meta["source_path"]) == ("disk", "src", "/dev/sdz")
     assert meta["created"].endswith("Z") and meta["frame_size"] == FRAME
 
@@ -552,8 +632,9 @@ def test_an_empty_image_makes_a_valid_saveset(tmp_path):
         out.commit()
     with open(str(path), "rb") as f:
         assert verify(f) == {"frames": 0, "bytes": 0, "compressed": 0,
-                             "sha256": hashlib.sha256(b"").hexdigest(), "version": 2,
-                             "metadata_checked": True}
+                             "sha256": hashlib.sha256(b"").hexdigest(), "version": 3,
+                             "digest": hashlib.sha256(b"").hexdigest(),  # no line at all
+                             "digest_algorithm": "sha256-1m", "metadata_checked": True}
         assert info(f)["ratio"] is None
     out = subprocess.run(["zstd", "-d", "-c", str(path)], capture_output=True, check=True)
     assert out.stdout == b""
@@ -575,7 +656,7 @@ def test_saveset_output_starts_writeback_as_it_grows_and_commits_a_valid_saveset
         output.add(compress_frame(block, 1), len(block))
     output.add_zeros(80 * MiB, 8 * MiB)
     content = b"".join(blocks) + bytes(8 * MiB)
-    output.commit(hashlib.sha256(content).hexdigest(), len(content))
+    output.commit(hashlib.sha256(content).hexdigest(), len(content), image_digest(content))
     # Every 32 MiB added, the range since the last one, with no gap and no overlap.
     assert len(started) == 2
     assert started[0][0] == 0 and started[1][0] == started[0][1]

@@ -5,7 +5,8 @@ saveset's parts: the metadata, the data frames, the trailer, the seek table. Wha
 `verify` and `restore` must never end in a traceback, and never exit 0 with content that differs
 from the image: a saveset either proves the image whole or is refused, by verify and restore
 alike and in the same words. The reader itself takes hundreds of mutations in process (a
-version 2 saveset, and one that bacpac 0.1.0 wrote in version 1); the command line takes a few
+version 3 saveset, one written in version 2, and one that bacpac 0.1.0 wrote in version 1);
+the command line takes a few
 dozen through the real helper, locally and over ssh.
 """
 from __future__ import annotations
@@ -24,9 +25,11 @@ from clirun import KiB, Result, bacpac, sha256_of, transport_for
 from remote_helper.errors import HelperError
 from remote_helper.saveset.format import SavesetWriter
 from remote_helper.saveset.reader import SavesetReader, info, verify
+from remote_helper.target.imagedigest import ImageDigest
 from remote_helper.wire.zstdframe import compress_frame, decompress_frame
 
 V1_SAVESET = Path(__file__).parent / "data" / "saveset-v1.bacpac"  # made by bacpac 0.1.0
+V2_SAVESET = Path(__file__).parent / "data" / "saveset-v2.bacpac"  # before the image digest
 FRAME = 64 * KiB
 PARTS = ("metadata", "frames", "trailer", "seek table")
 OPERATIONS = ("flip", "cut", "insert", "delete")
@@ -74,6 +77,13 @@ class Sound:
     image: bytes
 
 
+def image_digest(image: bytes) -> str:
+    """The sha256-1m digest a dup reports (split -b 1M --filter=sha256sum | sha256sum)."""
+    digest = ImageDigest()
+    digest.update(memoryview(image))
+    return digest.hexdigest()
+
+
 def written_saveset() -> Sound:
     image = image_bytes()
     buf = io.BytesIO()
@@ -83,7 +93,7 @@ def written_saveset() -> Sound:
     for start in range(0, len(image), FRAME):
         chunk = image[start:start + FRAME]
         writer.add_frame(compress_frame(chunk, 3), len(chunk))
-    writer.finish(hashlib.sha256(image).hexdigest(), len(image))
+    writer.finish(hashlib.sha256(image).hexdigest(), len(image), image_digest(image))
     return Sound(buf.getvalue(), image)
 
 
@@ -94,9 +104,13 @@ def restored_in_process(fileobj) -> bytes:
                     for index, _, frame in reader.proven_frames(decompress_frame))
 
 
-SOUND = {"version 2": written_saveset(),
-         "version 1": Sound(V1_SAVESET.read_bytes(),
-                            restored_in_process(io.BytesIO(V1_SAVESET.read_bytes())))}
+def older(path: Path) -> Sound:
+    return Sound(path.read_bytes(), restored_in_process(io.BytesIO(path.read_bytes())))
+
+
+SOUND = {"version 3": written_saveset(), "version 2": older(V2_SAVESET),
+         "version 1": older(V1_SAVESET)}
+SOUND_DIGESTS = {version: image_digest(sound.image) for version, sound in SOUND.items()}
 
 
 @settings(max_examples=500, deadline=None)
@@ -115,6 +129,7 @@ def test_a_mutated_saveset_is_refused_or_proven_identical(version, part, operati
         verdicts.append(("ok", read.__name__, ""))
         if read is verify:
             assert outcome["sha256"] == hashlib.sha256(sound.image).hexdigest()
+            assert outcome["digest"] == SOUND_DIGESTS[version]
         if read is restored_in_process:
             assert outcome == sound.image
     by_verify, by_info, by_restore = verdicts

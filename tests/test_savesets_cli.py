@@ -10,6 +10,7 @@ the session's OpenSSH server on this machine, so a test reads remote files back 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import stat
@@ -79,6 +80,13 @@ def seek_table_offsets(path) -> list[tuple[int, int]]:
         offsets.append((position, compressed))
         position += compressed
     return offsets
+
+
+def stock_digest(image) -> str:
+    """The dup's reported digest as a user recomputes it with stock coreutils."""
+    out = subprocess.run(f"split -b 1M --filter=sha256sum '{image}' | sha256sum", shell=True,
+                         capture_output=True, check=True)
+    return out.stdout.split()[0].decode("ascii")
 
 
 def left_in(directory) -> list[str]:
@@ -333,6 +341,94 @@ def test_info_json_gives_sizes_frames_ratio_and_source(one: Made, transport: Tra
     assert info["trailer"]["sha256"] == one.image_sha256
 
 
+def test_info_json_has_its_command_and_status(one: Made, transport: Transport, no_helper_left):
+    result = bacpac("info", *transport.args(), "--json", transport.target(one.saveset))
+    assert result.returncode == 0, result.stderr
+    assert (result.summary["command"], result.summary["status"]) == ("info", "ok")
+
+
+@pytest.mark.parametrize("host", ["standby:", ""], ids=["remote", "local"])
+@pytest.mark.parametrize("stage", ["connecting", "waiting"])
+def test_info_interrupted_before_the_helper_answers_names_host_and_path(
+        host: str, stage: str, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a slow login, or before the helper's RESULT: the line names the saveset."""
+    from bacpac import cli
+    from bacpac.commands import savesets
+
+    class Answerless:
+        def request(self, *args, **kwargs):
+            raise KeyboardInterrupt()
+
+        def close(self):
+            pass
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(savesets, "open_session",
+                        ctrl_c if stage == "connecting" else lambda *a, **k: Answerless())
+    path = tmp_path / "some.saveset"
+    args = cli.build_parser().parse_args(["info", "--json", f"{host}{path}"])
+    assert cli.run(args.run, args) == 128 + signal.SIGINT
+    out, err = capsys.readouterr()
+    assert err == f"bacpac: {host}{path}: interrupted by SIGINT\n"
+    assert json.loads(out)["error"] == f"{host}{path}: interrupted by SIGINT"
+
+
+# --- the image digest: the dup's, in every command on its saveset (format 3) ------------------
+
+def test_info_verify_and_restore_report_the_dup_s_sha256_1m(one: Made, transport: Transport,
+                                                             tmp_path, no_helper_left):
+    expected = stock_digest(one.image)
+    dup = one.result.summary
+    assert (dup["digest"], dup["digest_algorithm"]) == (expected, "sha256-1m")
+    described = bacpac("info", *transport.args(), "--json", transport.target(one.saveset))
+    verified = bacpac("verify", *transport.args(), "--json", transport.target(one.saveset))
+    restored = bacpac("restore", *transport.args(), "--no-progress", "--json",
+                      transport.target(one.saveset), tmp_path / "restored.img")
+    for run in (described, verified, restored):
+        assert run.returncode == 0, run.stderr
+        assert run.summary["digest"] == expected, run.summary
+        assert run.summary["digest_algorithm"] == "sha256-1m"
+        assert run.summary["sha256"] == one.image_sha256
+    assert stock_digest(tmp_path / "restored.img") == expected
+    text = bacpac("verify", *transport.args(), transport.target(one.saveset))
+    assert f"sha256-1m {expected}" in text.stdout
+    lines = dict(line.split(None, 1) for line in bacpac(
+        "info", *transport.args(), transport.target(one.saveset)).stdout.splitlines())
+    assert lines["digest"] == f"{expected} (sha256-1m)"
+
+
+def test_restore_verify_rereads_the_target_and_proves_the_dup_s_digest(one: Made, tmp_path,
+                                                                       no_helper_left):
+    target = tmp_path / "restored.img"
+    run = bacpac("restore", "--no-progress", "--json", "--verify", one.saveset, target)
+    assert run.returncode == 0, run.stderr
+    assert run.summary["verified"] is True
+    assert run.summary["digest"] == stock_digest(target) == one.result.summary["digest"]
+    assert run.summary["sha256"] == one.image_sha256 == sha256_of(target)
+
+
+V2_SAVESET = Path(__file__).parent / "data" / "saveset-v2.bacpac"  # before the image digest
+
+
+def test_restore_of_a_version_2_saveset_reports_its_computed_digest(transport: Transport,
+                                                                    tmp_path, no_helper_left):
+    target = tmp_path / "restored.img"
+    result = bacpac("restore", *transport.args(), "--no-progress", "--json",
+                    transport.target(V2_SAVESET), target)
+    assert result.returncode == 0, result.stderr
+    assert result.summary["sha256"] == sha256_of(target)
+    assert result.summary["digest"] == stock_digest(target)
+    described = bacpac("info", *transport.args(), "--json", transport.target(V2_SAVESET))
+    assert described.summary["digest"] is None and described.summary["metadata"]["version"] == 2
+    lines = dict(line.split(None, 1) for line in bacpac(
+        "info", *transport.args(), transport.target(V2_SAVESET)).stdout.splitlines())
+    assert lines["digest"] == "none in format version 2 (verify computes it)"
+    verified = bacpac("verify", *transport.args(), transport.target(V2_SAVESET))
+    assert f"sha256-1m {stock_digest(target)}" in verified.stdout
+
+
 # --- restore ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("saveset_side, target_side",
@@ -504,7 +600,7 @@ def test_restore_of_a_version_1_saveset_gives_the_image(transport: Transport, tm
 def test_info_shows_the_format_version(one: Made, transport: Transport, no_helper_left):
     result = bacpac("info", *transport.args(), transport.target(one.saveset))
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
-    assert lines["format"] == "version 2"
+    assert lines["format"] == "version 3"
 
 
 # --- backup -------------------------------------------------------------------------------------

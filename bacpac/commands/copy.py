@@ -18,6 +18,7 @@ from remote_helper.wire.protocol import (BLOCKS, DATA, END, ERROR, MANIFEST, OPE
                                          READY, RESULT, WANTS)
 
 from .. import threads
+from ..engine.pacing import RateLimit
 from ..errors import BacpacError, ProtocolError, TransferError, UsageError, interruption
 from ..spec import Endpoint
 from ..transport.helper import ConnectOptions, HelperSession, open_session
@@ -41,6 +42,7 @@ class CopyRequest:
     saveset: Optional[str] = None  # a path on the writing host
     level: Optional[int] = None
     whole_file: bool = False  # a changed file is sent whole, not as its changed blocks
+    bwlimit: Optional[float] = None  # bytes/s of frames relayed to the writer (--bwlimit)
     extra: dict = field(default_factory=dict)
 
 
@@ -113,7 +115,8 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
         counters = Counters(job, sink)
         answers = _Answers(writer, reader, dest_where, counters)
         try:
-            end = _relay(reader, writer, answers, counters, src_where, dest_where)
+            end = _relay(reader, writer, answers, counters, src_where, dest_where,
+                         RateLimit(request.bwlimit))
             result = answers.wait()
         except KeyboardInterrupt as e:
             raise interruption(e, dest_where, "; run the copy again: it sends only what is "
@@ -146,7 +149,8 @@ def _saveset_spec(request: CopyRequest, source: str) -> Optional[dict]:
 
 def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, sink: Sink,
             job: str) -> None:
-    summary.sha256 = result.get("sha256")
+    # no digest of a stream that was never sent (-n, or nothing changed): not the empty one's
+    summary.sha256 = result.get("sha256") if end.get("bytes") else None
     summary.bytes_total = int(result.get("bytes_total", 0))
     summary.bytes_written = int(result.get("bytes_sent", 0))
     summary.bytes_read = int(end.get("content", 0))
@@ -306,8 +310,9 @@ class _Answers:
 
 
 def _relay(reader: HelperSession, writer: HelperSession, answers: _Answers, counters: Counters,
-           src_where: str, dest_where: str) -> dict:
-    """The reader's frames on to the writer, until END (returned)."""
+           src_where: str, dest_where: str, limit: RateLimit) -> dict:
+    """The reader's frames on to the writer, until END (returned), at most at the limit's
+    rate (the reader is held back by the channel's window meanwhile)."""
     while True:
         try:
             frame = reader.recv()
@@ -327,6 +332,7 @@ def _relay(reader: HelperSession, writer: HelperSession, answers: _Answers, coun
                 raise
             if frame.type == DATA:
                 counters.add(read=frame.size, sent=len(frame.payload))
+            limit.sent(len(frame.payload))
         elif frame.type == END:
             end = reader.json(frame)
             writer.send_json(END, end)

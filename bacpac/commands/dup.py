@@ -124,13 +124,23 @@ def _dry_run(job: _Job) -> None:
         close_source(source)
     job.summary.extra.update(dry_run=True, target_kind=ready.get("kind"))
     would = (f"would write a saveset of {source.size} bytes" if request.backup else
+             _would_delta(request, ready, where(request.target, path), source.size)
+             if request.delta else
              f"would write {source.size} bytes to the {ready.get('kind')} "
              f"{where(request.target, path)}")
     if not request.backup and request.saveset_path:
         would += f" and a saveset at {request.saveset_path}"
     for endpoint in request.savesets:
         would += f" and a saveset at {endpoint}"
+    job.summary.extra["would"] = would  # the dry run's answer, told even with --no-progress
     job.sink.emit(JobMessage(job.name, "info", f"dry run: every check passed; {would}"))
+
+
+def _would_delta(request: DupRequest, ready: dict, target: str, size: int) -> str:
+    """What a --delta run would do: which blocks differ, only reading the target can tell."""
+    return (f"would compare the {size} bytes of the source with the {ready.get('kind')} "
+            f"{target} block by block (reading it, or its digest cache when that holds) and "
+            "send and write only the blocks that differ; how many, only the run can tell")
 
 
 def _dup(job: _Job) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from remote_helper.target import imagedigest
 from remote_helper.wire import protocol
 from remote_helper.wire.protocol import DATA, END, ERROR, OPEN, READY, RESULT
 
@@ -71,7 +72,8 @@ def _restore(request: RestoreRequest, options: ConnectOptions, sink: Sink, job: 
                 summary.bytes_read = counters.bytes_read
                 summary.bytes_sent = counters.bytes_sent
                 summary.bytes_written = counters.bytes_written
-            report_digests(summary, check_result(request.verify, target, result))
+            proven = check_result(request.verify, target, result)
+            report_digests(summary, dict(proven, sha256=result["content_sha256"]))
             summary.extra["verified"] = request.verify
             summary.bytes_written = int(result.get("bytes_written", 0))
         finally:
@@ -118,8 +120,10 @@ def _writer_open(request: RestoreRequest, path: str, meta: dict) -> dict:
         return {"protocol": protocol.PROTOCOL_VERSION, "job": "restore_tree", "path": path}
     return {"protocol": protocol.PROTOCOL_VERSION, "job": "dup", "path": path,
             "size": int(meta["size"]), "force": request.force, "verify": request.verify,
-            # the trailer's sha256 is a claim the restore must prove: hash the stream whole
-            "check": "sha256", "codec": "zstd", "saveset": None,
+            # the reading helper proved the content against the trailer's digests; this one
+            # proves it wrote that content by its image digest (a hole's needs no hashing)
+            "check": "sha256", "hash": [imagedigest.ALGORITHM],
+            "codec": "zstd", "saveset": None,
             # the saveset itself is the source: a target that is the saveset file is refused
             "source": {"boot_id": meta.get("boot_id"), "identity": meta.get("identity")}}
 
@@ -145,19 +149,26 @@ def _relay(reader: HelperSession, writer: HelperSession, receiver: Receiver,
             raise ProtocolError(f"{reader.host}: unexpected {protocol.type_name(frame.type)} "
                                 "while reading the saveset")
     result = receiver.wait()
-    result["source_digests"] = {"sha256": end.get("sha256")}
+    # what the writing helper proves it wrote: a disk's image digest, a tree's tar sha256
+    key = "digest" if end.get("digest") else "sha256"
+    result["source_digests"] = {key: end.get(key)}
+    result["content_sha256"] = end.get("sha256")  # the trailer's, proven by the reader
     return result
 
 
 def query_saveset(job_name: str, saveset: Endpoint, options: ConnectOptions) -> dict:
-    """Run `verify` or `info` in a helper where the saveset lives; its RESULT."""
-    session = open_session(saveset, options)
+    """Run `verify` or `info` in a helper where the saveset lives; its RESULT. An interrupt
+    before it answers (a slow login, a long verify) names the saveset, host and path."""
+    path = remote_path(saveset)
     try:
-        path = remote_path(saveset)
-        return session.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION, "job": job_name,
-                                      "path": path}, RESULT, path)
-    finally:
-        session.close()
+        session = open_session(saveset, options)
+        try:
+            return session.request(OPEN, {"protocol": protocol.PROTOCOL_VERSION,
+                                          "job": job_name, "path": path}, RESULT, path)
+        finally:
+            session.close()
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (cli.py)
+        raise interruption(e, where(saveset, path)) from None
 
 
 def format_note(version: object, metadata_checked: object) -> str:
@@ -174,7 +185,8 @@ def run_verify(saveset: Endpoint, options: ConnectOptions, sink: Sink) -> JobSum
 
     def body(summary: JobSummary) -> None:
         result = query_saveset("verify", saveset, options)
-        summary.sha256 = result.get("sha256")
+        report_digests(summary, {key: result[key] for key in ("digest", "sha256")
+                                 if result.get(key)})
         summary.bytes_total = summary.bytes_read = int(result.get("bytes", 0))
         summary.extra.update(frames=result.get("frames"), compressed=result.get("compressed"),
                              version=result.get("version"),

@@ -47,12 +47,9 @@ class Pacer:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._compressor = compressor
         self._adaptive = adaptive
-        self._bwlimit = bwlimit
+        self._rate = RateLimit(bwlimit, clock, sleep)
         self._helper_idle = helper_idle
         self._clock = clock
-        self._sleep = sleep
-        self._started = clock()
-        self._total = 0
         self.blocks_at: dict[int, int] = {}  # blocks sent, by the level each was compressed at
         self._reset()
 
@@ -75,20 +72,13 @@ class Pacer:
         put()
         self._send_wall += self._clock() - wall
         self._send_cpu += time.thread_time() - cpu
-        self._total += nbytes
         self._window_bytes += nbytes
         if level is None:
             level = getattr(self._compressor, "level")
         self.blocks_at[level] = self.blocks_at.get(level, 0) + 1
-        self._limit()
+        self._rate.sent(nbytes)
         if self._adaptive and self._clock() - self._window_start >= DECIDE_EVERY:
             self._adapt()
-
-    def _limit(self) -> None:
-        if self._bwlimit:
-            ahead = self._total / self._bwlimit - (self._clock() - self._started)
-            if ahead > 0:
-                self._sleep(ahead)
 
     def _adapt(self) -> None:
         elapsed = max(self._clock() - self._window_start, 1e-6)
@@ -122,3 +112,23 @@ def parse_rate(text: str) -> float:
     if number <= 0:
         raise ValueError(text)
     return number * units[suffix]
+
+
+class RateLimit:
+    """--bwlimit: sent() sleeps while the bytes sent so far are ahead of `rate` bytes per
+    second (the Pacer's cap, and alone a copy's, whose relayed frames have no level to pace)."""
+
+    def __init__(self, rate: Optional[float], clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._started = clock()
+        self._total = 0
+
+    def sent(self, nbytes: int) -> None:
+        self._total += nbytes
+        if self._rate:
+            ahead = self._total / self._rate - (self._clock() - self._started)
+            if ahead > 0:
+                self._sleep(ahead)

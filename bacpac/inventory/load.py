@@ -28,8 +28,10 @@ COMMON_JOB_KEYS = ("name", "type", "source", "target") + HOOK_KEYS
 JOB_KEYS = {
     "dup": COMMON_JOB_KEYS + ("saveset", "force", "delta", "verify", "keep", "bwlimit"),
     "backup": COMMON_JOB_KEYS + ("saveset", "keep", "bwlimit"),
-    "copy": COMMON_JOB_KEYS + ("saveset", "delete"),
+    "copy": COMMON_JOB_KEYS + ("saveset", "delete", "bwlimit"),
 }
+# every key of some job type, each once: what a job may hold before its type is known
+ANY_JOB_KEYS = tuple(dict.fromkeys(key for keys in JOB_KEYS.values() for key in keys))
 T = TypeVar("T")
 
 
@@ -247,8 +249,7 @@ def _jobs(top: _Map, hosts: dict[str, Host]) -> Iterator[Job]:
     written: dict[tuple[Optional[str], str], str] = {}
     for node in top.sequence("jobs"):
         entry = _Map(node, top.file, "a job")
-        entry.check(JOB_KEYS["copy"] + JOB_KEYS["dup"] + JOB_KEYS["backup"],
-                    required=("name", "source", "target"))
+        entry.check(ANY_JOB_KEYS, required=("name", "source", "target"))
         job = _job(entry, hosts)
         if job.name in names:
             raise entry.error("name", f"{job.name!r} is the name of the job on line "

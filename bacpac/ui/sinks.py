@@ -110,15 +110,20 @@ def write_out(stream: TextIO, text: str) -> None:
 
 class WarningSink:
     """Warnings alone, one "bacpac: warning: ..." line each, for --no-progress: a warning is
-    not progress, and a run that may have copied an inconsistent disk must say so."""
+    not progress, and a run that may have copied an inconsistent disk must say so. A dry run's
+    answer (what it would write: its summary's "would") is not progress either: told too."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def emit(self, event: Event) -> None:
-        """Write a warning's line; ignore everything else."""
+        """Write a warning's line, or a finished dry run's answer; ignore everything else."""
         if isinstance(event, JobMessage) and event.level == "warning":
             write_out(self._stream, f"bacpac: warning: {event.text}\n")
+        elif (isinstance(event, JobFinished) and event.summary.status == "ok"
+              and event.summary.extra.get("would")):
+            write_out(self._stream,
+                      f"dry run: every check passed; {event.summary.extra['would']}\n")
 
     def close(self) -> None:
         """Nothing to tear down; every line is already flushed."""

@@ -201,8 +201,9 @@ def write_image(job, inp, out, writer, target, saveset):
     written, digests = writer.drain()
     where = target.path or (saveset.path if saveset else "stream")
     # The source's digests, for the comparisons here and the client's, the saveset's trailer
-    # (its plain sha256) and --verify.
-    wanted = hashes(job) + ([imagedigest.PLAIN] if saveset is not None else [])
+    # (the plain sha256 and the image digest) and --verify.
+    wanted = sorted(set(hashes(job)) | (set(imagedigest.DIGESTS) if saveset is not None
+                                        else set()))
     source = dict((key(name), end.get(key(name))) for name in wanted)
     for name, value in source.items():
         if not _is_sha256(value):
@@ -213,19 +214,19 @@ def write_image(job, inp, out, writer, target, saveset):
             raise IntegrityError("%s: %s of what was written (%s) differs from the source's (%s)"
                                  % (where, key(name), value, source[key(name)]))
         result[key(name)] = value
-    sha256 = source.get("sha256")
+    sha256, digest = source.get("sha256"), source.get("digest")
     writer.finish()  # the head last, once the image is proven: else the target will not mount
     if job.get("verify") and target.path is not None:
         for name, value in reread(target, hashes(job)).items():
             result["verify_" + key(name)] = value
     if job.get("confirm"):  # a fan-out: no final name before every host has got this far
         if saveset is not None:
-            saveset.prepare(sha256, written)  # type: ignore[arg-type]
+            saveset.prepare(sha256, written, digest)  # type: ignore[arg-type]
         out.send_json(PREPARED, result)
         await_commit(inp)
     if saveset is not None:
-        # sha256 is not None here: END's, required above for a saveset
-        saveset.commit(sha256, written)  # type: ignore[arg-type]
+        # sha256 and digest are not None here: END's, required above for a saveset
+        saveset.commit(sha256, written, digest)  # type: ignore[arg-type]
         result["saveset"] = saveset.path
     return result
 

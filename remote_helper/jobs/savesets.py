@@ -68,7 +68,11 @@ def run_read_saveset(job, inp, out):
             out.send(protocol.header(DATA, frame, offset, protocol.CODEC_ZSTD, content))
             out.send(frame)
             offset += content
-        out.send_json(END, {"bytes": offset, "sha256": reader.trailer["sha256"]})
+        # the digests of the content proven: the trailer's sha256, and of a disk its sha256-1m
+        # (the trailer's from version 3), which the writing helper holds what it wrote against
+        end = {"bytes": offset}  # type: dict
+        end.update(reader.content_digests)
+        out.send_json(END, end)
 
 
 def _query(job, out, read):

@@ -19,7 +19,8 @@
 # one per 1 MiB piece, UNKNOWN for a piece the run changed in part; spooled to a temporary
 # file as the run goes, 32 MB for 1 TB), then a JSON header, its length (8 bytes, big-endian),
 # MAGIC, and the sha256 of everything before it. A file that fails any check is ignored with a
-# warning; one of an older format (OLD_MAGICS) or of the other level count, silently.
+# warning; one of an older format (OLD_MAGICS), or made for another image size, block size or
+# level count (its header says so), silently, and replaced after the run.
 """
 import hashlib
 import json
@@ -32,7 +33,6 @@ import time
 from typing import Optional, Tuple  # for the type comments
 
 from ..target import devices
-from ..target.imagedigest import PIECE
 from ..target.delta import BlockDigests
 from .atomic import AtomicFile
 
@@ -120,7 +120,7 @@ def load(path, fd, size, block, trusted, pieces=0):
         header, why = _read_header(cache_fd, size, block, pieces)
         if header is None:
             os.close(cache_fd)
-            if why in ("older", "other levels"):  # no surprise after an upgrade, or a new -b
+            if why in ("older", "other parameters"):  # no surprise: an upgrade, a new -b
                 return None, None
             return None, "%s: digest cache ignored (%s); the target is read instead" % (path, why)
         if not _holds(header, fd, size, block, trusted, pieces):
@@ -134,12 +134,14 @@ def load(path, fd, size, block, trusted, pieces=0):
 
 def _read_header(fd, size, block, pieces=0):
     # type: (int, int, int, int) -> Tuple[Optional[dict], str]
-    """The header of a well-formed cache of a `size`-byte image, or None and why not
-    ("older": a cache of an older format; "other levels": one or two where we want the other)."""
+    """The header of a well-formed cache of a `size`-byte image in blocks of `block` (and
+    pieces of `pieces`), or None and why not: "older" (a cache of an older format) and "other
+    parameters" (one made for another image size, block size or level count: out of date,
+    not broken) are no surprise. The header says what its cache was made for, so it is read
+    first: a cache of other parameters is not read further, and never held against this
+    run's length (which would call a good one broken); the checksum is checked only when the
+    cache is one this run could use."""
     length = os.fstat(fd).st_size
-    one = -(-size // block)
-    blocks = one + _count(size, pieces)  # digests in all
-    other = one if pieces else one + _count(size, PIECE)
     if length < _TAIL:
         return None, "truncated"
     tail = os.pread(fd, _TAIL, length - _TAIL)
@@ -148,10 +150,16 @@ def _read_header(fd, size, block, pieces=0):
         return None, "older"
     if tail[8:8 + len(MAGIC)] != MAGIC:
         return None, "not a digest cache"
+    if header_length > length - _TAIL:
+        return None, "truncated"
+    header = _parse_header(os.pread(fd, header_length, length - _TAIL - header_length))
+    if header is None:
+        return None, "unreadable header"
+    if (header.get("size"), header.get("block"), header.get("pieces")) != (size, block, pieces):
+        return None, "other parameters"
+    blocks = -(-size // block) + _count(size, pieces)  # digests in all
     if length != blocks * DIGEST + header_length + _TAIL:
-        if length == other * DIGEST + header_length + _TAIL:
-            return None, "other levels"
-        return None, "truncated or of another image size"
+        return None, "truncated"
     digest = hashlib.sha256()
     done, end = 0, length - DIGEST
     while done < end:
@@ -162,13 +170,19 @@ def _read_header(fd, size, block, pieces=0):
         done += len(chunk)
     if digest.digest() != tail[-DIGEST:]:
         return None, "its checksum does not match"
-    try:
-        header = json.loads(os.pread(fd, header_length, blocks * DIGEST).decode("utf-8"))
-    except ValueError:
-        return None, "unreadable header"
-    if not isinstance(header, dict) or not isinstance(header.get("generation"), int):
-        return None, "unreadable header"
     return header, ""
+
+
+def _parse_header(payload):
+    # type: (bytes) -> Optional[dict]
+    """The JSON header of a cache, if it is one (a generation among its fields)."""
+    try:
+        header = json.loads(payload.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError too
+        return None
+    if not isinstance(header, dict) or not isinstance(header.get("generation"), int):
+        return None
+    return header
 
 
 def _holds(header, fd, size, block, trusted, pieces=0):

@@ -22,24 +22,30 @@
 #             bacpac_version;
 #   trailer   format, type "trailer", frames (data frames), bytes (of the image), sha256 (of
 #             the image), and from version 2 metadata_sha256: the sha256 of the whole metadata
-#             frame, header included, so that no byte of the metadata goes unchecked.
-# Version 1 (bacpac before the metadata digest) has no metadata_sha256; it is still read, and
-# the reader says its metadata is unchecked (reader.py holds the checks).
+#             frame, header included, so that no byte of the metadata goes unchecked; from
+#             version 3 a disk saveset's trailer also has digest and digest_algorithm
+#             "sha256-1m": the image digest a dup reports (target/imagedigest.py), so that a
+#             saveset's digest can be compared with its dup's (a tree's has none: a copy
+#             reports the tar's plain sha256).
+# Versions 1 (before the metadata digest) and 2 (before the image digest) are still read; of a
+# version 1 saveset the reader says its metadata is unchecked (reader.py holds the checks).
 """
 import hashlib
 import json
 import struct
 import time
-from typing import BinaryIO  # for the type comments
+from typing import BinaryIO, Optional  # for the type comments
 
 from ..errors import HelperError, IntegrityError
+from ..target.imagedigest import ALGORITHM as DIGEST_ALGORITHM
 # re-exported: output.py needs one import
 from ..wire.zstdframe import compress_frame, require_zstd  # noqa: F401
 from ..wire.zstdframe import BadFrame, check_single_frame, parse_header, skippable_frame, u32
 
 FORMAT = "bacpac-saveset"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+DIGEST_VERSION = 3  # the first whose disk trailer has the image digest
 KINDS = ("disk", "tree")  # tree: a pax tar stream, its size unknown until the trailer
 META_MAGIC = 0x184D2A50
 TRAILER_MAGIC = 0x184D2A51
@@ -104,6 +110,7 @@ class SavesetWriter(object):
         meta.update({"format": FORMAT, "version": VERSION, "type": "metadata"})
         head = skippable_frame(META_MAGIC, canonical_json(meta))
         self._f.write(head)
+        self._kind = meta.get("kind")
         self._metadata_sha256 = hashlib.sha256(head).hexdigest()
         self._table = [(len(head), 0, EMPTY_CHECKSUM)]
         self._bytes = 0
@@ -116,16 +123,22 @@ class SavesetWriter(object):
         self._table.append(entry)
         self._bytes += content_size
 
-    def finish(self, sha256_hex, total_bytes):
-        # type: (str, int) -> None
-        """Write the trailer and the seek table; the caller then commits the file."""
+    def finish(self, sha256_hex, total_bytes, digest_hex=None):
+        # type: (str, int, Optional[str]) -> None
+        """Write the trailer and the seek table; the caller then commits the file. A disk
+        saveset's trailer needs the image digest (`digest_hex`) as well as the plain sha256."""
         if total_bytes != self._bytes:
             raise IntegrityError("saveset frames hold %d bytes, the stream %d"
                                  % (self._bytes, total_bytes))
-        trailer = skippable_frame(TRAILER_MAGIC, canonical_json({
-            "format": FORMAT, "type": "trailer", "sha256": sha256_hex,
-            "frames": len(self._table) - 1, "bytes": total_bytes,
-            "metadata_sha256": self._metadata_sha256}))
+        fields = {"format": FORMAT, "type": "trailer", "sha256": sha256_hex,
+                  "frames": len(self._table) - 1, "bytes": total_bytes,
+                  "metadata_sha256": self._metadata_sha256}
+        if self._kind == "disk":
+            if digest_hex is None:
+                raise IntegrityError("no %s digest of the image for the saveset's trailer"
+                                     % DIGEST_ALGORITHM)
+            fields.update(digest=digest_hex, digest_algorithm=DIGEST_ALGORITHM)
+        trailer = skippable_frame(TRAILER_MAGIC, canonical_json(fields))
         self._table.append((len(trailer), 0, EMPTY_CHECKSUM))
         self._f.write(trailer)
         self._f.write(seek_table(self._table))

@@ -49,18 +49,19 @@ class SavesetOutput(object):
             self.add(self._zero_frame(size), size)
             offset += size
 
-    def prepare(self, sha256, nbytes):
-        # type: (str, int) -> None
-        """The trailer written and the whole file durable, under no final name yet: what is
-        left for commit() is the rename, which a fan-out asks for once every host prepared."""
-        self._guard(self._writer.finish, sha256, nbytes)
+    def prepare(self, sha256, nbytes, digest):
+        # type: (str, int, str) -> None
+        """The trailer written (the image's plain sha256 and its sha256-1m `digest`) and the
+        whole file durable, under no final name yet: what is left for commit() is the rename,
+        which a fan-out asks for once every host prepared."""
+        self._guard(self._writer.finish, sha256, nbytes, digest)
         self._guard(self._file.sync)
         self._prepared = True
 
-    def commit(self, sha256, nbytes):
-        # type: (str, int) -> None
+    def commit(self, sha256, nbytes, digest):
+        # type: (str, int, str) -> None
         if not self._prepared:
-            self._guard(self._writer.finish, sha256, nbytes)
+            self._guard(self._writer.finish, sha256, nbytes, digest)
         self._guard(self._file.commit)
 
     def discard(self):

@@ -5,7 +5,7 @@
 # 1. Its ends, when the reader is made, before a byte of data is read (so before a restore
 #    writes anything): the metadata frame; the seek table, from the end of the file; the trailer
 #    the table points at. Both JSON objects must be in canonical form with every field of its
-#    type; the metadata's sha256 must be the one the trailer records (version 2); the table's
+#    type; the metadata's sha256 must be the one the trailer records (from version 2); the table's
 #    running sum must be its own offset; the table, the trailer and the metadata must agree on
 #    the frame count and the image size. A fault in the table is then located by walking the
 #    frame headers against it (reading headers and checksum fields only): the message names
@@ -15,7 +15,9 @@
 #    decompressor reserve what a header claims, then decompressed, which checks its content
 #    against its checksum. Restore sends a frame on only once it passed.
 # 3. The whole, after the last frame: as many frames as the table lists, and the content's
-#    sha256 equal to the trailer's.
+#    sha256 equal to the trailer's; of a disk saveset also its image digest (sha256-1m,
+#    target/imagedigest.py), held against the trailer's from version 3 and reported from any
+#    version, so that a restore or a verify can be compared with the dup that wrote it.
 # `info` stops after step 1; `verify` and restore run all three.
 """
 import hashlib
@@ -23,11 +25,12 @@ import json
 import os
 from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple  # for the type comments
 
-from .format import (CHECKSUM_FLAG, EMPTY_CHECKSUM, ENTRY, FOOTER, FORMAT, KINDS, MAX_JSON,
-                      META_MAGIC, READABLE_VERSIONS, RESERVED_BITS, SEEK_TABLE_MAGIC,
-                      SEEKABLE_MAGIC, TRAILER_MAGIC, NotASaveset, SavesetCorrupt,
-                      canonical_json)
+from .format import (CHECKSUM_FLAG, DIGEST_ALGORITHM, DIGEST_VERSION, EMPTY_CHECKSUM, ENTRY,
+                      FOOTER, FORMAT, KINDS, MAX_JSON, META_MAGIC, READABLE_VERSIONS,
+                      RESERVED_BITS, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, TRAILER_MAGIC,
+                      NotASaveset, SavesetCorrupt, canonical_json)
 from .treeset import TarCheck
+from ..target.imagedigest import ImageDigest
 from ..wire.zstdframe import (BadFrame, Truncated, decompress_frame, frame_length, is_skippable,
                         parse_header, require_zstd, u32)
 
@@ -60,6 +63,9 @@ METADATA_FIELDS = {
 }  # type: Dict[str, Callable[[Any], bool]]
 TRAILER_FIELDS = {"frames": _is_count, "bytes": _is_count, "sha256": _is_sha256}
 DIGEST_FIELD = "metadata_sha256"  # in the trailer from version 2
+IMAGE_DIGEST_FIELDS = {  # in a disk saveset's trailer from version 3
+    "digest": _is_sha256, "digest_algorithm": lambda v: v == DIGEST_ALGORITHM,
+}  # type: Dict[str, Callable[[Any], bool]]
 
 
 def _parse_json(payload, kind):
@@ -85,6 +91,13 @@ def _field_fault(obj, fields, known):
     return "unknown field %r" % unknown[0] if unknown else None
 
 
+def _versions():
+    # type: () -> str
+    """ "1, 2 and 3": the versions this reader knows, for a message."""
+    known = [str(version) for version in READABLE_VERSIONS]
+    return ", ".join(known[:-1]) + " and " + known[-1]
+
+
 def _describe(entry):
     # type: (tuple) -> str
     return "%d bytes of %r, checksum 0x%08X" % tuple(entry)
@@ -105,6 +118,8 @@ class SavesetReader(object):
         self.data_offset = len(self._metadata_frame)
         self.entries, self.trailer_offset, self.trailer = self._read_ends()
         self.metadata_checked = DIGEST_FIELD in self.trailer
+        # filled by proven_frames once every frame passed: "sha256" and, of a disk, "digest"
+        self.content_digests = {}  # type: Dict[str, str]
 
     def read_at(self, pos, count):
         # type: (int, int) -> bytes
@@ -132,7 +147,7 @@ class SavesetReader(object):
         if meta.get("version") not in READABLE_VERSIONS:
             raise SavesetCorrupt("metadata frame at byte 0: saveset version %r: this bacpac reads"
                                  " versions %s (a newer bacpac wrote it, or it is damaged)"
-                                 % (meta.get("version"), " and ".join(map(str, READABLE_VERSIONS))))
+                                 % (meta.get("version"), _versions()))
         fault = _field_fault(meta, METADATA_FIELDS, set(METADATA_FIELDS) | {"format", "type"})
         if fault is None and (meta["size"] is None) != (meta["kind"] == "tree"):
             fault = "size is %r for kind %r" % (meta["size"], meta["kind"])  # only a tree's is null
@@ -205,6 +220,8 @@ class SavesetReader(object):
             raise SavesetCorrupt("%s: damaged (its JSON is not as bacpac writes it)" % where)
         fields = dict(TRAILER_FIELDS, **({DIGEST_FIELD: _is_sha256} if DIGEST_FIELD in trailer
                                          else {}))
+        if self.metadata["version"] >= DIGEST_VERSION and self.metadata["kind"] == "disk":
+            fields.update(IMAGE_DIGEST_FIELDS)
         fault = _field_fault(trailer, fields, set(fields) | {"format", "type"})
         if fault is not None:
             raise SavesetCorrupt("%s: damaged: %s" % (where, fault))
@@ -252,21 +269,41 @@ class SavesetReader(object):
     def proven_frames(self, decompress):
         # type: (Decompress) -> Iterator[Tuple[int, int, bytes]]
         """Yield (index, offset, frame) of each data frame once it is proven; after the last,
-        the content's sha256 is held against the trailer's. SavesetCorrupt at the first fault.
+        the content's digests are held against the trailer's and kept in content_digests
+        (a disk's image digest is computed from any version, and checked from version 3).
+        SavesetCorrupt at the first fault.
 
         `decompress(frame, content_size) -> bytes` raises BadFrame on a damaged frame.
         """
-        digest = hashlib.sha256()
+        digests = self._content_digests()
         for index, offset, length in self._walk(self.entries):
             frame = self.read_at(offset, length)
-            # with decompress, _check_frame returns the content or raises: never None here
-            digest.update(self._check_frame(self.entries, index, offset, length, frame,
-                                            decompress))  # type: ignore[arg-type]
+            content = self._check_frame(self.entries, index, offset, length, frame, decompress)
+            assert content is not None  # with decompress, the content or an exception
+            for digest in digests.values():
+                digest.update(content)
             yield index, offset, frame
-        if digest.hexdigest() != self.trailer["sha256"]:
-            raise SavesetCorrupt("trailer at byte %d: sha256 %s, but the content's is %s"
-                                 % (self.trailer_offset, self.trailer["sha256"],
-                                    digest.hexdigest()))
+        for key in sorted(digests, reverse=True):  # the plain sha256 first, as before
+            found = digests[key].hexdigest()
+            if key in self.trailer and found != self.trailer[key]:
+                raise SavesetCorrupt("trailer at byte %d: %s %s, but the content's is %s"
+                                     % (self.trailer_offset, self._digest_name(key),
+                                        self.trailer[key], found))
+            self.content_digests[key] = found
+
+    def _content_digests(self):
+        # type: () -> Dict[str, Any]
+        """The digests proven_frames computes: the plain sha256, and a disk's image digest."""
+        self.content_digests.clear()
+        digests = {"sha256": hashlib.sha256()}  # type: Dict[str, Any]
+        if self.metadata["kind"] == "disk":
+            digests["digest"] = ImageDigest()
+        return digests
+
+    @staticmethod
+    def _digest_name(key):
+        # type: (str) -> str
+        return DIGEST_ALGORITHM + " digest" if key == "digest" else key
 
     def _walk(self, entries):
         # type: (Optional[list]) -> Iterator[Tuple[int, int, int]]
@@ -329,10 +366,12 @@ class SavesetReader(object):
     def summary(self):
         # type: () -> dict
         """Sizes and digests, as its ends give them (proven whole once proven_frames ran)."""
+        digest = self.content_digests.get("digest", self.trailer.get("digest"))
         return {
             "frames": len(self.entries), "bytes": self.trailer["bytes"],
             "compressed": sum(entry[0] for entry in self.entries),
             "sha256": self.trailer["sha256"], "version": self.metadata["version"],
+            "digest": digest, "digest_algorithm": DIGEST_ALGORITHM if digest else None,
             "metadata_checked": self.metadata_checked}
 
 
@@ -366,5 +405,6 @@ def info(fileobj):
     return {
         "metadata": reader.metadata, "trailer": reader.trailer, "size": summary["bytes"],
         "frames": summary["frames"], "compressed": compressed, "file_size": reader.file_size,
-        "metadata_checked": reader.metadata_checked,
+        "metadata_checked": reader.metadata_checked, "sha256": summary["sha256"],
+        "digest": summary["digest"], "digest_algorithm": summary["digest_algorithm"],
         "ratio": round(float(summary["bytes"]) / compressed, 3) if compressed else None}

@@ -67,18 +67,20 @@ def run_inventory(request: RunRequest, sink: Sink) -> list[JobSummary]:
         except BaseException as e:
             if request.json_output:  # the run's own object even when it was interrupted
                 _print_run(fleet.summaries(), time.monotonic() - started, request.dry_run,
-                           "interrupted")
+                           "interrupted", str(interruption(e)) if isinstance(
+                               e, KeyboardInterrupt) else str(e))
             _after_run(inventory, env, "error", str(e))
             raise
         failed = [s for s in summaries if s.status != "ok"]
         _after_run(inventory, env, "error" if failed else "ok",
                    "; ".join(f"{s.extra.get('job')}: {s.error}" for s in failed))
+    names = ", ".join(str(s.extra.get("job")) for s in failed)
+    error = (f"{inventory.path}: {len(failed)} of {len(summaries)} jobs failed: {names}"
+             if failed else None)
     if request.json_output:
-        _print_run(summaries, time.monotonic() - started, request.dry_run)
-    if failed:
-        names = ", ".join(str(s.extra.get("job")) for s in failed)
-        raise RunFailed(f"{inventory.path}: {len(failed)} of {len(summaries)} jobs failed: "
-                        f"{names}")
+        _print_run(summaries, time.monotonic() - started, request.dry_run, error=error)
+    if error is not None:
+        raise RunFailed(error)
     return summaries
 
 
@@ -103,10 +105,11 @@ def _after_run(inventory: Inventory, env: HookEnv, result: str, error: str) -> N
 
 
 def _print_run(summaries: list[JobSummary], seconds: float, dry_run: bool,
-               status: Optional[str] = None) -> None:
+               status: Optional[str] = None, error: Optional[str] = None) -> None:
+    """The run's own JSON object, after its jobs'; `error` is the line stderr says."""
     failed = [str(s.extra.get("job")) for s in summaries if s.status != "ok"]
     status = status or ("error" if failed else "ok")
-    data = {"command": "run", "status": status, "jobs": len(summaries),
+    data = {"command": "run", "status": status, "jobs": len(summaries), "error": error,
             "failed": failed, "dry_run": dry_run, "seconds": round(seconds, 3),
             "bytes_read": sum(s.bytes_read for s in summaries),
             "bytes_sent": sum(s.bytes_sent for s in summaries)}
