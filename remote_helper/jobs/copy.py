@@ -95,9 +95,11 @@ def run_read_tree(job, inp, out):
     if go.type != READY:
         raise ProtocolError("expected READY to start the walk, got %s"
                             % protocol.type_name(go.type))
-    names = [str(n).encode("latin-1") for n in go.json().get("names", [])]
+    started = go.json()
+    names = [str(n).encode("latin-1") for n in started.get("names", [])]
     if len(names) != len(paths):
         raise ProtocolError("READY names %d roots, the job has %d" % (len(names), len(paths)))
+    level = int(started.get("level") or level)  # the client's choice, once it knows the route
     walker = Walker(bool(job.get("one_file_system")), _excludes(job), bool(job.get("xattrs")))
     roots = [(os.fsencode(p), n) for p, n in zip(paths, names)]
     sender = _ContentSender(out, codec, level)
@@ -121,7 +123,7 @@ def run_read_tree(job, inp, out):
         sender.close()
         inbox.close()
     out.send_json(END, {"bytes": total, "sha256": sha256, "entries": entries,
-                        "files_sent": sender.files, "content": sender.content,
+                        "files_sent": sender.files, "content": sender.content, "level": level,
                         "delta_files": sender.delta_files, "failed": sender.failed[:MAX_FAILED],
                         "failed_count": len(sender.failed),
                         "problems": walker.problems[:20], "problem_count": len(walker.problems)})
