@@ -31,6 +31,7 @@ from ..target import devices
 from ..target.checks import absolute, require_directory
 from ..tree import delta, manifest, tar
 from ..tree.exclude import Excludes
+from ..tree import prefetch
 from ..tree.prefetch import Prefetcher
 from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
@@ -47,6 +48,9 @@ if TYPE_CHECKING:  # server.py imports this module
 
 FRAME_BYTES = 4 << 20  # tar bytes per DATA frame
 READ_CHUNK = 1 << 20
+# A file to send: O_NONBLOCK, so that one replaced by a FIFO since the walk fails its read
+# rather than hangs the copy in its open (the read-ahead's descriptors are opened so too).
+READ_FLAGS = prefetch.FLAGS
 JOIN_WITHIN = 30  # seconds: a thread of the reader ends within this once told to
 PROGRESS_EVERY = 0.5  # seconds between the writer's PROGRESS frames
 MAX_LISTED = 10000  # paths a dry run lists by name
@@ -268,8 +272,10 @@ class _ContentSender(object):
         # type: (bytes, Entry, Optional[Callable[[], bytes]]) -> None
         """The file's member; with `theirs` (the old file's block digests) its changed blocks
         only; a file that cannot be opened becomes a member that says why (delta.py)."""
+        fd = self.prefetch.take(item.size)
         try:
-            fd = os.open(disk, os.O_RDONLY | os.O_NOFOLLOW)
+            if fd is None:
+                fd = os.open(disk, READ_FLAGS)
         except OSError as e:
             cause = "cannot read: %s" % (e.strerror or e)
             self.failed.append([_show(disk), cause])
@@ -313,7 +319,6 @@ class _ContentSender(object):
             raise HelperError("%s: tar member of %d bytes, %d announced"
                               % (_show(item.path), written, size))
         self._put(tar.padding(size))
-        self.prefetch.taken(item.size)
 
     def _put(self, data):
         # type: (bytes) -> None
