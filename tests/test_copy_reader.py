@@ -41,3 +41,31 @@ def test_a_copy_on_one_host_compresses_at_the_low_level(transport: str, tree_src
     assert run.returncode == 0, run.stderr
     assert run.summary["level"] == 6
     assert contents(dst2) == contents(tree_src)
+
+
+def test_the_walk_ahead_gives_every_window_in_order_then_its_error() -> None:
+    from remote_helper.jobs.copy import _Ahead
+
+    def windows():
+        yield from range(5)
+        raise OSError(5, "the disk failed")
+
+    ahead = _Ahead(windows(), "test-walk")
+    got = []
+    with pytest.raises(OSError, match="the disk failed"):
+        for window in ahead:
+            got.append(window)
+    ahead.close()
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_the_walk_ahead_stops_when_its_reader_does() -> None:
+    import itertools
+    import threading
+
+    from remote_helper.jobs.copy import _Ahead
+
+    ahead = _Ahead(itertools.count(), "test-walk-endless")
+    assert next(iter(ahead)) == 0
+    ahead.close()  # an endless walk, DEPTH windows ahead, told to stop
+    assert not [t for t in threading.enumerate() if t.name == "test-walk-endless"]

@@ -110,9 +110,10 @@ def run_read_tree(job, inp, out):
     entries = 0
     waiting = deque()  # type: Deque[Tuple[int, List[Tuple[bytes, Entry]]]]
     inbox = _Inbox(inp)
+    digest_of = _file_digest if job.get("checksum") else None
+    walk = _Ahead(manifest.windows(walker.walk(roots), digest_of), "tree-walk")
     try:
-        digest_of = _file_digest if job.get("checksum") else None
-        for batch, payload in manifest.windows(walker.walk(roots), digest_of):
+        for batch, payload in walk:
             out.send(protocol.encode(MANIFEST, payload, entries, 0, len(batch)))
             waiting.append((entries, batch))
             entries += len(batch)
@@ -124,6 +125,7 @@ def run_read_tree(job, inp, out):
     except WalkError as e:
         raise HelperError(str(e), e.errno)
     finally:
+        walk.close()
         sender.close()
         inbox.close()
     out.send_json(END, {"bytes": total, "sha256": sha256, "entries": entries,
@@ -131,6 +133,65 @@ def run_read_tree(job, inp, out):
                         "delta_files": sender.delta_files, "failed": sender.failed[:MAX_FAILED],
                         "failed_count": len(sender.failed),
                         "problems": walker.problems[:20], "problem_count": len(walker.problems)})
+
+
+class _Ahead(object):
+    """The manifest's windows made on a thread of their own, at most DEPTH ahead: the walk
+    (lstat, listdir: with a cold cache, a disk read an inode) goes on while the main thread
+    reads and sends the content of the windows before, instead of between them. The walk's
+    error is raised where its window would have been taken."""
+
+    DEPTH = 2
+
+    def __init__(self, windows, name):
+        # type: (Any, str) -> None
+        self._windows = windows
+        self._queue = queue.Queue(self.DEPTH)  # type: queue.Queue
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self):
+        # type: () -> None
+        try:
+            for window in self._windows:
+                if not self._put((True, window)):
+                    return
+            self._put((False, None))
+        except BaseException as e:
+            self._put((False, e))
+
+    def _put(self, item):
+        # type: (tuple) -> bool
+        while not self._stop:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        # type: () -> Any
+        while True:
+            try:
+                more, window = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self._thread.is_alive():
+                    continue
+                raise HelperError("the walk ended without a word")
+            if not more:
+                if window is not None:
+                    raise window
+                return
+            yield window
+
+    def close(self):
+        # type: () -> None
+        """Stop the walk (after a failure elsewhere) within a deadline."""
+        self._stop = True
+        self._thread.join(JOIN_WITHIN)
 
 
 def _send_wanted(inbox, window, sender, dry_run):
