@@ -110,3 +110,40 @@ def test_windows_carry_a_digest_per_file_with_checksum() -> None:
     bad = zlib.compress(json.dumps([manifest.entry_row(items[1]) + ["short"]]).encode())
     with pytest.raises(RemoteProtocolError):
         manifest.decode_window(bad)
+
+
+def test_a_directory_over_the_stat_ahead_walks_the_same(tmp_path: Path, monkeypatch) -> None:
+    from remote_helper.tree import walk as walk_module
+
+    _tree(tmp_path / "t")
+    top = [(os.fsencode(tmp_path / "t") + b"/", ROOT)]
+    listed = [(e.path, e.kind, e.size, e.mtime_ns, e.target) for e in walk(top)]
+    monkeypatch.setattr(walk_module, "STAT_AHEAD", 1)  # every directory holds names alone
+    assert [(e.path, e.kind, e.size, e.mtime_ns, e.target) for e in walk(top)] == listed
+
+
+def test_a_child_gone_between_listing_and_lstat_is_left_out(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    from remote_helper.tree import walk as walk_module
+
+    _tree(tmp_path / "t")
+    real = walk_module.Walker._list
+
+    def listing_then_removal(self, disk):
+        children = real(self, disk)
+        if disk.endswith(b"/b"):
+            os.unlink(disk + b"/c")
+        return children
+
+    for ahead in (4096, 1):
+        if (tmp_path / "t").exists():
+            import shutil
+            shutil.rmtree(tmp_path / "t")
+        _tree(tmp_path / "t")
+        monkeypatch.setattr(walk_module, "STAT_AHEAD", ahead)
+        monkeypatch.setattr(walk_module.Walker, "_list", listing_then_removal)
+        walker = Walker()
+        paths = [e.path for _, e in walker.walk([(os.fsencode(tmp_path / "t") + b"/", ROOT)])]
+        assert b"b/a-link" in paths and walker.problems == []
+        # listed with its lstat taken: it is sent as it was; without: left out, no problem
+        assert (b"b/c" in paths) == (ahead > 1)
