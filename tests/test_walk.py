@@ -147,3 +147,24 @@ def test_a_child_gone_between_listing_and_lstat_is_left_out(tmp_path: Path,
         assert b"b/a-link" in paths and walker.problems == []
         # listed with its lstat taken: it is sent as it was; without: left out, no problem
         assert (b"b/c" in paths) == (ahead > 1)
+
+
+def test_a_rows_bound_is_never_under_its_json() -> None:
+    import random
+
+    rng = random.Random(7)
+    owners = ["", "root", "\u00e9l\u00e8ve", "\U0001f600x", "a\"b\\c"]
+    for n in range(2000):
+        name = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+        item = entry(name, rng.choice([FILE, DIR, SYMLINK, HARDLINK]),
+                     mode=rng.randrange(0o10000), uid=rng.randrange(1 << 32),
+                     gid=rng.randrange(1 << 32), uname=rng.choice(owners),
+                     gname=rng.choice(owners), size=rng.randrange(1 << 63),
+                     mtime_ns=rng.randrange(-(1 << 63), 1 << 63),
+                     target=bytes(rng.randrange(256) for _ in range(rng.randrange(50))),
+                     rdev=rng.randrange(1 << 64),
+                     xattrs=[(b"user.\"\\\x00", bytes(range(256)))] if n % 7 == 0 else [],
+                     extents=((0, 1 << 62), (1 << 63, 0)) if n % 5 == 0 else None)
+        digest = "ab" * 32 if n % 3 == 0 else None
+        row = json.dumps(manifest.entry_row(item, digest), separators=(",", ":"))
+        assert manifest._bound(item, digest) >= len(row), (item, row)
