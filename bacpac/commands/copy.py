@@ -25,6 +25,13 @@ from ..transport.helper import ConnectOptions, HelperSession, open_session
 from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import naming, remote_path, run_tracked, saveset_metadata, where
 
+# The zstd level of the content, when no --level is given: a copy whose two helpers run on one
+# host (a local copy, or a target reached over loopback) has memory for a link, and every
+# CPU second its compressor takes is taken from the writer and the SSH layer on the same
+# cores: level 1 there (docs/performance.md, copy-reader: -3 to 3 measured); else 3, zstd's
+# default, whose fewer bytes pay on a real link.
+SAME_HOST_LEVEL = 1
+LINK_LEVEL = 3
 OPEN_WITHIN = 600.0  # seconds: connecting, authenticating (a password typed) and HELLO
 RESULT_WITHIN = 24 * 3600.0  # the writer's last work after END (directory times, --delete)
 
@@ -110,7 +117,9 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
             "checksum": request.checksum, "excludes": list(request.excludes),
             "whole_file": request.whole_file,
             "saveset": _saveset_spec(request, paths[0])}, READY, dest_path)
-        reader.send_json(READY, {"names": ready["names"]})
+        reader.send_json(READY, {"names": ready["names"],
+                                 "level": content_level(request.level, reader.hello,
+                                                        writer.hello)})
         sink.emit(JobStarted(job, "copy", summary.source, str(request.dest), None, 0))
         counters = Counters(job, sink)
         answers = _Answers(writer, reader, dest_where, counters)
@@ -139,6 +148,14 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
     writer.close()
 
 
+def content_level(level: Optional[int], reader_hello: dict, writer_hello: dict) -> int:
+    """The zstd level the reader compresses at: the user's, else by where the helpers run."""
+    if level is not None:
+        return level
+    boot_id = reader_hello.get("boot_id")
+    return SAME_HOST_LEVEL if boot_id and boot_id == writer_hello.get("boot_id") else LINK_LEVEL
+
+
 def _saveset_spec(request: CopyRequest, source: str) -> Optional[dict]:
     if not request.saveset:
         return None
@@ -164,6 +181,8 @@ def _report(summary: JobSummary, result: dict, end: dict, request: CopyRequest, 
     extra["stream_bytes"] = int(result.get("stream_bytes", 0))
     extra["content_bytes"] = int(result.get("bytes_sent", 0))
     extra["dry_run"] = request.dry_run
+    if "level" in end:
+        extra["level"] = int(end["level"])
     if result.get("saveset"):
         extra["saveset_sha256"] = result["saveset"].get("sha256")
         extra["saveset_bytes"] = result["saveset"].get("bytes")

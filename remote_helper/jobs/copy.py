@@ -31,6 +31,7 @@ from ..target import devices
 from ..target.checks import absolute, require_directory
 from ..tree import delta, manifest, tar
 from ..tree.exclude import Excludes
+from ..tree import prefetch
 from ..tree.prefetch import Prefetcher
 from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
@@ -47,6 +48,9 @@ if TYPE_CHECKING:  # server.py imports this module
 
 FRAME_BYTES = 4 << 20  # tar bytes per DATA frame
 READ_CHUNK = 1 << 20
+# A file to send: O_NONBLOCK, so that one replaced by a FIFO since the walk fails its read
+# rather than hangs the copy in its open (the read-ahead's descriptors are opened so too).
+READ_FLAGS = prefetch.FLAGS
 JOIN_WITHIN = 30  # seconds: a thread of the reader ends within this once told to
 PROGRESS_EVERY = 0.5  # seconds between the writer's PROGRESS frames
 MAX_LISTED = 10000  # paths a dry run lists by name
@@ -95,18 +99,21 @@ def run_read_tree(job, inp, out):
     if go.type != READY:
         raise ProtocolError("expected READY to start the walk, got %s"
                             % protocol.type_name(go.type))
-    names = [str(n).encode("latin-1") for n in go.json().get("names", [])]
+    started = go.json()
+    names = [str(n).encode("latin-1") for n in started.get("names", [])]
     if len(names) != len(paths):
         raise ProtocolError("READY names %d roots, the job has %d" % (len(names), len(paths)))
+    level = int(started.get("level") or level)  # the client's choice, once it knows the route
     walker = Walker(bool(job.get("one_file_system")), _excludes(job), bool(job.get("xattrs")))
     roots = [(os.fsencode(p), n) for p, n in zip(paths, names)]
     sender = _ContentSender(out, codec, level)
     entries = 0
     waiting = deque()  # type: Deque[Tuple[int, List[Tuple[bytes, Entry]]]]
     inbox = _Inbox(inp)
+    digest_of = _file_digest if job.get("checksum") else None
+    walk = _Ahead(manifest.windows(walker.walk(roots), digest_of), "tree-walk")
     try:
-        digest_of = _file_digest if job.get("checksum") else None
-        for batch, payload in manifest.windows(walker.walk(roots), digest_of):
+        for batch, payload in walk:
             out.send(protocol.encode(MANIFEST, payload, entries, 0, len(batch)))
             waiting.append((entries, batch))
             entries += len(batch)
@@ -118,13 +125,73 @@ def run_read_tree(job, inp, out):
     except WalkError as e:
         raise HelperError(str(e), e.errno)
     finally:
+        walk.close()
         sender.close()
         inbox.close()
     out.send_json(END, {"bytes": total, "sha256": sha256, "entries": entries,
-                        "files_sent": sender.files, "content": sender.content,
+                        "files_sent": sender.files, "content": sender.content, "level": level,
                         "delta_files": sender.delta_files, "failed": sender.failed[:MAX_FAILED],
                         "failed_count": len(sender.failed),
                         "problems": walker.problems[:20], "problem_count": len(walker.problems)})
+
+
+class _Ahead(object):
+    """The manifest's windows made on a thread of their own, at most DEPTH ahead: the walk
+    (lstat, listdir: with a cold cache, a disk read an inode) goes on while the main thread
+    reads and sends the content of the windows before, instead of between them. The walk's
+    error is raised where its window would have been taken."""
+
+    DEPTH = 2
+
+    def __init__(self, windows, name):
+        # type: (Any, str) -> None
+        self._windows = windows
+        self._queue = queue.Queue(self.DEPTH)  # type: queue.Queue
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self):
+        # type: () -> None
+        try:
+            for window in self._windows:
+                if not self._put((True, window)):
+                    return
+            self._put((False, None))
+        except BaseException as e:
+            self._put((False, e))
+
+    def _put(self, item):
+        # type: (tuple) -> bool
+        while not self._stop:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        # type: () -> Any
+        while True:
+            try:
+                more, window = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self._thread.is_alive():
+                    continue
+                raise HelperError("the walk ended without a word")
+            if not more:
+                if window is not None:
+                    raise window
+                return
+            yield window
+
+    def close(self):
+        # type: () -> None
+        """Stop the walk (after a failure elsewhere) within a deadline."""
+        self._stop = True
+        self._thread.join(JOIN_WITHIN)
 
 
 def _send_wanted(inbox, window, sender, dry_run):
@@ -266,8 +333,10 @@ class _ContentSender(object):
         # type: (bytes, Entry, Optional[Callable[[], bytes]]) -> None
         """The file's member; with `theirs` (the old file's block digests) its changed blocks
         only; a file that cannot be opened becomes a member that says why (delta.py)."""
+        fd = self.prefetch.take(item.size)
         try:
-            fd = os.open(disk, os.O_RDONLY | os.O_NOFOLLOW)
+            if fd is None:
+                fd = os.open(disk, READ_FLAGS)
         except OSError as e:
             cause = "cannot read: %s" % (e.strerror or e)
             self.failed.append([_show(disk), cause])
@@ -311,7 +380,6 @@ class _ContentSender(object):
             raise HelperError("%s: tar member of %d bytes, %d announced"
                               % (_show(item.path), written, size))
         self._put(tar.padding(size))
-        self.prefetch.taken(item.size)
 
     def _put(self, data):
         # type: (bytes) -> None

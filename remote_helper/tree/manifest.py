@@ -9,7 +9,7 @@
 """
 import json
 import zlib
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple  # for the type comments
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple  # for the type comments
 
 from ..errors import RemoteProtocolError
 from .entry import KINDS, Entry
@@ -36,31 +36,78 @@ def entry_row(item, digest=None):
 
 
 def encode_window(rows):
-    # type: (List[str]) -> bytes
-    """A window's payload from the JSON text of each entry (see windows())."""
-    return zlib.compress(("[" + ",".join(rows) + "]").encode("ascii"), 6)
+    # type: (List[list]) -> bytes
+    """A window's payload from its entries' rows (entry_row)."""
+    return zlib.compress(_dumps(rows).encode("ascii"), 6)
+
+
+def _dumps(rows):
+    # type: (list) -> str
+    return json.dumps(rows, separators=(",", ":"))
+
+
+# What a row's JSON costs besides its names, at most: the mode (4 digits), uid and gid (10
+# each), size, mtime_ns and rdev (20 each, a sign included), the kind, the brackets, commas and
+# quotes, the empty xattrs and the null extents.
+_ROW_FIXED = 4 + 2 * 10 + 3 * 20 + 3 + 2 + 12 + 8 + 2 + 4
+_OWNER_COST = {}  # type: Dict[str, int]  # an owner's name -> its length in JSON
+
+
+def _bound(item, digest):
+    # type: (Entry, Optional[str]) -> int
+    """An upper bound of the entry's row in JSON, cheap: a name's byte counts 6 (an escape)
+    where it is not printable ASCII or is a quote or a backslash, 1 elsewhere."""
+    cost = (_ROW_FIXED + _text_bound(item.path) + _text_bound(item.target)
+            + _owner_cost(item.uname) + _owner_cost(item.gname))
+    for name, value in item.xattrs:
+        cost += _text_bound(name) + _text_bound(value) + 8
+    if item.extents is not None:
+        cost += 44 * len(item.extents)
+    if digest is not None:
+        cost += len(digest) + 3
+    return cost
+
+
+def _owner_cost(name):
+    # type: (str) -> int
+    cost = _OWNER_COST.get(name)
+    if cost is None:
+        cost = len(json.dumps(name))
+        if len(_OWNER_COST) < 4096:
+            _OWNER_COST[name] = cost
+    return cost
+
+
+_PLAIN = bytes(c for c in range(32, 127) if c not in b'"\\')
+
+
+def _text_bound(data):
+    # type: (bytes) -> int
+    return len(data) + 5 * len(data.translate(None, _PLAIN)) + 2
 
 
 def windows(pairs, digest_of=None):
     # type: (Iterable[Tuple[Any, Entry]], Optional[Callable[[Any, Entry], Optional[str]]]) -> Iterator[tuple]
     """(batch, payload) per window of the walk's (anything, entry) pairs (the reader's disk
-    path, say), each window within the caps; the batch holds the pairs."""
+    path, say), each window within the caps; the batch holds the pairs. A window is cut by an
+    upper bound of its rows' JSON, then made in one json.dumps (not one a row)."""
     batch = []  # type: List[Tuple[Any, Entry]]
-    rows = []  # type: List[str]
+    rows = []  # type: List[list]
     size = 0
     for pair in pairs:
         item = pair[1]
         digest = digest_of(pair[0], item) if digest_of is not None else None
-        row = json.dumps(entry_row(item, digest), separators=(",", ":"))
-        if len(row) > WINDOW_BYTES:
+        row = entry_row(item, digest)
+        bound = _bound(item, digest)
+        if bound > WINDOW_BYTES and len(_dumps(row)) > WINDOW_BYTES:
             raise ValueError("%s: too much metadata (%d bytes) for one entry"
-                             % (item.path.decode("utf-8", "replace"), len(row)))
-        if batch and (size + len(row) > WINDOW_BYTES or len(batch) >= WINDOW_ENTRIES):
+                             % (item.path.decode("utf-8", "replace"), len(_dumps(row))))
+        if batch and (size + bound > WINDOW_BYTES or len(batch) >= WINDOW_ENTRIES):
             yield batch, encode_window(rows)
             batch, rows, size = [], [], 0
         batch.append(pair)
         rows.append(row)
-        size += len(row) + 1
+        size += min(bound, WINDOW_BYTES) + 1
     if batch:
         yield batch, encode_window(rows)
 

@@ -14,7 +14,8 @@ tree; the decoder is in tardecode.py.
 # and the padding.
 """
 import os
-from typing import Any, Optional, Tuple  # for the type comments
+import struct
+from typing import Any, Dict, Optional, Tuple  # for the type comments
 
 from remote_helper.errors import ProtocolError
 from remote_helper.tree import acl
@@ -131,35 +132,50 @@ def _member_name(entry):
     return entry.path + b"/" if entry.kind == DIR else entry.path
 
 
+# A ustar header's fields, NUL-padded by struct: name, mode, uid, gid, size, mtime, checksum,
+# typeflag, linkname, magic and version, uname, gname, devmajor, devminor, prefix, padding.
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
+_MAGIC = b"ustar\x0000"
+_FIXED_SUM = sum(_MAGIC) + 8 * ord(" ")  # the checksum counts its own field as spaces
+
+
 def _ustar(entry, name, target, size, mtime):
     # type: (Any, Tuple[bytes, bytes], bytes, int, int) -> bytes
+    """One header block, its checksum summed over the fields themselves (the NULs that pad
+    them add nothing): this runs for every member of a tree."""
     prefix, base = name
     typeflag = b"x" if entry.kind == "x" else _TYPEFLAG[entry.kind]
     major = minor = 0
     if entry.kind in (CHAR, BLOCK):
         major, minor = os.major(entry.rdev), os.minor(entry.rdev)
-    fields = [
-        base.ljust(100, b"\0"), _octal(entry.mode & 0o7777, 8),
-        _octal(min(entry.uid, _OCTAL_MAX[8]), 8), _octal(min(entry.gid, _OCTAL_MAX[8]), 8),
-        _octal(min(size, _OCTAL_MAX[12]), 12),
-        _octal(min(max(mtime, 0), _OCTAL_MAX[12]), 12), b" " * 8, typeflag,
-        target.ljust(100, b"\0"), b"ustar\x0000",
-        _owner(entry.uname), _owner(entry.gname),
-        _octal(major, 8), _octal(minor, 8), prefix.ljust(155, b"\0"), b"\0" * 12]
-    header = b"".join(fields)
-    checksum = b"%06o\0 " % sum(header)
-    return header[:148] + checksum + header[156:]
+    mode = b"%07o\0" % (entry.mode & 0o7777)
+    uid = b"%07o\0" % min(entry.uid, _OCTAL_MAX[8])
+    gid = b"%07o\0" % min(entry.gid, _OCTAL_MAX[8])
+    size_field = b"%011o\0" % min(size, _OCTAL_MAX[12])
+    mtime_field = b"%011o\0" % min(max(mtime, 0), _OCTAL_MAX[12])
+    uname = _owner(entry.uname)
+    gname = _owner(entry.gname)
+    devmajor = b"%07o\0" % major
+    devminor = b"%07o\0" % minor
+    checksum = _FIXED_SUM + sum(b"".join((base, mode, uid, gid, size_field, mtime_field,
+                                          typeflag, target, uname, gname, devmajor, devminor,
+                                          prefix)))
+    return _USTAR.pack(base, mode, uid, gid, size_field, mtime_field, b"%06o\0 " % checksum,
+                       typeflag, target, _MAGIC, uname, gname, devmajor, devminor, prefix, b"")
 
 
-def _octal(value, width):
-    # type: (int, int) -> bytes
-    return b"%0*o\0" % (width - 1, value)
+_OWNERS = {}  # type: Dict[str, bytes]  # owner name -> its ustar field (b"" if it does not fit)
 
 
 def _owner(name):
     # type: (str) -> bytes
-    raw = name.encode("utf-8", "surrogateescape")
-    return (raw if len(raw) <= 32 and _is_ascii(raw) else b"").ljust(32, b"\0")
+    field = _OWNERS.get(name)
+    if field is None:
+        raw = name.encode("utf-8", "surrogateescape")
+        field = raw if len(raw) <= 32 and _is_ascii(raw) else b""
+        if len(_OWNERS) < 4096:
+            _OWNERS[name] = field
+    return field
 
 
 def _fit_name(name):

@@ -2,7 +2,9 @@
 
 # Strategy: a depth-first walk that yields each entry as it is read (a directory before what it
 # holds, names in byte order, so two walks of the same tree agree), with nothing listed ahead
-# but the names of the directories on the current path. Memory stays bounded whatever the
+# but the children of the directories on the current path: their names, and their lstat, taken
+# when the directory is listed, in inode order (a cold tree's inode table read forward; up to
+# STAT_AHEAD children, beyond which each is taken as it comes). Memory stays bounded whatever the
 # tree's size: the only map kept is of files with more than one link ((dev, ino) -> the path
 # of its first occurrence, across every root), so a later occurrence becomes a HARDLINK to it.
 # A file whose blocks do not cover its size is asked for its data extents (SEEK_DATA /
@@ -23,6 +25,14 @@ SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 _KIND = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFCHR: CHAR,
          stat.S_IFBLK: BLOCK, stat.S_IFIFO: FIFO, stat.S_IFSOCK: SOCKET}
+
+
+STAT_AHEAD = 4096  # a directory's children whose lstat is taken when it is listed, at most
+
+
+def _first(item):
+    # type: (tuple) -> Any
+    return item[0]
 
 
 class WalkError(Exception):
@@ -159,23 +169,24 @@ class Walker(object):
         if top.kind != DIR:
             return
         device = st.st_dev
-        # a stack of (disk path, copy path, sorted names left to visit): a directory's names
-        # are listed when it is entered, and only those of the current path are held
+        # a stack of (disk path, copy path, sorted (name, lstat) left to visit): a directory's
+        # children are listed when it is entered, and only those of the current path are held
         stack = [(disk, name, self._list(disk))]
         while stack:
             here, path, names = stack[-1]
             if not names:
                 stack.pop()
                 continue
-            child = names.pop()
+            child, cst = names.pop()
             child_disk = here.rstrip(b"/") + b"/" + child
             child_path = join(path, child)
-            try:
-                cst = os.lstat(child_disk)
-            except OSError as e:
-                if e.errno != errno.ENOENT:  # vanished since listed: as if never there
-                    self.problems.append("%s: %s" % (os.fsdecode(child_disk), e.strerror))
-                continue
+            if cst is None:
+                try:
+                    cst = os.lstat(child_disk)
+                except OSError as e:
+                    if e.errno != errno.ENOENT:  # vanished since listed: as if never there
+                        self.problems.append("%s: %s" % (os.fsdecode(child_disk), e.strerror))
+                    continue
             is_dir = stat.S_ISDIR(cst.st_mode)
             if self.excludes is not None and self.excludes.excluded(child_path, is_dir):
                 continue
@@ -192,13 +203,30 @@ class Walker(object):
                 stack.append((child_disk, child_path, self._list(child_disk)))
 
     def _list(self, disk):
-        # type: (bytes) -> List[bytes]
-        """A directory's names, in reverse byte order (popped from the end: in order)."""
+        # type: (bytes) -> List[Tuple[bytes, Optional[os.stat_result]]]
+        """A directory's children as (name, lstat), in reverse byte order (popped from the end:
+        in order). Their lstat is taken here, in inode order: with a cold cache the inode
+        table is read forward, not in the names' order, which jumps about it. A directory of
+        more than STAT_AHEAD names holds its names alone (lstat None), and each is taken as
+        the walk comes to it, so memory stays bounded whatever a directory holds."""
         try:
-            return sorted(os.listdir(disk), reverse=True)
+            with os.scandir(disk) as listing:
+                found = [(child.inode(), child.name, child) for child in listing]
         except OSError as e:
             self.problems.append("%s: %s" % (os.fsdecode(disk), e.strerror))
             return []
+        if len(found) > STAT_AHEAD:
+            return sorted(((name, None) for _, name, _ in found), reverse=True)
+        found.sort(key=_first)
+        listed = []  # type: List[Tuple[bytes, Optional[os.stat_result]]]
+        for _, name, child in found:
+            try:
+                listed.append((name, child.stat(follow_symlinks=False)))
+            except OSError as e:
+                if e.errno != errno.ENOENT:  # vanished since listed: as if never there
+                    self.problems.append("%s: %s" % (os.fsdecode(child.path), e.strerror))
+        listed.sort(key=_first, reverse=True)
+        return listed
 
     def _entry(self, disk, path, st):
         # type: (bytes, bytes, os.stat_result) -> Optional[Entry]
