@@ -157,7 +157,7 @@ class FileSink(object):
         except BaseException:
             self.abort()
             raise
-        writer.counts["files"] += 1
+        writer.wrote(self.written)
         self._close()
 
     def _link(self, name):

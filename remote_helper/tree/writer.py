@@ -19,6 +19,7 @@ import errno
 import os
 import re
 import stat
+import time
 from typing import Callable, Dict, List, Optional, Set  # for the type comments
 
 from ..errors import HelperError, Refused
@@ -27,6 +28,7 @@ from .entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, ROOT, SOCKET, SYMLINK
 from .remove import Remover, kind_of
 from .safepath import DirStack, NotADirectory, UnsafePath, listdir_at, lstat_at, show, split
 from .sink import FileSink, temp_name, unlink_quietly
+from .writeback import Writeback, sync_fs
 
 SAME = "same"        # nothing to do
 META = "meta"        # content is the same; update() fixes mode, owner, mtime, xattrs
@@ -72,6 +74,9 @@ class TreeWriter(object):
         # delete a wanted one.
         self._seen = set()  # type: Set[int]
         self._stack = self._open_dest()
+        # the writeback of what is written starts while the copy goes on (writeback.py)
+        self._writeback = (Writeback(self._stack.root_fd) if fsync and not dry_run
+                           and self._stack is not None else None)  # type: Optional[Writeback]
 
     def _open_dest(self):
         # type: () -> Optional[DirStack]
@@ -380,12 +385,31 @@ class TreeWriter(object):
         dirs = sorted(self._dirs, key=lambda p: -1 if p == ROOT else p.count(b"/"), reverse=True)
         if self.delete and self._stack is not None:
             self._delete(dirs)
+        finished = dict(self.counts)
         if not self.dry_run:
             for path in dirs:
                 self._finish_dir(self._dirs[path])
+            self._end_writeback(finished)
             if self.fsync:
-                _sync(self.stack.root_fd)
-        return dict(self.counts)
+                started = time.monotonic()
+                sync_fs(self.stack.root_fd)
+                finished["sync_ms"] = int((time.monotonic() - started) * 1000)
+        return finished
+
+    def wrote(self, size):
+        # type: (int) -> None
+        """A file of `size` content bytes is whole under its name (for the writeback)."""
+        self.counts["files"] += 1
+        if self._writeback is not None:
+            self._writeback.wrote(size)
+
+    def _end_writeback(self, finished):
+        # type: (Dict[str, int]) -> None
+        if self._writeback is not None:
+            self._writeback.close()
+            finished["writeback_syncs"] = self._writeback.flushes
+            finished["writeback_ms"] = int(self._writeback.seconds * 1000)
+            self._writeback = None
 
     def _delete(self, dirs):
         # type: (List[bytes]) -> None
@@ -420,19 +444,9 @@ class TreeWriter(object):
 
     def close(self):
         # type: () -> None
+        if self._writeback is not None:
+            self._writeback.close()
+            self._writeback = None
         if self._stack is not None:
             self._stack.close()
             self._stack = None
-
-
-def _sync(fd):
-    # type: (int) -> None
-    """Make what was written durable: syncfs() of dest's file system, else sync()."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(ctypes.c_int(fd)) == 0:
-            return
-    except (ImportError, OSError, AttributeError):
-        pass
-    os.sync()
