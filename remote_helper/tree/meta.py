@@ -116,13 +116,21 @@ def mode_of(entry, interim):
     return entry.mode | 0o700 if interim and entry.kind == DIR else entry.mode
 
 
-def apply_fd(fd, entry, owners, xattrs, interim=False):
-    # type: (int, Entry, Owners, bool, bool) -> None
-    """Owner, mode, xattrs and mtime onto an open descriptor (a file being written)."""
+def apply_fd(fd, entry, owners, xattrs, interim=False, has=None):
+    # type: (int, Entry, Owners, bool, bool, Optional[Tuple[int, int, int]]) -> None
+    """Owner, mode, xattrs and mtime onto an open descriptor (a file being written). has:
+    the (uid, gid, mode) the inode is known to have (a new one), to leave alone what is
+    right already."""
     uid, gid = owners.ids(entry)
+    mode = mode_of(entry, interim)
+    if has is not None and uid in (-1, has[0]) and gid in (-1, has[1]):
+        uid = gid = -1  # the owner is right; the mode stays as it is (no chown cleared it)
+    else:
+        has = None
     if uid != -1 or gid != -1:
         os.fchown(fd, uid, gid)
-    os.fchmod(fd, mode_of(entry, interim))
+    if has is None or has[2] != mode:
+        os.fchmod(fd, mode)
     if xattrs:
         write_xattrs(fd, entry.xattrs)
     os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))

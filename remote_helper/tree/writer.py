@@ -20,7 +20,7 @@ import os
 import re
 import stat
 import time
-from typing import Callable, Dict, List, Optional, Set  # for the type comments
+from typing import Callable, Dict, List, Optional, Set, Tuple  # for the type comments
 
 from ..errors import HelperError, Refused
 from . import meta
@@ -73,6 +73,14 @@ class TreeWriter(object):
         # with one hash (about 1 in 10**7 for a million paths) keep an extraneous file, never
         # delete a wanted one.
         self._seen = set()  # type: Set[int]
+        # The hashes of the directories this run made: what is in them is new, so its compare
+        # needs no lstat (a first copy's). A hash shared with another path only costs that
+        # path a compare that says CONTENT: whatever then stands in the way is replaced, as a
+        # rerun replaces a changed file.
+        self._fresh = set()  # type: Set[int]
+        # what a new file's inode gets in the directory last written to (_inode_facts)
+        self._facts = None  # type: Optional[Tuple[bytes, Optional[Tuple[int]]]]
+        self._umask = _umask()
         self._stack = self._open_dest()
         # the writeback of what is written starts while the copy goes on (writeback.py)
         self._writeback = (Writeback(self._stack.root_fd) if fsync and not dry_run
@@ -92,6 +100,7 @@ class TreeWriter(object):
         except OSError as e:
             raise HelperError("%s: cannot make the directory: %s" % (
                 show(self.dest, ROOT), e.strerror), e.errno)
+        self._fresh.add(hash(ROOT))
         return DirStack(self.dest)
 
     @property
@@ -115,6 +124,8 @@ class TreeWriter(object):
 
     def _compare(self, entry):
         # type: (Entry) -> str
+        if self._fresh and hash(_parent_of(entry.path)) in self._fresh:
+            return CONTENT  # in a directory this run made: not there yet
         st = self._lstat(entry.path)
         if st is None:
             return CONTENT
@@ -173,7 +184,7 @@ class TreeWriter(object):
         if entry.kind == DIR:
             first = entry.path not in self._dirs
             self._dirs[entry.path] = entry
-            if first and not self.dry_run:
+            if first and not self.dry_run and hash(_parent_of(entry.path)) not in self._fresh:
                 self._remove_temps(entry.path)
         elif entry.path in self._dirs:
             del self._dirs[entry.path]  # the same path again, as no directory: the last wins
@@ -230,14 +241,32 @@ class TreeWriter(object):
             os.fchmod(fd, meta.mode_of(entry, True))
             return
         parent, name = self.stack.parent(entry.path)
+        self._facts = None
+        if hash(_parent_of(entry.path)) in self._fresh and self._mkdir(parent, name, entry.path):
+            meta.apply_at(parent, name, entry, self.owners, False, interim=True)
+            return
         st = lstat_at(parent, name)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent)  # a file or a (planted) symlink: replaced, not followed
+            self._fresh.discard(hash(entry.path))
             st = None
         if st is None:
             os.mkdir(name, 0o700, dir_fd=parent)
             self.counts["dirs"] += 1
+            self._fresh.add(hash(entry.path))
         meta.apply_at(parent, name, entry, self.owners, False, interim=True)
+
+    def _mkdir(self, parent, name, path):
+        # type: (int, bytes, bytes) -> bool
+        """mkdir where nothing is expected (a directory this run made); False when something
+        is there after all (planted, or a path sent twice): the caller looks at it."""
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            return False
+        self.counts["dirs"] += 1
+        self._fresh.add(hash(path))
+        return True
 
     def _fix_file(self, entry):
         # type: (Entry) -> None
@@ -302,6 +331,8 @@ class TreeWriter(object):
         if st is None or not stat.S_ISDIR(st.st_mode):
             return
         self.stack.forget(path)
+        self._fresh.discard(hash(path))
+        self._facts = None
         try:
             os.rmdir(name, dir_fd=parent)
             return
@@ -330,36 +361,56 @@ class TreeWriter(object):
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
         try:
-            fd, tmp = self._create(dir_fd, name)
+            fd, tmp, has = self._create(dir_fd, name, entry)
         except OSError as e:
             os.close(dir_fd)
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
-        return FileSink(self, entry, dir_fd, name, tmp, fd, base)
+        return FileSink(self, entry, dir_fd, name, tmp, fd, base, has)
 
-    def _create(self, dir_fd, name):
-        # type: (int, bytes) -> tuple
-        """(descriptor, temporary name) of a new file for name: an unnamed one (None) where
-        the system allows, else one under a temporary name."""
+    def _create(self, dir_fd, name, entry):
+        # type: (int, bytes, Entry) -> tuple
+        """(descriptor, temporary name, what the inode has) of a new file for name: an
+        unnamed one (no name: None) where the system allows, else one under a temporary
+        name. What it has: (uid, gid, mode) where known, for meta.apply_fd to leave alone."""
         if self.unnamed:
+            # Unnamed, nobody can open it: it may have its final mode at once (but for the
+            # set-id bits, which chown clears, and an owner's rw, which check() needs).
+            mode = entry.mode if entry.mode & 0o7600 == 0o600 else 0o600
             try:
-                return self._open(dir_fd, b".", UNNAMED_FLAGS), None
+                fd = self._open(dir_fd, b".", UNNAMED_FLAGS, mode)
             except OSError as e:
                 if e.errno not in _NO_UNNAMED:
                     raise
                 self.unnamed = False
+            else:
+                return fd, None, self._inode_facts(dir_fd, entry.path, mode)
         tmp = temp_name(name)
-        return self._open(dir_fd, tmp, FILE_FLAGS), tmp
+        return self._open(dir_fd, tmp, FILE_FLAGS, 0o600), tmp, None
 
-    def _open(self, dir_fd, name, flags):
-        # type: (int, bytes, int) -> int
+    def _inode_facts(self, dir_fd, path, mode):
+        # type: (int, bytes, int) -> Optional[Tuple[int, int, int]]
+        """(uid, gid, mode) a new inode made with `mode` in dir_fd has, or None where a
+        default ACL decides its mode. Looked at once per directory: the writer changes a
+        directory only in _make_dir, _clear_for and finish(), which forget it."""
+        parent = _parent_of(path)
+        facts = self._facts
+        if facts is None or facts[0] != parent:
+            facts = self._facts = (parent, _new_inode_gid(dir_fd))
+        gid = facts[1]
+        if gid is None:
+            return None
+        return os.geteuid(), gid[0], mode & ~self._umask
+
+    def _open(self, dir_fd, name, flags, mode):
+        # type: (int, bytes, int, int) -> int
         try:
-            return os.open(name, flags, 0o600, dir_fd=dir_fd)
+            return os.open(name, flags, mode, dir_fd=dir_fd)
         except PermissionError:
             if self.owners.root:
                 raise
         # Not root, in a read-only directory of our own: open it up until finish().
         os.fchmod(dir_fd, stat.S_IMODE(os.fstat(dir_fd).st_mode) | 0o700)
-        return os.open(name, flags, 0o600, dir_fd=dir_fd)
+        return os.open(name, flags, mode, dir_fd=dir_fd)
 
     def old_file(self, entry):
         # type: (Entry) -> Optional[int]
@@ -427,6 +478,7 @@ class TreeWriter(object):
 
     def _finish_dir(self, entry):
         # type: (Entry) -> None
+        self._facts = None
         try:
             if entry.path == ROOT:
                 fd = self.stack.root_fd
@@ -450,3 +502,40 @@ class TreeWriter(object):
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+
+
+def _parent_of(path):
+    # type: (bytes) -> bytes
+    """The path of the directory that holds path (ROOT for a name at the top)."""
+    head, _, _ = path.rpartition(b"/")
+    return head or ROOT
+
+
+def _umask():
+    # type: () -> int
+    """The process's umask: from /proc (Linux 4.7+), else read by setting it and setting it
+    back (a moment in which another thread's new file would get 022)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def _new_inode_gid(dir_fd):
+    # type: (int) -> Optional[Tuple[int]]
+    """(gid,) a new file in dir_fd gets (the directory's own where it is set-group-id), or
+    None where the directory has a default ACL (the mode is then not mode & ~umask)."""
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+        return None
+    except OSError as e:
+        if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+    st = os.fstat(dir_fd)
+    return (st.st_gid if st.st_mode & stat.S_ISGID else os.getegid(),)
