@@ -185,12 +185,19 @@ class TreeWriter(object):
             first = entry.path not in self._dirs
             self._dirs[entry.path] = entry
             if first and not self.dry_run and hash(_parent_of(entry.path)) not in self._fresh:
-                self._remove_temps(entry.path)
+                self._remove_temps(entry)
         elif entry.path in self._dirs:
             del self._dirs[entry.path]  # the same path again, as no directory: the last wins
 
-    def _remove_temps(self, path):
-        # type: (bytes) -> None
+    def _remove_temps(self, entry):
+        # type: (Entry) -> None
+        """Remove what a cut run left in the directory entry. A directory whose mtime is the
+        source's has had nothing made in it since the writer set that mtime (at its making and
+        in finish()), so it holds no temporary name: not listed (an unchanged rerun's)."""
+        path = entry.path
+        st = self._lstat(path)
+        if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime_ns == entry.mtime_ns:
+            return
         try:
             fd = self.stack.open(split(path))
         except (FileNotFoundError, NotADirectory):
