@@ -134,3 +134,25 @@ def test_a_rerun_into_directories_made_by_the_first_run_finds_everything_the_sam
     assert set(first["verdicts"].values()) == {CONTENT}
     again = copy(src, tmp_path / "dest")
     assert again["files"] == 0 and CONTENT not in again["verdicts"].values()
+
+
+def test_the_descriptor_chain_names_the_right_directory_after_an_open_failed_half_way(tmp_path):
+    from remote_helper.tree.safepath import DirStack, NotADirectory
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "c").mkdir()
+    os.symlink(str(tmp_path / "a"), tmp_path / "c" / "planted")
+    stack = DirStack(os.fsencode(str(tmp_path)))
+    try:
+        fd, name = stack.parent(b"a/b/x")
+        assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "a" / "b")) and name == b"x"
+        with pytest.raises(NotADirectory):
+            stack.parent(b"c/planted/x")  # "c" opened, then the symlink refused
+        for path, where in ((b"x", tmp_path), (b"c/x", tmp_path / "c"),
+                            (b"a/b/y", tmp_path / "a" / "b"), (b"y", tmp_path)):
+            fd, name = stack.parent(path)
+            assert os.path.samestat(os.fstat(fd), os.stat(where)), path
+        for bad in (b"/x", b"..", b".", b"", b"a/b/..", b"a\0b"):
+            with pytest.raises(Exception):
+                stack.parent(bad)
+    finally:
+        stack.close()

@@ -250,8 +250,7 @@ class TreeWriter(object):
         parent, name = self.stack.parent(entry.path)
         self._facts = None
         if hash(_parent_of(entry.path)) in self._fresh and self._mkdir(parent, name, entry.path):
-            meta.apply_at(parent, name, entry, self.owners, False, interim=True)
-            return
+            return  # made 0700, its owner's, as the interim mode wants: finish() does the rest
         st = lstat_at(parent, name)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent)  # a file or a (planted) symlink: replaced, not followed
