@@ -156,3 +156,21 @@ def test_the_descriptor_chain_names_the_right_directory_after_an_open_failed_hal
                 stack.parent(bad)
     finally:
         stack.close()
+
+
+def test_an_unchanged_rerun_writes_no_directory_inode_and_a_changed_one_is_fixed(tmp_path):
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f").write_bytes(b"f")
+    os.chmod(src / "a", 0o751)
+    for path in (src / "a" / "b" / "f", src / "a" / "b", src / "a", src):
+        os.utime(path, ns=(MTIME, MTIME))
+    dest = tmp_path / "dest"
+    copy(src, dest)
+    ctimes = {p: os.stat(dest / p).st_ctime_ns for p in (".", "a", "a/b")}
+    copy(src, dest)
+    assert {p: os.stat(dest / p).st_ctime_ns for p in ctimes} == ctimes
+    os.chmod(dest / "a", 0o700)
+    os.utime(dest / "a" / "b", ns=(MTIME + 10**9, MTIME + 10**9))
+    copy(src, dest)
+    same_tree(src, dest)

@@ -488,17 +488,25 @@ class TreeWriter(object):
         try:
             if entry.path == ROOT:
                 fd = self.stack.root_fd
-                meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
+                if self._differs(os.fstat(fd), entry):
+                    meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
                 return
             parent, name = self.stack.parent(entry.path)
             st = lstat_at(parent, name)
             if st is None or not stat.S_ISDIR(st.st_mode):
                 return  # never made (a failed copy), or replaced since: nothing to finish
-            meta.apply_at(parent, name, entry, self.owners, self.xattrs)
+            if self._differs(st, entry):
+                meta.apply_at(parent, name, entry, self.owners, self.xattrs)
         except (FileNotFoundError, NotADirectory):
             return  # never made (a dry run, a failed copy): nothing to finish
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+
+    def _differs(self, st, entry):
+        # type: (os.stat_result, Entry) -> bool
+        """Whether a directory's metadata is not yet the source's: one that nothing changed
+        (an unchanged rerun's) is left alone, its inode not written."""
+        return meta.differs(st, entry, self.owners, self.xattrs, self._xattr_target(entry))
 
     def close(self):
         # type: () -> None
