@@ -184,3 +184,33 @@ def differs(st, entry, owners, xattrs, target=None):
         wanted = tuple(sorted((n, v) for n, v in entry.xattrs if xattr_allowed(n)))
         return read_xattrs(target, follow=entry.kind != SYMLINK) != wanted
     return False
+
+
+def umask():
+    # type: () -> int
+    """The process's umask: from /proc (Linux 4.7+), else read by setting it and setting it
+    back (a moment in which another thread's new file would get 022)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def new_inode_gid(dir_fd):
+    # type: (int) -> Optional[Tuple[int]]
+    """(gid,) a new file in dir_fd gets (the directory's own where it is set-group-id), or
+    None where the directory has a default ACL (the mode is then not mode & ~umask)."""
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+        return None
+    except OSError as e:
+        if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+    st = os.fstat(dir_fd)
+    return (st.st_gid if st.st_mode & stat.S_ISGID else os.getegid(),)

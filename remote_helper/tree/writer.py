@@ -12,8 +12,16 @@
 # to create, rename or leave behind, and half the directory updates (a first copy's largest
 # cost: docs/performance.md, copy-speed). Directories are made at once (mode with the
 # owner's rwx added, so a read-only directory can still be filled) and get their final mode and
-# mtime in finish(), deepest first, after everything in them. finish() also does --delete.
-# A TreeWriter is used from one thread (its descriptor chain is not shared).
+# mtime in finish(), deepest first, after everything in them (a directory already right is
+# left alone). finish() also does --delete.
+# A first copy's short cuts (docs/performance.md, copy-writer): what lies in a directory this
+# run made is new, so its compare looks nothing up and its directories get no interim
+# metadata; an unnamed file is made with its final mode, and its owner and mode are set only
+# where the new inode does not have them already (umask, set-group-id directory, default ACL).
+# Whatever stands in the way after all (planted, or a path sent twice) is met by the same
+# code as on a rerun: replaced, never followed.
+# A TreeWriter is used from one thread (its descriptor chain is not shared); its writeback
+# thread (writeback.py) only syncs the file system.
 """
 import errno
 import os
@@ -80,7 +88,7 @@ class TreeWriter(object):
         self._fresh = set()  # type: Set[int]
         # what a new file's inode gets in the directory last written to (_inode_facts)
         self._facts = None  # type: Optional[Tuple[bytes, Optional[Tuple[int]]]]
-        self._umask = _umask()
+        self._umask = meta.umask()
         self._stack = self._open_dest()
         # the writeback of what is written starts while the copy goes on (writeback.py)
         self._writeback = (Writeback(self._stack.root_fd) if fsync and not dry_run
@@ -401,7 +409,7 @@ class TreeWriter(object):
         parent = _parent_of(path)
         facts = self._facts
         if facts is None or facts[0] != parent:
-            facts = self._facts = (parent, _new_inode_gid(dir_fd))
+            facts = self._facts = (parent, meta.new_inode_gid(dir_fd))
         gid = facts[1]
         if gid is None:
             return None
@@ -524,32 +532,3 @@ def _parent_of(path):
     head, _, _ = path.rpartition(b"/")
     return head or ROOT
 
-
-def _umask():
-    # type: () -> int
-    """The process's umask: from /proc (Linux 4.7+), else read by setting it and setting it
-    back (a moment in which another thread's new file would get 022)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
-def _new_inode_gid(dir_fd):
-    # type: (int) -> Optional[Tuple[int]]
-    """(gid,) a new file in dir_fd gets (the directory's own where it is set-group-id), or
-    None where the directory has a default ACL (the mode is then not mode & ~umask)."""
-    try:
-        os.getxattr(dir_fd, "system.posix_acl_default")
-        return None
-    except OSError as e:
-        if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-            return None
-    st = os.fstat(dir_fd)
-    return (st.st_gid if st.st_mode & stat.S_ISGID else os.getegid(),)
