@@ -129,12 +129,17 @@ def _commands() -> str:
     return subprocess.run([*_bacpac(), "--help"], capture_output=True, text=True).stdout
 
 
-def _rsync(ctx: Context, name: str, prepared: str = "") -> Job:
+def _rsync(ctx: Context, name: str, prepared: str = "", synced: bool = False) -> Job:
+    """rsync -aH of the tree; synced: then a syncfs of DEST's file system, through a second
+    ssh (rsync runs no command after its own; the second login is in the time)."""
     source, digest, size = _tree(ctx)
     dest = _dest(ctx, name)
     if prepared:
         _copy_of(source, dest, prepared == "changed")
     argv = ["rsync", "-aH", "--stats", "-e", _ssh(ctx), source + "/", f"testhost:{dest}/"]
+    if synced:
+        sync = f"{_ssh(ctx)} testhost {shlex.quote(f'sync -f {dest}')}"
+        argv = ["bash", "-o", "pipefail", "-c", f"{shlex.join(argv)} && {sync}"]
     return Job(argv, _rsync_sent, {"tree": lambda: tree_digest(dest)}, digest, size)
 
 
@@ -145,10 +150,22 @@ def bacpac_tree_first(ctx: Context) -> Job:
 
 @row("tar -c | zstd -T0 | ssh | zstd -d | tar -x", "tree-first")
 def tar_zstd_tree(ctx: Context) -> Job:
+    return _tar_zstd(ctx, "tree-tar")
+
+
+# bacpac's copy is durable when it returns (a syncfs of DEST's file system); tar's and rsync's
+# are not: their writeback happens after the clock stops. These rows time them with it.
+@row("tar -c | zstd -T0 | ssh | zstd -d | tar -x && sync -f", "tree-first")
+def tar_zstd_tree_synced(ctx: Context) -> Job:
+    return _tar_zstd(ctx, "tree-tar-synced", synced=True)
+
+
+def _tar_zstd(ctx: Context, name: str, synced: bool = False) -> Job:
     source, digest, size = _tree(ctx)
-    dest = _dest(ctx, "tree-tar")
+    dest = _dest(ctx, name)
     producer = f"tar -C {shlex.quote(source)} -cf - . | zstd -T0 -q"
-    remote = shlex.quote(f"mkdir {dest} && zstd -d -q | tar -C {dest} -xf -")
+    sync = f" && sync -f {dest}" if synced else ""  # coreutils' sync -f: syncfs()
+    remote = shlex.quote(f"mkdir {dest} && zstd -d -q | tar -C {dest} -xf -{sync}")
     argv = ["bash", "-o", "pipefail", "-c", f"{producer} | {_ssh(ctx)} testhost {remote}"]
     return Job(argv, lambda _: _stream_size(ctx, producer), {"tree": lambda: tree_digest(dest)},
                digest, size)
@@ -166,6 +183,11 @@ def _stream_size(ctx: Context, producer: str) -> int:
 @row("rsync -aH, first copy", "tree-first")
 def rsync_tree_first(ctx: Context) -> Job:
     return _rsync(ctx, "tree-rsync")
+
+
+@row("rsync -aH, first copy && ssh sync -f", "tree-first")
+def rsync_tree_first_synced(ctx: Context) -> Job:
+    return _rsync(ctx, "tree-rsync-synced", synced=True)
 
 
 def _reruns(group: str, what: str, prepared: str) -> None:

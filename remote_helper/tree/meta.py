@@ -116,13 +116,21 @@ def mode_of(entry, interim):
     return entry.mode | 0o700 if interim and entry.kind == DIR else entry.mode
 
 
-def apply_fd(fd, entry, owners, xattrs, interim=False):
-    # type: (int, Entry, Owners, bool, bool) -> None
-    """Owner, mode, xattrs and mtime onto an open descriptor (a file being written)."""
+def apply_fd(fd, entry, owners, xattrs, interim=False, has=None):
+    # type: (int, Entry, Owners, bool, bool, Optional[Tuple[int, int, int]]) -> None
+    """Owner, mode, xattrs and mtime onto an open descriptor (a file being written). has:
+    the (uid, gid, mode) the inode is known to have (a new one), to leave alone what is
+    right already."""
     uid, gid = owners.ids(entry)
+    mode = mode_of(entry, interim)
+    if has is not None and uid in (-1, has[0]) and gid in (-1, has[1]):
+        uid = gid = -1  # the owner is right; the mode stays as it is (no chown cleared it)
+    else:
+        has = None
     if uid != -1 or gid != -1:
         os.fchown(fd, uid, gid)
-    os.fchmod(fd, mode_of(entry, interim))
+    if has is None or has[2] != mode:
+        os.fchmod(fd, mode)
     if xattrs:
         write_xattrs(fd, entry.xattrs)
     os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
@@ -176,3 +184,33 @@ def differs(st, entry, owners, xattrs, target=None):
         wanted = tuple(sorted((n, v) for n, v in entry.xattrs if xattr_allowed(n)))
         return read_xattrs(target, follow=entry.kind != SYMLINK) != wanted
     return False
+
+
+def umask():
+    # type: () -> int
+    """The process's umask: from /proc (Linux 4.7+), else read by setting it and setting it
+    back (a moment in which another thread's new file would get 022)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def new_inode_gid(dir_fd):
+    # type: (int) -> Optional[Tuple[int]]
+    """(gid,) a new file in dir_fd gets (the directory's own where it is set-group-id), or
+    None where the directory has a default ACL (the mode is then not mode & ~umask)."""
+    try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+        return None
+    except OSError as e:
+        if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+    st = os.fstat(dir_fd)
+    return (st.st_gid if st.st_mode & stat.S_ISGID else os.getegid(),)

@@ -30,6 +30,9 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PATH_FLAGS = getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+_NOT_NAMES = (b"", b".", b"..")
+
+
 class UnsafePath(Refused):
     """A name that would lead out of DEST, or through something that is not a directory."""
 
@@ -115,6 +118,7 @@ class DirStack(object):
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._parts = []  # type: List[bytes]
         self._fds = []  # type: List[int]
+        self._head = b""  # the path of the directory last opened: b"/".join(self._parts)
 
     def open(self, parts):
         # type: (List[bytes]) -> int
@@ -139,11 +143,17 @@ class DirStack(object):
                     "a symlink" if _is_link(fd, name) else e.strerror))
             self._parts.append(name)
             self._fds.append(new)
+            self._head = b"/".join(self._parts)  # kept right should the next open fail
         return self._fds[-1] if self._fds else self.root_fd
 
     def parent(self, path):
         # type: (bytes) -> Tuple[int, bytes]
         """(descriptor of the parent directory, last name) of a non-ROOT path."""
+        head, slash, name = path.rpartition(b"/")
+        if head == self._head and (head or not slash) and name not in _NOT_NAMES \
+                and b"\0" not in name and type(path) is bytes:
+            # in the directory last used (a checked path): only the last name is new
+            return (self._fds[-1] if self._fds else self.root_fd), name
         parts = split(path)
         if not parts:
             raise UnsafePath("the top of the copy has no parent")
@@ -161,6 +171,7 @@ class DirStack(object):
         while len(self._fds) > keep:
             os.close(self._fds.pop())
             self._parts.pop()
+        self._head = b"/".join(self._parts)
 
     def close(self):
         # type: () -> None

@@ -12,7 +12,7 @@
 import binascii
 import errno
 import os
-from typing import TYPE_CHECKING, Callable, Optional  # for the type comments
+from typing import TYPE_CHECKING, Callable, Optional, Tuple  # for the type comments
 
 from ..errors import HelperError, IntegrityError, Refused
 from . import meta
@@ -28,9 +28,10 @@ COPY_CHUNK = 1 << 20
 class FileSink(object):
     """The content of one file, written at offsets into a temporary file beside its name."""
 
-    def __init__(self, writer, entry, dir_fd, name, tmp, fd, base):
-        # type: (TreeWriter, Entry, int, bytes, Optional[bytes], int, Optional[int]) -> None
+    def __init__(self, writer, entry, dir_fd, name, tmp, fd, base, has=None):
+        # type: (TreeWriter, Entry, int, bytes, Optional[bytes], int, Optional[int], Optional[Tuple[int, int, int]]) -> None
         self.writer = writer
+        self._has = has  # (uid, gid, mode) the new inode has, where known
         self.entry = entry
         self._dir_fd = dir_fd
         self._name = name
@@ -139,7 +140,7 @@ class FileSink(object):
                     self._where(), self.written, self.entry.data_length()))
             if self._end != self.entry.size:  # a hole at the end (or none written at all)
                 os.ftruncate(self._fd, self.entry.size)
-            meta.apply_fd(self._fd, self.entry, writer.owners, writer.xattrs)
+            meta.apply_fd(self._fd, self.entry, writer.owners, writer.xattrs, has=self._has)
             if self._tmp is not None or not self._link(self._name):
                 if self._tmp is None:
                     self._tmp = temp_name(self._name)
@@ -157,7 +158,7 @@ class FileSink(object):
         except BaseException:
             self.abort()
             raise
-        writer.counts["files"] += 1
+        writer.wrote(self.written)
         self._close()
 
     def _link(self, name):

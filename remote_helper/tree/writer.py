@@ -12,14 +12,23 @@
 # to create, rename or leave behind, and half the directory updates (a first copy's largest
 # cost: docs/performance.md, copy-speed). Directories are made at once (mode with the
 # owner's rwx added, so a read-only directory can still be filled) and get their final mode and
-# mtime in finish(), deepest first, after everything in them. finish() also does --delete.
-# A TreeWriter is used from one thread (its descriptor chain is not shared).
+# mtime in finish(), deepest first, after everything in them (a directory already right is
+# left alone). finish() also does --delete.
+# A first copy's short cuts (docs/performance.md, copy-writer): what lies in a directory this
+# run made is new, so its compare looks nothing up and its directories get no interim
+# metadata; an unnamed file is made with its final mode, and its owner and mode are set only
+# where the new inode does not have them already (umask, set-group-id directory, default ACL).
+# Whatever stands in the way after all (planted, or a path sent twice) is met by the same
+# code as on a rerun: replaced, never followed.
+# A TreeWriter is used from one thread (its descriptor chain is not shared); its writeback
+# thread (writeback.py) only syncs the file system.
 """
 import errno
 import os
 import re
 import stat
-from typing import Callable, Dict, List, Optional, Set  # for the type comments
+import time
+from typing import Callable, Dict, List, Optional, Set, Tuple  # for the type comments
 
 from ..errors import HelperError, Refused
 from . import meta
@@ -27,6 +36,7 @@ from .entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, ROOT, SOCKET, SYMLINK
 from .remove import Remover, kind_of
 from .safepath import DirStack, NotADirectory, UnsafePath, listdir_at, lstat_at, show, split
 from .sink import FileSink, temp_name, unlink_quietly
+from .writeback import Writeback, sync_fs
 
 SAME = "same"        # nothing to do
 META = "meta"        # content is the same; update() fixes mode, owner, mtime, xattrs
@@ -71,7 +81,18 @@ class TreeWriter(object):
         # with one hash (about 1 in 10**7 for a million paths) keep an extraneous file, never
         # delete a wanted one.
         self._seen = set()  # type: Set[int]
+        # The hashes of the directories this run made: what is in them is new, so its compare
+        # needs no lstat (a first copy's). A hash shared with another path only costs that
+        # path a compare that says CONTENT: whatever then stands in the way is replaced, as a
+        # rerun replaces a changed file.
+        self._fresh = set()  # type: Set[int]
+        # what a new file's inode gets in the directory last written to (_inode_facts)
+        self._facts = None  # type: Optional[Tuple[bytes, Optional[Tuple[int]]]]
+        self._umask = meta.umask()
         self._stack = self._open_dest()
+        # the writeback of what is written starts while the copy goes on (writeback.py)
+        self._writeback = (Writeback(self._stack.root_fd) if fsync and not dry_run
+                           and self._stack is not None else None)  # type: Optional[Writeback]
 
     def _open_dest(self):
         # type: () -> Optional[DirStack]
@@ -87,6 +108,7 @@ class TreeWriter(object):
         except OSError as e:
             raise HelperError("%s: cannot make the directory: %s" % (
                 show(self.dest, ROOT), e.strerror), e.errno)
+        self._fresh.add(hash(ROOT))
         return DirStack(self.dest)
 
     @property
@@ -110,6 +132,8 @@ class TreeWriter(object):
 
     def _compare(self, entry):
         # type: (Entry) -> str
+        if self._fresh and hash(_parent_of(entry.path)) in self._fresh:
+            return CONTENT  # in a directory this run made: not there yet
         st = self._lstat(entry.path)
         if st is None:
             return CONTENT
@@ -168,13 +192,20 @@ class TreeWriter(object):
         if entry.kind == DIR:
             first = entry.path not in self._dirs
             self._dirs[entry.path] = entry
-            if first and not self.dry_run:
-                self._remove_temps(entry.path)
+            if first and not self.dry_run and hash(_parent_of(entry.path)) not in self._fresh:
+                self._remove_temps(entry)
         elif entry.path in self._dirs:
             del self._dirs[entry.path]  # the same path again, as no directory: the last wins
 
-    def _remove_temps(self, path):
-        # type: (bytes) -> None
+    def _remove_temps(self, entry):
+        # type: (Entry) -> None
+        """Remove what a cut run left in the directory entry. A directory whose mtime is the
+        source's has had nothing made in it since the writer set that mtime (at its making and
+        in finish()), so it holds no temporary name: not listed (an unchanged rerun's)."""
+        path = entry.path
+        st = self._lstat(path)
+        if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime_ns == entry.mtime_ns:
+            return
         try:
             fd = self.stack.open(split(path))
         except (FileNotFoundError, NotADirectory):
@@ -225,14 +256,31 @@ class TreeWriter(object):
             os.fchmod(fd, meta.mode_of(entry, True))
             return
         parent, name = self.stack.parent(entry.path)
+        self._facts = None
+        if hash(_parent_of(entry.path)) in self._fresh and self._mkdir(parent, name, entry.path):
+            return  # made 0700, its owner's, as the interim mode wants: finish() does the rest
         st = lstat_at(parent, name)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent)  # a file or a (planted) symlink: replaced, not followed
+            self._fresh.discard(hash(entry.path))
             st = None
         if st is None:
             os.mkdir(name, 0o700, dir_fd=parent)
             self.counts["dirs"] += 1
+            self._fresh.add(hash(entry.path))
         meta.apply_at(parent, name, entry, self.owners, False, interim=True)
+
+    def _mkdir(self, parent, name, path):
+        # type: (int, bytes, bytes) -> bool
+        """mkdir where nothing is expected (a directory this run made); False when something
+        is there after all (planted, or a path sent twice): the caller looks at it."""
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            return False
+        self.counts["dirs"] += 1
+        self._fresh.add(hash(path))
+        return True
 
     def _fix_file(self, entry):
         # type: (Entry) -> None
@@ -297,6 +345,8 @@ class TreeWriter(object):
         if st is None or not stat.S_ISDIR(st.st_mode):
             return
         self.stack.forget(path)
+        self._fresh.discard(hash(path))
+        self._facts = None
         try:
             os.rmdir(name, dir_fd=parent)
             return
@@ -325,36 +375,56 @@ class TreeWriter(object):
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
         try:
-            fd, tmp = self._create(dir_fd, name)
+            fd, tmp, has = self._create(dir_fd, name, entry)
         except OSError as e:
             os.close(dir_fd)
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
-        return FileSink(self, entry, dir_fd, name, tmp, fd, base)
+        return FileSink(self, entry, dir_fd, name, tmp, fd, base, has)
 
-    def _create(self, dir_fd, name):
-        # type: (int, bytes) -> tuple
-        """(descriptor, temporary name) of a new file for name: an unnamed one (None) where
-        the system allows, else one under a temporary name."""
+    def _create(self, dir_fd, name, entry):
+        # type: (int, bytes, Entry) -> tuple
+        """(descriptor, temporary name, what the inode has) of a new file for name: an
+        unnamed one (no name: None) where the system allows, else one under a temporary
+        name. What it has: (uid, gid, mode) where known, for meta.apply_fd to leave alone."""
         if self.unnamed:
+            # Unnamed, nobody can open it: it may have its final mode at once (but for the
+            # set-id bits, which chown clears, and an owner's rw, which check() needs).
+            mode = entry.mode if entry.mode & 0o7600 == 0o600 else 0o600
             try:
-                return self._open(dir_fd, b".", UNNAMED_FLAGS), None
+                fd = self._open(dir_fd, b".", UNNAMED_FLAGS, mode)
             except OSError as e:
                 if e.errno not in _NO_UNNAMED:
                     raise
                 self.unnamed = False
+            else:
+                return fd, None, self._inode_facts(dir_fd, entry.path, mode)
         tmp = temp_name(name)
-        return self._open(dir_fd, tmp, FILE_FLAGS), tmp
+        return self._open(dir_fd, tmp, FILE_FLAGS, 0o600), tmp, None
 
-    def _open(self, dir_fd, name, flags):
-        # type: (int, bytes, int) -> int
+    def _inode_facts(self, dir_fd, path, mode):
+        # type: (int, bytes, int) -> Optional[Tuple[int, int, int]]
+        """(uid, gid, mode) a new inode made with `mode` in dir_fd has, or None where a
+        default ACL decides its mode. Looked at once per directory: the writer changes a
+        directory only in _make_dir, _clear_for and finish(), which forget it."""
+        parent = _parent_of(path)
+        facts = self._facts
+        if facts is None or facts[0] != parent:
+            facts = self._facts = (parent, meta.new_inode_gid(dir_fd))
+        gid = facts[1]
+        if gid is None:
+            return None
+        return os.geteuid(), gid[0], mode & ~self._umask
+
+    def _open(self, dir_fd, name, flags, mode):
+        # type: (int, bytes, int, int) -> int
         try:
-            return os.open(name, flags, 0o600, dir_fd=dir_fd)
+            return os.open(name, flags, mode, dir_fd=dir_fd)
         except PermissionError:
             if self.owners.root:
                 raise
         # Not root, in a read-only directory of our own: open it up until finish().
         os.fchmod(dir_fd, stat.S_IMODE(os.fstat(dir_fd).st_mode) | 0o700)
-        return os.open(name, flags, 0o600, dir_fd=dir_fd)
+        return os.open(name, flags, mode, dir_fd=dir_fd)
 
     def old_file(self, entry):
         # type: (Entry) -> Optional[int]
@@ -380,12 +450,31 @@ class TreeWriter(object):
         dirs = sorted(self._dirs, key=lambda p: -1 if p == ROOT else p.count(b"/"), reverse=True)
         if self.delete and self._stack is not None:
             self._delete(dirs)
+        finished = dict(self.counts)
         if not self.dry_run:
             for path in dirs:
                 self._finish_dir(self._dirs[path])
+            self._end_writeback(finished)
             if self.fsync:
-                _sync(self.stack.root_fd)
-        return dict(self.counts)
+                started = time.monotonic()
+                sync_fs(self.stack.root_fd)
+                finished["sync_ms"] = int((time.monotonic() - started) * 1000)
+        return finished
+
+    def wrote(self, size):
+        # type: (int) -> None
+        """A file of `size` content bytes is whole under its name (for the writeback)."""
+        self.counts["files"] += 1
+        if self._writeback is not None:
+            self._writeback.wrote(size)
+
+    def _end_writeback(self, finished):
+        # type: (Dict[str, int]) -> None
+        if self._writeback is not None:
+            self._writeback.close()
+            finished["writeback_syncs"] = self._writeback.flushes
+            finished["writeback_ms"] = int(self._writeback.seconds * 1000)
+            self._writeback = None
 
     def _delete(self, dirs):
         # type: (List[bytes]) -> None
@@ -403,36 +492,43 @@ class TreeWriter(object):
 
     def _finish_dir(self, entry):
         # type: (Entry) -> None
+        self._facts = None
         try:
             if entry.path == ROOT:
                 fd = self.stack.root_fd
-                meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
+                if self._differs(os.fstat(fd), entry):
+                    meta.apply_at(fd, b".", entry, self.owners, self.xattrs)
                 return
             parent, name = self.stack.parent(entry.path)
             st = lstat_at(parent, name)
             if st is None or not stat.S_ISDIR(st.st_mode):
                 return  # never made (a failed copy), or replaced since: nothing to finish
-            meta.apply_at(parent, name, entry, self.owners, self.xattrs)
+            if self._differs(st, entry):
+                meta.apply_at(parent, name, entry, self.owners, self.xattrs)
         except (FileNotFoundError, NotADirectory):
             return  # never made (a dry run, a failed copy): nothing to finish
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
 
+    def _differs(self, st, entry):
+        # type: (os.stat_result, Entry) -> bool
+        """Whether a directory's metadata is not yet the source's: one that nothing changed
+        (an unchanged rerun's) is left alone, its inode not written."""
+        return meta.differs(st, entry, self.owners, self.xattrs, self._xattr_target(entry))
+
     def close(self):
         # type: () -> None
+        if self._writeback is not None:
+            self._writeback.close()
+            self._writeback = None
         if self._stack is not None:
             self._stack.close()
             self._stack = None
 
 
-def _sync(fd):
-    # type: (int) -> None
-    """Make what was written durable: syncfs() of dest's file system, else sync()."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(ctypes.c_int(fd)) == 0:
-            return
-    except (ImportError, OSError, AttributeError):
-        pass
-    os.sync()
+def _parent_of(path):
+    # type: (bytes) -> bytes
+    """The path of the directory that holds path (ROOT for a name at the top)."""
+    head, _, _ = path.rpartition(b"/")
+    return head or ROOT
+
