@@ -210,3 +210,15 @@ def test_the_helper_loads_zstandard_without_the_platform_module() -> None:
         print(decoder.next_frame().json()["zstd"], done.stderr.decode().strip())
     """)
     assert out == "zstandard ['zstandard.backend_c']"
+
+
+def test_client_start_leaves_the_engine_to_the_command() -> None:
+    """The commands and the engine (zstandard, the pipeline) are imported by the command that
+    runs, after a dup has begun its connection (cli._begin_early), so the two overlap."""
+    out = _python("""
+        import sys
+        import bacpac.cli
+        print(sorted(name for name in sys.modules if name.split(".")[0] == "zstandard"
+                     or name.startswith(("bacpac.commands", "bacpac.engine.pipeline"))))
+    """)
+    assert out == "[]"

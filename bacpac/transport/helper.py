@@ -29,7 +29,7 @@ import shlex
 import sys
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -119,12 +119,78 @@ os._exit(status)  # the work is done and said: skip the interpreter's teardown
 
 @dataclass(frozen=True)
 class ConnectOptions:
-    """How to reach the helper: SSH settings, sudo, and which python to run it with."""
+    """How to reach the helper: SSH settings, sudo, and which python to run it with; `early`,
+    a session begun before the command's own modules were imported (EarlySession)."""
 
     ssh: SshOptions = SshOptions()
     sudo: bool = False
     remote_python: Optional[str] = None  # default: python3 remotely, this interpreter locally
     interactive: bool = False  # may we prompt on the terminal for passwords?
+    early: Optional["EarlySession"] = field(default=None, compare=False, repr=False)
+
+
+class EarlySession:
+    """A helper's session (open_session with hello=False) begun on a thread of its own, so
+    that the connection, the target's login shell and the helper's start overlap the client's
+    imports of the engine (docs/performance.md, "delta-warm"). open_session takes it for the
+    same endpoint and job, and raises its error there, where it would have raised its own;
+    discard() closes one that nobody took (the command failed first)."""
+
+    def __init__(self, endpoint: Endpoint, options: ConnectOptions, job: str) -> None:
+        self._key = (endpoint, options, job)
+        self._route: Optional[bool] = None
+        self._session: Optional[HelperSession] = None
+        self._error: Optional[BaseException] = None
+        self._lock = threading.Lock()
+        self._taken = False
+        self._discarded = False  # a session that comes later is closed by its thread
+        self._thread = threading.Thread(target=self._run, name="early-session", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        endpoint, options, job = self._key
+        try:
+            session = open_session(endpoint, options, hello=False, on_route=self._routed,
+                                   job=job)
+        except BaseException as e:  # raised by take(), in the command's own thread
+            self._error = e
+            return
+        with self._lock:
+            if not self._discarded:
+                self._session = session
+                return
+        session.close()  # discarded while it connected: nobody else will
+
+    def _routed(self, here: bool) -> None:
+        self._route = here
+
+    def take(self, endpoint: Endpoint, options: ConnectOptions, job: Optional[str],
+             on_route: Optional[Callable[[bool], None]]) -> Optional["HelperSession"]:
+        """The session, once begun, if it is the one asked for and not taken yet (else None);
+        its error if it failed. on_route is told what the connection found."""
+        with self._lock:
+            if self._taken or self._discarded or self._key != (endpoint, options, job):
+                return None
+            self._taken = True
+        while self._thread.is_alive():  # bounded by the connection's own deadlines
+            self._thread.join(0.2)
+        if self._error is not None:
+            raise self._error
+        assert self._session is not None
+        if on_route is not None and self._route is not None:
+            on_route(self._route)
+        return self._session
+
+    def discard(self) -> None:
+        """Close the session if nobody took it (one still connecting closes itself)."""
+        with self._lock:
+            if self._taken or self._discarded:
+                return
+            self._discarded = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        threads.join((self._thread,), f"{self._key[0].host}: the early session")
 
 
 def prepare_payload(job: Optional[str] = None) -> threading.Thread:
@@ -262,7 +328,12 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
     hello=False, leave both to the caller: see HelperSession.start). on_route, if given, is
     told as early as can be whether the helper runs on this host (ssh.over_loopback). job,
     the remote_helper.jobs module of the one job the session will run, ships only what that
-    module needs (helper_payload)."""
+    module needs (helper_payload). A session begun early for it (options.early) is taken
+    instead of a new one."""
+    if options.early is not None and not hello:
+        begun = options.early.take(endpoint, options, job, on_route)
+        if begun is not None:
+            return begun
     payload = prepare_payload(job)  # while the connection is made and the helper's command starts
     try:
         session = _start_session(endpoint, options, hello, on_route, job)
