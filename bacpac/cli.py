@@ -21,7 +21,7 @@ from .ui.text import human_size
 from .ui.eventlines import EventLineSink
 from .ui.fleet import make_run_sink
 from .spec import Endpoint, parse_endpoint
-from .transport.ssh.connection import SshOptions, parse_o_option
+from .transport.ssh.config import SshOptions, parse_o_option
 
 if TYPE_CHECKING:
     # Imported where each command runs, not here: a dup's connection is begun before the

@@ -31,7 +31,7 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import remote_helper
 from remote_helper.errors import RemoteProtocolError
@@ -42,7 +42,12 @@ from .. import threads
 from .channel import Channel, LocalChannel
 from ..errors import BacpacError, ProtocolError, TransferError, from_remote
 from ..spec import Endpoint
-from .ssh.connection import SshConnection, SshOptions, connect
+from .ssh.config import SshOptions
+
+if TYPE_CHECKING:
+    # Imported where a connection is made (_start_session), not here: Paramiko is half the
+    # client's imports, which a dup's early session overlaps with the engine's (EarlySession).
+    from .ssh.connection import SshConnection
 
 MARKER = "bacpac_stage1"
 HELPER_ACCOUNT_WAIT = 5.0  # seconds a failed send waits for the helper to say why
@@ -353,6 +358,7 @@ def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
         return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN, job)
+    from .ssh.connection import connect
     conn = connect(endpoint.host or "", endpoint.user, options.ssh,
                    interactive=options.interactive, on_route=on_route)
     try:
