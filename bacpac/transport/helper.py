@@ -42,7 +42,7 @@ from .. import threads
 from .channel import Channel, LocalChannel
 from ..errors import BacpacError, ProtocolError, TransferError, from_remote
 from ..spec import Endpoint
-from .ssh.config import SshOptions
+from .ssh.config import SSH_G_TIMEOUT, HostConfig, SshOptions, resolve_host
 
 if TYPE_CHECKING:
     # Imported where a connection is made (_start_session), not here: Paramiko is half the
@@ -358,9 +358,15 @@ def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
         return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN, job)
-    from .ssh.connection import connect
-    conn = connect(endpoint.host or "", endpoint.user, options.ssh,
-                   interactive=options.interactive, on_route=on_route)
+    host = endpoint.host or ""
+    resolving = _Resolving(host, endpoint.user, options.ssh)  # ssh -G, while Paramiko loads
+    try:
+        from .ssh.connection import connect
+    except BaseException:  # Ctrl-C in the import: the thread is joined all the same
+        resolving.join()
+        raise
+    conn = connect(host, endpoint.user, options.ssh, interactive=options.interactive,
+                   on_route=on_route, resolved=resolving.result())
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
@@ -369,6 +375,38 @@ def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
     except BaseException:
         conn.close()
         raise
+
+
+class _Resolving:
+    """resolve_host (mostly a wait for `ssh -G`) on a thread of its own, so that it overlaps
+    the import of Paramiko; its error is raised by result(), as resolve_host raised it."""
+
+    def __init__(self, host: str, user: Optional[str], ssh: SshOptions) -> None:
+        self._args = (host, user, ssh)
+        self._found: Optional[HostConfig] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="resolve", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._found = resolve_host(*self._args)
+        except BaseException as e:  # raised by result(), in the connecting thread
+            self._error = e
+
+    def join(self) -> None:
+        """Wait no longer than ssh -G's own deadline, and a moment."""
+        self._thread.join(SSH_G_TIMEOUT + 5.0)
+
+    def result(self) -> HostConfig:
+        """resolve_host's answer, once it came."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        if self._found is None:
+            raise TransferError(f"{self._args[0]}: ssh -G did not end within "
+                                f"{SSH_G_TIMEOUT:g} s")
+        return self._found
 
 
 def _hello_at(data: bytes) -> Optional[int]:
