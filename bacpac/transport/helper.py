@@ -134,6 +134,12 @@ class ConnectOptions:
     early: Optional["EarlySession"] = field(default=None, compare=False, repr=False)
 
 
+# Seconds a thread holds the GIL while another waits for it, as long as an early session
+# connects (Python's default is 0.005): each reply of the handshake wakes the connecting
+# thread, which would otherwise wait up to that long for the main thread's imports to let go.
+SWITCH_WHILE_CONNECTING = 0.0005
+
+
 class EarlySession:
     """A helper's session (open_session with hello=False) begun on a thread of its own, so
     that the connection, the target's login shell and the helper's start overlap the client's
@@ -142,6 +148,8 @@ class EarlySession:
     discard() closes one that nobody took (the command failed first)."""
 
     def __init__(self, endpoint: Endpoint, options: ConnectOptions, job: str) -> None:
+        self._switch: Optional[float] = sys.getswitchinterval()  # restored once taken
+        sys.setswitchinterval(min(self._switch, SWITCH_WHILE_CONNECTING))
         self._key = (endpoint, options, job)
         self._route: Optional[bool] = None
         self._session: Optional[HelperSession] = None
@@ -179,6 +187,7 @@ class EarlySession:
             self._taken = True
         while self._thread.is_alive():  # bounded by the connection's own deadlines
             self._thread.join(0.2)
+        self._restore_switch()
         if self._error is not None:
             raise self._error
         assert self._session is not None
@@ -186,8 +195,14 @@ class EarlySession:
             on_route(self._route)
         return self._session
 
+    def _restore_switch(self) -> None:
+        if self._switch is not None:
+            sys.setswitchinterval(self._switch)
+            self._switch = None
+
     def discard(self) -> None:
         """Close the session if nobody took it (one still connecting closes itself)."""
+        self._restore_switch()
         with self._lock:
             if self._taken or self._discarded:
                 return
@@ -339,10 +354,16 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
         begun = options.early.take(endpoint, options, job, on_route)
         if begun is not None:
             return begun
-    payload = prepare_payload(job)  # while the connection is made and the helper's command starts
+    # ssh -G first, then the payload: each on a thread of its own while Paramiko is imported,
+    # the connection made and the helper's command starts
+    resolving = None if endpoint.is_local else _Resolving(endpoint.host or "", endpoint.user,
+                                                           options.ssh)
+    payload = prepare_payload(job)
     try:
-        session = _start_session(endpoint, options, hello, on_route, job)
+        session = _start_session(endpoint, options, hello, on_route, job, resolving)
     except BaseException:
+        if resolving is not None:
+            resolving.join()
         threads.join((payload,), "the helper's payload")
         raise
     session.owns(payload)
@@ -350,23 +371,19 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
 
 
 def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
-                   on_route: Optional[Callable[[bool], None]],
-                   job: Optional[str]) -> "HelperSession":
+                   on_route: Optional[Callable[[bool], None]], job: Optional[str],
+                   resolving: Optional["_Resolving"]) -> "HelperSession":
     if endpoint.is_local:
         if on_route is not None:
             on_route(True)
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
         return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN, job)
-    host = endpoint.host or ""
-    resolving = _Resolving(host, endpoint.user, options.ssh)  # ssh -G, while Paramiko loads
-    try:
-        from .ssh.connection import connect
-    except BaseException:  # Ctrl-C in the import: the thread is joined all the same
-        resolving.join()
-        raise
-    conn = connect(host, endpoint.user, options.ssh, interactive=options.interactive,
-                   on_route=on_route, resolved=resolving.result())
+    assert resolving is not None
+    from .ssh.connection import connect
+    conn = connect(endpoint.host or "", endpoint.user, options.ssh,
+                   interactive=options.interactive, on_route=on_route,
+                   resolved=resolving.result())
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
