@@ -83,6 +83,9 @@ class TargetSegments(object):
         self._passed = []  # type: list  # buffers of segments the writer left, to give back
         self._free = queue.Queue()  # type: queue.Queue[bytearray]
         self._made = 0  # buffers allocated so far, up to BUFFERS
+        # id() of the buffers that may hold bytes other than zeros (the reader thread's alone):
+        # only those have their holes cleared, so a disk of holes costs no zeroing
+        self._dirty = set()  # type: set
         self.read_bytes = 0  # of the target, by either thread
         self._stop = threading.Event()
         self.error = None  # type: Optional[HelperError]
@@ -187,18 +190,24 @@ class TargetSegments(object):
     def _read(self, view, offset):
         # type: (memoryview, int) -> list
         """Fill view with the segment's bytes; its holes ((start, length), relative to offset)
-        are zeroed, not read, and returned."""
+        are not read, but zeroed where the buffer held an earlier segment's data; returned."""
         holes = []
+        buffer = id(view.obj)
+        dirty = buffer in self._dirty
         for start, run, is_data in data_extents(self._target.fd, offset, offset + len(view)):
             rel = start - offset
             if is_data:
                 self._target.read_into(view[rel:rel + run], start)
                 self.read_bytes += run
-            else:
-                holes.append((rel, run))
-                for chunk in zero_chunks(run):  # the buffer may hold an earlier segment
+                self._dirty.add(buffer)
+                continue
+            holes.append((rel, run))
+            if dirty:
+                for chunk in zero_chunks(run):
                     view[rel:rel + len(chunk)] = chunk
                     rel += len(chunk)
+        if holes == [(0, self._segment)]:
+            self._dirty.discard(buffer)  # all of it zeros now: clean again
         return holes
 
     def take(self, offset, length, need):
