@@ -1,14 +1,21 @@
-"""The helper's target reader in a delta run (remote_helper/target/delta.py, TargetSegments):
-its segments' buffers are a pool, reused once the writer has passed them. A reused buffer must
-hold exactly the target's bytes of its new segment (zeros where the target has holes, never
-the bytes of the segment it held before), and its digests must be those of those bytes."""
+"""The readers of a delta run reuse their buffers: the helper's target reader
+(remote_helper/target/delta.py, TargetSegments) a pool it gets back once the writer has passed
+a segment, the client's source reader (bacpac/engine/delta.py) the pipeline's. A reused buffer
+must hold exactly its new segment's bytes (zeros where the file has holes, never the bytes of
+the segment it held before); holes are cleared only in a buffer that held data."""
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import random
+from typing import Optional
 
-from remote_helper.target import delta
+import zstandard
+
+from bacpac.engine.delta import SegmentReader
+from bacpac.engine.pipeline import ImageStream, StreamSettings
+from remote_helper.target import delta, imagedigest
 from remote_helper.target.target import Target
 
 SEGMENT = 64 << 10
@@ -69,3 +76,65 @@ def test_reused_segment_buffers_hold_each_segments_own_bytes(tmp_path) -> None:
 
 def _fail(error: BaseException) -> None:
     raise AssertionError(f"the reader failed: {error}")
+
+
+class _Image:
+    """A FrameSender that rebuilds the image the frames describe, onto a target of zeros."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+
+    def block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
+        self.data[offset:offset + size] = zstandard.ZstdDecompressor().decompress(payload)
+
+    def hole(self, offset: int, size: int) -> None:
+        self.data[offset:offset + size] = bytes(size)
+
+    def match(self, offset: int, size: int, data: memoryview) -> None:
+        pass  # the target's zeros stay
+
+    def copy(self, offset: int, size: int, source: int, digest: bytes) -> None:
+        raise AssertionError("no COPY frames in a delta run")
+
+    def check(self) -> None:
+        pass
+
+    def helper_idle(self) -> Optional[float]:
+        return None
+
+
+def test_the_source_reader_clears_a_reused_buffers_holes(tmp_path) -> None:
+    """The client's side: more segments than the pipeline has buffers, onto a target of
+    zeros; a hole read into a buffer that held data must be zeros in what is sent and in the
+    image digest."""
+    segment = 64 << 10
+    settings = StreamSettings(block_size=segment, delta_block=BLOCK, threads=1, level=1,
+                              adaptive=False)
+    segments = 40  # the pipeline holds 2 * threads + 2 + threads + 3 buffers
+    path = tmp_path / "source.img"
+    rng = random.Random(7)
+    content = bytearray(segments * segment)
+    with open(path, "wb") as f:
+        f.truncate(len(content))
+        for index in range(0, segments, 3):  # one of three segments data, the rest holes
+            data = rng.randbytes(segment // 2)
+            at = index * segment + (segment // 4 if index % 2 else 0)
+            content[at:at + len(data)] = data
+            f.seek(at)
+            f.write(data)
+    digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
+    zero = hashlib.sha256(bytes(BLOCK)).digest()
+    for index in range(segments):
+        digests.put((index * segment, zero * (segment // BLOCK)))
+    fd = os.open(path, os.O_RDONLY)
+    stream = ImageStream(fd, len(content), settings, SegmentReader(digests))
+    try:
+        image = _Image(len(content))
+        result = stream.send(image)
+    finally:
+        assert stream.close()
+        os.close(fd)
+    assert bytes(image.data) == bytes(content)
+    expected = imagedigest.ImageDigest()
+    expected.update(memoryview(bytes(content)))
+    assert result.digest == expected.hexdigest()
