@@ -345,6 +345,8 @@ def fan_out_savesets(target: Endpoint, texts: Sequence[str]
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
     options = _begin_early(args, connect_options(args))
     try:
+        if options.early is not None:
+            options.early.wait_sent()  # then the imports below overlap the target's start
         from .commands.dup import run_dup
         request = _dup_request(args, backup=False)
         if args.nothing_else_writes_target:
@@ -358,9 +360,9 @@ def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
 
 
 def _begin_early(args: argparse.Namespace, options: ConnectOptions) -> ConnectOptions:
-    """A plain dup's helper session begun now, on a thread, while the engine is imported and
-    the source opened: the connection, the target's shell and the helper's start overlap
-    them (docs/performance.md, "delta-warm"). Not when a password may be asked on the
+    """A plain dup's helper session begun now, on a thread, before the engine is imported
+    and the source opened: the target's shell and the helper's start overlap them
+    (docs/performance.md, "delta-warm"). Not when a password may be asked on the
     terminal (a prompt from a run that may still be refused), nor for a dry run or a fan-out,
     whose sessions differ; the same checks and errors come when the dup takes it."""
     if options.interactive or args.dry_run:

@@ -42,7 +42,7 @@ from .. import threads
 from .channel import Channel, LocalChannel
 from ..errors import BacpacError, ProtocolError, TransferError, from_remote
 from ..spec import Endpoint
-from .ssh.config import SSH_G_TIMEOUT, HostConfig, SshOptions, resolve_host
+from .ssh.config import SshOptions, resolve_host
 
 if TYPE_CHECKING:
     # Imported where a connection is made (_start_session), not here: Paramiko is half the
@@ -134,22 +134,17 @@ class ConnectOptions:
     early: Optional["EarlySession"] = field(default=None, compare=False, repr=False)
 
 
-# Seconds a thread holds the GIL while another waits for it, as long as an early session
-# connects (Python's default is 0.005): each reply of the handshake wakes the connecting
-# thread, which would otherwise wait up to that long for the main thread's imports to let go.
-SWITCH_WHILE_CONNECTING = 0.0005
-
-
 class EarlySession:
     """A helper's session (open_session with hello=False) begun on a thread of its own, so
-    that the connection, the target's login shell and the helper's start overlap the client's
-    imports of the engine (docs/performance.md, "delta-warm"). open_session takes it for the
-    same endpoint and job, and raises its error there, where it would have raised its own;
-    discard() closes one that nobody took (the command failed first)."""
+    that the target's login shell and the helper's start overlap the client's imports of the
+    engine, the opening of the source and the stream's start (docs/performance.md,
+    "delta-warm"). The caller waits for the command to be sent (wait_sent) before it does
+    that work, which would only slow the handshake down (the GIL); `ssh -G` overlaps the
+    import of Paramiko. open_session takes the session for the same endpoint and job, and
+    raises its error there, where it would have raised its own; discard() closes one that
+    nobody took (the command failed first)."""
 
     def __init__(self, endpoint: Endpoint, options: ConnectOptions, job: str) -> None:
-        self._switch: Optional[float] = sys.getswitchinterval()  # restored once taken
-        sys.setswitchinterval(min(self._switch, SWITCH_WHILE_CONNECTING))
         self._key = (endpoint, options, job)
         self._route: Optional[bool] = None
         self._session: Optional[HelperSession] = None
@@ -185,9 +180,7 @@ class EarlySession:
             if self._taken or self._discarded or self._key != (endpoint, options, job):
                 return None
             self._taken = True
-        while self._thread.is_alive():  # bounded by the connection's own deadlines
-            self._thread.join(0.2)
-        self._restore_switch()
+        self.wait_sent()
         if self._error is not None:
             raise self._error
         assert self._session is not None
@@ -195,14 +188,14 @@ class EarlySession:
             on_route(self._route)
         return self._session
 
-    def _restore_switch(self) -> None:
-        if self._switch is not None:
-            sys.setswitchinterval(self._switch)
-            self._switch = None
+    def wait_sent(self) -> None:
+        """Until the helper's command is sent, or the connection failed (its error is for
+        take() to raise)."""
+        while self._thread.is_alive():  # bounded by the connection's own deadlines
+            self._thread.join(0.2)
 
     def discard(self) -> None:
         """Close the session if nobody took it (one still connecting closes itself)."""
-        self._restore_switch()
         with self._lock:
             if self._taken or self._discarded:
                 return
@@ -354,31 +347,28 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
         begun = options.early.take(endpoint, options, job, on_route)
         if begun is not None:
             return begun
-    # ssh -G on a thread of its own while Paramiko is imported
-    resolving = None if endpoint.is_local else _Resolving(endpoint.host or "", endpoint.user,
-                                                           options.ssh)
-    try:
-        return _start_session(endpoint, options, hello, on_route, job, resolving)
-    except BaseException:
-        if resolving is not None:
-            resolving.join()
-        raise
+    return _start_session(endpoint, options, hello, on_route, job)
 
 
 def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
-                   on_route: Optional[Callable[[bool], None]], job: Optional[str],
-                   resolving: Optional["_Resolving"]) -> "HelperSession":
+                   on_route: Optional[Callable[[bool], None]],
+                   job: Optional[str]) -> "HelperSession":
     if endpoint.is_local:
         if on_route is not None:
             on_route(True)
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
         return _started(channel, "localhost", None, hello, HELLO_WITHIN, job)
-    assert resolving is not None
-    from .ssh.connection import connect
-    conn = connect(endpoint.host or "", endpoint.user, options.ssh,
-                   interactive=options.interactive, on_route=on_route,
-                   resolved=resolving.result())
+    host = endpoint.host or ""
+    importing = threading.Thread(target=_import_ssh, name="import-ssh", daemon=True)
+    importing.start()  # Paramiko, while this thread waits for ssh -G
+    try:
+        resolved = resolve_host(host, endpoint.user, options.ssh)
+    finally:
+        importing.join(IMPORT_WITHIN)
+    from .ssh.connection import connect  # imported: its error, if any, is raised here
+    conn = connect(host, endpoint.user, options.ssh, interactive=options.interactive,
+                   on_route=on_route, resolved=resolved)
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
@@ -404,36 +394,15 @@ def _started(channel: Channel, host: str, conn: Optional[SshConnection], hello: 
     return session
 
 
-class _Resolving:
-    """resolve_host (mostly a wait for `ssh -G`) on a thread of its own, so that it overlaps
-    the import of Paramiko; its error is raised by result(), as resolve_host raised it."""
+IMPORT_WITHIN = 60.0  # seconds: the import of Paramiko (a cold start reads tens of MB)
 
-    def __init__(self, host: str, user: Optional[str], ssh: SshOptions) -> None:
-        self._args = (host, user, ssh)
-        self._found: Optional[HostConfig] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="resolve", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        try:
-            self._found = resolve_host(*self._args)
-        except BaseException as e:  # raised by result(), in the connecting thread
-            self._error = e
-
-    def join(self) -> None:
-        """Wait no longer than ssh -G's own deadline, and a moment."""
-        self._thread.join(SSH_G_TIMEOUT + 5.0)
-
-    def result(self) -> HostConfig:
-        """resolve_host's answer, once it came."""
-        self.join()
-        if self._error is not None:
-            raise self._error
-        if self._found is None:
-            raise TransferError(f"{self._args[0]}: ssh -G did not end within "
-                                f"{SSH_G_TIMEOUT:g} s")
-        return self._found
+def _import_ssh() -> None:
+    """Import the SSH layer (Paramiko), for a connection about to be made."""
+    try:
+        from .ssh import connection  # noqa: F401
+    except BaseException:  # the connecting thread imports it again, and raises it there
+        pass
 
 
 def _hello_at(data: bytes) -> Optional[int]:
