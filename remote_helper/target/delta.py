@@ -23,12 +23,14 @@
 # (docs/performance.md, "delta-warm").
 """
 import hashlib
+import mmap
 import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple  # for the type comments
 
 from ..wire import protocol
+from . import directio
 from .devices import data_extents, zero_chunks
 from .hashing import Hashers, block_digests, hole_blocks, zero_digest
 from .imagedigest import PIECE
@@ -81,7 +83,7 @@ class TargetSegments(object):
         self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Tuple[Segment, bytes]]]
         self._current = None  # type: Optional[Segment]  # the writer's segment
         self._passed = []  # type: list  # buffers of segments the writer left, to give back
-        self._free = queue.Queue()  # type: queue.Queue[bytearray]
+        self._free = queue.Queue()  # type: queue.Queue[mmap.mmap]
         self._made = 0  # buffers allocated so far, up to BUFFERS
         # id() of the buffers that may hold bytes other than zeros (the reader thread's alone):
         # only those have their holes cleared, so a disk of holes costs no zeroing
@@ -180,7 +182,8 @@ class TargetSegments(object):
                 pass
             if self._made < BUFFERS:
                 self._made += 1
-                return memoryview(bytearray(self._segment))[:length]
+                # an anonymous mapping: its pages are zeros and cost nothing until written
+                return memoryview(directio.buffer(self._segment))[:length]
             try:
                 return memoryview(self._free.get(timeout=0.2))[:length]
             except queue.Empty:
