@@ -46,7 +46,7 @@ from .ssh.config import SshOptions, resolve_host
 
 if TYPE_CHECKING:
     # Imported where a connection is made (_start_session), not here: Paramiko is half the
-    # client's imports, which a dup's early session overlaps with the engine's (EarlySession).
+    # client's imports, and is imported there while ssh -G runs.
     from .ssh.connection import SshConnection
 
 MARKER = "bacpac_stage1"
