@@ -8,24 +8,26 @@ import os
 import re
 import signal
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional, Sequence
 
 from . import __version__
-from .commands.copy import CopyRequest, run_copy
-from .commands.dup import DupRequest, run_dup
 from .errors import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, BacpacError, Signalled, UsageError,
                      internal_error, interruption)
 from .ui.events import RunFailed, Sink
 from .engine.pacing import START_LEVEL, parse_rate
-from .engine.pipeline import StreamSettings
-from .transport.helper import ConnectOptions
+from .transport.helper import ConnectOptions, EarlySession
 from .ui.sinks import make_sink
 from .ui.text import human_size
 from .ui.eventlines import EventLineSink
 from .ui.fleet import make_run_sink
-from .commands.savesets import RestoreRequest, format_note, query_saveset, run_restore, run_verify
 from .spec import Endpoint, parse_endpoint
-from .transport.ssh.connection import SshOptions, parse_o_option
+from .transport.ssh.config import SshOptions, parse_o_option
+
+if TYPE_CHECKING:
+    # Imported where each command runs, not here: a dup's connection is begun before the
+    # engine is imported, so that the two overlap (_cmd_dup).
+    from .commands.dup import DupRequest
+    from .engine.pipeline import StreamSettings
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -206,6 +208,7 @@ def _exclude_patterns(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
+    from .commands.copy import CopyRequest, run_copy
     if len(args.paths) < 2:
         raise UsageError("copy: give at least one SRC and a DEST")
     request = CopyRequest(sources=tuple(parse_endpoint(p) for p in args.paths[:-1]),
@@ -289,6 +292,7 @@ def _rate(text: str) -> float:
 
 
 def _stream_settings(args: argparse.Namespace, delta: bool, sha256: bool) -> StreamSettings:
+    from .engine.pipeline import StreamSettings
     pace = {"level": START_LEVEL if args.level is None else args.level, "adaptive": args.level is None,
             "bwlimit": args.bwlimit, "sha256": sha256}
     size = args.block_size
@@ -304,6 +308,7 @@ def _stream_settings(args: argparse.Namespace, delta: bool, sha256: bool) -> Str
 
 
 def _dup_request(args: argparse.Namespace, backup: bool) -> DupRequest:
+    from .commands.dup import DupRequest
     delta = bool(getattr(args, "delta", False))
     if backup:  # the first SAVESET is the backup's own; any more are fed the same frames
         first, *more = [parse_endpoint(text) for text in args.target]
@@ -340,15 +345,41 @@ def fan_out_savesets(target: Endpoint, texts: Sequence[str]
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
-    request = _dup_request(args, backup=False)
-    if args.nothing_else_writes_target:
-        if not request.delta:
-            raise UsageError("--nothing-else-writes-target: only with --delta")
-        request = dataclasses.replace(request, nothing_else_writes_target=True)
-    run_dup(request, connect_options(args), sink)
+    options = _begin_early(args, connect_options(args))
+    try:
+        if options.early is not None:
+            options.early.wait_sent()  # then the imports below overlap the target's start
+        from .commands.dup import run_dup
+        request = _dup_request(args, backup=False)
+        if args.nothing_else_writes_target:
+            if not request.delta:
+                raise UsageError("--nothing-else-writes-target: only with --delta")
+            request = dataclasses.replace(request, nothing_else_writes_target=True)
+        run_dup(request, options, sink)
+    finally:
+        if options.early is not None:
+            options.early.discard()
+
+
+def _begin_early(args: argparse.Namespace, options: ConnectOptions) -> ConnectOptions:
+    """A plain dup's helper session begun now, on a thread, before the engine is imported
+    and the source opened: the target's shell and the helper's start overlap them
+    (docs/performance.md, "delta-warm"). Not when a password may be asked on the
+    terminal (a prompt from a run that may still be refused), nor for a dry run or a fan-out,
+    whose sessions differ; the same checks and errors come when the dup takes it."""
+    if options.interactive or args.dry_run:
+        return options
+    try:
+        target = parse_endpoint(args.target)
+        if fan_out_savesets(target, args.saveset)[1]:
+            return options
+    except UsageError:
+        return options  # said in its place, by _dup_request
+    return dataclasses.replace(options, early=EarlySession(target, options, "dup"))
 
 
 def _cmd_backup(args: argparse.Namespace, sink: Sink) -> None:
+    from .commands.dup import run_dup
     run_dup(_dup_request(args, backup=True), connect_options(args), sink)
 
 
@@ -363,12 +394,14 @@ def _cmd_run(args: argparse.Namespace, sink: Sink) -> None:
 
 
 def _cmd_restore(args: argparse.Namespace, sink: Sink) -> None:
+    from .commands.savesets import RestoreRequest, run_restore
     request = RestoreRequest(parse_endpoint(args.saveset), parse_endpoint(args.target),
                              force=args.force, verify=args.verify)
     run_restore(request, connect_options(args), sink)
 
 
 def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
+    from .commands.savesets import run_verify
     summary = run_verify(parse_endpoint(args.saveset), connect_options(args), sink)
     if not args.json:
         digest = f", {summary.digest_algorithm} {summary.digest}" if summary.digest else ""
@@ -379,12 +412,14 @@ def _cmd_verify(args: argparse.Namespace, sink: Sink) -> None:
 
 def _unchecked(result: dict) -> str:
     """ " (version 1: ...)" for a saveset whose metadata no checksum covers, else ""."""
+    from .commands.savesets import format_note
     if result.get("metadata_checked"):
         return ""
     return f" ({format_note(result.get('version'), False)})"
 
 
 def _cmd_info(args: argparse.Namespace, sink: Sink) -> None:
+    from .commands.savesets import format_note, query_saveset
     result = query_saveset("info", parse_endpoint(args.saveset), connect_options(args))
     if args.json:  # as every command's --json: its command and status
         print(json.dumps(dict(result, command="info", status="ok"), sort_keys=True))

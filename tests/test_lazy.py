@@ -36,6 +36,7 @@ def test_client_start_does_not_load_invoke() -> None:
     out = _python("""
         import sys
         import bacpac.cli
+        import bacpac.transport.ssh.connection  # Paramiko: imported where a session connects
         print(type(sys.modules["invoke"]).__name__, "invoke.tasks" in sys.modules)
     """)
     assert out == "_Deferred False"
@@ -210,3 +211,16 @@ def test_the_helper_loads_zstandard_without_the_platform_module() -> None:
         print(decoder.next_frame().json()["zstd"], done.stderr.decode().strip())
     """)
     assert out == "zstandard ['zstandard.backend_c']"
+
+
+def test_client_start_leaves_the_engine_to_the_command() -> None:
+    """The commands and the engine (zstandard, the pipeline) are imported by the command that
+    runs, and Paramiko by the session that connects: a dup begins its connection on a thread
+    first (cli._begin_early), so that its imports and the engine's overlap."""
+    out = _python("""
+        import sys
+        import bacpac.cli
+        print(sorted(name for name in sys.modules if name.split(".")[0] in ("zstandard",
+                     "paramiko") or name.startswith(("bacpac.commands", "bacpac.engine.pipeline"))))
+    """)
+    assert out == "[]"

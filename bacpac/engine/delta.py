@@ -44,6 +44,9 @@ class SegmentReader:
 
     def __init__(self, digests: "queue.Queue[tuple[int, bytes]]") -> None:
         self._digests = digests
+        # id() of the pool's buffers that may hold bytes other than zeros: only those have
+        # their holes cleared (a disk of holes costs no zeroing; docs/performance.md)
+        self._dirty: set[int] = set()
 
     def produce(self, reader: BlockReader) -> None:
         segment, size = reader.settings.block_size, reader.size
@@ -51,7 +54,7 @@ class SegmentReader:
             length = min(segment, size - offset)
             buffer = reader.take_buffer()
             view = memoryview(buffer)[:length]
-            holes = _read_segment(reader, view, offset)
+            holes = _read_segment(reader, view, offset, self._dirty)
             theirs = self._target_digests(reader, offset)
             block = reader.settings.delta_block
             lines: Lines
@@ -76,19 +79,26 @@ class SegmentReader:
         return digests
 
 
-def _read_segment(reader: BlockReader, view: memoryview, offset: int) -> list[tuple[int, int]]:
-    """Fill view from the source; holes are zero-filled, not read. Returns the holes."""
+def _read_segment(reader: BlockReader, view: memoryview, offset: int,
+                  dirty: set[int]) -> list[tuple[int, int]]:
+    """Fill view from the source; holes are not read, but zeroed where its buffer (`dirty`
+    names those that may hold data) held an earlier segment's. Returns the holes."""
     holes = []
+    buffer = id(view.obj)
+    was_dirty = buffer in dirty
     for start, run, is_data in reader.extents(offset, offset + len(view)):
         rel = start - offset
         if is_data:
             reader.read_into(view[rel:rel + run], start)
-        else:
-            holes.append((rel, run))
-            pos = rel
-            for chunk in zero_chunks(run):  # the buffer is reused: clear what it held
-                view[pos:pos + len(chunk)] = chunk
-                pos += len(chunk)
+            dirty.add(buffer)
+            continue
+        holes.append((rel, run))
+        if was_dirty:
+            for chunk in zero_chunks(run):
+                view[rel:rel + len(chunk)] = chunk
+                rel += len(chunk)
+    if holes == [(0, reader.settings.block_size)]:
+        dirty.discard(buffer)  # all of it zeros now: clean again
     return holes
 
 

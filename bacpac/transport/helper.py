@@ -3,7 +3,7 @@
 # Strategy (after mitogen): the remote command is a tiny first stage, `python3 -S -c STAGE1`,
 # that reads a length and then that many bytes from stdin, inflates them and runs them. The
 # length travels on stdin, not in the command, so the command goes out before the payload is
-# built: its build overlaps the channel's opening and the target's login shell. That payload
+# built: its build overlaps the target's login shell and Python start. That payload
 # holds a loader and, for every remote_helper module, its source and its code compiled here;
 # the loader imports them from memory (running the code where the target's Python is this
 # one, compiling the source elsewhere), so nothing is written on the target. The same stdin
@@ -29,9 +29,9 @@ import shlex
 import sys
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import remote_helper
 from remote_helper.errors import RemoteProtocolError
@@ -42,7 +42,12 @@ from .. import threads
 from .channel import Channel, LocalChannel
 from ..errors import BacpacError, ProtocolError, TransferError, from_remote
 from ..spec import Endpoint
-from .ssh.connection import SshConnection, SshOptions, connect
+from .ssh.config import SshOptions, resolve_host
+
+if TYPE_CHECKING:
+    # Imported where a connection is made (_start_session), not here: Paramiko is half the
+    # client's imports, and is imported there while ssh -G runs.
+    from .ssh.connection import SshConnection
 
 MARKER = "bacpac_stage1"
 HELPER_ACCOUNT_WAIT = 5.0  # seconds a failed send waits for the helper to say why
@@ -119,16 +124,90 @@ os._exit(status)  # the work is done and said: skip the interpreter's teardown
 
 @dataclass(frozen=True)
 class ConnectOptions:
-    """How to reach the helper: SSH settings, sudo, and which python to run it with."""
+    """How to reach the helper: SSH settings, sudo, and which python to run it with; `early`,
+    a session begun before the command's own modules were imported (EarlySession)."""
 
     ssh: SshOptions = SshOptions()
     sudo: bool = False
     remote_python: Optional[str] = None  # default: python3 remotely, this interpreter locally
     interactive: bool = False  # may we prompt on the terminal for passwords?
+    early: Optional["EarlySession"] = field(default=None, compare=False, repr=False)
+
+
+class EarlySession:
+    """A helper's session (open_session with hello=False) begun on a thread of its own, so
+    that the target's login shell and the helper's start overlap the client's imports of the
+    engine, the opening of the source and the stream's start (docs/performance.md,
+    "delta-warm"). The caller waits for the command to be sent (wait_sent) before it does
+    that work, which would only slow the handshake down (the GIL); `ssh -G` overlaps the
+    import of Paramiko. open_session takes the session for the same endpoint and job, and
+    raises its error there, where it would have raised its own; discard() closes one that
+    nobody took (the command failed first)."""
+
+    def __init__(self, endpoint: Endpoint, options: ConnectOptions, job: str) -> None:
+        self._key = (endpoint, options, job)
+        self._route: Optional[bool] = None
+        self._session: Optional[HelperSession] = None
+        self._error: Optional[BaseException] = None
+        self._lock = threading.Lock()
+        self._taken = False
+        self._discarded = False  # a session that comes later is closed by its thread
+        self._thread = threading.Thread(target=self._run, name="early-session", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        endpoint, options, job = self._key
+        try:
+            session = open_session(endpoint, options, hello=False, on_route=self._routed,
+                                   job=job)
+        except BaseException as e:  # raised by take(), in the command's own thread
+            self._error = e
+            return
+        with self._lock:
+            if not self._discarded:
+                self._session = session
+                return
+        session.close()  # discarded while it connected: nobody else will
+
+    def _routed(self, here: bool) -> None:
+        self._route = here
+
+    def take(self, endpoint: Endpoint, options: ConnectOptions, job: Optional[str],
+             on_route: Optional[Callable[[bool], None]]) -> Optional["HelperSession"]:
+        """The session, once begun, if it is the one asked for and not taken yet (else None);
+        its error if it failed. on_route is told what the connection found."""
+        with self._lock:
+            if self._taken or self._discarded or self._key != (endpoint, options, job):
+                return None
+            self._taken = True
+        self.wait_sent()
+        if self._error is not None:
+            raise self._error
+        assert self._session is not None
+        if on_route is not None and self._route is not None:
+            on_route(self._route)
+        return self._session
+
+    def wait_sent(self) -> None:
+        """Until the helper's command is sent, or the connection failed (its error is for
+        take() to raise)."""
+        while self._thread.is_alive():  # bounded by the connection's own deadlines
+            self._thread.join(0.2)
+
+    def discard(self) -> None:
+        """Close the session if nobody took it (one still connecting closes itself)."""
+        with self._lock:
+            if self._taken or self._discarded:
+                return
+            self._discarded = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        threads.join((self._thread,), f"{self._key[0].host}: the early session")
 
 
 def prepare_payload(job: Optional[str] = None) -> threading.Thread:
-    """Build the helper's payload on a thread of its own, while the connection is made."""
+    """Build the helper's payload on a thread of its own, while the helper's command starts."""
     thread = threading.Thread(target=_prepare, args=(job,), name="payload", daemon=True)
     thread.start()
     return thread
@@ -262,15 +341,13 @@ def open_session(endpoint: Endpoint, options: ConnectOptions, hello: bool = True
     hello=False, leave both to the caller: see HelperSession.start). on_route, if given, is
     told as early as can be whether the helper runs on this host (ssh.over_loopback). job,
     the remote_helper.jobs module of the one job the session will run, ships only what that
-    module needs (helper_payload)."""
-    payload = prepare_payload(job)  # while the connection is made and the helper's command starts
-    try:
-        session = _start_session(endpoint, options, hello, on_route, job)
-    except BaseException:
-        threads.join((payload,), "the helper's payload")
-        raise
-    session.owns(payload)
-    return session
+    module needs (helper_payload). A session begun early for it (options.early) is taken
+    instead of a new one."""
+    if options.early is not None and not hello:
+        begun = options.early.take(endpoint, options, job, on_route)
+        if begun is not None:
+            return begun
+    return _start_session(endpoint, options, hello, on_route, job)
 
 
 def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
@@ -281,17 +358,51 @@ def _start_session(endpoint: Endpoint, options: ConnectOptions, hello: bool,
             on_route(True)
         python = options.remote_python or sys.executable
         channel: Channel = LocalChannel(helper_argv(python, options.sudo))
-        return HelperSession.start(channel, "localhost", None, hello, HELLO_WITHIN, job)
-    conn = connect(endpoint.host or "", endpoint.user, options.ssh,
-                   interactive=options.interactive, on_route=on_route)
+        return _started(channel, "localhost", None, hello, HELLO_WITHIN, job)
+    host = endpoint.host or ""
+    importing = threading.Thread(target=_import_ssh, name="import-ssh", daemon=True)
+    importing.start()  # Paramiko, while this thread waits for ssh -G
+    try:
+        resolved = resolve_host(host, endpoint.user, options.ssh)
+    finally:
+        importing.join(IMPORT_WITHIN)
+    from .ssh.connection import connect  # imported: its error, if any, is raised here
+    conn = connect(host, endpoint.user, options.ssh, interactive=options.interactive,
+                   on_route=on_route, resolved=resolved)
     try:
         argv = helper_argv(options.remote_python or "python3", options.sudo)
         channel = conn.exec(" ".join(shlex.quote(a) for a in argv))
-        return HelperSession.start(channel, endpoint.host or "", conn, hello,
-                                   conn.connect_timeout or HELLO_WITHIN, job)
+        return _started(channel, endpoint.host or "", conn, hello,
+                        conn.connect_timeout or HELLO_WITHIN, job)
     except BaseException:
         conn.close()
         raise
+
+
+def _started(channel: Channel, host: str, conn: Optional[SshConnection], hello: bool,
+             within: float, job: Optional[str]) -> "HelperSession":
+    """HelperSession.start, the payload built on a thread meanwhile: from the moment the
+    command is sent, so that its build overlaps the target's login shell and Python start
+    (about 140 ms here) rather than the handshake, whose CPU it took a share of."""
+    payload = prepare_payload(job)
+    try:
+        session = HelperSession.start(channel, host, conn, hello, within, job)
+    except BaseException:
+        threads.join((payload,), "the helper's payload")
+        raise
+    session.owns(payload)
+    return session
+
+
+IMPORT_WITHIN = 60.0  # seconds: the import of Paramiko (a cold start reads tens of MB)
+
+
+def _import_ssh() -> None:
+    """Import the SSH layer (Paramiko), for a connection about to be made."""
+    try:
+        from .ssh import connection  # noqa: F401
+    except BaseException:  # the connecting thread imports it again, and raises it there
+        pass
 
 
 def _hello_at(data: bytes) -> Optional[int]:

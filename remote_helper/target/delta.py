@@ -17,15 +17,21 @@
 # of each whole 1 MiB piece of the segment (the image digest's pieces), hashed by the same
 # threads, so that the client hashes a piece that equals the target's once, for the image
 # digest, and none of its blocks. The helper so hashes each byte twice (blocks and pieces).
+# The segments' buffers are a fixed pool, given back once the writer has passed a segment (no
+# view of it outlives the take() or skip() that passed it): a new 4 MiB bytearray for each
+# segment cost the reader thread as much CPU as its reads, in page faults and zeroing
+# (docs/performance.md, "delta-warm").
 """
 import hashlib
+import mmap
 import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple  # for the type comments
 
 from ..wire import protocol
-from .devices import data_extents
+from . import directio
+from .devices import data_extents, zero_chunks
 from .hashing import Hashers, block_digests, hole_blocks, zero_digest
 from .imagedigest import PIECE
 from ..errors import HelperError, IntegrityError, as_helper_error
@@ -46,12 +52,14 @@ if TYPE_CHECKING:  # target.py is not needed to run this module
 
 Send = Callable[[bytes], None]
 # A segment of the target: offset, length, its block digests, its bytes (None if not read)
-Segment = Tuple[int, int, bytes, Optional[bytearray]]
+Segment = Tuple[int, int, bytes, Optional[memoryview]]
 # A piece whose digest is not known (the digest cache's, for a piece a run changed in part):
 # no sha256 is all zeros, so the client compares its blocks one by one.
 UNKNOWN = bytes(32)
 
 DEPTH = 8  # segments read ahead of the writer
+# Buffers in the pool: the queue's, the writer's, the one in hashing, the one being read.
+BUFFERS = DEPTH + 3
 STOP_WAIT = 10.0  # seconds stop() waits for a read under way to end, before the target closes
 
 
@@ -74,6 +82,12 @@ class TargetSegments(object):
         # each segment with its piece digests
         self._queue = queue.Queue(DEPTH)  # type: queue.Queue[Optional[Tuple[Segment, bytes]]]
         self._current = None  # type: Optional[Segment]  # the writer's segment
+        self._passed = []  # type: list  # buffers of segments the writer left, to give back
+        self._free = queue.Queue()  # type: queue.Queue[mmap.mmap]
+        self._made = 0  # buffers allocated so far, up to BUFFERS
+        # id() of the buffers that may hold bytes other than zeros (the reader thread's alone):
+        # only those have their holes cleared, so a disk of holes costs no zeroing
+        self._dirty = set()  # type: set
         self.read_bytes = 0  # of the target, by either thread
         self._stop = threading.Event()
         self.error = None  # type: Optional[HelperError]
@@ -96,7 +110,7 @@ class TargetSegments(object):
     def _run(self):
         # type: () -> None
         offset = 0
-        hashing = None  # type: Optional[Tuple[int, int, list, bytearray]]
+        hashing = None  # type: Optional[Tuple[int, int, list, memoryview]]
         try:
             size = self._target.size
             for offset in range(0, size, self._segment):
@@ -109,11 +123,14 @@ class TargetSegments(object):
                     if not self._announce((offset, length, cached, None), pieces):
                         return
                     continue
-                data, holes = self._read(offset, length)
-                shares = self._hashers.submit(memoryview(data), self._block,
+                data = self._buffer(length)
+                if data is None:
+                    return
+                holes = self._read(data, offset)
+                shares = self._hashers.submit(data, self._block,
                                               hole_blocks(holes, self._block, length))
                 if self._pieces:  # after the blocks': the DIGESTS payload's order
-                    shares += self._hashers.submit(memoryview(data), PIECE,
+                    shares += self._hashers.submit(data, PIECE,
                                                    hole_blocks(holes, PIECE, length))
                 if hashing is not None and not self._hashed(hashing):
                     return
@@ -127,7 +144,7 @@ class TargetSegments(object):
             self._put(None)  # the writer raises self.error when it next needs a segment
 
     def _hashed(self, hashing):
-        # type: (Tuple[int, int, list, bytearray]) -> bool
+        # type: (Tuple[int, int, list, memoryview]) -> bool
         """Announce a segment once its shares are hashed; whether it was, before stop()."""
         offset, length, shares, data = hashing
         digests = [share.result(self._stop) for share in shares]
@@ -155,19 +172,46 @@ class TargetSegments(object):
                 continue
         return False
 
-    def _read(self, offset, length):
-        # type: (int, int) -> Tuple[bytearray, list]
-        """The segment's bytes, and its holes ((start, length), relative to offset)."""
-        data = bytearray(length)
-        view = memoryview(data)
+    def _buffer(self, length):
+        # type: (int) -> Optional[memoryview]
+        """A buffer of the pool for `length` bytes, once one is free; None once stopped."""
+        while not self._stop.is_set():
+            try:
+                return memoryview(self._free.get_nowait())[:length]
+            except queue.Empty:
+                pass
+            if self._made < BUFFERS:
+                self._made += 1
+                # an anonymous mapping: its pages are zeros and cost nothing until written
+                return memoryview(directio.buffer(self._segment))[:length]
+            try:
+                return memoryview(self._free.get(timeout=0.2))[:length]
+            except queue.Empty:
+                continue
+        return None
+
+    def _read(self, view, offset):
+        # type: (memoryview, int) -> list
+        """Fill view with the segment's bytes; its holes ((start, length), relative to offset)
+        are not read, but zeroed where the buffer held an earlier segment's data; returned."""
         holes = []
-        for start, run, is_data in data_extents(self._target.fd, offset, offset + length):
+        buffer = id(view.obj)
+        dirty = buffer in self._dirty
+        for start, run, is_data in data_extents(self._target.fd, offset, offset + len(view)):
+            rel = start - offset
             if is_data:
-                self._target.read_into(view[start - offset:start - offset + run], start)
+                self._target.read_into(view[rel:rel + run], start)
                 self.read_bytes += run
-            else:
-                holes.append((start - offset, run))
-        return data, holes
+                self._dirty.add(buffer)
+                continue
+            holes.append((rel, run))
+            if dirty:
+                for chunk in zero_chunks(run):
+                    view[rel:rel + len(chunk)] = chunk
+                    rel += len(chunk)
+        if holes == [(0, self._segment)]:
+            self._dirty.discard(buffer)  # all of it zeros now: clean again
+        return holes
 
     def take(self, offset, length, need):
         # type: (int, int, int) -> Tuple[Optional[memoryview], Optional[bytes]]
@@ -191,6 +235,7 @@ class TargetSegments(object):
         view = None  # type: Optional[memoryview]
         if pieces:
             view = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+        self._give_back()  # after the join: no view of a passed segment is left
         return view, None if None in digests else b"".join(digests)
 
     def _keep_pieces(self, seg_offset, seg_length, start, n):
@@ -207,9 +252,9 @@ class TargetSegments(object):
                 self._piece_digests[index * 32:index * 32 + 32]
 
     def _bytes(self, data, offset, start, n, digests):
-        # type: (Optional[bytearray], int, int, int, bytes) -> memoryview
+        # type: (Optional[memoryview], int, int, int, bytes) -> memoryview
         if data is not None:
-            return memoryview(data)[start:start + n]
+            return data[start:start + n]
         # Not read ahead (a cached run): MATCHed ranges are never written in this run, and
         # the head, which is zeroed once a byte beyond it is, comes first in stream order.
         view = memoryview(bytearray(n))
@@ -249,6 +294,7 @@ class TargetSegments(object):
         """The writer has passed [offset, offset+length) without needing its old bytes."""
         if length:
             self._segment_at(offset + length - 1)
+            self._give_back()
 
     def _segment_at(self, offset):
         # type: (int) -> Segment
@@ -257,8 +303,18 @@ class TargetSegments(object):
             if item is None:
                 assert self.error is not None  # _run sets it before it queues the None
                 raise self.error
+            if self._current is not None and self._current[3] is not None:
+                self._passed.append(self._current[3].obj)
             self._current, self._piece_digests = item
         return self._current
+
+    def _give_back(self):
+        # type: () -> None
+        """The buffers of the segments the writer has passed, back to the reader's pool."""
+        for buffer in self._passed:
+            self._free.put(buffer)
+        self._passed = []
+
 
 
 class BlockDigests(object):

@@ -56,11 +56,14 @@ _TRANSFER_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
 def connect(host: str, user: Optional[str], opts: SshOptions, *, interactive: bool,
-            on_route: Optional[Callable[[bool], None]] = None) -> SshConnection:
-    """An authenticated connection to `host`, configured as `ssh host` would be. on_route, if
-    given, is told as soon as the connection is made, before its handshake, whether it stays
-    on this host (over_loopback)."""
-    return _connect(resolve_host(host, user, opts), opts.config_file, interactive, 0, on_route)
+            on_route: Optional[Callable[[bool], None]] = None,
+            resolved: Optional[HostConfig] = None) -> SshConnection:
+    """An authenticated connection to `host`, configured as `ssh host` would be (`resolved`:
+    resolve_host's answer for it, if the caller has it already). on_route, if given, is told
+    as soon as the connection is made, before its handshake, whether it stays on this host
+    (over_loopback)."""
+    cfg = resolved if resolved is not None else resolve_host(host, user, opts)
+    return _connect(cfg, opts.config_file, interactive, 0, on_route)
 
 
 def _connect(cfg: HostConfig, config_file: Optional[str], interactive: bool,
