@@ -91,6 +91,15 @@ def test_dup_dry_run_delta_says_it_sends_only_the_blocks_that_differ(tmp_path: P
     assert target.read_bytes() == before
 
 
+def test_dup_dry_run_delta_onto_a_new_file_says_it_writes_it_whole(tmp_path: Path) -> None:
+    source = random_image(tmp_path / "src.img", MiB)
+    target = tmp_path / "new.img"
+    run = bacpac("dup", "--dry-run", "--delta", "--no-progress", "--json", source, target)
+    assert run.returncode == 0, run.stderr
+    assert run.summary["would"] == f"would write {MiB} bytes to the new file {target}"
+    assert not target.exists()
+
+
 # --- an inventory copy job's bwlimit, as a dup job's ----------------------------------------
 
 def test_an_inventory_copy_job_passes_its_bwlimit_to_the_copy(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def _dry_run(job: _Job) -> None:
     job.summary.extra.update(dry_run=True, target_kind=ready.get("kind"))
     would = (f"would write a saveset of {source.size} bytes" if request.backup else
              _would_delta(request, ready, where(request.target, path), source.size)
-             if request.delta else
+             if request.delta and ready.get("kind") != "new file" else
              f"would write {source.size} bytes to the {ready.get('kind')} "
              f"{where(request.target, path)}")
     if not request.backup and request.saveset_path:
