@@ -404,8 +404,8 @@ def test_with_a_cache_the_helper_reads_almost_nothing_from_the_disk(transport, t
 
 def test_a_piece_equal_to_the_targets_hashes_none_of_its_blocks(monkeypatch) -> None:
     """Each piece is hashed once (its image digest line); a piece equal to the target's is
-    MATCHed whole with no block hashed, one that differs has its blocks hashed to find the
-    one to send, and a piece of zeros hashes nothing."""
+    MATCHed whole with no block hashed, one that differs is asked for and has its blocks
+    hashed to find the one to send, and a piece of zeros hashes nothing."""
     import hashlib
     from bacpac.engine import delta
     from bacpac.engine.frames import Data, Match
@@ -428,11 +428,14 @@ def test_a_piece_equal_to_the_targets_hashes_none_of_its_blocks(monkeypatch) -> 
             return hashlib.sha256(data)
 
     delta.zero_digest(BLOCK)  # computed once per length, before the count starts
+    delta.zero_digest(MiB)
     imagedigest.zero_line(MiB)
     monkeypatch.setattr(delta, "hashlib", Counting)
     lines: list = []
-    frames = delta.plan_pieces(0, memoryview(mine), [], theirs, pieces, BLOCK,
-                               lambda view: bytes(view), lines)
+    kinds, asked = delta.compare_pieces(0, memoryview(mine), [], pieces, BLOCK, lines)
+    assert asked == [1]  # piece 2, zeros on both sides, is equal: not asked
+    frames = delta.plan_blocks(0, memoryview(mine), [], kinds, theirs[per * 32:2 * per * 32],
+                               BLOCK, lambda view: bytes(view))
     kinds = [(type(f), f.offset // BLOCK, f.size // BLOCK) for f in frames]
     assert kinds == [(Match, 0, per + 3), (Data, per + 3, 1), (Match, per + 4, 2 * per - 4)]
     assert hashed == [MiB, MiB] + [BLOCK] * per  # pieces 0 and 1, then piece 1's blocks
@@ -440,7 +443,7 @@ def test_a_piece_equal_to_the_targets_hashes_none_of_its_blocks(monkeypatch) -> 
                      for at in range(0, len(mine), MiB)]
 
 
-def test_an_unknown_piece_is_compared_block_by_block() -> None:
+def test_an_unknown_piece_is_asked_for_and_compared_block_by_block() -> None:
     import hashlib
     from bacpac.engine import delta
     from bacpac.engine.frames import Match
@@ -448,9 +451,11 @@ def test_an_unknown_piece_is_compared_block_by_block() -> None:
     data = random_bytes(MiB, 32)
     theirs = b"".join(hashlib.sha256(data[at:at + BLOCK]).digest()
                       for at in range(0, MiB, BLOCK))
-    frames = delta.plan_pieces(0, memoryview(data), [], theirs, UNKNOWN, BLOCK,
-                               lambda view: bytes(view), [])
-    assert [(type(f), f.size) for f in frames] == [(Match, MiB)]
+    kinds, asked = delta.compare_pieces(3 * MiB, memoryview(data), [], UNKNOWN, BLOCK, [])
+    assert asked == [3]  # by its index in the image
+    frames = delta.plan_blocks(3 * MiB, memoryview(data), [], kinds, theirs, BLOCK,
+                               lambda view: bytes(view))
+    assert [(type(f), f.offset, f.size) for f in frames] == [(Match, 3 * MiB, MiB)]
 
 
 def test_block_digests_keep_a_piece_digest_for_every_piece_or_unknown() -> None:
