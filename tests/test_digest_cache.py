@@ -75,6 +75,30 @@ def test_second_delta_run_reads_only_the_head_of_the_target(transport, pair) -> 
     assert summary["digest_cache"] == "used" and summary["target_read"] <= HEAD, summary
 
 
+def test_a_cached_run_reads_the_one_piece_whose_blocks_it_does_not_know(transport,
+                                                                       pair) -> None:
+    """A run without a cache that finds a piece equal hashes none of its blocks, so its cache
+    knows that piece's digest alone; a cached run whose source differs there asks for the
+    piece's blocks, and the helper reads and hashes that piece (and the head), nothing else.
+    The run after it knows the piece's blocks: it reads the head only."""
+    source, target = pair
+    transport.delta(source, target)
+    cache_of(target).unlink()
+    first = transport.delta(source, target).summary  # all equal: every piece MATCHed whole
+    assert first["digest_cache"] == "none" and first["target_read"] == SIZE, first
+    change(source, 5 * MiB + 100, seed=4)
+    second = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert second["digest_cache"] == "used", second
+    assert second["target_read"] == HEAD + MiB, second  # the head and piece 5
+    assert second["blocks_sent"] == 1, second
+    change(source, 5 * MiB + 300, seed=5)
+    third = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert third["digest_cache"] == "used" and third["target_read"] == HEAD, third
+    assert third["blocks_sent"] == 1, third
+
+
 def test_without_a_cache_the_target_is_read_whole(transport, pair) -> None:
     source, target = pair
     transport.delta(source, target)
