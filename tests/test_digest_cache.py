@@ -471,7 +471,7 @@ def test_an_unknown_piece_is_asked_for_and_compared_block_by_block() -> None:
     import hashlib
     from bacpac.engine import delta
     from bacpac.engine.frames import Match
-    from remote_helper.target.delta import UNKNOWN
+    from remote_helper.target.blockdigests import UNKNOWN
     data = random_bytes(MiB, 32)
     theirs = b"".join(hashlib.sha256(data[at:at + BLOCK]).digest()
                       for at in range(0, MiB, BLOCK))
@@ -486,7 +486,7 @@ def test_block_digests_keep_a_piece_digest_for_every_piece_or_unknown() -> None:
     """Kept whole: the target's piece digest; written or zeroed whole: hashed as written (a
     short last piece too); kept in part: UNKNOWN, since its kept bytes may not have been read."""
     import hashlib
-    from remote_helper.target.delta import UNKNOWN, BlockDigests
+    from remote_helper.target.blockdigests import UNKNOWN, BlockDigests
     size = 3 * MiB + 2 * BLOCK
     blocks: list = []
     pieces: list = []

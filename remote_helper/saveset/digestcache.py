@@ -33,7 +33,7 @@ import time
 from typing import Optional, Tuple  # for the type comments
 
 from ..target import devices
-from ..target.delta import BlockDigests
+from ..target.blockdigests import BlockDigests
 from .atomic import AtomicFile
 
 MAGIC = b"bacpac-digests-3"
