@@ -208,3 +208,30 @@ def test_the_source_reader_clears_a_reused_buffers_holes(tmp_path) -> None:
     expected = imagedigest.ImageDigest()
     expected.update(memoryview(bytes(content)))
     assert result.digest == expected.hexdigest()
+
+
+def test_an_answer_not_asked_for_or_of_the_wrong_length_is_a_protocol_error() -> None:
+    """The client's side of ASK: an answer goes to the one who asked, once; an answer for a
+    segment not asked, or with another count of digests than the blocks asked, is the
+    helper breaking the protocol."""
+    from bacpac.engine.delta import Asks, compare_pieces, plan_blocks
+    from bacpac.errors import ProtocolError
+    from remote_helper.wire import protocol
+    sent: list[bytes] = []
+    answers: list[bytes] = []
+    asks = Asks()
+    asks.connect(sent.append)
+    asks.ask(4 << 20, [4, 6], answers.append)
+    frame, = _decode(sent[0])
+    assert (frame.type, frame.offset, bytes(frame.payload)) == (protocol.ASK, 4 << 20,
+                                                                struct.pack(">2I", 4, 6))
+    asks.answer(4 << 20, b"digests")
+    assert answers == [b"digests"]
+    with pytest.raises(ProtocolError):
+        asks.answer(4 << 20, b"digests")  # answered already
+    piece = imagedigest.PIECE
+    data = memoryview(random.Random(8).randbytes(piece))
+    kinds, asked = compare_pieces(0, data, [], bytes(32), BLOCK, [])
+    assert asked == [0]
+    with pytest.raises(ProtocolError):
+        plan_blocks(0, data, [], kinds, bytes(32), BLOCK, bytes)  # one digest for 64 blocks
