@@ -96,13 +96,20 @@ class TargetSegments(object):
         # id() of the buffers that may hold bytes other than zeros (the reader thread's alone):
         # only those have their holes cleared, so a disk of holes costs no zeroing
         self._dirty = set()  # type: set
-        self.read_bytes = 0  # of the target, by either thread
+        self._read_bytes = 0  # of the target, by the reader thread or the writer's
+        self._answer_bytes = 0  # read by answer() (the input thread): a count of its own
         self._stop = threading.Event()
         self.error = None  # type: Optional[HelperError]
         self._hashers = Hashers() if cached is None else None
         self._thread = threading.Thread(target=self._run, name="delta-reader")
         self._thread.daemon = True
         self._thread.start()
+
+    @property
+    def read_bytes(self):
+        # type: () -> int
+        """Bytes read of the target so far, by every thread."""
+        return self._read_bytes + self._answer_bytes
 
     def stop(self):
         # type: () -> bool
@@ -208,7 +215,7 @@ class TargetSegments(object):
             return block_digests(view, self._block, inside)
         view = memoryview(bytearray(n))
         self._target.read_into(view, offset)
-        self.read_bytes += n
+        self._answer_bytes += n
         return block_digests(view, self._block)
 
     def _put(self, item):
@@ -251,7 +258,7 @@ class TargetSegments(object):
             rel = start - offset
             if is_data:
                 self._target.read_into(view[rel:rel + run], start)
-                self.read_bytes += run
+                self._read_bytes += run
                 self._dirty.add(buffer)
                 continue
             holes.append((rel, run))
@@ -309,7 +316,7 @@ class TargetSegments(object):
         # the head, which is zeroed once a byte beyond it is, comes first in stream order.
         view = memoryview(bytearray(n))
         self._target.read_into(view, offset)
-        self.read_bytes += n
+        self._read_bytes += n
         self._check_cached(view, offset, start, digests)
         return view
 
