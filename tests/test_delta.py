@@ -288,7 +288,8 @@ def test_delta_of_scattered_changes_sends_exactly_the_changed_blocks(transport,
     assert_delta_counts(summary, SCATTERED, sent=changed)
     assert summary["digest"] == stock_digest(source)
     # a second run, from the digest cache the first kept (its pieces the first run changed
-    # in part are UNKNOWN there: compared block by block), gives the same
+    # in part are UNKNOWN there: asked for, and answered from the cache's blocks), gives the
+    # same
     changed = scatter(source, SCATTERED, seed=23)
     summary = transport.delta(source, target).summary
     assert summary["digest_cache"] == "used", summary
@@ -339,6 +340,13 @@ def test_two_level_delta_and_its_cache_through_a_python_3_6_helper(transport, sc
         assert summary["digest_cache"] == cache, summary
         assert_identical(source, target)
         assert_delta_counts(summary, SCATTERED, sent=changed)
+    # a piece every run kept whole: the cache knows its digest, not its blocks' (the helper
+    # reads it, as well as the head)
+    write_file(source, SCATTERED, {7 * MiB + 100: b"changed"}, keep=True)
+    summary = transport.delta(source, target, "--remote-python", python36).summary
+    assert summary["digest_cache"] == "used" and summary["target_read"] == 2 * MiB, summary
+    assert_identical(source, target)
+    assert_delta_counts(summary, SCATTERED, sent=1)
 
 
 def failed_delta(transport: Transport, source: Path, target, *extra: object) -> str:

@@ -75,6 +75,30 @@ def test_second_delta_run_reads_only_the_head_of_the_target(transport, pair) -> 
     assert summary["digest_cache"] == "used" and summary["target_read"] <= HEAD, summary
 
 
+def test_a_cached_run_reads_the_one_piece_whose_blocks_it_does_not_know(transport,
+                                                                       pair) -> None:
+    """A run without a cache that finds a piece equal hashes none of its blocks, so its cache
+    knows that piece's digest alone; a cached run whose source differs there asks for the
+    piece's blocks, and the helper reads and hashes that piece (and the head), nothing else.
+    The run after it knows the piece's blocks: it reads the head only."""
+    source, target = pair
+    transport.delta(source, target)
+    cache_of(target).unlink()
+    first = transport.delta(source, target).summary  # all equal: every piece MATCHed whole
+    assert first["digest_cache"] == "none" and first["target_read"] == SIZE, first
+    change(source, 5 * MiB + 100, seed=4)
+    second = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert second["digest_cache"] == "used", second
+    assert second["target_read"] == HEAD + MiB, second  # the head and piece 5
+    assert second["blocks_sent"] == 1, second
+    change(source, 5 * MiB + 300, seed=5)
+    third = transport.delta(source, target).summary
+    assert_identical(source, target)
+    assert third["digest_cache"] == "used" and third["target_read"] == HEAD, third
+    assert third["blocks_sent"] == 1, third
+
+
 def test_without_a_cache_the_target_is_read_whole(transport, pair) -> None:
     source, target = pair
     transport.delta(source, target)
@@ -404,8 +428,8 @@ def test_with_a_cache_the_helper_reads_almost_nothing_from_the_disk(transport, t
 
 def test_a_piece_equal_to_the_targets_hashes_none_of_its_blocks(monkeypatch) -> None:
     """Each piece is hashed once (its image digest line); a piece equal to the target's is
-    MATCHed whole with no block hashed, one that differs has its blocks hashed to find the
-    one to send, and a piece of zeros hashes nothing."""
+    MATCHed whole with no block hashed, one that differs is asked for and has its blocks
+    hashed to find the one to send, and a piece of zeros hashes nothing."""
     import hashlib
     from bacpac.engine import delta
     from bacpac.engine.frames import Data, Match
@@ -428,11 +452,14 @@ def test_a_piece_equal_to_the_targets_hashes_none_of_its_blocks(monkeypatch) -> 
             return hashlib.sha256(data)
 
     delta.zero_digest(BLOCK)  # computed once per length, before the count starts
+    delta.zero_digest(MiB)
     imagedigest.zero_line(MiB)
     monkeypatch.setattr(delta, "hashlib", Counting)
     lines: list = []
-    frames = delta.plan_pieces(0, memoryview(mine), [], theirs, pieces, BLOCK,
-                               lambda view: bytes(view), lines)
+    kinds, asked = delta.compare_pieces(0, memoryview(mine), [], pieces, BLOCK, lines)
+    assert asked == [1]  # piece 2, zeros on both sides, is equal: not asked
+    frames = delta.plan_blocks(0, memoryview(mine), [], kinds, theirs[per * 32:2 * per * 32],
+                               BLOCK, lambda view: bytes(view))
     kinds = [(type(f), f.offset // BLOCK, f.size // BLOCK) for f in frames]
     assert kinds == [(Match, 0, per + 3), (Data, per + 3, 1), (Match, per + 4, 2 * per - 4)]
     assert hashed == [MiB, MiB] + [BLOCK] * per  # pieces 0 and 1, then piece 1's blocks
@@ -440,24 +467,26 @@ def test_a_piece_equal_to_the_targets_hashes_none_of_its_blocks(monkeypatch) -> 
                      for at in range(0, len(mine), MiB)]
 
 
-def test_an_unknown_piece_is_compared_block_by_block() -> None:
+def test_an_unknown_piece_is_asked_for_and_compared_block_by_block() -> None:
     import hashlib
     from bacpac.engine import delta
     from bacpac.engine.frames import Match
-    from remote_helper.target.delta import UNKNOWN
+    from remote_helper.target.blockdigests import UNKNOWN
     data = random_bytes(MiB, 32)
     theirs = b"".join(hashlib.sha256(data[at:at + BLOCK]).digest()
                       for at in range(0, MiB, BLOCK))
-    frames = delta.plan_pieces(0, memoryview(data), [], theirs, UNKNOWN, BLOCK,
-                               lambda view: bytes(view), [])
-    assert [(type(f), f.size) for f in frames] == [(Match, MiB)]
+    kinds, asked = delta.compare_pieces(3 * MiB, memoryview(data), [], UNKNOWN, BLOCK, [])
+    assert asked == [3]  # by its index in the image
+    frames = delta.plan_blocks(3 * MiB, memoryview(data), [], kinds, theirs, BLOCK,
+                               lambda view: bytes(view))
+    assert [(type(f), f.offset, f.size) for f in frames] == [(Match, 3 * MiB, MiB)]
 
 
 def test_block_digests_keep_a_piece_digest_for_every_piece_or_unknown() -> None:
     """Kept whole: the target's piece digest; written or zeroed whole: hashed as written (a
     short last piece too); kept in part: UNKNOWN, since its kept bytes may not have been read."""
     import hashlib
-    from remote_helper.target.delta import UNKNOWN, BlockDigests
+    from remote_helper.target.blockdigests import UNKNOWN, BlockDigests
     size = 3 * MiB + 2 * BLOCK
     blocks: list = []
     pieces: list = []

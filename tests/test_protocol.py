@@ -59,6 +59,9 @@ def sample_frames() -> list[tuple[bytes, Frame]]:
     blocks = (3).to_bytes(8, "big") + os.urandom(32 * 4)
     frames.append((protocol.encode(protocol.BLOCKS, blocks, 70000, 0, 7 << 20),
                    Frame(protocol.BLOCKS, 0, 70000, 7 << 20, blocks)))
+    asked = struct.pack(">2I", 4, 6)  # pieces 4 and 6, of the segment at 4 MiB
+    frames.append((protocol.encode(protocol.ASK, asked, 4 << 20),
+                   Frame(protocol.ASK, 0, 4 << 20, 0, asked)))
     return frames
 
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 from remote_helper.target import devices, imagedigest
 from remote_helper.wire import protocol
-from remote_helper.wire.protocol import END, MATCH, OPEN, READY
+from remote_helper.wire.protocol import ANSWER, END, MATCH, OPEN, READY, Frame
 
 from ..engine.source import Source, close_source, open_source
 from ..errors import BacpacError, DiskFullError, TransferError, UsageError, interruption
@@ -28,7 +28,7 @@ from ..ui.events import Counters, JobMessage, JobStarted, JobSummary, Sink
 from .jobs import (check_result, naming, remote_path, report_digests, run_tracked,
                    saveset_metadata, warn, where)
 from ..engine.dedup import SeenChunks
-from ..engine.delta import SegmentReader, two_levels
+from ..engine.delta import Asks, SegmentReader, two_levels
 from ..engine.pipeline import ExtentReader, ImageStream, Producer, StreamResult, StreamSettings
 from ..transport.fanout import SAVESET, TARGET, Fanout
 from ..transport.helper import ConnectOptions, HelperSession, Receiver, open_session
@@ -216,15 +216,23 @@ class _Stream:
         # In a delta run the receiver feeds this the target's digests as the helper sends them;
         # a queue of each stream's own, so a reader being stopped can never take one.
         self.digests: queue.Queue[tuple[int, bytes]] = queue.Queue()
+        self.asks = Asks()  # and hands the answers to its ASKs to this
         producer: Producer
         if self._request.delta:
-            producer = SegmentReader(self.digests)
+            producer = SegmentReader(self.digests, self.asks)
         elif self._request.backup or self._request.savesets:
             producer = ExtentReader()  # no COPY frames: a saveset's helper has no disk to read
         else:
             producer = ExtentReader(SeenChunks())
         return ImageStream(self.source.fd, self.source.size, settings, producer,
                            here=self._here, name=self.source.path)
+
+    def on_digests(self, frame: Frame) -> None:
+        """A DIGESTS frame from the target's helper: a segment's, or an answer to an ASK."""
+        if frame.flags == ANSWER:
+            self.asks.answer(frame.offset, bytes(frame.payload))
+        else:
+            self.digests.put((frame.offset, frame.payload))
 
     def use(self, settings: StreamSettings) -> ImageStream:
         if settings != self.image.settings:
@@ -244,9 +252,9 @@ def _transfer(job: _Job, stream: _Stream, session: HelperSession,
     image = stream.use(settings)
     path = remote_path(request.target)
     counters = Counters(job.name, job.sink)
-    receiver = Receiver(session, path, counters.set_written,
-                        lambda frame: stream.digests.put((frame.offset, frame.payload)),
+    receiver = Receiver(session, path, counters.set_written, stream.on_digests,
                         functools.partial(_agrees, request, settings, session.host))
+    stream.asks.connect(functools.partial(receiver.send, session.send))
     receiver.send(session.ship)
     # Sent without waiting for READY: the helper checks the OPEN before it reads on, and
     # refuses it, with nothing written, by an ERROR that the receiver reads in READY's place.
@@ -339,8 +347,8 @@ def _fan_transfer(job: _Job, stream: _Stream, fan: Fanout) -> None:
     opens = [_leg_open(request, source, settings, leg.role, leg.path) for leg in fan.legs]
     target = fan.legs[-1]  # the target's helper, or a backup's first saveset
     try:
-        fan.start(opens, counters.set_written,
-                  lambda frame: stream.digests.put((frame.offset, frame.payload)), sizes.count)
+        stream.asks.connect(target.session.send)
+        fan.start(opens, counters.set_written, stream.on_digests, sizes.count)
         job.sink.emit(JobStarted(job.name, request.command, request.source,
                                  str(request.target), _saveset_shown(request), source.size))
         streamed = image.send(fan)
@@ -478,8 +486,10 @@ def _open_frame(request: DupRequest, source: Source, settings: StreamSettings) -
         "saveset": saveset,
         "delta": ({"block": settings.delta_block, "segment": settings.block_size,
                    "trust": request.nothing_else_writes_target,
-                   # two levels: the helper's DIGESTS carry piece digests too (delta.py)
-                   "pieces": imagedigest.PIECE if two_levels(settings) else 0}
+                   # two levels: the helper's DIGESTS carry piece digests, and the client
+                   # ASKs for the blocks of those that differ (delta.py)
+                   "pieces": imagedigest.PIECE if two_levels(settings) else 0,
+                   "ask": two_levels(settings)}
                   if request.delta else None),
         "source": {"boot_id": devices.boot_id(), "identity": source.identity},
     }

@@ -10,10 +10,13 @@
 # is the image digest's piece (1 MiB), the plan keeps each block's digest line, so the image
 # digest hashes none of them again (imagedigest.py).
 # Two levels (smaller blocks that divide the piece, the default 64 KiB): the helper's DIGESTS
-# also carry the sha256 of each 1 MiB piece of the target (docs/wire.md). Each piece of the
-# source is hashed once, for the image digest; a piece equal to the target's is MATCHed whole,
-# and only the blocks of a piece that differs are hashed, to find which to send: about one
-# pass over the data plus the changed pieces, where one level hashed every byte twice.
+# carry the sha256 of each 1 MiB piece of the target only (docs/wire.md). Each piece of the
+# source is hashed once, for the image digest; a piece equal to the target's is MATCHed whole.
+# For the pieces that differ, the plan ASKs the helper for their block digests (Asks), and
+# goes on when the answer comes (on the receiver's thread, which hands it to the pool): the
+# reader and the pool go on with the next segments meanwhile, within the buffers' pool, so the
+# round trips overlap. Only the blocks of a piece that differs are hashed, on each side: about
+# one pass over the data plus the changed pieces, on either side.
 # sha256 is collision-safe and, with the CPU's SHA extensions, the fastest digest
 # hashlib has (docs/performance.md).
 """
@@ -21,16 +24,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import mmap
 import queue
-from typing import Callable, Optional
+import struct
+import threading
+from concurrent.futures import Future, InvalidStateError
+from typing import Callable, Optional, TypeVar
 
 from remote_helper.target import imagedigest
 from remote_helper.target.devices import is_zero, zero_chunks
 from remote_helper.target.hashing import hole_blocks
+from remote_helper.wire import protocol
 
 from ..errors import ProtocolError
 from .frames import Data, Frame, Hole, Match
 from .pipeline import BlockReader, Planned, StreamSettings
+
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,8 +52,10 @@ class SegmentReader:
     """The Producer of a delta run (pipeline.BlockReader runs it): reads the source segment by
     segment and plans each against the target's digests, which `digests` brings in order."""
 
-    def __init__(self, digests: "queue.Queue[tuple[int, bytes]]") -> None:
+    def __init__(self, digests: "queue.Queue[tuple[int, bytes]]",
+                 asks: Optional["Asks"] = None) -> None:
         self._digests = digests
+        self._asks = asks or Asks()
         # id() of the pool's buffers that may hold bytes other than zeros: only those have
         # their holes cleared (a disk of holes costs no zeroing; docs/performance.md)
         self._dirty: set[int] = set()
@@ -59,18 +71,44 @@ class SegmentReader:
             block = reader.settings.delta_block
             lines: Lines
             if two_levels(reader.settings):
-                found: list[Optional[bytes]] = []
-                lines = found
-                split = -(-length // block) * 32
-                plan = functools.partial(plan_pieces, offset, view, holes, theirs[:split],
-                                         theirs[split:], block, reader.compressor.compress,
-                                         found)
+                reader.put(self._two_levels(reader, buffer, offset, view, holes, theirs))
+                continue
             else:
                 pieces = block == imagedigest.PIECE and segment % block == 0  # blocks: pieces
                 lines = [] if pieces else None
                 plan = functools.partial(plan_segment, offset, view, holes, theirs, block,
                                          reader.compressor.compress, lines)
             reader.put(Planned(buffer, length, reader.submit(plan), lines))
+
+    def _two_levels(self, reader: BlockReader, buffer: mmap.mmap, offset: int,
+                    view: memoryview, holes: list[tuple[int, int]],
+                    their_pieces: bytes) -> Planned:
+        """The segment planned in two steps: its pieces compared on the pool, then, once the
+        helper has answered the ASK for the blocks of those that differ, its frames."""
+        block, compress = reader.settings.delta_block, reader.compressor.compress
+        found: list[Optional[bytes]] = []
+        frames: "Future[list[Frame]]" = Future()
+        compared = reader.submit(compare_pieces, offset, view, holes, their_pieces, block,
+                                 found)
+
+        def finish(kinds: Kinds, answer: bytes) -> None:
+            try:
+                _chain(reader.submit(plan_blocks, offset, view, holes, kinds, answer, block,
+                                     compress), frames)
+            except BaseException as e:  # a pool shut down: the stream is closing
+                _fail(frames, e)
+
+        def then(done: "Future[tuple[Kinds, list[int]]]") -> None:
+            try:
+                kinds, asked = done.result()
+                if asked:
+                    self._asks.ask(offset, asked, functools.partial(finish, kinds))
+                else:
+                    finish(kinds, b"")
+            except BaseException as e:  # the stream's sender raises it, in its turn
+                _fail(frames, e)
+        compared.add_done_callback(then)
+        return Planned(buffer, len(view), frames, found, compared)
 
     def _target_digests(self, reader: BlockReader, offset: int) -> bytes:
         their_offset, digests = reader.wait_for(self._digests)
@@ -131,35 +169,114 @@ def two_levels(settings: StreamSettings) -> bool:
     return block < piece and piece % block == 0 and settings.block_size % piece == 0
 
 
-def plan_pieces(offset: int, view: memoryview, holes: list[tuple[int, int]], theirs: bytes,
-                their_pieces: bytes, block: int, compress: Compress,
-                lines: list[Optional[bytes]]) -> list[Frame]:
-    """plan_segment's frames, two levels down: each 1 MiB piece of the segment is hashed once
-    (its image digest line, appended to `lines`) and MATCHed whole if the target's piece has
-    its digest; only the blocks of a piece that differs are hashed. A piece of zeros (a hole,
-    or a memcmp) hashes nothing, and is compared block by block, as plan_segment does."""
-    kinds: list[type[Frame]] = []
-    in_holes = hole_blocks(holes, block, len(view))
+Kinds = list[Optional[type[Frame]]]  # each block's frame; None: its piece's blocks are asked
+
+
+def compare_pieces(offset: int, view: memoryview, holes: list[tuple[int, int]],
+                   their_pieces: bytes, block: int,
+                   lines: list[Optional[bytes]]) -> tuple[Kinds, list[int]]:
+    """The first of two levels: each 1 MiB piece of the segment hashed once (its image digest
+    line, appended to `lines`; a piece of zeros, a hole or a memcmp, is not hashed) and
+    compared with the target's. Returns each block's kind (Match, for the blocks of an equal
+    piece; None for the others) and the indexes, in the image, of the pieces that differ,
+    whose blocks the helper is to be asked for."""
+    kinds: Kinds = []
+    asked: list[int] = []
     piece_holes = hole_blocks(holes, imagedigest.PIECE, len(view))
-    per = imagedigest.PIECE // block
     for index, pos in enumerate(range(0, len(view), imagedigest.PIECE)):
         piece = view[pos:pos + imagedigest.PIECE]
-        first = index * per
-        count = -(-len(piece) // block)
         if index in piece_holes or is_zero(piece):
             lines.append(imagedigest.zero_line(len(piece)))
-            mine = None
+            mine = zero_digest(len(piece))
         else:
             digest = hashlib.sha256(piece)
             lines.append(imagedigest.line(digest.hexdigest()))
             mine = digest.digest()
-        if mine is not None and mine == their_pieces[index * 32:index * 32 + 32]:
+        count = -(-len(piece) // block)
+        if mine == their_pieces[index * 32:index * 32 + 32]:
             kinds.extend([Match] * count)
-            continue
-        for at in range(first, first + count):
-            kinds.append(_kind(view[at * block:(at + 1) * block], at in in_holes,
-                               theirs[at * 32:at * 32 + 32], None))
-    return _runs_to_frames(offset, view, kinds, block, compress)
+        else:
+            kinds.extend([None] * count)
+            asked.append((offset + pos) // imagedigest.PIECE)
+    return kinds, asked
+
+
+def plan_blocks(offset: int, view: memoryview, holes: list[tuple[int, int]], kinds: Kinds,
+                answer: bytes, block: int, compress: Compress) -> list[Frame]:
+    """The second level: each block of the asked pieces compared with its digest in the
+    helper's `answer` (in order), as plan_segment does, then the segment's frames."""
+    asked = kinds.count(None)
+    if len(answer) != 32 * asked:
+        raise ProtocolError(f"the helper answered {len(answer)} bytes of block digests for the "
+                            f"segment at offset {offset}, expected {32 * asked}")
+    in_holes = hole_blocks(holes, block, len(view))
+    planned: list[type[Frame]] = []
+    at = 0
+    for index, kind in enumerate(kinds):
+        if kind is None:
+            kind = _kind(view[index * block:(index + 1) * block], index in in_holes,
+                         answer[at:at + 32], None)
+            at += 32
+        planned.append(kind)
+    return _runs_to_frames(offset, view, planned, block, compress)
+
+
+class Asks:
+    """A delta run's questions to the helper: the pieces of a segment whose block digests the
+    plan needs (an ASK frame), and where each answer goes (a DIGESTS frame with flags ANSWER,
+    which the receiver hands to answer())."""
+
+    def __init__(self) -> None:
+        self._send: Optional[Callable[[bytes], None]] = None
+        self._waiting: dict[int, Callable[[bytes], None]] = {}
+        self._lock = threading.Lock()
+
+    def connect(self, send: Callable[[bytes], None]) -> None:
+        """Where ASK frames go: the target's helper (any thread may send through it)."""
+        self._send = send
+
+    def ask(self, offset: int, pieces: list[int], answered: Callable[[bytes], None]) -> None:
+        """Ask for the block digests of `pieces` of the segment at `offset`; answered(digests)
+        once they come."""
+        if self._send is None:
+            raise ProtocolError("an ASK with no helper to send it to")
+        with self._lock:
+            self._waiting[offset] = answered
+        self._send(protocol.encode(protocol.ASK, struct.pack(f">{len(pieces)}I", *pieces),
+                                   offset))
+
+    def answer(self, offset: int, digests: bytes) -> None:
+        """The helper's answer for the segment at `offset` (the receiver's thread)."""
+        with self._lock:
+            answered = self._waiting.pop(offset, None)
+        if answered is None:
+            raise ProtocolError(f"the helper answered an ASK for offset {offset}, which was "
+                                "not asked")
+        answered(digests)
+
+
+def _chain(source: "Future[T]", to: "Future[T]") -> None:
+    """source's outcome, once it has one, into `to`."""
+    def done(future: "Future[T]") -> None:
+        if future.cancelled():
+            to.cancel()
+            return
+        error = future.exception()
+        if error is not None:
+            _fail(to, error)
+        else:
+            try:
+                to.set_result(future.result())
+            except InvalidStateError:
+                pass  # cancelled meanwhile: the stream is closing
+    source.add_done_callback(done)
+
+
+def _fail(future: "Future[T]", error: BaseException) -> None:
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass  # it has an outcome already
 
 
 def _kind(piece: memoryview, in_hole: bool, theirs: bytes, lines: Lines) -> type[Frame]:

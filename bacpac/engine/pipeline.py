@@ -36,7 +36,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Protocol, TypeVar, Union
+from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar, Union
 
 import zstandard
 
@@ -135,8 +135,11 @@ class Planned:
     size: int
     frames: "Future[list[Frame]]"
     # The image digest's line of each piece, filled in by the planning (None: not hashed
-    # there), when the plan hashes the digest's pieces anyway (delta.py, 1 MiB blocks).
+    # there), when the plan hashes the digest's pieces anyway (delta.py).
     lines: Optional[list[Optional[bytes]]] = None
+    # Done once `lines` is complete, when that is before `frames` (a two-level delta, whose
+    # frames wait for the helper's answer: the hashing thread need not wait for it)
+    hashed: "Optional[Future[Any]]" = None
 
 
 _Item = Union[Hole, _Block, Planned, StreamResult, BaseException]
@@ -302,7 +305,7 @@ class BlockReader:
         (once planned: the hashing thread waits for it), the others on the pool."""
         if not isinstance(item, Planned) or item.lines is None:
             return self._pool_lines
-        self._result(item.frames)
+        self._result(item.hashed if item.hashed is not None else item.frames)
         known = item.lines
 
         def lines(pieces: list[memoryview]) -> list[bytes]:

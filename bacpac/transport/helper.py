@@ -440,6 +440,9 @@ class HelperSession:
         self._deadline: Optional[threading.Timer] = None
         self._readers: list[threading.Thread] = []  # the Receiver's, the payload's: owns()
         self._hello_lock = threading.Lock()
+        # a frame is written whole under it: a delta run's ASKs go from the compressor pool
+        # while the sending thread writes the stream
+        self._write_lock = threading.Lock()
         self._hello_seen = False
         self._within = HELLO_WITHIN
         self._late = False  # the deadline passed with no HELLO: the channel is closed
@@ -577,15 +580,17 @@ class HelperSession:
                              f"{'; '.join(said) or 'it wrote nothing'}{hint}")
 
     def send(self, data: bytes) -> None:
-        self.channel.write(data)
+        with self._write_lock:
+            self.channel.write(data)
 
     def send_json(self, frame_type: int, obj: dict) -> None:
-        self.channel.write(protocol.encode_json(frame_type, obj))
+        self.send(protocol.encode_json(frame_type, obj))
 
     def send_block(self, offset: int, size: int, flags: int, payload: bytes) -> None:
         """A DATA frame: the header, then the payload as is (no concatenation copy)."""
-        self.channel.write(protocol.header(protocol.DATA, payload, offset, flags, size))
-        self.channel.write(payload)
+        with self._write_lock:
+            self.channel.write(protocol.header(protocol.DATA, payload, offset, flags, size))
+            self.channel.write(payload)
 
     def recv(self) -> Frame:
         """The next frame from the helper; a dead helper raises with what it said on stderr."""

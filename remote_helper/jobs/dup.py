@@ -16,8 +16,8 @@ from ..target.target import NullTarget, check_target, open_target
 from ..target.writer import ImageWriter
 from ..wire import codecs, protocol, zstdframe
 from ..wire.zstdframe import require_zstd
-from ..wire.protocol import (COMMIT, COPY, DATA, END, ERROR, HOLE, MATCH, PREPARED, PROGRESS,
-                             READY, RESULT)
+from ..wire.protocol import (ASK, COMMIT, COPY, DATA, END, ERROR, HOLE, MATCH, PREPARED,
+                             PROGRESS, READY, RESULT)
 
 if TYPE_CHECKING:  # for the type comments only: the server imports this module
     from .server import Input, Output  # noqa: F401
@@ -88,8 +88,8 @@ def run_dup(job, inp, out):
                 cache.record.segments = segments
         writer = image_writer(job, inp, out, target, saveset, segments,
                               cache.record if cache is not None else None)
-        out.send_json(RESULT, with_cache(write_image(job, inp, out, writer, target, saveset),
-                                         cache, segments, target))
+        out.send_json(RESULT, with_cache(write_image(job, inp, out, writer, target, saveset,
+                                                     segments), cache, segments, target))
     except ClientGone:
         raise
     except Exception as e:
@@ -113,8 +113,9 @@ def run_dup(job, inp, out):
 
 def two_levels(delta):
     # type: (dict) -> bool
-    """Whether the delta's DIGESTS carry piece digests too (`pieces`, docs/wire.md): only
-    with blocks that divide the image digest's piece, in segments that it divides."""
+    """Whether the delta's DIGESTS carry piece digests, and the client ASKs for the blocks of
+    those that differ (`pieces` and `ask`, docs/wire.md): only with blocks that divide the
+    image digest's piece, in segments that it divides."""
     pieces = int(delta.get("pieces") or 0)
     if not pieces:
         return False
@@ -122,6 +123,9 @@ def two_levels(delta):
     if pieces != imagedigest.PIECE or block >= pieces or pieces % block or segment % pieces:
         raise ProtocolError("delta pieces of %d bytes with blocks of %d in segments of %d"
                             % (pieces, block, segment))
+    if delta.get("ask") is not True:
+        raise ProtocolError("delta pieces without ask: this helper sends a piece's blocks "
+                            "only when asked")
     return True
 
 
@@ -193,11 +197,11 @@ def image_writer(job, inp, out, target, saveset, segments, record=None):
                        record=record)
 
 
-def write_image(job, inp, out, writer, target, saveset):
-    # type: (dict, Input, Output, ImageWriter, AnyTarget, Saveset) -> dict
+def write_image(job, inp, out, writer, target, saveset, segments=None):
+    # type: (dict, Input, Output, ImageWriter, AnyTarget, Saveset, Optional[TargetSegments]) -> dict
     """Receive the image into the writer, prove it, and finish the target and the saveset."""
     check = job.get("check", "sha256")
-    end = receive_image(inp, writer, target, check == "frames")
+    end = receive_image(inp, writer, target, check == "frames", segments)
     written, digests = writer.drain()
     where = target.path or (saveset.path if saveset else "stream")
     # The source's digests, for the comparisons here and the client's, the saveset's trailer
@@ -248,10 +252,10 @@ def _is_sha256(value):
             and all(c in "0123456789abcdef" for c in value))
 
 
-def receive_image(inp, writer, target, checked_frames=False):
-    # type: (Input, ImageWriter, AnyTarget, bool) -> dict
+def receive_image(inp, writer, target, checked_frames=False, segments=None):
+    # type: (Input, ImageWriter, AnyTarget, bool, Optional[TargetSegments]) -> dict
     """DATA, HOLE, MATCH and COPY frames, contiguous and in order, up to END; returns END's
-    payload.
+    payload. In a two-level delta run, the client's ASKs between them are answered here.
 
     With checked_frames, a DATA frame must be exactly one zstd frame with a content checksum.
     """
@@ -289,6 +293,8 @@ def receive_image(inp, writer, target, checked_frames=False):
                 # hashing a trailing hole, instead of after its END.
                 writer.finish()
                 whole = True
+        elif frame.type == ASK and segments is not None:
+            segments.answer(frame.offset, bytes(frame.payload))
         elif frame.type == END:
             end = frame.json()
             if expected != target.size or end.get("bytes") != target.size:

@@ -33,11 +33,13 @@ import time
 from typing import Optional, Tuple  # for the type comments
 
 from ..target import devices
-from ..target.delta import BlockDigests
+from ..target.blockdigests import BlockDigests
 from .atomic import AtomicFile
 
-MAGIC = b"bacpac-digests-2"
-OLD_MAGICS = (b"bacpac-digests-1",)  # same length: its tail is read as this one's
+MAGIC = b"bacpac-digests-3"
+# Same length: their tails are read as this one's. Format 3: a block's digest may be UNKNOWN
+# (a piece a two-level run MATCHed whole, whose blocks it never hashed).
+OLD_MAGICS = (b"bacpac-digests-1", b"bacpac-digests-2")
 DIGEST = 32
 SETTLE = 0.05  # seconds: several ticks of the coarse clock ctime is read from (HZ >= 100)
 _TAIL = 8 + len(MAGIC) + DIGEST

@@ -11,12 +11,16 @@
 # a reader that fails tells it at once (`fail`: the helper's ERROR frame), or both would wait.
 # With a digest cache (saveset/digestcache.py) the digests come from it instead, and the target
 # is read only where the writer needs old bytes (a MATCH in the held-back head, or one to hash
-# or to put in a saveset). BlockDigests collects the digests of the target as the run leaves
-# it, for the next run's cache.
-# Two levels (OPEN's delta.pieces, docs/wire.md): a DIGESTS frame then also carries the sha256
-# of each whole 1 MiB piece of the segment (the image digest's pieces), hashed by the same
-# threads, so that the client hashes a piece that equals the target's once, for the image
-# digest, and none of its blocks. The helper so hashes each byte twice (blocks and pieces).
+# or to put in a saveset). blockdigests.BlockDigests collects the digests of the target as the
+# run leaves it, for the next run's cache.
+# Two levels (OPEN's delta.pieces and delta.ask, docs/wire.md): a DIGESTS frame then carries
+# the sha256 of each 1 MiB piece of the segment only (the image digest's pieces), hashed by
+# the same threads, and the segment's block digests start UNKNOWN. The client compares pieces,
+# and ASKs for the block digests of the pieces that differ (answer()): they are hashed from the
+# segment's buffer, still held (the writer cannot pass a segment before the client's frames
+# for it, which follow the answer), or, in a cached run, taken from the cache, or read and
+# hashed where the cache does not know them. So each byte is hashed once, and the blocks of a
+# changed piece once more.
 # The segments' buffers are a fixed pool, given back once the writer has passed a segment (no
 # view of it outlives the take() or skip() that passed it): a new 4 MiB bytearray for each
 # segment cost the reader thread as much CPU as its reads, in page faults and zeroing
@@ -25,6 +29,7 @@
 import hashlib
 import mmap
 import queue
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple  # for the type comments
@@ -32,9 +37,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple  # for the type
 from ..wire import protocol
 from . import directio
 from .devices import data_extents, zero_chunks
-from .hashing import Hashers, block_digests, hole_blocks, zero_digest
+from .blockdigests import UNKNOWN
+from .hashing import Hashers, block_digests, hole_blocks
 from .imagedigest import PIECE
-from ..errors import HelperError, IntegrityError, as_helper_error
+from ..errors import HelperError, IntegrityError, ProtocolError, as_helper_error
 
 if TYPE_CHECKING:  # target.py is not needed to run this module
     from .target import Target
@@ -52,10 +58,7 @@ if TYPE_CHECKING:  # target.py is not needed to run this module
 
 Send = Callable[[bytes], None]
 # A segment of the target: offset, length, its block digests, its bytes (None if not read)
-Segment = Tuple[int, int, bytes, Optional[memoryview]]
-# A piece whose digest is not known (the digest cache's, for a piece a run changed in part):
-# no sha256 is all zeros, so the client compares its blocks one by one.
-UNKNOWN = bytes(32)
+Segment = Tuple[int, int, bytearray, Optional[memoryview]]
 
 DEPTH = 8  # segments read ahead of the writer
 # Buffers in the pool: the queue's, the writer's, the one in hashing, the one being read.
@@ -68,10 +71,15 @@ class TargetSegments(object):
 
     def __init__(self, target, block, segment, send, fail, cached=None, pieces=False):
         # type: (Target, int, int, Send, Callable[[BaseException], None], Optional[Cached], bool) -> None
-        """With `pieces`, each DIGESTS also carries the segment's piece digests (two levels:
-        the caller checked that block divides PIECE and PIECE divides segment)."""
+        """With `pieces`, each DIGESTS carries the segment's piece digests alone, and the
+        client asks for the blocks of those that differ (two levels: the caller checked that
+        block divides PIECE and PIECE divides segment)."""
         self._target = target
         self._pieces = pieces
+        # the segments announced and not yet passed by the writer, by offset, with their holes:
+        # answer() hashes the blocks of asked pieces from them (the input thread)
+        self._held = {}  # type: dict
+        self._held_lock = threading.Lock()
         self._piece_digests = b""  # the current segment's piece digests
         self.kept_pieces = {}  # type: dict  # piece index -> digest, of the last take()
         self._cached = cached
@@ -88,13 +96,20 @@ class TargetSegments(object):
         # id() of the buffers that may hold bytes other than zeros (the reader thread's alone):
         # only those have their holes cleared, so a disk of holes costs no zeroing
         self._dirty = set()  # type: set
-        self.read_bytes = 0  # of the target, by either thread
+        self._read_bytes = 0  # of the target, by the reader thread or the writer's
+        self._answer_bytes = 0  # read by answer() (the input thread): a count of its own
         self._stop = threading.Event()
         self.error = None  # type: Optional[HelperError]
         self._hashers = Hashers() if cached is None else None
         self._thread = threading.Thread(target=self._run, name="delta-reader")
         self._thread.daemon = True
         self._thread.start()
+
+    @property
+    def read_bytes(self):
+        # type: () -> int
+        """Bytes read of the target so far, by every thread."""
+        return self._read_bytes + self._answer_bytes
 
     def stop(self):
         # type: () -> bool
@@ -110,7 +125,7 @@ class TargetSegments(object):
     def _run(self):
         # type: () -> None
         offset = 0
-        hashing = None  # type: Optional[Tuple[int, int, list, memoryview]]
+        hashing = None  # type: Optional[Tuple[int, int, list, memoryview, list]]
         try:
             size = self._target.size
             for offset in range(0, size, self._segment):
@@ -120,21 +135,18 @@ class TargetSegments(object):
                         offset // self._block, -(-length // self._block))
                     pieces = self._cached.pieces(  # type: ignore[union-attr]
                         offset // PIECE, -(-length // PIECE)) if self._pieces else b""
-                    if not self._announce((offset, length, cached, None), pieces):
+                    if not self._announce((offset, length, bytearray(cached), None), pieces):
                         return
                     continue
                 data = self._buffer(length)
                 if data is None:
                     return
                 holes = self._read(data, offset)
-                shares = self._hashers.submit(data, self._block,
-                                              hole_blocks(holes, self._block, length))
-                if self._pieces:  # after the blocks': the DIGESTS payload's order
-                    shares += self._hashers.submit(data, PIECE,
-                                                   hole_blocks(holes, PIECE, length))
+                level = PIECE if self._pieces else self._block  # pieces: blocks when asked
+                shares = self._hashers.submit(data, level, hole_blocks(holes, level, length))
                 if hashing is not None and not self._hashed(hashing):
                     return
-                hashing = (offset, length, shares, data)
+                hashing = (offset, length, shares, data, holes)
             if hashing is not None:
                 self._hashed(hashing)
         except BaseException as e:
@@ -144,22 +156,67 @@ class TargetSegments(object):
             self._put(None)  # the writer raises self.error when it next needs a segment
 
     def _hashed(self, hashing):
-        # type: (Tuple[int, int, list, memoryview]) -> bool
+        # type: (Tuple[int, int, list, memoryview, list]) -> bool
         """Announce a segment once its shares are hashed; whether it was, before stop()."""
-        offset, length, shares, data = hashing
+        offset, length, shares, data, holes = hashing
         digests = [share.result(self._stop) for share in shares]
         if None in digests:
             return False
-        both = b"".join(digests)
-        split = -(-length // self._block) * 32
-        return self._announce((offset, length, both[:split], data), both[split:])
+        if not self._pieces:
+            return self._announce((offset, length, bytearray(b"".join(digests)), data))
+        blocks = bytearray(UNKNOWN * -(-length // self._block))  # until the client asks
+        return self._announce((offset, length, blocks, data), b"".join(digests), holes)
 
-    def _announce(self, segment, pieces=b""):
-        # type: (Segment, bytes) -> bool
-        """Send the segment's DIGESTS (its block digests, then its piece digests, if any) and
-        queue it for the writer; False once stopped."""
-        self._send(protocol.encode(protocol.DIGESTS, segment[2] + pieces, segment[0]))
+    def _announce(self, segment, pieces=b"", holes=()):
+        # type: (Segment, bytes, Any) -> bool
+        """Send the segment's DIGESTS (its piece digests with two levels, else its block
+        digests) and queue it for the writer; False once stopped."""
+        if self._pieces:
+            with self._held_lock:  # before the DIGESTS: the client's ASK may follow at once
+                self._held[segment[0]] = (segment, holes)
+        payload = pieces if self._pieces else bytes(segment[2])
+        self._send(protocol.encode(protocol.DIGESTS, payload, segment[0]))
         return self._put((segment, pieces))
+
+    def answer(self, offset, payload):
+        # type: (int, bytes) -> None
+        """An ASK for the block digests of some pieces of the segment at `offset` (4-byte
+        indexes of pieces in the image): hashed from the segment's bytes, or from the cache
+        where it knows them, else read; recorded in the segment and sent back in order."""
+        with self._held_lock:
+            held = self._held.pop(offset, None)
+        if held is None or len(payload) % 4 or not payload:
+            raise ProtocolError("ASK for the segment at offset %d, which is not awaiting one"
+                                % offset)
+        (seg_offset, length, blocks, data), holes = held
+        answer = []
+        for (index,) in struct.iter_unpack(">I", payload):
+            start = index * PIECE - seg_offset
+            if not 0 <= start < length:
+                raise ProtocolError("ASK for piece %d, not in the segment at offset %d"
+                                    % (index, offset))
+            n = min(PIECE, length - start)
+            first, count = start // self._block, -(-n // self._block)
+            known = bytes(blocks[first * 32:(first + count) * 32])
+            if data is not None or UNKNOWN in _split(known):
+                known = self._piece_blocks(data, seg_offset + start, start, n, holes)
+                blocks[first * 32:(first + count) * 32] = known
+            answer.append(known)
+        self._send(protocol.encode(protocol.DIGESTS, b"".join(answer), offset,
+                                   protocol.ANSWER))
+
+    def _piece_blocks(self, data, offset, start, n, holes):
+        # type: (Optional[memoryview], int, int, int, Any) -> bytes
+        """The block digests of the n bytes at `offset` (`start` in its segment): hashed
+        from the segment's buffer, or read first (a cached run that does not know them)."""
+        if data is not None:
+            view = data[start:start + n]
+            inside = hole_blocks([(s - start, r) for s, r in holes], self._block, n)
+            return block_digests(view, self._block, inside)
+        view = memoryview(bytearray(n))
+        self._target.read_into(view, offset)
+        self._answer_bytes += n
+        return block_digests(view, self._block)
 
     def _put(self, item):
         # type: (Optional[Tuple[Segment, bytes]]) -> bool
@@ -201,7 +258,7 @@ class TargetSegments(object):
             rel = start - offset
             if is_data:
                 self._target.read_into(view[rel:rel + run], start)
-                self.read_bytes += run
+                self._read_bytes += run
                 self._dirty.add(buffer)
                 continue
             holes.append((rel, run))
@@ -252,35 +309,57 @@ class TargetSegments(object):
                 self._piece_digests[index * 32:index * 32 + 32]
 
     def _bytes(self, data, offset, start, n, digests):
-        # type: (Optional[memoryview], int, int, int, bytes) -> memoryview
+        # type: (Optional[memoryview], int, int, int, bytearray) -> memoryview
         if data is not None:
             return data[start:start + n]
         # Not read ahead (a cached run): MATCHed ranges are never written in this run, and
         # the head, which is zeroed once a byte beyond it is, comes first in stream order.
         view = memoryview(bytearray(n))
         self._target.read_into(view, offset)
-        self.read_bytes += n
+        self._read_bytes += n
         self._check_cached(view, offset, start, digests)
         return view
 
     def _check_cached(self, view, offset, start, digests):
-        # type: (memoryview, int, int, bytes) -> None
+        # type: (memoryview, int, int, bytearray) -> None
         """Bytes read in a cached run must have the cache's digests: the first MiB, which
         every cached run reads, holds the partition table and the file system's superblock,
-        which a mount writes. A mismatch fails the run before anything beyond the head is
-        written (the cache is already gone: the next run reads the target)."""
+        which a mount writes. Each block is held against its digest where the cache knows it,
+        each whole piece against its own where it knows that. A mismatch fails the run before
+        anything beyond the head is written (the cache is already gone: the next run reads the
+        target)."""
         block = self._block
         whole = len(view) // block * block if offset + len(view) < self._target.size \
             else len(view)
         if start % block or not whole:
             return
         first = start // block
-        cached = digests[first * 32:first * 32 + -(-whole // block) * 32]
-        if block_digests(view[:whole], block) != cached:
+        cached = _split(bytes(digests[first * 32:first * 32 + -(-whole // block) * 32]))
+        held = [(at, digest) for at, digest in enumerate(cached) if digest != UNKNOWN]
+        ok = all(hashlib.sha256(view[at * block:(at + 1) * block]).digest() == digest
+                 for at, digest in held)
+        if self._piece_digests and ok:
+            ok = self._check_pieces(view[:whole], start)
+        if not ok:
             raise IntegrityError("%s: the target's bytes at offset %d differ from its digest "
                                  "cache: something else wrote it since the last run; the cache "
                                  "is removed, run the same command again" % (self._target.path,
                                                                            offset))
+
+    def _check_pieces(self, view, start):
+        # type: (memoryview, int) -> bool
+        """Whether each whole piece of view (at `start` in the current segment) has the
+        cache's piece digest, where the cache knows it."""
+        current = self._current
+        assert current is not None  # the segment the bytes were read for
+        for pos in range(-(-start // PIECE) * PIECE - start, len(view), PIECE):
+            piece = view[pos:pos + PIECE]
+            index = (start + pos) // PIECE
+            digest = self._piece_digests[index * 32:index * 32 + 32]
+            if len(piece) == min(PIECE, current[1] - start - pos) and \
+                    digest != UNKNOWN and hashlib.sha256(piece).digest() != digest:
+                return False
+        return True
 
     def _digests_of(self, digests, start, n, last):
         # type: (bytes, int, int, bool) -> Optional[bytes]
@@ -303,8 +382,11 @@ class TargetSegments(object):
             if item is None:
                 assert self.error is not None  # _run sets it before it queues the None
                 raise self.error
-            if self._current is not None and self._current[3] is not None:
-                self._passed.append(self._current[3].obj)
+            if self._current is not None:
+                with self._held_lock:  # no ASK for it can come any more
+                    self._held.pop(self._current[0], None)
+                if self._current[3] is not None:
+                    self._passed.append(self._current[3].obj)
             self._current, self._piece_digests = item
         return self._current
 
@@ -316,104 +398,7 @@ class TargetSegments(object):
         self._passed = []
 
 
-
-class BlockDigests(object):
-    """The target's block digests as a delta run leaves it, in order, for the next run's cache:
-    those of MATCHed blocks as the run found them, of written ones hashed as written. Any
-    range off the block grid spoils it (`ok` False): the run then keeps no cache.
-
-    With `pieces` (a sink), also the digest of each 1 MiB piece: a piece MATCHed whole keeps
-    the digest `segments` had for it (TargetSegments.kept_pieces), one written whole (DATA,
-    COPY, HOLE) is hashed as written, and one partly kept, partly written is UNKNOWN (its
-    kept bytes may not have been read: a cached run)."""
-
-    def __init__(self, block, size, sink, pieces=None):
-        # type: (int, int, Callable[[bytes], None], Optional[Callable[[bytes], None]]) -> None
-        self._block = block
-        self._size = size
-        self._sink = sink
-        self._next = 0
-        self.ok = True
-        self._pieces = pieces
-        self.segments = None  # type: Optional[TargetSegments]  # set by the job, for kept_pieces
-        self._hash = None  # type: Optional[hashlib._Hash]  # the piece under way, while known
-        self._filled = 0  # bytes of the piece under way
-        self._known = True  # whether the piece under way was written whole so far
-
-    def complete(self):
-        # type: () -> bool
-        """Whether every block of the image has its digest, in order."""
-        return self.ok and self._next == self._size
-
-    def kept(self, offset, length, digests):
-        # type: (int, int, Optional[bytes]) -> None
-        """A MATCH: `digests` are the target's, None if the range was off the grid."""
-        if digests is None:
-            self.ok = False
-        elif self._aligned(offset, length):
-            kept = self.segments.kept_pieces if self.segments is not None else {}
-            self._add(length, digests, lambda start, n: kept.get(
-                (offset + start) // PIECE, UNKNOWN) if n == self._piece_length(
-                    offset + start) else None)
-
-    def wrote(self, offset, view):
-        # type: (int, memoryview) -> None
-        """Bytes written (a DATA or COPY): hashed here, on the writer's thread."""
-        if self._aligned(offset, len(view)):
-            self._add(len(view), block_digests(view, self._block),
-                      lambda start, n: view[start:start + n])
-
-    def zeroed(self, offset, length):
-        # type: (int, int) -> None
-        if self._aligned(offset, length):
-            block, whole = self._block, length // self._block
-            tail = length - whole * block
-            self._add(length, zero_digest(block) * whole + (zero_digest(tail) if tail else b""),
-                      lambda start, n: zero_digest(n) if n == self._piece_length(
-                          offset + start) else memoryview(bytes(n)))
-
-    def _aligned(self, offset, length):
-        # type: (int, int) -> bool
-        end = offset + length
-        self.ok = self.ok and offset == self._next and offset % self._block == 0 and (
-            end % self._block == 0 or end == self._size)
-        return self.ok
-
-    def _add(self, length, digests, part):
-        # type: (int, bytes, Callable[[int, int], Any]) -> None
-        """The next `length` bytes' block digests; part(start, n) says what is known of the
-        n bytes at `start` within them, for the piece digests: a digest (the whole piece's),
-        bytes (to hash), or None (kept: unknown unless the piece was kept whole)."""
-        self._sink(digests)
-        if self._pieces is not None:
-            start = 0
-            while start < length:
-                pos = self._next + start
-                n = min(length - start, self._piece_length(pos) - pos % PIECE)
-                self._piece(part(start, n), n, pos)
-                start += n
-        self._next += length
-
-    def _piece_length(self, pos):
-        # type: (int) -> int
-        """The length of the piece that holds byte `pos` (the image's last may be short)."""
-        first = pos // PIECE * PIECE
-        return min(PIECE, self._size - first)
-
-    def _piece(self, known, n, pos):
-        # type: (Any, int, int) -> None
-        assert self._pieces is not None
-        if isinstance(known, bytes) and n == self._piece_length(pos) and not self._filled:
-            self._pieces(known)  # a whole piece's digest
-            return
-        if known is None or isinstance(known, bytes):
-            self._known = False
-        elif self._known:
-            if self._hash is None:
-                self._hash = hashlib.sha256()
-            self._hash.update(known)
-        self._filled += n
-        if self._filled == self._piece_length(pos):
-            self._pieces(self._hash.digest() if self._known and self._hash is not None
-                         else UNKNOWN)
-            self._hash, self._filled, self._known = None, 0, True
+def _split(digests):
+    # type: (bytes) -> list
+    """Concatenated digests, one by one."""
+    return [digests[at:at + 32] for at in range(0, len(digests), 32)]

@@ -15,9 +15,9 @@
 # changes nothing writes nothing at all. A COPY is served from what this thread already wrote
 # (the held-back head from memory), and its bytes must have the sha256 the client sent: a copy
 # is proven as a DATA frame's content checksum proves its block. In a delta run it also records
-# the target's block digests as it leaves it (delta.BlockDigests), for the next run's digest
-# cache: MATCHed blocks' as compared, written ones hashed here, and no old bytes are read that
-# neither the head, the stream's hash nor the saveset needs.
+# the target's block digests as it leaves it (blockdigests.BlockDigests), for the next run's
+# digest cache: MATCHed blocks' as compared, written ones hashed here, and no old bytes are read
+# that neither the head, the stream's hash nor the saveset needs.
 """
 import hashlib
 import threading
@@ -35,7 +35,8 @@ from ..wire.zstdframe import compress_frame
 from .target import HEAD
 
 if TYPE_CHECKING:  # the types of what the helper hands in, not needed to run this module
-    from .delta import BlockDigests, TargetSegments
+    from .blockdigests import BlockDigests
+    from .delta import TargetSegments
     from ..saveset.output import SavesetOutput
     from .target import NullTarget, Target
     AnyTarget = Union[Target, NullTarget]

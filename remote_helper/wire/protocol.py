@@ -48,17 +48,21 @@ WANTS = 14  # tree writer -> reader: JSON, the indices of a window whose content
 PREPARED = 15  # helper -> client (confirm): all written and proven; the saveset awaits COMMIT
 COMMIT = 16  # client -> helper (confirm): every host prepared: rename the saveset into place
 BLOCKS = 17  # tree writer -> reader: sha256 of each block of the old file of entry `offset`
+ASK = 18  # client -> helper (delta): the pieces of the segment at `offset` whose blocks differ
 
 TYPE_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", READY: "READY", DATA: "DATA", HOLE: "HOLE", END: "END",
     RESULT: "RESULT", ERROR: "ERROR", PROGRESS: "PROGRESS", DIGESTS: "DIGESTS", MATCH: "MATCH",
     COPY: "COPY", MANIFEST: "MANIFEST", WANTS: "WANTS", PREPARED: "PREPARED",
-    COMMIT: "COMMIT", BLOCKS: "BLOCKS",
+    COMMIT: "COMMIT", BLOCKS: "BLOCKS", ASK: "ASK",
 }
 # Frames capped at MAX_CONTROL: everything but DATA (HOLE and MATCH have no payload at all).
 CONTROL_TYPES = frozenset(TYPE_NAMES) - {DATA}
 # A COPY's payload: the offset of the earlier bytes, and the sha256 they must have.
 COPY_PAYLOAD = struct.Struct(">Q32s")
+
+# DIGESTS flags: the answer to an ASK (the block digests of the pieces asked), not a segment's.
+ANSWER = 1
 
 # DATA flags: the codec of the payload.
 CODEC_RAW = 0
