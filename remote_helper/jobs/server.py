@@ -116,6 +116,7 @@ def hello():
         "uid": os.getuid(),
         "hostname": os.uname()[1],  # gethostname(), without socket's import
         "boot_id": devices.boot_id(),
+        "netns": devices.net_namespace(),
         "pid": os.getpid(),
     }
 

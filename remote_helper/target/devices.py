@@ -53,6 +53,16 @@ def boot_id():
     return _read("/proc/sys/kernel/random/boot_id").strip()
 
 
+def net_namespace():
+    # type: () -> str
+    """This process's network namespace ("net:[4026531840]"), "" where it cannot be read: two
+    helpers of one boot in two namespaces talk through a virtual link, which may be shaped."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return ""
+
+
 def io_read_bytes():
     # type: () -> int
     """Bytes this process has had read from storage (/proc/self/io), page-cache hits aside."""
