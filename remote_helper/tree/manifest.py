@@ -138,6 +138,27 @@ def _str(value):
 
 def decode_row(row):
     # type: (object) -> Entry
+    """The entry of a row. The common row (no xattrs, not sparse, every field of its type) is
+    checked in one expression (a rerun decodes every entry: docs/performance.md,
+    copy-rerun); any other goes through _checked_row, which names what is wrong."""
+    try:
+        if type(row) is list and 13 <= len(row) <= 14:
+            path, kind, mode, uid, gid, uname, gname, size, mtime, target, rdev, xattrs, \
+                ext = row[:13]
+            if kind in KINDS and type(mode) is int and type(uid) is int and type(gid) is int \
+                    and type(size) is int and type(mtime) is int and type(rdev) is int \
+                    and (mode | uid | gid | size | rdev) >= 0 and type(uname) is str \
+                    and type(gname) is str and ext is None and type(xattrs) is list \
+                    and not xattrs:
+                return Entry(path.encode("latin-1"), kind, mode & 0o7777, uid, gid, uname,
+                             gname, size, mtime, target.encode("latin-1"), rdev, (), None)
+    except (AttributeError, TypeError, UnicodeEncodeError):
+        pass  # a name that is no latin-1 text: said below
+    return _checked_row(row)
+
+
+def _checked_row(row):
+    # type: (object) -> Entry
     if not isinstance(row, list) or len(row) not in (13, 14):
         raise RemoteProtocolError("bad manifest entry: %r" % (row,))
     kind = row[1]
