@@ -34,6 +34,9 @@ SAME_HOST_LEVEL = 1
 LINK_LEVEL = 3
 OPEN_WITHIN = 600.0  # seconds: connecting, authenticating (a password typed) and HELLO
 RESULT_WITHIN = 24 * 3600.0  # the writer's last work after END (directory times, --delete)
+# Both helpers run jobs of remote_helper/jobs/copy.py: only its modules are shipped (a third
+# fewer bytes to build, send and inflate than every module's).
+HELPER_JOB = "copy"
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
     opening = _Opening(request.dest, options)
     writer: Optional[HelperSession] = None
     try:
-        reader = open_session(first, options)
+        reader = open_session(first, options, job=HELPER_JOB)
     except BaseException:
         opening.discard()
         raise
@@ -235,7 +238,7 @@ class _Opening:
 
     def _run(self) -> None:
         try:
-            self._session = open_session(self._endpoint, self._options)
+            self._session = open_session(self._endpoint, self._options, job=HELPER_JOB)
         except BaseException as e:
             self._error = e
 
