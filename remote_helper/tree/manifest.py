@@ -18,6 +18,9 @@ from .entry import KINDS, Entry
 WINDOW_BYTES = 768 << 10
 WINDOW_ENTRIES = 4096
 MAX_RAW = 4 << 20  # what a received window may inflate to
+# zlib's level: 1 costs a third of 6's CPU for a fifth more bytes (about 13 bytes an entry;
+# docs/performance.md, copy-rerun), and a rerun sends little else.
+LEVEL = 1
 
 
 def _text(data):
@@ -28,17 +31,21 @@ def _text(data):
 def entry_row(item, digest=None):
     # type: (Entry, Optional[str]) -> list
     """The entry as a JSON array; with --checksum a FILE's sha256 (hex) follows as a 14th."""
-    row = [_text(item.path), item.kind, item.mode, item.uid, item.gid, item.uname,
-            item.gname, item.size, item.mtime_ns, _text(item.target), item.rdev,
-            [[_text(n), _text(v)] for n, v in item.xattrs],
-            None if item.extents is None else [list(e) for e in item.extents]]
-    return row if digest is None else row + [digest]
+    row = list(item)  # Entry's field order; then what JSON cannot carry as it is
+    row[0] = item.path.decode("latin-1")
+    row[9] = item.target.decode("latin-1")
+    row[11] = [[_text(n), _text(v)] for n, v in item.xattrs] if item.xattrs else []
+    if item.extents is not None:
+        row[12] = [list(e) for e in item.extents]
+    if digest is not None:
+        row.append(digest)
+    return row
 
 
 def encode_window(rows):
     # type: (List[list]) -> bytes
     """A window's payload from its entries' rows (entry_row)."""
-    return zlib.compress(_dumps(rows).encode("ascii"), 6)
+    return zlib.compress(_dumps(rows).encode("ascii"), LEVEL)
 
 
 def _dumps(rows):
