@@ -35,6 +35,7 @@ from ..tree import prefetch
 from ..tree.prefetch import Prefetcher
 from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
+from ..tree.warm import Warmer
 from ..tree.writer import CONTENT, META, SAME, TreeWriter
 from ..saveset.treeset import TreeSavesetOutput
 from ..tree.entry import DIR, FILE, HARDLINK, ROOT, Entry
@@ -95,7 +96,14 @@ def run_read_tree(job, inp, out):
     dry_run = bool(job.get("dry_run"))
     codec = protocol.CODEC_ZSTD if zstdframe.backend() else protocol.CODEC_ZLIB
     out.send_json(READY, {"roots": facts, "boot_id": devices.boot_id()})
-    go = inp.next()
+    # the names the roots most likely get (the writer says in READY): for the excludes alone
+    likely = [ROOT if f["contents"] else f["name"].encode("latin-1") for f in facts]
+    warmer = Warmer([(os.fsencode(p), n) for p, n in zip(paths, likely)],
+                    bool(job.get("one_file_system")), _excludes(job))
+    try:
+        go = inp.next()
+    finally:
+        warmer.stop()
     if go.type != READY:
         raise ProtocolError("expected READY to start the walk, got %s"
                             % protocol.type_name(go.type))
