@@ -1,19 +1,21 @@
-"""The sources' inodes read ahead of the walk, while the copy waits to begin.
+"""A tree's directories and inodes read ahead of a walk of it, into the page cache.
 
-# Strategy: the reading helper knows its roots at OPEN, but walks them only once the writer
-# has said what they are called under DEST (READY): the connection to the writer's host and
-# the writer's start come between, 0.3-0.5 s of a rerun (docs/performance.md, copy-rerun).
-# With a cold cache the walk is disk reads (each directory's blocks, then its children's
-# inodes), so a thread walks meanwhile with the walker itself (same order, same excludes for
-# the names the roots most likely get, same one-file-system rule) and keeps nothing: the real
-# walk then finds that part in the page cache. It stops when the real walk begins, so the two
-# never compete, and sooner where the cache is warm already (the walk then costs CPU only:
-# measured on the thread's own clock, it stops once its first few thousand entries took no
-# more wall time than CPU time).
+# Strategy: a copy's two helpers each walk a tree: the reader its sources, the writer DEST (an
+# lstat per entry of the manifest, to compare). With a cold cache each lstat is a disk read
+# (a directory's blocks, an inode table's), one at a time, and Python's work per entry waits
+# for it. A Warmer walks the same tree on a thread of its own, in the same order, with the
+# walker itself (same excludes, same one-file-system rule; the names the roots most likely
+# get) and keeps nothing: the reads it causes fill the page cache, where the real walk then
+# finds them, so disk and CPU overlap (docs/performance.md, copy-rerun). The reader's runs
+# while it waits to begin (its READY: the connection to the writer's host and the writer's
+# start, 0.3-0.5 s of a rerun) and stops when the walk begins, so the two never compete; the
+# writer's runs ahead of the compare from OPEN to the end. Either stops by itself where the
+# cache is warm already: when its last PROBE entries caused no read of the disk (its
+# thread's read_bytes in /proc), or, without that file, took as much CPU as wall time.
 """
 import threading
 import time
-from typing import Any, List, Tuple  # for the type comments
+from typing import Any, List, Optional, Tuple  # for the type comments
 
 from .walk import Walker
 
@@ -32,26 +34,22 @@ class Warmer(object):
         self._roots = roots
         self._stop = False
         self.entries = 0
-        self.cold = True  # False once the walk ran at CPU speed: the cache was warm
+        self.cold = True  # False once it stopped by itself: the cache was warm
         self._thread = threading.Thread(target=self._run, name="tree-warm")
         self._thread.daemon = True
         self._thread.start()
 
     def _run(self):
         # type: () -> None
-        clock = getattr(time, "thread_time", None)  # Python 3.7+
         try:
-            started = (time.monotonic(), clock() if clock else 0.0)
+            probe = _Probe()
             for _ in self._walker.walk(self._roots):
                 self.entries += 1
                 if self._stop:
                     return
-                if clock is not None and self.entries % PROBE == 0:
-                    wall = time.monotonic() - started[0]
-                    if clock() - started[1] >= WARM * wall:
-                        self.cold = False
-                        return
-                    started = (time.monotonic(), clock())
+                if self.entries % PROBE == 0 and not probe.cold():
+                    self.cold = False
+                    return
         except Exception:  # the real walk meets it again, and says so in its place
             return
 
@@ -59,3 +57,39 @@ class Warmer(object):
         # type: () -> None
         self._stop = True
         self._thread.join(JOIN_WITHIN)
+
+
+class _Probe(object):
+    """Whether the calling thread's walk waited for the disk since the last look."""
+
+    def __init__(self):
+        # type: () -> None
+        self._clock = getattr(time, "thread_time", None)  # Python 3.7+
+        self._last = self._now()
+
+    def _now(self):
+        # type: () -> Tuple[Optional[int], float, float]
+        return (_read_bytes(), time.monotonic(), self._clock() if self._clock else 0.0)
+
+    def cold(self):
+        # type: () -> bool
+        now = self._now()
+        last, self._last = self._last, now
+        if now[0] is not None and last[0] is not None:
+            return now[0] > last[0]
+        if self._clock is None:
+            return True  # no way to tell: warm on to the end
+        return now[2] - last[2] < WARM * (now[1] - last[1])
+
+
+def _read_bytes():
+    # type: () -> Optional[int]
+    """Bytes this thread has caused to be read from disk (Linux 3.17+), None where unknown."""
+    try:
+        with open("/proc/thread-self/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"read_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
