@@ -17,6 +17,9 @@ from .entry import KINDS, Entry
 # Raw JSON of one window at most: its compressed form then always fits a control frame.
 WINDOW_BYTES = 768 << 10
 WINDOW_ENTRIES = 4096
+# The first window's entries at most, doubled each window up to WINDOW_ENTRIES: the writer
+# begins to compare once the walk has made a small window, not a full one.
+FIRST_ENTRIES = 256
 MAX_RAW = 4 << 20  # what a received window may inflate to
 # zlib's level: 1 costs a third of 6's CPU for a fifth more bytes (about 13 bytes an entry;
 # docs/performance.md, copy-rerun), and a rerun sends little else.
@@ -101,6 +104,7 @@ def windows(pairs, digest_of=None):
     batch = []  # type: List[Tuple[Any, Entry]]
     rows = []  # type: List[list]
     size = 0
+    most = FIRST_ENTRIES
     for pair in pairs:
         item = pair[1]
         digest = digest_of(pair[0], item) if digest_of is not None else None
@@ -109,9 +113,10 @@ def windows(pairs, digest_of=None):
         if bound > WINDOW_BYTES and len(_dumps(row)) > WINDOW_BYTES:
             raise ValueError("%s: too much metadata (%d bytes) for one entry"
                              % (item.path.decode("utf-8", "replace"), len(_dumps(row))))
-        if batch and (size + bound > WINDOW_BYTES or len(batch) >= WINDOW_ENTRIES):
+        if batch and (size + bound > WINDOW_BYTES or len(batch) >= most):
             yield batch, encode_window(rows)
             batch, rows, size = [], [], 0
+            most = min(2 * most, WINDOW_ENTRIES)
         batch.append(pair)
         rows.append(row)
         size += min(bound, WINDOW_BYTES) + 1
