@@ -218,3 +218,58 @@ def test_the_warmer_stops_by_itself_on_a_warm_cache(tmp_path, monkeypatch):
     assert not warmer._thread.is_alive()
     assert warmer.entries == 64 and not warmer.cold
     warmer.stop()
+
+
+# --- the remote side's session begun early (cli._begin_copy_early) -------------------------
+
+def _cli(capsys, *argv: object) -> tuple[int, str]:
+    from bacpac import cli
+
+    args = cli.build_parser().parse_args([str(arg) for arg in argv])
+    code = cli.run(args.run, args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_a_copy_through_an_early_session_copies_and_leaves_nothing(
+        direction, sshd, tmp_path, capsys, no_leaks) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"content")
+    dest = tmp_path / "dest"
+    remote = (lambda p: f"testhost:{p}")
+    paths = [f"{src}/", remote(dest)] if direction == "push" else [remote(f"{src}/"), dest]
+    for _ in range(2):  # a first copy, then a rerun
+        code, said = _cli(capsys, "copy", "-F", sshd.config_path, "--no-progress", *paths)
+        assert code == 0, said
+        assert (dest / "d" / "f").read_bytes() == b"content"
+    assert no_leaks.leftovers() == []
+
+
+def test_a_copy_whose_source_is_missing_closes_its_early_session(
+        sshd, tmp_path, capsys, no_leaks) -> None:
+    code, said = _cli(capsys, "copy", "-F", sshd.config_path, "--no-progress",
+                      tmp_path / "missing", f"testhost:{tmp_path / 'dest'}")
+    assert code == 2 and said.startswith("bacpac: ") and "missing" in said, said
+    assert not (tmp_path / "dest").exists()
+    assert no_leaks.leftovers() == []
+
+
+def test_an_early_copy_connection_that_fails_gives_its_one_line_error(
+        sshd, tmp_path, capsys, no_leaks) -> None:
+    import subprocess
+
+    (tmp_path / "src").mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(tmp_path / "other")], check=True)
+    other_key = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {other_key}\n")
+    code, said = _cli(capsys, "copy", "-F", sshd.config_path, "-o",
+                      f"UserKnownHostsFile={known_hosts}", "--no-progress", tmp_path / "src",
+                      f"testhost:{tmp_path / 'dest'}")
+    assert code == 1, said
+    assert said.startswith("bacpac: ") and "testhost" in said and "host key" in said, said
+    assert not (tmp_path / "dest").exists()
+    assert no_leaks.leftovers() == []

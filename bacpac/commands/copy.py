@@ -101,7 +101,7 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
     opening = _Opening(request.dest, options)
     writer: Optional[HelperSession] = None
     try:
-        reader = open_session(first, options, job=HELPER_JOB)
+        reader = open_copy_session(first, options)
     except BaseException:
         opening.discard()
         raise
@@ -149,6 +149,14 @@ def _copy(request: CopyRequest, options: ConnectOptions, sink: Sink, job: str,
         raise
     reader.close()
     writer.close()
+
+
+def open_copy_session(endpoint: Endpoint, options: ConnectOptions) -> HelperSession:
+    """A helper for one side of a copy, its HELLO read: the session begun early for it
+    (cli._begin_copy_early, the remote side's), else a new one."""
+    session = open_session(endpoint, options, hello=False, job=HELPER_JOB)
+    session.greet()
+    return session
 
 
 def content_level(level: Optional[int], reader_hello: dict, writer_hello: dict) -> int:
@@ -238,7 +246,7 @@ class _Opening:
 
     def _run(self) -> None:
         try:
-            self._session = open_session(self._endpoint, self._options, job=HELPER_JOB)
+            self._session = open_copy_session(self._endpoint, self._options)
         except BaseException as e:
             self._error = e
 
