@@ -602,7 +602,7 @@ def run_write_tree(job, inp, out):
     # DEST's inodes read on a thread ahead of the compare, which then finds them cached
     # (a cold rerun's compare is disk reads, one lstat at a time): in the manifest's order
     warmer = Warmer([(os.fsencode(top) + (b"/" if n == ROOT else b"/" + n + b"/"), n)
-                     for n in names], False, _excludes(job))
+                     for n in names], True, _excludes(job))
     try:
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
         receiver = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum")), saveset,

@@ -5,7 +5,7 @@
 # (a directory's blocks, an inode table's), one at a time, and Python's work per entry waits
 # for it. A Warmer walks the same tree on a thread of its own, in the same order, with the
 # walker itself (same excludes, same one-file-system rule; the names the roots most likely
-# get) and keeps nothing: the reads it causes fill the page cache, where the real walk then
+# get), its lstats and listings alone, and keeps nothing: the reads it causes fill the page cache, where the real walk then
 # finds them, so disk and CPU overlap (docs/performance.md, copy-rerun). The reader's runs
 # while it waits to begin (its READY: the connection to the writer's host and the writer's
 # start, 0.3-0.5 s of a rerun) and stops when the walk begins, so the two never compete; the
@@ -13,10 +13,13 @@
 # cache is warm already: when its last PROBE entries caused no read of the disk (its
 # thread's read_bytes in /proc), or, without that file, took as much CPU as wall time.
 """
+import os
+import stat
 import threading
 import time
 from typing import Any, List, Optional, Tuple  # for the type comments
 
+from .entry import DIR, FILE, Entry, entry
 from .walk import Walker
 
 JOIN_WITHIN = 10.0  # seconds: the thread ends within this once told (one lstat at most)
@@ -30,7 +33,7 @@ class Warmer(object):
 
     def __init__(self, roots, one_file_system, excludes):
         # type: (List[Tuple[bytes, bytes]], bool, Any) -> None
-        self._walker = Walker(one_file_system, excludes)
+        self._walker = _Lister(one_file_system, excludes)
         self._roots = roots
         self._stop = False
         self.entries = 0
@@ -57,6 +60,18 @@ class Warmer(object):
         # type: () -> None
         self._stop = True
         self._thread.join(JOIN_WITHIN)
+
+
+class _Lister(Walker):
+    """The walk of a tree, its lstats and listings alone: nothing else is read (no file is
+    opened for its extents, no link's target), no entry made."""
+
+    DIRECTORY = entry(b"", DIR)
+    OTHER = entry(b"", FILE)
+
+    def _entry(self, disk, path, st):
+        # type: (bytes, bytes, os.stat_result) -> Entry
+        return self.DIRECTORY if stat.S_ISDIR(st.st_mode) else self.OTHER
 
 
 class _Probe(object):
