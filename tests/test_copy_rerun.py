@@ -1,6 +1,6 @@
 """A rerun's short cuts keep rsync's quick check exactly: the writer's compare of a file in
-one lstat, the manifest's decoding of the common row in one expression, and the reading side's
-packed rows (docs/performance.md, copy-rerun)."""
+one lstat, the manifest's decoding of the common row in one expression; and the remote side's
+helper session begun early (docs/performance.md, copy-rerun)."""
 from __future__ import annotations
 
 import json
@@ -186,38 +186,6 @@ def test_a_bad_field_is_a_protocol_error(field, value):
     payload = zlib.compress(json.dumps([row]).encode())
     with pytest.raises(RemoteProtocolError):
         manifest.decode_window(payload)
-
-
-# --- the reading side's warm-up ------------------------------------------------------------
-
-def test_the_warmer_stops_when_told_and_minds_a_missing_root(tmp_path):
-    from remote_helper.tree.warm import Warmer
-
-    src = tmp_path / "src"
-    for n in range(50):
-        (src / ("d%d" % n)).mkdir(parents=True)
-        (src / ("d%d" % n) / "f").write_bytes(b"x")
-    warmer = Warmer([(os.fsencode(tmp_path / "missing"), b"m"), (os.fsencode(src) + b"/", ROOT)],
-                    False, None)
-    warmer.stop()
-    assert not warmer._thread.is_alive()
-    assert 0 <= warmer.entries <= 101
-
-
-def test_the_warmer_stops_by_itself_on_a_warm_cache(tmp_path, monkeypatch):
-    from remote_helper.tree import warm
-
-    monkeypatch.setattr(warm, "PROBE", 64)
-    monkeypatch.setattr(warm, "WARM", 0.0)  # any walk counts as one at CPU speed
-    src = tmp_path / "src"
-    src.mkdir()
-    for n in range(300):
-        (src / ("f%d" % n)).write_bytes(b"x")
-    warmer = warm.Warmer([(os.fsencode(src) + b"/", ROOT)], False, None)
-    warmer._thread.join(10)
-    assert not warmer._thread.is_alive()
-    assert warmer.entries == 64 and not warmer.cold
-    warmer.stop()
 
 
 # --- the remote side's session begun early (cli._begin_copy_early) -------------------------

@@ -35,7 +35,6 @@ from ..tree import prefetch
 from ..tree.prefetch import Prefetcher
 from ..tree.tardecode import TarDecoder
 from ..tree.tarstream import TarStream
-from ..tree.warm import Warmer
 from ..tree.writer import CONTENT, META, SAME, TreeWriter
 from ..saveset.treeset import TreeSavesetOutput
 from ..tree.entry import DIR, FILE, HARDLINK, ROOT, Entry
@@ -96,14 +95,7 @@ def run_read_tree(job, inp, out):
     dry_run = bool(job.get("dry_run"))
     codec = protocol.CODEC_ZSTD if zstdframe.backend() else protocol.CODEC_ZLIB
     out.send_json(READY, {"roots": facts, "boot_id": devices.boot_id()})
-    # the names the roots most likely get (the writer says in READY): for the excludes alone
-    likely = [ROOT if f["contents"] else f["name"].encode("latin-1") for f in facts]
-    warmer = Warmer([(os.fsencode(p), n) for p, n in zip(paths, likely)],
-                    bool(job.get("one_file_system")), _excludes(job))
-    try:
-        go = inp.next()
-    finally:
-        warmer.stop()
+    go = inp.next()
     if go.type != READY:
         raise ProtocolError("expected READY to start the walk, got %s"
                             % protocol.type_name(go.type))
@@ -599,10 +591,6 @@ def run_write_tree(job, inp, out):
         if saveset is not None:
             saveset.discard()
         raise
-    # DEST's inodes read on a thread ahead of the compare, which then finds them cached
-    # (a cold rerun's compare is disk reads, one lstat at a time): in the manifest's order
-    warmer = Warmer([(os.fsencode(top) + (b"/" if n == ROOT else b"/" + n + b"/"), n)
-                     for n in names], True, _excludes(job))
     try:
         out.send_json(READY, {"names": [n.decode("latin-1") for n in names], "top": top})
         receiver = _TreeReceiver(writer, out, dry_run, bool(job.get("checksum")), saveset,
@@ -618,7 +606,6 @@ def run_write_tree(job, inp, out):
             saveset.discard()
         raise
     finally:
-        warmer.stop()
         writer.close()
     out.send_json(RESULT, result)
 
