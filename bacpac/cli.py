@@ -208,16 +208,48 @@ def _exclude_patterns(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
-    from .commands.copy import CopyRequest, run_copy
     if len(args.paths) < 2:
         raise UsageError("copy: give at least one SRC and a DEST")
+    options = _begin_copy_early(args, connect_options(args))
+    try:
+        if options.early is not None:
+            options.early.wait_sent()  # then the imports below overlap the target's start
+        _copy_now(args, options, sink)
+    finally:
+        if options.early is not None:
+            options.early.discard()
+
+
+def _begin_copy_early(args: argparse.Namespace, options: ConnectOptions) -> ConnectOptions:
+    """The remote side's helper session of a push or a pull begun now, as a dup's is
+    (_begin_early): the SSH connection and the target's start overlap the copy's imports.
+    Not on a terminal that may ask for a password, nor for a dry run, nor for a local copy
+    or one whose endpoints are refused (said in its place, by check_request)."""
+    if options.interactive or args.dry_run:
+        return options
+    try:
+        sources = [parse_endpoint(p) for p in args.paths[:-1]]
+        dest = parse_endpoint(args.paths[-1])
+    except UsageError:
+        return options
+    if any((s.host, s.user) != (sources[0].host, sources[0].user) for s in sources):
+        return options
+    if sources[0].is_local == dest.is_local:
+        return options  # both local, or both remote (refused)
+    remote = dest if sources[0].is_local else sources[0]
+    # "copy": the job whose modules the session ships (commands/copy.py, HELPER_JOB)
+    return dataclasses.replace(options, early=EarlySession(remote, options, "copy"))
+
+
+def _copy_now(args: argparse.Namespace, options: ConnectOptions, sink: Sink) -> None:
+    from .commands.copy import CopyRequest, run_copy
     request = CopyRequest(sources=tuple(parse_endpoint(p) for p in args.paths[:-1]),
                           dest=parse_endpoint(args.paths[-1]), excludes=_exclude_patterns(args),
                           one_file_system=args.one_file_system, delete=args.delete,
                           dry_run=args.dry_run, xattrs=args.xattrs, checksum=args.checksum,
                           saveset=args.saveset, level=args.level,
                           whole_file=args.whole_file, bwlimit=args.bwlimit)
-    run_copy(request, connect_options(args), sink)
+    run_copy(request, options, sink)
 
 
 def _add_run(commands: "argparse._SubParsersAction[_Parser]") -> None:

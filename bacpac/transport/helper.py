@@ -460,21 +460,25 @@ class HelperSession:
         come within `hello_within` seconds ends the channel, and the wait for it."""
         session = cls(channel, host, conn, job)
         session._watch_hello(hello_within)
-        if not hello:
-            return session
+        if hello:
+            session.greet()
+        return session
+
+    def greet(self) -> None:
+        """Ship the helper and read its HELLO (what start() does unless hello=False), for a
+        caller that waits for the HELLO before its first frame; closed if that fails."""
         try:
             try:
-                session.ship()
+                self.ship()
             except TransferError as closed:
                 # What ran in the helper's place may have exited before reading its input:
                 # what it wrote, or its exit status, says more than the broken pipe.
-                session.read_hello()
+                self.read_hello()
                 raise closed
-            session.read_hello()
+            self.read_hello()
         except BaseException:
-            session.close()
+            self.close()
             raise
-        return session
 
     def ship(self) -> None:
         """The helper's code, which the first stage reads from stdin."""

@@ -17,7 +17,13 @@ from .entry import KINDS, Entry
 # Raw JSON of one window at most: its compressed form then always fits a control frame.
 WINDOW_BYTES = 768 << 10
 WINDOW_ENTRIES = 4096
+# The first window's entries at most, doubled each window up to WINDOW_ENTRIES: the writer
+# begins to compare once the walk has made a small window, not a full one.
+FIRST_ENTRIES = 256
 MAX_RAW = 4 << 20  # what a received window may inflate to
+# zlib's level: 1 costs a third of 6's CPU for a fifth more bytes (about 13 bytes an entry;
+# docs/performance.md, copy-rerun), and a rerun sends little else.
+LEVEL = 1
 
 
 def _text(data):
@@ -28,17 +34,21 @@ def _text(data):
 def entry_row(item, digest=None):
     # type: (Entry, Optional[str]) -> list
     """The entry as a JSON array; with --checksum a FILE's sha256 (hex) follows as a 14th."""
-    row = [_text(item.path), item.kind, item.mode, item.uid, item.gid, item.uname,
-            item.gname, item.size, item.mtime_ns, _text(item.target), item.rdev,
-            [[_text(n), _text(v)] for n, v in item.xattrs],
-            None if item.extents is None else [list(e) for e in item.extents]]
-    return row if digest is None else row + [digest]
+    row = list(item)  # Entry's field order; then what JSON cannot carry as it is
+    row[0] = item.path.decode("latin-1")
+    row[9] = item.target.decode("latin-1")
+    row[11] = [[_text(n), _text(v)] for n, v in item.xattrs] if item.xattrs else []
+    if item.extents is not None:
+        row[12] = [list(e) for e in item.extents]
+    if digest is not None:
+        row.append(digest)
+    return row
 
 
 def encode_window(rows):
     # type: (List[list]) -> bytes
     """A window's payload from its entries' rows (entry_row)."""
-    return zlib.compress(_dumps(rows).encode("ascii"), 6)
+    return zlib.compress(_dumps(rows).encode("ascii"), LEVEL)
 
 
 def _dumps(rows):
@@ -94,6 +104,7 @@ def windows(pairs, digest_of=None):
     batch = []  # type: List[Tuple[Any, Entry]]
     rows = []  # type: List[list]
     size = 0
+    most = FIRST_ENTRIES
     for pair in pairs:
         item = pair[1]
         digest = digest_of(pair[0], item) if digest_of is not None else None
@@ -102,9 +113,10 @@ def windows(pairs, digest_of=None):
         if bound > WINDOW_BYTES and len(_dumps(row)) > WINDOW_BYTES:
             raise ValueError("%s: too much metadata (%d bytes) for one entry"
                              % (item.path.decode("utf-8", "replace"), len(_dumps(row))))
-        if batch and (size + bound > WINDOW_BYTES or len(batch) >= WINDOW_ENTRIES):
+        if batch and (size + bound > WINDOW_BYTES or len(batch) >= most):
             yield batch, encode_window(rows)
             batch, rows, size = [], [], 0
+            most = min(2 * most, WINDOW_ENTRIES)
         batch.append(pair)
         rows.append(row)
         size += min(bound, WINDOW_BYTES) + 1
@@ -137,6 +149,27 @@ def _str(value):
 
 
 def decode_row(row):
+    # type: (object) -> Entry
+    """The entry of a row. The common row (no xattrs, not sparse, every field of its type) is
+    checked in one expression (a rerun decodes every entry: docs/performance.md,
+    copy-rerun); any other goes through _checked_row, which names what is wrong."""
+    try:
+        if type(row) is list and 13 <= len(row) <= 14:
+            path, kind, mode, uid, gid, uname, gname, size, mtime, target, rdev, xattrs, \
+                ext = row[:13]
+            if kind in KINDS and type(mode) is int and type(uid) is int and type(gid) is int \
+                    and type(size) is int and type(mtime) is int and type(rdev) is int \
+                    and (mode | uid | gid | size | rdev) >= 0 and type(uname) is str \
+                    and type(gname) is str and ext is None and type(xattrs) is list \
+                    and not xattrs:
+                return Entry(path.encode("latin-1"), kind, mode & 0o7777, uid, gid, uname,
+                             gname, size, mtime, target.encode("latin-1"), rdev, (), None)
+    except (AttributeError, TypeError, UnicodeEncodeError):
+        pass  # a name that is no latin-1 text: said below
+    return _checked_row(row)
+
+
+def _checked_row(row):
     # type: (object) -> Entry
     if not isinstance(row, list) or len(row) not in (13, 14):
         raise RemoteProtocolError("bad manifest entry: %r" % (row,))

@@ -34,8 +34,21 @@ class Owners(object):
         self._groups = set(os.getgroups()) | {os.getegid()}
         self._uids = {}  # type: Dict[Tuple[str, int], int]
         self._gids = {}  # type: Dict[Tuple[str, int], int]
+        self._ids = {}  # type: Dict[Tuple[str, int, str, int], Tuple[int, int]]
 
     def ids(self, entry):
+        # type: (Entry) -> Tuple[int, int]
+        """(uid, gid) for entry's owner and group (-1: leave it), one lookup per entry (a
+        rerun compares every file's)."""
+        key = (entry.uname, entry.uid, entry.gname, entry.gid)
+        found = self._ids.get(key)
+        if found is None:
+            found = self._find(entry)
+            if len(self._ids) < 4096:
+                self._ids[key] = found
+        return found
+
+    def _find(self, entry):
         # type: (Entry) -> Tuple[int, int]
         if not self.keep:
             return -1, -1

@@ -144,6 +144,7 @@ class Walker(object):
         self.excludes = excludes
         self.xattrs = xattrs
         self.names = Names()
+        self._owners = {}  # type: Dict[Tuple[int, int], Tuple[str, str]]  # (uid, gid): names
         self.links = {}  # type: Dict[Tuple[int, int], bytes]
         self.problems = []  # type: List[str]
 
@@ -169,17 +170,18 @@ class Walker(object):
         if top.kind != DIR:
             return
         device = st.st_dev
-        # a stack of (disk path, copy path, sorted (name, lstat) left to visit): a directory's
-        # children are listed when it is entered, and only those of the current path are held
-        stack = [(disk, name, self._list(disk))]
+        # a stack of (disk path + "/", copy path + "/" (b"" for ROOT), sorted (name, lstat)
+        # left to visit): a directory's children are listed when it is entered, and only
+        # those of the current path are held
+        stack = [(disk.rstrip(b"/") + b"/", join(name, b""), self._list(disk))]
         while stack:
             here, path, names = stack[-1]
             if not names:
                 stack.pop()
                 continue
             child, cst = names.pop()
-            child_disk = here.rstrip(b"/") + b"/" + child
-            child_path = join(path, child)
+            child_disk = here + child
+            child_path = path + child
             if cst is None:
                 try:
                     cst = os.lstat(child_disk)
@@ -200,7 +202,7 @@ class Walker(object):
                 continue
             yield child_disk, item
             if is_dir and not (self.one_file_system and cst.st_dev != device):
-                stack.append((child_disk, child_path, self._list(child_disk)))
+                stack.append((child_disk + b"/", child_path + b"/", self._list(child_disk)))
 
     def _list(self, disk):
         # type: (bytes) -> List[Tuple[bytes, Optional[os.stat_result]]]
@@ -255,8 +257,13 @@ class Walker(object):
                     os.close(fd)
         xattrs = read_xattrs(disk) if self.xattrs and kind != HARDLINK else ()
         rdev = st.st_rdev if kind in (CHAR, BLOCK) else 0
-        return Entry(path, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                     self.names.user(st.st_uid), self.names.group(st.st_gid), size,
+        uid, gid = st.st_uid, st.st_gid
+        names = self._owners.get((uid, gid))
+        if names is None:
+            names = (self.names.user(uid), self.names.group(gid))
+            if len(self._owners) < 4096:
+                self._owners[(uid, gid)] = names
+        return Entry(path, kind, st.st_mode & 0o7777, uid, gid, names[0], names[1], size,
                      st.st_mtime_ns, target, rdev, xattrs, ext)
 
 

@@ -125,10 +125,43 @@ class TreeWriter(object):
         # type: (Entry) -> str
         """SAME, META or CONTENT for entry against what DEST holds (size+mtime quick check)."""
         try:
+            if entry.kind == FILE:
+                return self._compare_file(entry)
             self._note(entry)
             return self._compare(entry)
         except OSError as e:
             raise HelperError("%s: %s" % (show(self.dest, entry.path), e.strerror), e.errno)
+
+    def _compare_file(self, entry):
+        # type: (Entry) -> str
+        """compare() of a FILE, most of a rerun's entries: one lstat, and Python kept short
+        (docs/performance.md, copy-rerun). The path is checked by DirStack.parent (split()
+        where it is not in the directory last used); the rest is _note's and _compare's."""
+        path = entry.path
+        if self.delete:
+            self._seen.add(hash(path))
+        if path in self._dirs:
+            del self._dirs[path]  # the same path again, as no directory: the last wins
+        stack = self._stack
+        if stack is None or path == ROOT or (self._fresh and
+                                             hash(_parent_of(path)) in self._fresh):
+            split(path)
+            return self._compare(entry)
+        try:
+            fd, name = stack.parent(path)
+        except (FileNotFoundError, NotADirectory):
+            return CONTENT
+        st = lstat_at(fd, name)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != entry.size \
+                or st.st_mtime_ns != entry.mtime_ns:
+            return CONTENT
+        uid, gid = self.owners.ids(entry)
+        if stat.S_IMODE(st.st_mode) != entry.mode or (uid != -1 and st.st_uid != uid) \
+                or (gid != -1 and st.st_gid != gid):
+            return META
+        if self.xattrs and meta.differs(st, entry, self.owners, True, self._xattr_target(entry)):
+            return META
+        return SAME
 
     def _compare(self, entry):
         # type: (Entry) -> str
