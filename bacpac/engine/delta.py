@@ -32,7 +32,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Callable, Optional, TypeVar
 
 from remote_helper.target import imagedigest
-from remote_helper.target.devices import is_zero, zero_chunks
+from remote_helper.target.devices import fill_segment, is_zero
 from remote_helper.target.hashing import hole_blocks
 from remote_helper.wire import protocol
 
@@ -121,22 +121,8 @@ def _read_segment(reader: BlockReader, view: memoryview, offset: int,
                   dirty: set[int]) -> list[tuple[int, int]]:
     """Fill view from the source; holes are not read, but zeroed where its buffer (`dirty`
     names those that may hold data) held an earlier segment's. Returns the holes."""
-    holes = []
-    buffer = id(view.obj)
-    was_dirty = buffer in dirty
-    for start, run, is_data in reader.extents(offset, offset + len(view)):
-        rel = start - offset
-        if is_data:
-            reader.read_into(view[rel:rel + run], start)
-            dirty.add(buffer)
-            continue
-        holes.append((rel, run))
-        if was_dirty:
-            for chunk in zero_chunks(run):
-                view[rel:rel + len(chunk)] = chunk
-                rel += len(chunk)
-    if holes == [(0, reader.settings.block_size)]:
-        dirty.discard(buffer)  # all of it zeros now: clean again
+    holes, _ = fill_segment(view, offset, reader.extents(offset, offset + len(view)),
+                            reader.read_into, dirty, reader.settings.block_size)
     return holes
 
 

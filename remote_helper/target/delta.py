@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple  # for the type
 
 from ..wire import protocol
 from . import directio
-from .devices import data_extents, zero_chunks
+from .devices import data_extents, fill_segment
 from .blockdigests import UNKNOWN
 from .hashing import Hashers, block_digests, hole_blocks
 from .imagedigest import PIECE
@@ -251,23 +251,10 @@ class TargetSegments(object):
         # type: (memoryview, int) -> list
         """Fill view with the segment's bytes; its holes ((start, length), relative to offset)
         are not read, but zeroed where the buffer held an earlier segment's data; returned."""
-        holes = []
-        buffer = id(view.obj)
-        dirty = buffer in self._dirty
-        for start, run, is_data in data_extents(self._target.fd, offset, offset + len(view)):
-            rel = start - offset
-            if is_data:
-                self._target.read_into(view[rel:rel + run], start)
-                self._read_bytes += run
-                self._dirty.add(buffer)
-                continue
-            holes.append((rel, run))
-            if dirty:
-                for chunk in zero_chunks(run):
-                    view[rel:rel + len(chunk)] = chunk
-                    rel += len(chunk)
-        if holes == [(0, self._segment)]:
-            self._dirty.discard(buffer)  # all of it zeros now: clean again
+        holes, nread = fill_segment(view, offset,
+                                    data_extents(self._target.fd, offset, offset + len(view)),
+                                    self._target.read_into, self._dirty, self._segment)
+        self._read_bytes += nread
         return holes
 
     def take(self, offset, length, need):

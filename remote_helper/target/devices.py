@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import struct
-from typing import Iterator, Optional, Tuple, Union  # for the type comments
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, Tuple, Union  # for the type comments
 
 from .libc import fallocate as _fallocate
 
@@ -415,6 +415,34 @@ def zero_chunks(length):
         n = min(length, len(view))
         yield view[:n]
         length -= n
+
+
+def fill_segment(view, offset, extents, read_into, dirty, whole):
+    # type: (memoryview, int, Iterable[Tuple[int, int, bool]], Callable[[memoryview, int], Any], Set[int], int) -> Tuple[List[Tuple[int, int]], int]
+    """Fill view, the image's bytes from `offset`, from its (start, length, is_data) extents:
+    data by read_into(part, start), holes not read but zeroed where view's buffer held an
+    earlier segment's data (`dirty` names the buffers that may; a buffer left holding one hole
+    of `whole` bytes is clean again). The client's source reader and the helper's target
+    reader share it. Returns the holes ((start, length), relative to offset) and the bytes read."""
+    holes = []  # type: List[Tuple[int, int]]
+    nread = 0
+    buffer = id(view.obj)
+    was_dirty = buffer in dirty
+    for start, run, is_data in extents:
+        rel = start - offset
+        if is_data:
+            read_into(view[rel:rel + run], start)
+            nread += run
+            dirty.add(buffer)
+            continue
+        holes.append((rel, run))
+        if was_dirty:
+            for chunk in zero_chunks(run):
+                view[rel:rel + len(chunk)] = chunk
+                rel += len(chunk)
+    if holes == [(0, whole)]:
+        dirty.discard(buffer)  # all of it zeros now: clean again
+    return holes, nread
 
 
 def _write_zeros(fd, offset, length):
