@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import signal
 import sys
-from typing import TYPE_CHECKING, Callable, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Optional, Sequence
 
 from . import __version__
 from .errors import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, BacpacError, Signalled, UsageError,
@@ -210,14 +211,8 @@ def _exclude_patterns(args: argparse.Namespace) -> tuple[str, ...]:
 def _cmd_copy(args: argparse.Namespace, sink: Sink) -> None:
     if len(args.paths) < 2:
         raise UsageError("copy: give at least one SRC and a DEST")
-    options = _begin_copy_early(args, connect_options(args))
-    try:
-        if options.early is not None:
-            options.early.wait_sent()  # then the imports below overlap the target's start
+    with _early_session(_begin_copy_early(args, connect_options(args))) as options:
         _copy_now(args, options, sink)
-    finally:
-        if options.early is not None:
-            options.early.discard()
 
 
 def _begin_copy_early(args: argparse.Namespace, options: ConnectOptions) -> ConnectOptions:
@@ -377,10 +372,7 @@ def fan_out_savesets(target: Endpoint, texts: Sequence[str]
 
 
 def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
-    options = _begin_early(args, connect_options(args))
-    try:
-        if options.early is not None:
-            options.early.wait_sent()  # then the imports below overlap the target's start
+    with _early_session(_begin_early(args, connect_options(args))) as options:
         from .commands.dup import run_dup
         request = _dup_request(args, backup=False)
         if args.nothing_else_writes_target:
@@ -388,6 +380,17 @@ def _cmd_dup(args: argparse.Namespace, sink: Sink) -> None:
                 raise UsageError("--nothing-else-writes-target: only with --delta")
             request = dataclasses.replace(request, nothing_else_writes_target=True)
         run_dup(request, options, sink)
+
+
+@contextlib.contextmanager
+def _early_session(options: ConnectOptions) -> Iterator[ConnectOptions]:
+    """Hold a command to its early session (if it began one): the command's own imports wait
+    until the helper's command is sent (they would only slow the handshake down under the
+    GIL), and a session the command did not take is closed however it ends."""
+    try:
+        if options.early is not None:
+            options.early.wait_sent()  # then the imports below overlap the target's start
+        yield options
     finally:
         if options.early is not None:
             options.early.discard()
